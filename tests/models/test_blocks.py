@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featsup.models import ConvBlock, ConvBNReLU, UpConv, bilinear_kernel, fold_batchnorm
+
+
+def test_conv_block_shapes_and_layers() -> None:
+    block = ConvBlock(5, 7)
+    assert block(torch.randn(2, 5, 9, 11)).shape == (2, 7, 9, 11)
+    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (5, 7, (3, 3)),
+        (7, 7, (3, 3)),
+    ]
+    assert all(c.bias is None for c in convs)  # batch norm follows
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(8, 4), (4, 4), (3, 6)])
+def test_upconv_is_bilinear_away_from_border(cin: int, cout: int) -> None:
+    up = UpConv(cin, cout)
+    assert (up.kernel_size, up.stride, up.padding) == ((4, 4), (2, 2), (1, 1))
+    x = torch.randn(2, cin, 10, 12)
+    y = up(x)
+    kept = min(cin, cout)
+    ref = F.interpolate(x[:, :kept], scale_factor=2, mode="bilinear", align_corners=False)
+    assert y.shape == (2, cout, 20, 24)
+    torch.testing.assert_close(y[:, :kept, 1:-1, 1:-1], ref[..., 1:-1, 1:-1])
+    # the border differs (zero padding instead of clamping), which pins the test down
+    assert not torch.allclose(y[:, :kept, 0], ref[:, :, 0])
+    if cout > kept:
+        assert torch.count_nonzero(y[:, kept:]) == 0
+
+
+def test_bilinear_kernel_sums_to_four() -> None:
+    # stride 2 spreads each input pixel over 4 output pixels: the kernel sums to 4
+    assert bilinear_kernel(4).sum().item() == pytest.approx(4.0)
+
+
+def test_fold_batchnorm_keeps_outputs() -> None:
+    unit = ConvBNReLU(3, 6)
+    with torch.no_grad():
+        unit.bn.running_mean.uniform_(-1, 1)
+        unit.bn.running_var.uniform_(0.5, 2)
+        unit.bn.weight.uniform_(0.5, 2)
+        unit.bn.bias.uniform_(-1, 1)
+    unit.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = unit(x)
+    fold_batchnorm(unit)
+    assert isinstance(unit.bn, torch.nn.Identity)
+    torch.testing.assert_close(unit(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_batchnorm_refuses_training_mode() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(ConvBNReLU(3, 6).train())
