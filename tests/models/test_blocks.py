@@ -57,3 +57,19 @@ def test_fold_batchnorm_keeps_outputs() -> None:
 def test_fold_batchnorm_refuses_training_mode() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(ConvBNReLU(3, 6).train())
+
+
+def test_fuse_for_inference_matches_eval_and_replaces_units() -> None:
+    from featsup.models import FusedConvReLU, fuse_for_inference
+
+    block = ConvBlock(3, 8)
+    block.train()
+    block(torch.randn(4, 3, 8, 8))
+    block.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = block(x)
+    fuse_for_inference(block)
+    assert all(isinstance(m, FusedConvReLU) for m in block.children())
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(block(x_cl), expected, atol=1e-5, rtol=1e-5)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from featsup.models.blocks import ConvBlock, ConvBNReLU, UpConv, bilinear_kernel, fold_batchnorm
+from featsup.models.blocks import (
+    ConvBlock,
+    ConvBNReLU,
+    FusedConvReLU,
+    UpConv,
+    bilinear_kernel,
+    fold_batchnorm,
+    fuse_for_inference,
+)
 from featsup.models.unetpp import FeatureInfo, UNetPlusPlus
 
 __all__ = [
     "ConvBNReLU",
     "ConvBlock",
     "FeatureInfo",
+    "FusedConvReLU",
     "UNetPlusPlus",
     "UpConv",
     "bilinear_kernel",
     "fold_batchnorm",
+    "fuse_for_inference",
 ]

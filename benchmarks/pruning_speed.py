@@ -1,0 +1,225 @@
+"""Pruned-head speed of featsup's UNet++: parameters, FLOPs and latency per head.
+
+For every head k the pruned network (nodes i + j <= k) is timed against the full one, in
+two forms: a plain eager fp32 NCHW forward (``model.pruned(k)`` in eval mode) and
+featsup's inference path (``model.pruned(k, optimize=True)``: batch norm folded,
+channels-last). The measured speed-up of head k over the full model is printed next to
+its FLOP ratio. Optionally pruned L2 is compared with segmentation-models-pytorch's
+``UnetPlusPlus(encoder_name="resnet18")``.
+
+All variants are timed in one run with interleaved repeats and medians, because this
+machine is shared and absolute times swing. Nothing here asserts on time.
+
+    python benchmarks/pruning_speed.py --device cpu
+    python benchmarks/pruning_speed.py --device cuda --amp bf16 --compile --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from featsup.models import UNetPlusPlus
+
+
+def gmacs(model: nn.Module, shape: tuple[int, ...]) -> float:
+    """Multiply-accumulates (1e9) of one forward, counted on the meta device."""
+    meta = UNetPlusPlus.from_config(model.config).to("meta") if hasattr(model, "config") else None
+    net = meta if meta is not None else model
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(shape, device="meta" if meta is not None else "cpu"))
+    return counter.get_total_flops() / 2e9
+
+
+def make_timer(device: str, amp: str | None) -> Callable[[Callable[[], object]], float]:
+    """Return ``time_once(fn) -> seconds`` for the device (CUDA events on GPU)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+
+    def time_once(fn: Callable[[], object]) -> float:
+        ctx = torch.autocast("cuda", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
+        with torch.inference_mode(), ctx:
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                return start.elapsed_time(end) / 1e3
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+    return time_once
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], time_once: Callable, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of each function, repeats interleaved across functions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            time_once(fn)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(time_once(fn))
+    return {name: statistics.median(ts) for name, ts in samples.items()}
+
+
+def build_variants(args: argparse.Namespace, model: UNetPlusPlus) -> dict[str, nn.Module]:
+    variants: dict[str, nn.Module] = {}
+    for k in range(1, model.depth + 1):
+        variants[f"eager L{k}"] = model.pruned(head=k).eval()
+        fast = model.pruned(head=k, optimize=True)
+        if args.compile:
+            fast = torch.compile(fast, mode="max-autotune-no-cudagraphs")  # type: ignore[assignment]
+        variants[f"featsup L{k}"] = fast
+    if args.smp:
+        import segmentation_models_pytorch as smp
+
+        def smp_model() -> nn.Module:
+            return smp.UnetPlusPlus(
+                encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=2
+            ).eval()
+
+        variants["smp UnetPlusPlus r18"] = smp_model().to(args.device)
+        variants["smp UnetPlusPlus r18 (cl)"] = smp_model().to(
+            args.device, memory_format=torch.channels_last
+        )
+    return variants
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = UNetPlusPlus(1, 2, widths=args.widths).to(args.device)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 64, 64, device=args.device))  # realistic BN statistics
+    model.eval()
+    variants = build_variants(args, model)
+    time_once = make_timer(args.device, args.amp)
+    results: dict = {"settings": vars(args), "machine": machine(args.device), "batches": {}}
+    for batch in args.batch:
+        x = torch.randn(batch, 1, args.size, args.size, device=args.device)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        fns = {
+            name: (lambda m=m, inp=(x_cl if "(cl)" in name else x): m(inp))
+            for name, m in variants.items()
+        }
+        check_equal(model, variants, x)
+        results["batches"][batch] = interleaved(fns, time_once, args.repeats, args.warmup)
+    results["heads"] = head_stats(model, variants, args)
+    return results
+
+
+def check_equal(model: UNetPlusPlus, variants: dict[str, nn.Module], x: torch.Tensor) -> None:
+    """The inference path must give the eager model's outputs (to 1e-4)."""
+    with torch.inference_mode():
+        full = model(x[:1])
+        for k in range(1, model.depth + 1):
+            fast = variants[f"featsup L{k}"](x[:1]).float()
+            tol = 1e-4 if fast.dtype == torch.float32 and x.is_cpu else 5e-2
+            torch.testing.assert_close(fast, full[k - 1].float(), atol=tol, rtol=tol)
+
+
+def head_stats(model: UNetPlusPlus, variants: dict, args: argparse.Namespace) -> dict:
+    shape = (1, 1, args.size, args.size)
+    stats = {}
+    for k in range(1, model.depth + 1):
+        pruned = variants[f"eager L{k}"]
+        stats[f"L{k}"] = {
+            "params": sum(p.numel() for p in pruned.parameters()),
+            "gmacs": gmacs(pruned, shape),
+        }
+    if args.smp:
+        ref = variants["smp UnetPlusPlus r18"]
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            ref(torch.zeros(shape, device=args.device))
+        stats["smp"] = {
+            "params": sum(p.numel() for p in ref.parameters()),
+            "gmacs": counter.get_total_flops() / 2e9,
+        }
+    return stats
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def print_table(results: dict) -> None:
+    heads, depth = results["heads"], sum(1 for k in results["heads"] if k.startswith("L"))
+    full = f"L{depth}"
+    print(f"# machine: {results['machine']}; torch {torch.__version__}")
+    for batch, times in results["batches"].items():
+        print(f"\n## batch {batch}, {results['settings']['size']}^2 (median of repeats, ms)")
+        print(
+            "| head | params | GMACs | FLOP ratio | eager ms | featsup ms | eager speed-up "
+            "| featsup speed-up | featsup/FLOP | featsup vs eager |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for k in range(1, depth + 1):
+            h = heads[f"L{k}"]
+            e, f = times[f"eager L{k}"], times[f"featsup L{k}"]
+            flop_ratio = heads[full]["gmacs"] / h["gmacs"]
+            sp_e, sp_f = times[f"eager {full}"] / e, times[f"featsup {full}"] / f
+            print(
+                f"| X0,{k} | {h['params'] / 1e6:.2f}M | {h['gmacs']:.1f} | {flop_ratio:.2f} | "
+                f"{e * 1e3:.0f} | {f * 1e3:.0f} | {sp_e:.2f}x | {sp_f:.2f}x | "
+                f"{sp_f / flop_ratio:.2f} | {e / f:.2f}x |"
+            )
+        if "smp" in heads:
+            s = heads["smp"]
+            for name in ("smp UnetPlusPlus r18", "smp UnetPlusPlus r18 (cl)"):
+                t = times[name]
+                print(
+                    f"| {name} | {s['params'] / 1e6:.2f}M | {s['gmacs']:.1f} | | {t * 1e3:.0f} |"
+                    f" | | | | featsup L2 is {t / times['featsup L2']:.2f}x faster |"
+                )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="CUDA autocast dtype")
+    p.add_argument("--compile", action="store_true", help="torch.compile the inference path")
+    p.add_argument("--no-smp", dest="smp", action="store_false", help="skip the smp comparison")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available; use --device cpu")
+    if args.amp and args.device != "cuda":
+        p.error("--amp applies to --device cuda only")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = run(args)
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
