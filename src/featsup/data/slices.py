@@ -1,0 +1,328 @@
+"""2D slice datasets for the two cascade stages (paper sections 4.1.2-4.1.3, 4.2).
+
+Both datasets take LiTS cases (a folder, a manifest or a list, see
+:func:`featsup.data.find_cases`), preprocess each volume once (HU window, CLAHE,
+normalisation; in a process pool with ``num_workers``; cached on disk as memory maps
+with ``cache_dir``) and serve axial slices as::
+
+    {"image": float32 tensor (C, H, W), "target": int64 tensor (H, W),
+     "case_id": str, "slice_index": int}
+
+``C = 2 * context + 1``: the slice and ``context`` neighbours on each side (2.5D input;
+indices are clamped at the ends of the volume). ``size=(H, W)`` resizes every slice
+(bilinear image, nearest target) so that batches stack. Augmentation is seeded by
+``(seed, epoch, index)``: call :meth:`set_epoch` at the start of each epoch to redraw
+both the augmentation and the sampled background slices, reproducibly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from featsup._checks import check_choice, check_in_range
+from featsup.data._arrays import resize
+from featsup.data._cache import PreparedVolume, PreprocessSettings, prepare_volumes
+from featsup.data.augment import SliceAugment
+from featsup.data.lits import CaseSource, LitsCase, find_cases
+
+__all__ = ["LiverSliceDataset", "TumourSliceDataset"]
+
+
+def _margin2(margin: int | Sequence[int]) -> tuple[int, int]:
+    values = (margin, margin) if isinstance(margin, (int, np.integer)) else tuple(margin)
+    if len(values) != 2 or min(values) < 0:
+        raise ValueError(f"margin: expected an int >= 0 or (rows, columns), got {margin!r}")
+    return int(values[0]), int(values[1])
+
+
+def _settings(
+    window: Sequence[float],
+    use_clahe: bool,
+    clip_limit: float,
+    tile_grid_size: Sequence[int],
+    normalization: Literal["minmax", "zscore"],
+) -> PreprocessSettings:
+    if len(window) != 2 or len(tile_grid_size) != 2:
+        raise ValueError(
+            f"window, tile_grid_size: expected pairs, got {window!r} and {tile_grid_size!r}"
+        )
+    return PreprocessSettings(
+        (float(window[0]), float(window[1])),
+        bool(use_clahe),
+        float(clip_limit),
+        (int(tile_grid_size[0]), int(tile_grid_size[1])),
+        normalization,
+    )
+
+
+class _SliceDataset(Dataset[dict[str, Any]]):
+    """Shared machinery: preparation, slice index with an empty share, items, seeding."""
+
+    def __init__(
+        self,
+        cases: CaseSource,
+        *,
+        context: int,
+        size: Sequence[int] | None,
+        empty_fraction: float | None,
+        augment: SliceAugment | None,
+        seed: int,
+        settings: PreprocessSettings,
+        cache_dir: str | os.PathLike[str] | None,
+        num_workers: int,
+    ) -> None:
+        if context < 0:
+            raise ValueError(f"context: expected an int >= 0, got {context!r}")
+        if empty_fraction is not None:
+            check_in_range("empty_fraction", empty_fraction, 0.0, 0.99)
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ValueError(f"size: expected (rows, columns) >= 1 or None, got {size!r}")
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment: expected a SliceAugment or callable, got {augment!r}")
+        listed = list(cases) if not isinstance(cases, (str, os.PathLike)) else None
+        self.cases: list[LitsCase] = (
+            listed if listed and all(isinstance(c, LitsCase) for c in listed) else find_cases(cases)
+        )
+        self.context = int(context)
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.empty_fraction = empty_fraction
+        self.augment = augment
+        self.seed = int(seed)
+        self.settings = settings
+        self.volumes: list[PreparedVolume] = prepare_volumes(
+            self.cases, settings, cache_dir=cache_dir, num_workers=num_workers
+        )
+        self.epoch = 0
+        self._index = self._build_index()
+        if len(self._index) == 0:
+            raise ValueError(
+                f"cases: expected at least one usable slice, got none from {len(self.cases)} "
+                "cases; fix: check that the segmentations contain the target labels"
+            )
+
+    # --- hooks -------------------------------------------------------------------------
+    def _candidates(self, volume: PreparedVolume) -> tuple[np.ndarray, np.ndarray]:
+        """(slices with target, slices without) of one volume."""
+        raise NotImplementedError
+
+    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image (C, h, w) float32, target (h, w) int) of slice ``k``."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------
+    def _build_index(self) -> list[tuple[int, int]]:
+        positives: list[tuple[int, int]] = []
+        empties: list[tuple[int, int]] = []
+        for v, volume in enumerate(self.volumes):
+            pos, neg = self._candidates(volume)
+            positives += [(v, int(k)) for k in pos]
+            empties += [(v, int(k)) for k in neg]
+        if self.empty_fraction is None:
+            return sorted(positives + empties)
+        f = self.empty_fraction
+        wanted = len(empties) if not positives else round(f * len(positives) / (1.0 - f))
+        rng = np.random.default_rng([self.seed, self.epoch, 7919])
+        pick = rng.choice(len(empties), size=min(wanted, len(empties)), replace=False)
+        return sorted(positives + [empties[i] for i in pick])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Redraw the background slices and the augmentation for ``epoch``."""
+        self.epoch = int(epoch)
+        self._index = self._build_index()
+
+    def _neighbours(self, volume: PreparedVolume, k: int) -> np.ndarray:
+        ks = np.arange(k - self.context, k + self.context + 1)
+        return np.clip(ks, 0, volume.shape[0] - 1)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index: expected in [0, {len(self)}), got {index}")
+        v, k = self._index[index]
+        image, target = self._sample(self.volumes[v], k)
+        if self.size is not None:
+            image = resize(image, self.size, mode="linear")
+            target = resize(target, self.size, mode="nearest")
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
+            image, target = self.augment(image, target, rng)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64)),
+            "case_id": self.volumes[v].case_id,
+            "slice_index": k,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(cases={len(self.cases)}, slices={len(self)}, "
+            f"context={self.context}, size={self.size}, empty_fraction={self.empty_fraction})"
+        )
+
+
+class LiverSliceDataset(_SliceDataset):
+    """Liver stage: whole axial slices, target liver (1, tumour included) vs background (0).
+
+    Args:
+        cases: a LiTS folder, a manifest, or a list of cases / ``(volume, segmentation)``.
+        context: neighbouring slices on each side as extra channels (C = 2 * context + 1).
+        size: ``(H, W)`` output size, or None to keep the volume's slice size.
+        empty_fraction: share of served slices without liver (sampled, redrawn by
+            :meth:`set_epoch`); None serves every slice.
+        classes: ``"liver"`` (binary target) or ``"all"`` (0 background, 1 liver,
+            2 tumour, as stored).
+        augment: a :class:`SliceAugment` (or a callable with its signature), or None.
+        seed: seed of the background-slice sampling and the augmentation.
+        window: HU window ``(low, high)``.
+        use_clahe: apply CLAHE (clip limit ``clip_limit``, ``tile_grid_size`` tiles).
+        clip_limit: CLAHE clip limit.
+        tile_grid_size: CLAHE tiles along (rows, columns).
+        normalization: ``"minmax"`` or ``"zscore"`` per volume.
+        cache_dir: folder for the preprocessed memory maps; None keeps them in memory.
+        num_workers: processes preparing the volumes (0 = this process).
+
+    Example:
+        >>> import tempfile
+        >>> from featsup.data import write_phantom_dataset
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_phantom_dataset(folder, 1, shape=(16, 64, 64))
+        >>> item = LiverSliceDataset(folder, context=1, size=(32, 32))[0]
+        >>> tuple(item["image"].shape), tuple(item["target"].shape), item["target"].dtype
+        ((3, 32, 32), (32, 32), torch.int64)
+    """
+
+    def __init__(
+        self,
+        cases: CaseSource,
+        *,
+        context: int = 0,
+        size: Sequence[int] | None = None,
+        empty_fraction: float | None = 0.1,
+        classes: Literal["liver", "all"] = "liver",
+        augment: SliceAugment | None = None,
+        seed: int = 0,
+        window: tuple[float, float] = (-100.0, 400.0),
+        use_clahe: bool = True,
+        clip_limit: float = 4.0,
+        tile_grid_size: tuple[int, int] = (8, 8),
+        normalization: Literal["minmax", "zscore"] = "minmax",
+        cache_dir: str | os.PathLike[str] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.classes = check_choice("classes", classes, ("liver", "all"))
+        settings = _settings(window, use_clahe, clip_limit, tile_grid_size, normalization)
+        super().__init__(
+            cases,
+            context=context,
+            size=size,
+            empty_fraction=empty_fraction,
+            augment=augment,
+            seed=seed,
+            settings=settings,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+        )
+
+    def _candidates(self, volume: PreparedVolume) -> tuple[np.ndarray, np.ndarray]:
+        has = volume.liver_per_slice > 0
+        return np.flatnonzero(has), np.flatnonzero(~has)
+
+    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+        image = volume.image(self._neighbours(volume, k))
+        labels = np.asarray(volume.labels()[k])
+        target = (labels > 0).astype(np.int64) if self.classes == "liver" else labels
+        return image, target.astype(np.int64)
+
+
+class TumourSliceDataset(_SliceDataset):
+    """Tumour stage: slices of the liver ROI crop, target tumour (1) vs the rest (0).
+
+    Following paper section 4.1.3, each volume is cropped in-plane to the bounding box of
+    its liver (label >= 1) plus ``margin`` pixels, pixels outside the liver are set to 0
+    when ``mask_outside`` is on, and only slices that contain liver are served.
+
+    Args:
+        cases: a LiTS folder, a manifest, or a list of cases / ``(volume, segmentation)``.
+        margin: in-plane margin around the liver box, one int or (rows, columns).
+        mask_outside: zero the image outside the liver (per channel, its own slice).
+        empty_fraction: share of served liver slices without tumour (None: all of them).
+        context, size, augment, seed, window, use_clahe, clip_limit, tile_grid_size,
+            normalization, cache_dir, num_workers: as in :class:`LiverSliceDataset`.
+            Without ``size`` each volume keeps its own ROI size, so batches only stack
+            within one volume.
+
+    Example:
+        >>> import tempfile
+        >>> from featsup.data import write_phantom_dataset
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_phantom_dataset(folder, 2, shape=(16, 64, 64))
+        >>> ds = TumourSliceDataset(folder, size=(48, 48), empty_fraction=None)
+        >>> tuple(ds[0]["image"].shape)
+        (1, 48, 48)
+    """
+
+    def __init__(
+        self,
+        cases: CaseSource,
+        *,
+        margin: int | Sequence[int] = 8,
+        mask_outside: bool = True,
+        context: int = 0,
+        size: Sequence[int] | None = None,
+        empty_fraction: float | None = 0.3,
+        augment: SliceAugment | None = None,
+        seed: int = 0,
+        window: tuple[float, float] = (-100.0, 400.0),
+        use_clahe: bool = True,
+        clip_limit: float = 4.0,
+        tile_grid_size: tuple[int, int] = (8, 8),
+        normalization: Literal["minmax", "zscore"] = "minmax",
+        cache_dir: str | os.PathLike[str] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.margin = _margin2(margin)
+        self.mask_outside = bool(mask_outside)
+        settings = _settings(window, use_clahe, clip_limit, tile_grid_size, normalization)
+        super().__init__(
+            cases,
+            context=context,
+            size=size,
+            empty_fraction=empty_fraction,
+            augment=augment,
+            seed=seed,
+            settings=settings,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+        )
+
+    def roi(self, volume: PreparedVolume) -> tuple[slice, slice]:
+        """In-plane (rows, columns) crop of a volume: its liver box plus the margin."""
+        if volume.liver_bbox is None:
+            return slice(0, 0), slice(0, 0)
+        (_, _), (y0, y1), (x0, x1) = volume.liver_bbox
+        my, mx = self.margin
+        h, w = volume.shape[1:]
+        return slice(max(0, y0 - my), min(h, y1 + my)), slice(max(0, x0 - mx), min(w, x1 + mx))
+
+    def _candidates(self, volume: PreparedVolume) -> tuple[np.ndarray, np.ndarray]:
+        liver = volume.liver_per_slice > 0
+        tumour = volume.tumour_per_slice > 0
+        return np.flatnonzero(tumour), np.flatnonzero(liver & ~tumour)
+
+    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = self.roi(volume)
+        ks = self._neighbours(volume, k)
+        image = volume.image((ks, rows, cols))
+        labels = np.asarray(volume.labels()[ks, rows, cols])
+        if self.mask_outside:
+            image = np.where(labels > 0, image, np.float32(0.0))
+        target = (labels[self.context] == 2).astype(np.int64)
+        return image, target
