@@ -227,7 +227,7 @@ def paint_bowel(
     s, top = an.s, an.dome_z - 0.35 * an.liver_h
     centres = [(an.dome_z - an.liver_h + 12 * s, -45 * s, -72 * s)]
     for _ in range(int(rng.integers(22, 34))):
-        z = float(rng.uniform(0.0, top))
+        z = float(rng.uniform(top - 170.0 * s, top))
         centres.append((z, float(rng.uniform(-90, 25)) * s, float(rng.uniform(-110, 110)) * s))
     for c in centres:
         r = float(rng.uniform(14.0, 28.0)) * s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from featsup.data._phantom_anatomy import (
     BONE,
@@ -44,6 +45,13 @@ def paint_liver(
         ((d - 0.3 * h, -55 * s, 12 * s), (0.28 * h, 40 * s * j[2], 80 * s * j[3]), -0.3),
         ((d - 0.45 * h, 22 * s, -8 * s), (0.2 * h, 20 * s, 22 * s * j[4]), 0.0),
     )
+    gall_c = (d - 0.72 * h, -38 * s, -38 * s)
+    r = 28 * s
+    gbox = grid.box(np.subtract(gall_c, r), np.add(gall_c, r))
+    if gbox is not None and rng.random() < 0.8:
+        gq = ellipsoid_q(grid, gbox, gall_c, (28 * s, 15 * s, 13 * s), 0.4)
+        gq = np.where(cavity[gbox], gq, 2.0)
+        paint_organ(grid, hu, code, (gbox, gq), float(rng.uniform(0, 20)), GALL, (0, BOWEL))
     q = ellipsoid_q(grid, box, *lobes[0])
     for lobe in lobes[1:]:
         np.minimum(q, ellipsoid_q(grid, box, *lobe), out=q)
@@ -52,16 +60,18 @@ def paint_liver(
     below = zz < diaphragm_z(grid, an)[box[1], box[2]][None] - 3.0
     mask = (q < 1) & cavity[box] & below & np.isin(code[box], (0, BOWEL))
     texture = an.liver_hu + 3.0 * smooth_field(rng, grid, box, 20.0)
+    _keep_largest(mask)  # one organ: drop slivers cut off by the wall or the diaphragm
     paint(hu, box, mask, texture)
     code[box][mask] = LIVER
-    gall_c = (d - 0.72 * h, -38 * s, -38 * s)
-    r = 28 * s
-    gbox = grid.box(np.subtract(gall_c, r), np.add(gall_c, r))
-    if gbox is not None and rng.random() < 0.8:
-        gq = ellipsoid_q(grid, gbox, gall_c, (28 * s, 15 * s, 13 * s), 0.4)
-        gq = np.where(cavity[gbox], gq, 2.0)
-        paint_organ(grid, hu, code, (gbox, gq), float(rng.uniform(0, 20)), GALL, (0, LIVER, BOWEL))
     return box
+
+
+def _keep_largest(mask: np.ndarray) -> None:
+    labelled, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(labelled.ravel())
+        sizes[0] = 0
+        mask &= labelled == sizes.argmax()
 
 
 def liver_points(
@@ -127,7 +137,10 @@ def paint_tumours(
             centre = np.array([axes[0][k[0]], axes[1][k[1]], axes[2][k[2] + 1]])
         else:
             centre = inner[i]
-        radius = float(np.exp(rng.uniform(np.log(1.2), np.log(32.0))))
+        if rng.random() < 0.6:  # small lesions, log-uniform 1.2-10 mm radius
+            radius = float(np.exp(rng.uniform(np.log(1.2), np.log(10.0))))
+        else:  # large ones, 1-4 cm radius
+            radius = float(rng.uniform(10.0, 40.0))
         _paint_tumour(rng, grid, an, hu, code, centre, radius)
     return n
 
