@@ -1,0 +1,443 @@
+"""Frozen-teacher encoder feature supervision for any encoder-decoder (paper sections 3, 4.2.4).
+
+A frozen *teacher* (the paper's encoding UNet++, trained label -> label) encodes the one-hot
+label map; its encoder features supervise the *student*'s encoder features at the
+bottleneck only (BS) or at every encoder level (ES), through the Smooth-L1 loss of
+eq. 15-16. The total training loss is eq. 17,
+``w1 * DS-Loss(output, target) + w2 * SL1-Loss(features)``: :class:`FeatureSupervisor`
+returns the student's output unchanged, so any segmentation or deep-supervision loss
+applies, together with the feature loss.
+
+::
+
+    image ──> student (runs once; hooks read its encoder levels) ──> output ─> Seg / DS loss
+                        │ X(1,0) .. X(4,0)  [1x1 conv / resize if shapes differ]
+                        v
+                  feature loss (smooth L1 per level, weighted) ──────────────> + w2 * ...
+                        ^
+    one-hot(target) ──> frozen teacher encoder (no grad, eval)   or   TeacherFeatureCache
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from featsup._checks import check_choice, check_positive, check_type
+from featsup._taps import (
+    HookTap,
+    check_distinct,
+    describe_levels,
+    frozen_modes,
+    input_channels,
+    level_weights_for,
+    pair_levels,
+    resize_to,
+)
+from featsup._teacher import (
+    TeacherFeatureCache,
+    build_feature_cache,
+    load_encoding_teacher,
+    train_encoding_teacher,
+)
+from featsup.losses.feature import feature_loss
+
+__all__ = [
+    "FeatureSupervisor",
+    "SupervisedOutput",
+    "TeacherFeatureCache",
+    "load_encoding_teacher",
+    "train_encoding_teacher",
+]
+
+LevelRef = int | str
+LevelSpec = Literal["all", "bottleneck"] | Sequence[LevelRef | tuple[LevelRef, LevelRef]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TeacherInput = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class SupervisedOutput:
+    """What :class:`FeatureSupervisor` returns.
+
+    Attributes:
+        output: the student's output, exactly as its ``forward`` returns it (a tensor or
+            the list of deep-supervision heads).
+        feature_loss: scalar, ``weight * sum_l level_weight_l * loss_l``.
+        level_losses: the unweighted loss of each supervised level, keyed by the student's
+            level name, for logging.
+    """
+
+    output: Any
+    feature_loss: torch.Tensor
+    level_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FeatureSupervisor(nn.Module):
+    """Wrap a student and a frozen teacher; supervise the student's encoder features.
+
+    Levels are found automatically for featsup's :class:`~featsup.models.UNetPlusPlus`
+    (X(1,0)..X(d,0)) and segmentation-models-pytorch models (``stage1``..``stageN`` of the
+    encoder's feature list); any other model is tapped by module names
+    (``student_layers`` / ``teacher_layers``, shallow to deep). The student's forward runs
+    once: hooks, registered here, read its levels with their graph. The teacher is frozen
+    for good (eval mode even when :meth:`train` is called, no gradients, run under
+    ``torch.no_grad()``) and runs only its encoder where it has one; its parameters are
+    not among :meth:`parameters`, the trainable adapters are.
+
+    Args:
+        student: the network being trained.
+        teacher: the frozen encoding network; a different object from ``student``.
+        levels: ``"all"`` (every level, ES), ``"bottleneck"`` (the deepest, BS), or a list
+            of level names or indices valid for both networks, or of
+            ``(student_level, teacher_level)`` pairs.
+        loss: ``"smooth_l1"`` (paper eq. 16 with ``beta``), ``"mse"`` or a callable
+            ``loss(student_features, teacher_features) -> scalar``.
+        beta: Smooth-L1 transition point, >= 0 (1.0 in the paper).
+        weight: w2 of eq. 17, multiplies the summed level losses.
+        level_weights: one weight per supervised level; default ``1 / n`` each (the mean
+            over levels, as the deep-supervision loss averages its heads).
+        adapters: ``"auto"`` adds a trainable 1x1 conv on the student side where the
+            channels differ and resizes the student map where the sizes differ; ``None``
+            requires equal shapes.
+        num_classes: classes of the default teacher input (the one-hot target); default
+            the teacher's input channels.
+        teacher_input: ``teacher_input(image, target) -> tensor`` replacing the one-hot map.
+        student_layers: module names to tap in the student instead of its recognised levels.
+        teacher_layers: the same for the teacher.
+        probe_size: spatial size of the probe used here to read the level shapes: an int
+            (2D, square) or a tuple (2D or 3D); must suit both networks.
+        probe_channels: input channels of the student, if they cannot be inferred.
+
+    Raises:
+        ValueError: on bad options, unknown levels, unequal level counts for
+            ``levels="all"``, or (``adapters=None``) unequal shapes, listing both.
+        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``.
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> student = UNetPlusPlus(1, 2, widths=(4, 8, 16))
+        >>> teacher = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
+        >>> sup = FeatureSupervisor(student, teacher, levels="all")
+        >>> out = sup(torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)))
+        >>> len(out.output), sorted(out.level_losses), out.feature_loss.shape
+        (2, ['x1_0', 'x2_0'], torch.Size([]))
+        >>> sup.close()
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        levels: LevelSpec = "all",
+        loss: Literal["smooth_l1", "mse"] | LossFn = "smooth_l1",
+        beta: float = 1.0,
+        weight: float = 1.0,
+        level_weights: Sequence[float] | None = None,
+        adapters: Literal["auto"] | None = "auto",
+        num_classes: int | None = None,
+        teacher_input: TeacherInput | None = None,
+        student_layers: Sequence[str] | None = None,
+        teacher_layers: Sequence[str] | None = None,
+        probe_size: int | Sequence[int] = 64,
+        probe_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_type("student", student, nn.Module)
+        check_type("teacher", teacher, nn.Module)
+        check_distinct(student, teacher)
+        if not callable(loss):
+            check_choice("loss", loss, ("smooth_l1", "mse"))
+        check_positive("beta", beta, strict=False)
+        check_positive("weight", weight, strict=False)
+        check_choice("adapters", adapters, ("auto", None))
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.loss, self.beta, self.weight, self.adapter_mode = loss, beta, weight, adapters
+        self.teacher_input = teacher_input
+        self._student_levels = describe_levels(student, student_layers, "student")
+        self._teacher_levels = describe_levels(teacher, teacher_layers, "teacher")
+        self._pairs = pair_levels(levels, self._student_levels, self._teacher_levels)
+        self.level_names = [self._student_levels.names[s] for s, _ in self._pairs]
+        self.teacher_level_names = [self._teacher_levels.names[t] for _, t in self._pairs]
+        self.level_weights = level_weights_for(level_weights, len(self._pairs))
+        self.num_classes = self._resolve_num_classes(num_classes)
+        self._student_tap = HookTap(student, self._student_levels, [s for s, _ in self._pairs])
+        self._teacher_tap = None
+        if self._teacher_levels.kind == "hooks":
+            picks = [t for _, t in self._pairs]
+            self._teacher_tap = HookTap(teacher, self._teacher_levels, picks, stop_early=True)
+        self.adapters = self._build_adapters(probe_size, probe_channels)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _resolve_num_classes(self, num_classes: int | None) -> int | None:
+        if self.teacher_input is not None:
+            return num_classes
+        channels = input_channels(self.teacher)
+        if num_classes is not None and num_classes != channels:
+            raise ValueError(
+                f"num_classes: expected the teacher's input channels ({channels}) for its "
+                f"one-hot input, got {num_classes}; fix: pass teacher_input=..."
+            )
+        return channels
+
+    def _build_adapters(
+        self, probe_size: int | Sequence[int], probe_channels: int | None
+    ) -> nn.ModuleList:
+        size = (probe_size,) * 2 if isinstance(probe_size, int) else tuple(probe_size)
+        if len(size) not in (2, 3):
+            raise ValueError(f"probe_size: expected an int or 2 or 3 sizes, got {probe_size!r}")
+        channels = probe_channels or input_channels(self.student)
+        student_shapes, teacher_shapes = self._probe(size, channels)
+        adapters = nn.ModuleList()
+        for name, s, t in zip(self.level_names, student_shapes, teacher_shapes, strict=True):
+            if s == t:
+                adapters.append(nn.Identity())
+                continue
+            if self.adapter_mode is None:
+                raise ValueError(
+                    f"adapters: expected equal student and teacher shapes at level {name!r} "
+                    f"(probe {size}), got student {tuple(s)} and teacher {tuple(t)}; "
+                    "fix: adapters='auto' or other levels"
+                )
+            conv = nn.Conv2d if len(size) == 2 else nn.Conv3d
+            adapters.append(conv(s[1], t[1], 1) if s[1] != t[1] else nn.Identity())
+        device = next(self.student.parameters()).device
+        return adapters.to(device)
+
+    @torch.no_grad()
+    def _probe(
+        self, size: tuple[int, ...], channels: int
+    ) -> tuple[list[torch.Size], list[torch.Size]]:
+        first = next(self.student.parameters())
+        gen = torch.Generator().manual_seed(0)
+        image = torch.randn(2, channels, *size, generator=gen).to(first.device, first.dtype)
+        target = torch.randint(0, self.num_classes or 1, (2, *size), generator=gen)
+        with frozen_modes(self.student):
+            self.student.eval()
+            _, student_features = self._student_tap.run(lambda: self.student(image))
+        teacher_features = self._teacher_features(image, target.to(first.device))
+        return [f.shape for f in student_features], [f.shape for f in teacher_features]
+
+    # ------------------------------------------------------------------ mode and parameters
+    def train(self, mode: bool = True) -> FeatureSupervisor:
+        """Set the student and adapters to ``mode``; the teacher stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """Trainable parameters: the student's and the adapters', never the teacher's."""
+        skip = f"{prefix}.teacher." if prefix else "teacher."
+        for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name.startswith(skip):
+                yield name, param
+
+    def student_state_dict(self) -> dict[str, Any]:
+        """The student's own ``state_dict`` (no teacher, no adapters), for export."""
+        return self.student.state_dict()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        teacher_features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | None = None,
+    ) -> SupervisedOutput:
+        """Run the student once and compare its levels with the teacher's.
+
+        Args:
+            image: (B, C, H, W) student input.
+            target: (B, H, W) integer label map (or (B, K, H, W) one-hot) fed to the
+                teacher as one-hot; unused when ``teacher_features`` is given.
+            teacher_features: precomputed teacher levels, from
+                :meth:`TeacherFeatureCache.lookup` (keyed by teacher level name) or a
+                list in the order of :attr:`teacher_level_names`.
+
+        Returns:
+            A :class:`SupervisedOutput`.
+
+        Raises:
+            ValueError: if neither ``target`` nor ``teacher_features`` is given, or the
+                features do not match.
+            RuntimeError: after :meth:`close`, or if a tapped module did not run once.
+        """
+        if teacher_features is None:
+            if target is None and self.teacher_input is None:
+                raise ValueError(
+                    "target: expected a label map for the teacher, got None; "
+                    "fix: pass target or teacher_features"
+                )
+            teacher = self._teacher_features(image, target)
+        else:
+            teacher = self._given_features(teacher_features)
+        output, student = self._student_tap.run(lambda: self.student(image))
+        return self._compare(output, student, teacher)
+
+    def _teacher_input_for(self, image: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        if self.teacher_input is not None:
+            return self.teacher_input(image, target)
+        assert target is not None and self.num_classes is not None
+        dtype = next(self.teacher.parameters()).dtype
+        return one_hot(target, self.num_classes, dtype=dtype)
+
+    @torch.no_grad()
+    def _teacher_features(
+        self, image: torch.Tensor, target: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        if self.teacher.training:  # somebody called teacher.train() directly
+            self.teacher.eval()
+        x = self._teacher_input_for(image, target)
+        picks = [t for _, t in self._pairs]
+        if self._teacher_tap is None:
+            return self._teacher_levels.encode(self.teacher, x, picks)
+        _, features = self._teacher_tap.run(lambda: self.teacher(x))
+        return features
+
+    def _given_features(
+        self, features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        if isinstance(features, Mapping):
+            missing = [n for n in self.teacher_level_names if n not in features]
+            if missing:
+                raise ValueError(
+                    f"teacher_features: expected teacher levels {self.teacher_level_names}, "
+                    f"got keys {sorted(features)}; fix: cache these levels"
+                )
+            return [features[n] for n in self.teacher_level_names]
+        values = list(features)
+        if len(values) != len(self._pairs):
+            raise ValueError(
+                f"teacher_features: expected {len(self._pairs)} maps "
+                f"({self.teacher_level_names}), got {len(values)}"
+            )
+        return values
+
+    def _compare(
+        self, output: Any, student: list[torch.Tensor], teacher: list[torch.Tensor]
+    ) -> SupervisedOutput:
+        level_losses: dict[str, torch.Tensor] = {}
+        parts = []
+        for k, (s, t) in enumerate(zip(student, teacher, strict=True)):
+            s = self._adapt(k, s, t)
+            part = self._level_loss(s, t.to(device=s.device, dtype=s.dtype))
+            level_losses[self.level_names[k]] = part
+            parts.append(self.level_weights[k] * part)
+        total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
+        return SupervisedOutput(output, self.weight * total, level_losses)
+
+    def _adapt(self, k: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = self.adapters[k](s)
+        if s.shape[2:] != t.shape[2:] and self.adapter_mode == "auto":
+            s = resize_to(s, tuple(t.shape[2:]))
+        if s.shape != t.shape:
+            raise ValueError(
+                f"level {self.level_names[k]!r}: expected equal student and teacher shapes, "
+                f"got student {tuple(s.shape)} and teacher {tuple(t.shape)}; "
+                "fix: adapters='auto', or teacher features of this batch"
+            )
+        return s
+
+    def _level_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if callable(self.loss):
+            return self.loss(s, t)
+        return feature_loss(s, t, kind=self.loss, beta=self.beta)
+
+    # ------------------------------------------------------------------ cache
+    def cache_teacher_features(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int = 16,
+        path: str | None = None,
+        dtype: torch.dtype = torch.float16,
+        progress: bool = False,
+    ) -> TeacherFeatureCache:
+        """Compute the teacher's supervised levels for every sample once ("predict and save").
+
+        Valid when the labels seen in training equal those cached (no label-changing
+        augmentation). Look features up with ``cache.lookup(index)`` and pass them as
+        ``teacher_features``.
+
+        Args:
+            dataset: ``dataset[i]`` is ``(image, target, ...)`` or a target alone; ``i``
+                in ``range(len(dataset))`` is the index used for lookups.
+            batch_size: samples per teacher pass.
+            path: a directory to write float16/float32 ``.npy`` memory maps to; None keeps
+                the features in memory.
+            dtype: ``torch.float16`` (half the memory) or ``torch.float32`` (exact).
+            progress: show a tqdm bar.
+
+        Returns:
+            A :class:`TeacherFeatureCache` keyed by :attr:`teacher_level_names`.
+        """
+        device = next(self.student.parameters()).device
+
+        def encode(image: torch.Tensor | None, target: torch.Tensor) -> list[torch.Tensor]:
+            if image is None and self.teacher_input is not None:
+                raise ValueError(
+                    "dataset: expected (image, target) items for teacher_input, got targets "
+                    "alone; fix: a dataset of (image, target) pairs"
+                )
+            image = torch.empty(0, device=device) if image is None else image.to(device)
+            return self._teacher_features(image, target.to(device))
+
+        return build_feature_cache(
+            encode, dataset, list(self.teacher_level_names), batch_size=batch_size,
+            path=path, dtype=dtype, progress=progress,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ hooks lifetime
+    def close(self) -> None:
+        """Remove every hook from the student and the teacher (idempotent)."""
+        for tap in (self.__dict__.get("_student_tap"), self.__dict__.get("_teacher_tap")):
+            if tap is not None:
+                tap.remove()
+
+    remove = close
+
+    def __enter__(self) -> FeatureSupervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def extra_repr(self) -> str:  # noqa: D102
+        loss = getattr(self.loss, "__name__", self.loss)
+        return f"levels={self.level_names}, loss={loss!r}, beta={self.beta}, weight={self.weight}"
+
+
+def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
+
+    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast.
+
+    Raises:
+        ValueError: if labels fall outside ``[0, num_classes)``.
+    """
+    if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
+        return target.to(dtype)
+    if target.ndim >= 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    target = target.long()
+    low, high = torch.aminmax(target)
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"target: expected labels in [0, {num_classes}), got [{int(low)}, {int(high)}]; "
+            "fix: num_classes"
+        )
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)

@@ -1,0 +1,138 @@
+"""Teacher side: the feature cache and the encoding-teacher training recipe."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from featsup.models import UNetPlusPlus
+from featsup.supervision import (
+    FeatureSupervisor,
+    TeacherFeatureCache,
+    load_encoding_teacher,
+    train_encoding_teacher,
+)
+
+WIDTHS = (4, 8, 16, 32, 64)
+
+
+def discs(n: int, size: int = 32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        cy, cx = torch.randint(size // 4, size - size // 4, (2,), generator=gen).tolist()
+        r = int(torch.randint(3, 7, (1,), generator=gen))
+        labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+    return labels
+
+
+def supervisor(levels: str = "all") -> FeatureSupervisor:
+    student = UNetPlusPlus(1, 2, widths=WIDTHS)
+    teacher = UNetPlusPlus(2, 2, widths=WIDTHS, skip_connections=False)
+    return FeatureSupervisor(student, teacher, levels=levels).eval()  # type: ignore[arg-type]
+
+
+def dataset(n: int = 10) -> TensorDataset:
+    labels = discs(n)
+    return TensorDataset(labels[:, None].float() + 0.2 * torch.randn(n, 1, 32, 32), labels)
+
+
+# ---------------------------------------------------------------------- cache
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_cached_features_give_the_live_loss(tmp_path: Path, on_disk: bool) -> None:
+    sup, data = supervisor(), dataset()
+    path = tmp_path / "cache" if on_disk else None
+    cache = sup.cache_teacher_features(data, batch_size=4, path=path, dtype=torch.float32)
+    assert len(cache) == 10 and cache.names == ["x1_0", "x2_0", "x3_0", "x4_0"]
+    index = torch.tensor([7, 2, 9])
+    image, target = data[index]
+    live = sup(image, target)
+    cached = sup(image, teacher_features=cache.lookup(index))
+    torch.testing.assert_close(cached.feature_loss, live.feature_loss)
+    for name in live.level_losses:
+        torch.testing.assert_close(cached.level_losses[name], live.level_losses[name])
+    if on_disk:
+        assert sorted(p.name for p in path.iterdir()) == [  # type: ignore[union-attr]
+            "0.npy", "1.npy", "2.npy", "3.npy", "meta.json",
+        ]  # fmt: skip
+        reopened = TeacherFeatureCache.load(path)  # type: ignore[arg-type]
+        torch.testing.assert_close(reopened.lookup(index), cache.lookup(index))
+
+
+def test_float16_cache_is_close_and_serves_a_bottleneck_supervisor() -> None:
+    sup, data = supervisor(), dataset()
+    cache = sup.cache_teacher_features(data, batch_size=3)  # float16 by default
+    assert cache.lookup(0)["x4_0"].dtype == torch.float32
+    image, target = data[torch.arange(4)]
+    live = sup(image, target)
+    cached = sup(image, teacher_features=cache.lookup(torch.arange(4)))
+    torch.testing.assert_close(cached.feature_loss, live.feature_loss, rtol=2e-3, atol=1e-4)
+    bs = FeatureSupervisor(sup.student, sup.teacher, levels="bottleneck").eval()
+    torch.testing.assert_close(
+        bs(image, teacher_features=cache.lookup(torch.arange(4))).feature_loss,
+        bs(image, target).feature_loss,
+        rtol=2e-3, atol=1e-4,
+    )  # fmt: skip
+
+
+def test_cache_of_labels_alone_and_bad_lookups() -> None:
+    sup = supervisor("bottleneck")
+    labels = discs(5)
+    cache = sup.cache_teacher_features(list(labels), batch_size=2)
+    assert cache.names == ["x4_0"] and cache.lookup([4, 0])["x4_0"].shape == (2, 64, 2, 2)
+    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+        cache.lookup(5)
+    with pytest.raises(ValueError, match="teacher levels"):
+        supervisor()(torch.randn(2, 1, 32, 32), teacher_features=cache.lookup([0, 1]))
+    with pytest.raises(ValueError, match="expected 1 maps"):
+        sup(torch.randn(2, 1, 32, 32), teacher_features=[])
+    with pytest.raises(ValueError, match="dtype"):
+        sup.cache_teacher_features(list(labels), dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------- encoding teacher
+def test_train_encoding_teacher_reaches_threshold_saves_and_loads(tmp_path: Path) -> None:
+    labels = discs(16)
+    path = tmp_path / "teacher.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reaching the threshold must not warn
+        teacher = train_encoding_teacher(
+            labels, num_classes=2, widths=(4, 8, 16), steps=300, lr=1e-2, dice_threshold=0.9,
+            eval_every=10, path=path, progress=False,
+        )  # fmt: skip
+    assert not teacher.training and not teacher.skip_connections and teacher.deep_supervision
+    report = torch.load(path, weights_only=True)["report"]
+    assert report["reached_threshold"] and report["dice"] >= 0.9 and report["steps"] < 300
+    loaded = load_encoding_teacher(path)
+    x = torch.nn.functional.one_hot(labels[:4], 2).movedim(-1, 1).float()
+    torch.testing.assert_close(loaded(x)[-1], teacher(x)[-1])
+    dice_pred = loaded(x)[-1].argmax(1)
+    assert (dice_pred == labels[:4]).float().mean() > 0.95
+
+
+def test_train_encoding_teacher_warns_at_the_step_limit_and_is_seeded() -> None:
+    labels = discs(4, size=16)
+    with pytest.warns(UserWarning, match="step limit reached"):
+        a = train_encoding_teacher(labels, num_classes=2, widths=(4, 8), steps=2,
+                                   dice_threshold=1.0, progress=False, seed=3)  # fmt: skip
+    state = torch.get_rng_state()
+    with pytest.warns(UserWarning):
+        b = train_encoding_teacher(labels, num_classes=2, widths=(4, 8), steps=2,
+                                   dice_threshold=1.0, progress=False, seed=3)  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_train_encoding_teacher_rejects_one_hot_and_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="integer label maps"):
+        train_encoding_teacher(torch.zeros(2, 2, 8, 8), num_classes=2, steps=1, progress=False)
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(ValueError, match="'config' and 'state_dict'"):
+        load_encoding_teacher(bad)
