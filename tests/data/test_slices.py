@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featsup.data import (
+    LiverSliceDataset,
+    PreprocessSettings,
+    SliceAugment,
+    TumourSliceDataset,
+    _cache,
+    find_cases,
+    load_case,
+    prepare_volumes,
+    preprocess_volume,
+)
+
+
+@pytest.fixture(scope="module")
+def loaded(phantom_folder: Path) -> list:
+    return [load_case(c) for c in find_cases(phantom_folder)]
+
+
+def test_liver_items_shapes_and_types(phantom_folder: Path) -> None:
+    ds = LiverSliceDataset(phantom_folder, empty_fraction=None)
+    item = ds[0]
+    assert set(item) == {"image", "target", "case_id", "slice_index"}
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (1, 96, 96)
+    assert item["target"].dtype == torch.int64 and item["target"].shape == (96, 96)
+    assert len(ds) == 3 * 32  # every slice of the three cases
+
+
+def test_liver_slices_equal_the_preprocessed_volume_with_context(
+    phantom_folder: Path, loaded
+) -> None:
+    ds = LiverSliceDataset(phantom_folder, empty_fraction=None, context=2)
+    expected = preprocess_volume(loaded[1].volume)
+    for index in (32, 33, 45, 63):  # case "1" spans indices 32..63; ends are clamped
+        item = ds[index]
+        k = item["slice_index"]
+        ks = np.clip(np.arange(k - 2, k + 3), 0, 31)
+        assert item["case_id"] == "1"
+        np.testing.assert_array_equal(item["image"].numpy(), expected[ks])
+        np.testing.assert_array_equal(
+            item["target"].numpy(), (loaded[1].labels[k] > 0).astype(np.int64)
+        )
+
+
+def test_empty_fraction_and_epoch_resampling(phantom_folder: Path, loaded) -> None:
+    with_liver = sum(int((c.labels > 0).reshape(32, -1).any(1).sum()) for c in loaded)
+    ds = LiverSliceDataset(phantom_folder, empty_fraction=0.2, seed=3)
+    empties = [i for i in range(len(ds)) if ds[i]["target"].sum() == 0]
+    assert len(ds) - len(empties) == with_liver
+    assert len(empties) == round(0.2 * with_liver / 0.8)
+    first = list(ds._index)
+    ds.set_epoch(1)
+    assert ds._index != first and len(ds._index) == len(first)
+    ds.set_epoch(0)
+    assert ds._index == first
+    assert LiverSliceDataset(phantom_folder, empty_fraction=0.0).__len__() == with_liver
+
+
+def test_classes_all_keeps_tumour_labels(phantom_folder: Path, loaded) -> None:
+    ds = LiverSliceDataset(phantom_folder, empty_fraction=None, classes="all")
+    stacked = torch.stack([ds[i]["target"] for i in range(len(ds))])
+    expected = np.concatenate([c.labels for c in loaded])
+    np.testing.assert_array_equal(stacked.numpy(), expected)
+
+
+def test_fixed_size_batches_stack_in_a_dataloader(phantom_folder: Path) -> None:
+    ds = LiverSliceDataset(phantom_folder, size=(64, 80), context=1, augment=SliceAugment())
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=6, shuffle=True)))
+    assert batch["image"].shape == (6, 3, 64, 80) and batch["target"].shape == (6, 64, 80)
+    assert set(torch.unique(batch["target"]).tolist()) <= {0, 1}
+
+
+def test_augmentation_is_seeded_per_sample_and_epoch(phantom_folder: Path) -> None:
+    ds = LiverSliceDataset(phantom_folder, augment=SliceAugment(rotation_p=1.0), seed=5)
+    a, b = ds[10], ds[10]
+    torch.testing.assert_close(a["image"], b["image"])
+    ds.set_epoch(1)
+    ds.set_epoch(0)
+    torch.testing.assert_close(ds[10]["image"], a["image"])
+    ds2 = LiverSliceDataset(phantom_folder, augment=SliceAugment(rotation_p=1.0), seed=6)
+    assert not torch.equal(ds2[10]["image"], a["image"])
+
+
+def test_augmentation_changes_with_the_epoch(phantom_folder: Path) -> None:
+    ds = LiverSliceDataset(
+        phantom_folder, empty_fraction=None, augment=SliceAugment(rotation_p=1.0)
+    )
+    first = ds[40]["image"]
+    ds.set_epoch(1)  # same slices (no sampling), new augmentation
+    assert not torch.equal(ds[40]["image"], first)
+
+
+def test_disk_cache_is_reused_and_keyed_by_settings(
+    phantom_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    ds = LiverSliceDataset(phantom_folder, cache_dir=cache, empty_fraction=None)
+    assert len(list(cache.glob("*.image.npy"))) == 3
+    assert isinstance(ds.volumes[0].image_u8(), np.memmap)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("preprocessing ran although the cache was complete")
+
+    monkeypatch.setattr(_cache, "_preprocess", fail)
+    again = LiverSliceDataset(phantom_folder, cache_dir=cache, empty_fraction=None)
+    torch.testing.assert_close(again[50]["image"], ds[50]["image"])
+    monkeypatch.undo()
+    LiverSliceDataset(phantom_folder, cache_dir=cache, empty_fraction=None, use_clahe=False)
+    assert len(list(cache.glob("*.image.npy"))) == 6  # other settings, other entries
+
+
+def test_cache_key_follows_the_file(phantom_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name in ("volume-0.nii.gz", "segmentation-0.nii.gz"):
+        shutil.copy(phantom_folder / name, tmp_path / name)
+    case = find_cases(tmp_path)[0]
+    settings = PreprocessSettings()
+    key = _cache.cache_key(case, settings)
+    assert key == _cache.cache_key(case, settings)
+    assert key != _cache.cache_key(case, PreprocessSettings(window=(-200.0, 300.0)))
+    (tmp_path / "volume-0.nii.gz").write_bytes((tmp_path / "volume-0.nii.gz").read_bytes() + b"\0")
+    assert key != _cache.cache_key(case, settings)
+
+
+def test_pool_gives_the_same_volumes(phantom_folder: Path, tmp_path: Path) -> None:
+    cases = find_cases(phantom_folder)
+    serial = prepare_volumes(cases, PreprocessSettings())
+    pooled = prepare_volumes(cases, PreprocessSettings(), cache_dir=tmp_path, num_workers=2)
+    for a, b in zip(serial, pooled, strict=True):
+        np.testing.assert_array_equal(a.image_u8(), b.image_u8())
+        np.testing.assert_array_equal(a.labels(), b.labels())
+        assert a.liver_bbox == b.liver_bbox and a.offset == b.offset and a.scale == b.scale
+
+
+def test_cached_dataset_pickles_without_its_memory_maps(
+    phantom_folder: Path, tmp_path: Path
+) -> None:
+    ds = LiverSliceDataset(phantom_folder, cache_dir=tmp_path, empty_fraction=None)
+    ds[0]
+    blob = pickle.dumps(ds)
+    assert len(blob) < 200_000  # the 3 x 32 x 96 x 96 arrays are not inside
+    torch.testing.assert_close(pickle.loads(blob)[70]["image"], ds[70]["image"])
+
+
+def test_tumour_dataset_serves_masked_liver_roi_crops(phantom_folder: Path, loaded) -> None:
+    ds = TumourSliceDataset(phantom_folder, empty_fraction=None, margin=4, context=1)
+    case_ids = {item["case_id"] for item in (ds[i] for i in range(len(ds)))}
+    liver_slices = sum(int((c.labels > 0).reshape(32, -1).any(1).sum()) for c in loaded)
+    assert len(ds) == liver_slices
+    for index in range(0, len(ds), 7):
+        item = ds[index]
+        case = loaded[int(item["case_id"])]
+        k = item["slice_index"]
+        liver = case.labels > 0
+        ys, xs = np.nonzero(liver.any(0))
+        rows = slice(max(0, ys.min() - 4), min(96, ys.max() + 5))
+        cols = slice(max(0, xs.min() - 4), min(96, xs.max() + 5))
+        expected_target = (case.labels[k, rows, cols] == 2).astype(np.int64)
+        np.testing.assert_array_equal(item["target"].numpy(), expected_target)
+        image = item["image"].numpy()
+        assert image.shape[0] == 3
+        assert (image[1][~liver[k, rows, cols]] == 0).all()
+        expected = preprocess_volume(case.volume)[k, rows, cols]
+        np.testing.assert_array_equal(
+            image[1][liver[k, rows, cols]], expected[liver[k, rows, cols]]
+        )
+    assert case_ids
+
+
+def test_tumour_dataset_sampling_and_size(phantom_folder: Path, loaded) -> None:
+    ds = TumourSliceDataset(phantom_folder, size=(48, 48), empty_fraction=0.5)
+    with_tumour = sum(int((c.labels == 2).reshape(32, -1).any(1).sum()) for c in loaded)
+    targets = [ds[i]["target"] for i in range(len(ds))]
+    assert sum(int(t.any()) for t in targets) == with_tumour
+    assert all(t.shape == (48, 48) for t in targets)
+    assert len(ds) - with_tumour == min(with_tumour, len(ds) - with_tumour)
+
+
+def test_dataset_errors(phantom_folder: Path) -> None:
+    with pytest.raises(ValueError, match="context"):
+        LiverSliceDataset(phantom_folder, context=-1)
+    with pytest.raises(ValueError, match="empty_fraction"):
+        LiverSliceDataset(phantom_folder, empty_fraction=1.0)
+    with pytest.raises(ValueError, match="size"):
+        LiverSliceDataset(phantom_folder, size=(0, 4))
+    with pytest.raises(ValueError, match="did you mean 'liver'"):
+        LiverSliceDataset(phantom_folder, classes="livers")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="normalization"):
+        LiverSliceDataset(phantom_folder, normalization="l2")  # type: ignore[arg-type]
+    with pytest.raises(IndexError):
+        LiverSliceDataset(phantom_folder)[10_000]
