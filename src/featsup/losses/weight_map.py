@@ -170,7 +170,7 @@ def _weight(
     if dist is None:  # no boundary: constant map
         return np.ones(mask.shape, dtype=np.float32)
     weight = np.exp(dist * np.float32(-1.0 / (2.0 * sigma**2)))  # eq. 9
-    weight[mask] *= np.float32(1.0 + w)
+    np.multiply(weight, np.float32(1.0 + w), out=weight, where=mask)
     low, high = weight.min(), weight.max()  # float32, so (high - low) / span is exactly 1
     span = high - low
     if span <= 1e-12 * max(float(high), 1.0):
