@@ -5,16 +5,9 @@ is foreground; for a label map pass ``seg == label``) and return Python floats.
 Surface distances are in the units of ``spacing`` (millimetres with a NIfTI header's
 zooms, given in the array's axis order); without ``spacing`` they are in voxels.
 
-Empty masks (P = prediction, G = target):
-
-=================  ======  =====  ==================  =========  =========
-case               Dice    VOE    RVD                 ASSD       MSD
-=================  ======  =====  ==================  =========  =========
-both empty         1.0     0.0    0.0                 0.0        0.0
-G empty, P not     0.0     1.0    ``inf``             ``inf``    ``inf``
-P empty, G not     0.0     1.0    -1.0                ``inf``    ``inf``
-=================  ======  =====  ==================  =========  =========
-
+Empty masks (P = prediction, G = target) give (Dice, VOE, RVD, ASSD, MSD) =
+``(1, 0, 0, 0, 0)`` when both are empty, ``(0, 1, inf, inf, inf)`` when only G is empty
+and ``(0, 1, -1, inf, inf)`` when only P is empty (see docs/metrics.md).
 A distance to an empty surface is infinite; means over cases then are ``inf`` too, which
 shows that some case had an empty mask (per-case values stay available).
 """
