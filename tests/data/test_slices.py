@@ -198,3 +198,19 @@ def test_dataset_errors(phantom_folder: Path) -> None:
         LiverSliceDataset(phantom_folder, normalization="l2")  # type: ignore[arg-type]
     with pytest.raises(IndexError):
         LiverSliceDataset(phantom_folder)[10_000]
+
+
+def test_tumour_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -> None:
+    # the cascade builds the tumour input from a volume and a liver mask like this
+    from featsup.data import crop_to_roi
+
+    ds = TumourSliceDataset(phantom_folder, size=(64, 64), empty_fraction=None, margin=8)
+    case = loaded[2]
+    liver = case.labels > 0
+    masked = np.where(liver, preprocess_volume(case.volume), np.float32(0))
+    crop, roi = crop_to_roi(masked, liver, margin=(0, 8, 8), size=(64, 64))
+    items = [ds[i] for i in range(len(ds)) if ds[i]["case_id"] == "2"]
+    assert len(items) == crop.shape[0]
+    for item in items:
+        k = item["slice_index"] - roi.bbox[0][0]
+        torch.testing.assert_close(item["image"][0], torch.from_numpy(crop[k]))
