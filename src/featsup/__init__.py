@@ -1,7 +1,84 @@
-"""featsup: supervision-augmented UNet++ components for medical image segmentation."""
+"""featsup: supervision-augmented UNet++ components for medical image segmentation.
+
+The public API is re-exported here; sub-packages hold the details:
+:mod:`featsup.models`, :mod:`featsup.supervision`, :mod:`featsup.losses`,
+:mod:`featsup.metrics`, :mod:`featsup.data`, :mod:`featsup.postprocess`,
+:mod:`featsup.training`, :mod:`featsup.inference`, :mod:`featsup.variants` and
+:mod:`featsup.viz`. Optional dependencies (nibabel, OpenCV, pydensecrf, matplotlib,
+segmentation-models-pytorch) are imported only by the functions that need them.
+"""
 
 from __future__ import annotations
 
+from featsup.inference import Cascade, CascadeResult, predict_volume
+from featsup.losses import (
+    DeepSupervisionLoss,
+    DiceLoss,
+    FeatureLoss,
+    FocalLoss,
+    SegLoss,
+    TotalLoss,
+    WeightedDiceLoss,
+    boundary_weight_map,
+    deep_supervision_loss,
+    dice_loss,
+    feature_loss,
+    focal_loss,
+    seg_loss,
+    weighted_dice_loss,
+)
+from featsup.metrics import MetricAccumulator, case_metrics, dice_score
+from featsup.models import FeatureInfo, UNetPlusPlus
+from featsup.postprocess import DenseCRF, crf_labels, dense_crf
+from featsup.supervision import (
+    FeatureSupervisor,
+    SupervisedOutput,
+    TeacherFeatureCache,
+    load_encoding_teacher,
+    train_encoding_teacher,
+)
+from featsup.training import Trainer, dice_per_head, load_model
+from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "VARIANTS",
+    "Cascade",
+    "CascadeResult",
+    "DeepSupervisionLoss",
+    "DenseCRF",
+    "DiceLoss",
+    "FeatureInfo",
+    "FeatureLoss",
+    "FeatureSupervisor",
+    "FocalLoss",
+    "MetricAccumulator",
+    "SegLoss",
+    "SupervisedOutput",
+    "TeacherFeatureCache",
+    "TotalLoss",
+    "Trainer",
+    "UNetPlusPlus",
+    "WeightedDiceLoss",
+    "__version__",
+    "boundary_weight_map",
+    "build_variant",
+    "case_metrics",
+    "crf_labels",
+    "deep_supervision_loss",
+    "dense_crf",
+    "dice_loss",
+    "dice_per_head",
+    "dice_score",
+    "feature_loss",
+    "focal_loss",
+    "load_encoding_teacher",
+    "load_model",
+    "parse_variant",
+    "predict_volume",
+    "seg_loss",
+    "segmentation_step",
+    "train_encoding_teacher",
+    "weighted_dice_loss",
+]

@@ -11,8 +11,6 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
-
 __all__ = [
     "check_choice",
     "check_in_range",
@@ -93,11 +91,11 @@ def check_in_range(name: str, value: float, low: float, high: float) -> float:
 
 def check_ndim(
     name: str,
-    tensor: torch.Tensor,
+    tensor: Any,
     ndim: int | Sequence[int],
     layout: str,
     fix: str | None = None,
-) -> torch.Tensor:
+) -> Any:
     """Check the number of dimensions of a tensor or array.
 
     Args:

@@ -1,0 +1,319 @@
+"""Train and evaluate the paper's liver -> tumour cascade of ES-UNet++ (sections 3.2.3, 4.2.5).
+
+With no arguments it writes a synthetic CT phantom data set in LiTS layout, trains the
+encoding UNet++ teachers (liver and tumour, label -> label), the ES-DS liver model and
+the ES-DS tumour model (initialised from the liver model: transfer learning), runs the
+cascade (liver -> largest component -> liver ROI -> tumour -> dense CRF) on the test
+cases and writes, under --out:
+
+    predictions/segmentation-N.nii.gz   labels {0, 1, 2} with the source affine
+    figures/case-N.png                  original, liver, resized ROI, tumour (Fig. 15-18)
+    figures/curves_*.png                training losses and Dice per head (Fig. 11-14)
+    metrics.json                        per case, aggregated, per head, with the settings
+
+and prints Table 2 (Dice per head X0,1..X0,4, liver and tumour), Dice per case and global,
+VOE, RVD, ASSD, MSD and timings. ``--data DIR`` runs on a real LiTS folder instead
+(cases split into train / test by --seed; test cases are never trained on).
+
+    python examples/lits_cascade.py                       # phantom, CPU defaults
+    python examples/lits_cascade.py --data /data/LiTS --device cuda --size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featsup import data as fd
+from featsup.inference import Cascade, predict_volume, resolve_device
+from featsup.metrics import MetricAccumulator, dice_score
+from featsup.models import UNetPlusPlus
+from featsup.supervision import load_encoding_teacher, train_encoding_teacher
+from featsup.training import Trainer, dice_per_head, load_model
+from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
+from featsup.viz import load_history, plot_cascade_panels, plot_curves
+
+# Defaults that fit a 2-core CPU in about 10 minutes, and the paper-scale recipe for CUDA.
+PRESETS = {
+    "cpu": {"size": 128, "tumour_size": 96, "widths": [8, 16, 32, 64, 128], "steps": 400,
+            "teacher_steps": 300, "batch_size": 8, "lr": 3e-3, "phantom_shape": [48, 256, 256],
+            "cases": 12},
+    "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512],
+             "steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
+             "phantom_shape": [100, 512, 512], "cases": 40},
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, help="LiTS folder (volume-N / segmentation-N .nii[.gz])")
+    p.add_argument("--out", type=Path, default=Path("outputs/lits_cascade"))
+    p.add_argument("--variant", default="ES-DS", type=str.upper, choices=VARIANTS)
+    p.add_argument("--head", type=int, choices=(1, 2, 3, 4), help="cascade head (default X0,4)")
+    p.add_argument("--steps", type=int, help="optimizer steps per stage model")
+    p.add_argument("--epochs", type=int, help="epochs per stage model (with --steps: fewer wins)")
+    p.add_argument("--teacher-steps", type=int, help="max steps per encoding teacher")
+    p.add_argument("--size", type=int, help="liver-stage slice size")
+    p.add_argument("--tumour-size", type=int, help="tumour-stage ROI size")
+    p.add_argument("--widths", type=int, nargs=5, help="UNet++ widths per depth")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=int, help="phantom cases (train + val + test)")
+    p.add_argument("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
+    p.add_argument("--test-cases", nargs="+", help="case ids to test on (default: by --seed)")
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    args = p.parse_args(argv)
+    args.device = str(resolve_device(args.device))
+    preset = PRESETS["cuda" if args.device.startswith("cuda") else "cpu"]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.data is not None and not args.data.is_dir():
+        p.error(f"--data: expected a LiTS folder, got {args.data} (not a directory)")
+    if args.cases < 4:
+        p.error(f"--cases: expected at least 4 (train, validation, test), got {args.cases}")
+    if not 0 < args.test_fraction < 1:
+        p.error(f"--test-fraction: expected a number in (0, 1), got {args.test_fraction}")
+    return args
+
+
+def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
+    """Train / validation / test cases; test cases are never used for training."""
+    if args.data is None:
+        folder = args.out / "phantom"
+        if not sorted(folder.glob("volume-*.nii.gz")):
+            print(f"writing {args.cases} phantom cases {tuple(args.phantom_shape)} to {folder}")
+            fd.write_phantom_dataset(folder, args.cases, shape=tuple(args.phantom_shape),
+                                     seed=args.seed)  # fmt: skip
+        source = folder
+    else:
+        source = args.data
+    try:
+        cases = fd.find_cases(source)
+    except ValueError as error:
+        sys.exit(f"--data: {error}")
+    if len(cases) < 3:
+        sys.exit(f"--data: expected at least 3 volume/segmentation pairs in {source}, "
+                 f"found {len(cases)}")  # fmt: skip
+    ids = [c.case_id for c in cases]
+    if args.test_cases:
+        unknown = sorted(set(args.test_cases) - set(ids))
+        if unknown:
+            sys.exit(f"--test-cases: unknown case ids {unknown}; available: {ids}")
+        test = [c for c in cases if c.case_id in args.test_cases]
+        rest = [c for c in cases if c.case_id not in args.test_cases]
+    else:
+        order = np.random.default_rng(args.seed).permutation(len(cases))
+        n_test = max(1, round(args.test_fraction * len(cases)))
+        test = [cases[i] for i in sorted(order[:n_test])]
+        rest = [cases[i] for i in sorted(order[n_test:])]
+    return {"train": rest[1:], "val": rest[:1], "test": test}
+
+
+def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
+    cache = args.out / "cache"
+    if stage == "liver":
+        common = {"size": (args.size, args.size), "cache_dir": cache}
+        train = fd.LiverSliceDataset(cases["train"], augment=fd.SliceAugment(), seed=args.seed,
+                                     empty_fraction=0.2, **common)  # fmt: skip
+        val = fd.LiverSliceDataset(cases["val"], empty_fraction=0.2, **common)
+    else:
+        common = {"size": (args.tumour_size, args.tumour_size), "cache_dir": cache}
+        train = fd.TumourSliceDataset(cases["train"], augment=fd.SliceAugment(), seed=args.seed,
+                                      empty_fraction=0.3, **common)  # fmt: skip
+        val = fd.TumourSliceDataset(cases["val"], empty_fraction=None, **common)
+    return train, val
+
+
+def teacher(stage: str, train: Any, args: argparse.Namespace) -> UNetPlusPlus | None:
+    if parse_variant(args.variant)[0] == "UN":
+        return None
+    path = args.out / "teachers" / f"{stage}.pt"
+    if args.resume and path.exists():
+        return load_encoding_teacher(path, map_location=args.device)
+    labels = torch.stack([train[i]["target"] for i in range(len(train))])
+    return train_encoding_teacher(
+        labels, num_classes=2, widths=args.widths, steps=args.teacher_steps, lr=args.lr,
+        batch_size=args.batch_size, dice_threshold=0.97, device=args.device, path=path,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def train_stage(
+    stage: str, cases: dict, args: argparse.Namespace, init: UNetPlusPlus | None = None
+) -> UNetPlusPlus:
+    """Train one stage's model (teacher first); return its best student in eval mode."""
+    train, val = datasets(stage, cases, args)
+    print(f"\n== {stage} stage: {args.variant}, {len(train)} training slices ==")
+    student = None
+    if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
+        student = UNetPlusPlus.from_config(init.config)
+        student.load_state_dict(init.state_dict())
+    model = build_variant(args.variant, in_channels=1, num_classes=2, widths=args.widths,
+                          teacher=teacher(stage, train, args), student=student)  # fmt: skip
+    folder = args.out / stage
+    trainer = Trainer(
+        model, segmentation_step(), train, val_data=val,
+        val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
+        lr=args.lr, max_steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        val_every=max(25, args.steps // 8), checkpoint_dir=folder, keep_best_by="val/dice_x0_4",
+        warmup_steps=min(50, args.steps // 10), device=args.device, seed=args.seed,
+        drop_last=True,
+    )  # fmt: skip
+    last = folder / "last.pt"
+    trainer.fit(resume_from=last if args.resume and last.exists() else None)
+    part = "student" if hasattr(model, "student") else "model"
+    best = UNetPlusPlus.from_config(getattr(model, "student", model).config)
+    load_model(folder / "best.pt", model=best, part=part)
+    if hasattr(model, "close"):
+        model.close()
+    return best.eval()
+
+
+def evaluate(
+    liver: UNetPlusPlus, tumour: UNetPlusPlus, cases: list, args: argparse.Namespace
+) -> dict:
+    crf = None if args.no_crf else {"workers": 2}
+    options = {"liver_size": args.size, "tumour_size": args.tumour_size, "device": args.device}
+    final = Cascade(liver, tumour, liver_head=args.head, tumour_head=args.head, crf=crf, **options)
+    per_head = [Cascade(liver, tumour, tumour_head=k, crf=None, **options) for k in range(1, 5)]
+    acc = {"liver": MetricAccumulator(), "tumour": MetricAccumulator()}
+    head_dice: dict[str, list[list[float]]] = {"liver": [[] for _ in range(4)],
+                                               "tumour": [[] for _ in range(4)]}  # fmt: skip
+    records, timings = [], []
+    for case in cases:
+        loaded = fd.load_case(case)
+        volume, truth, spacing = loaded.volume, loaded.labels, loaded.spacing
+        result = final(volume)
+        timings.append(result.timings)
+        out = args.out / "predictions" / f"segmentation-{case.case_id}.nii.gz"
+        fd.save_prediction(result.labels, case, out)
+        record = {"case": case.case_id, "timings": result.timings}
+        for name, pred, gt in (("liver", result.labels > 0, truth > 0),
+                               ("tumour", result.labels == 2, truth == 2)):  # fmt: skip
+            record[name] = acc[name].update(pred, gt, spacing=spacing, case_id=case.case_id)
+        score_heads(volume, truth, liver, per_head, head_dice, args)
+        records.append(record)
+        draw_case(case.case_id, volume, truth, result, args)
+        print(
+            f"case {case.case_id}: liver Dice {record['liver']['dice']:.3f}, "
+            f"tumour Dice {record['tumour']['dice']:.3f}, {result.timings['total']:.1f} s"
+        )
+    return {
+        "cases": records,
+        "liver": acc["liver"].compute(),
+        "tumour": acc["tumour"].compute(),
+        "dice_per_head": {
+            s: {f"x0_{k + 1}": float(np.mean(v[k])) for k in range(4)} for s, v in head_dice.items()
+        },
+        "seconds_per_case": float(np.mean([t["total"] for t in timings])),
+    }
+
+
+def score_heads(volume, truth, liver, per_head, head_dice, args) -> None:
+    """Dice per case of each head's raw output (liver) and of each tumour head (Table 2)."""
+    image = fd.preprocess_volume(volume)
+    liver_truth, tumour_truth = truth > 0, truth == 2
+    for k in range(1, 5):
+        probs = predict_volume(liver, image, head=k, size=args.size, device=args.device)
+        head_dice["liver"][k - 1].append(dice_score(probs[1] > 0.5, liver_truth))
+        result = per_head[k - 1](volume)
+        head_dice["tumour"][k - 1].append(dice_score(result.labels == 2, tumour_truth))
+
+
+def draw_case(case_id: str, volume, truth, result, args) -> None:
+    tumour_voxels = (truth == 2).sum(axis=(1, 2))
+    k = (
+        int(tumour_voxels.argmax())
+        if tumour_voxels.any()
+        else int((truth > 0).sum((1, 2)).argmax())
+    )
+    image = fd.hu_window(volume[k], low=-100, high=400, output="uint8")
+    roi_image = None
+    if result.roi is not None:
+        _, rows, cols = result.roi.slices
+        crop = np.where(result.labels[k, rows, cols] > 0, image[rows, cols], 0).astype(np.float32)
+        roi_image = fd.resize(crop, (args.tumour_size, args.tumour_size))
+    plot_cascade_panels(args.out / "figures" / f"case-{case_id}.png", image=image,
+                        liver=result.labels[k] > 0, roi_image=roi_image,
+                        tumour=result.labels[k] == 2, truth=truth[k],
+                        title=f"case {case_id}, slice {k}")  # fmt: skip
+
+
+def draw_curves(args: argparse.Namespace) -> None:
+    runs = {s: load_history(args.out / s / "history.jsonl") for s in ("liver", "tumour")}
+    plot_curves(
+        args.out / "figures" / "curves_loss.png",
+        runs,
+        keys=["train/loss", "train/seg", "train/feature"],
+        title=args.variant,
+    )
+    plot_curves(
+        args.out / "figures" / "curves_dice.png",
+        runs,
+        keys=[f"val/dice_x0_{k}" for k in range(1, 5)],
+        title="validation Dice per head",
+    )
+
+
+def print_report(metrics: dict, seconds: dict[str, float]) -> None:
+    heads = metrics["dice_per_head"]
+    print("\nTable 2 layout: Dice per case of each head (test cases)")
+    print("| | Liver X0,1 | X0,2 | X0,3 | X0,4 | Tumour X0,1 | X0,2 | X0,3 | X0,4 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    cells = [f"{100 * heads[s][f'x0_{k}']:.1f}%" for s in ("liver", "tumour") for k in range(1, 5)]
+    print(f"| {metrics['variant']} | " + " | ".join(cells) + " |")
+    print("\nCascade (final head, CRF as configured), over the test cases")
+    print("| | Dice per case | Dice global | VOE | RVD | ASSD mm | MSD mm |")
+    print("|---|---|---|---|---|---|---|")
+    for s in ("liver", "tumour"):
+        m = metrics[s]
+        print(
+            f"| {s} | {m['dice_per_case']:.3f} | {m['dice_global']:.3f} | {m['voe']:.3f} | "
+            f"{m['rvd']:+.3f} | {m['assd']:.2f} | {m['msd']:.2f} |"
+        )
+    print(
+        "\nTimings: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + f"; cascade {metrics['seconds_per_case']:.1f} s per test case"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    cases = split_cases(args)
+    seconds["data"] = time.perf_counter() - start
+    liver = train_stage("liver", cases, args)
+    seconds["liver training"] = time.perf_counter() - start - sum(seconds.values())
+    tumour = train_stage("tumour", cases, args, init=liver)
+    seconds["tumour training"] = time.perf_counter() - start - sum(seconds.values())
+    metrics = evaluate(liver, tumour, cases["test"], args)
+    seconds["evaluation"] = time.perf_counter() - start - sum(seconds.values())
+    draw_curves(args)
+    seconds["total"] = time.perf_counter() - start
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    metrics.update(variant=args.variant, settings=settings, seconds=seconds,
+                   split={k: [c.case_id for c in v] for k, v in cases.items()})  # fmt: skip
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print_report(metrics, seconds)
+    print(f"\nwrote {args.out}/metrics.json, predictions/, figures/")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Pictures a person would rather look at than read: overlays and training curves.
+
+Needs matplotlib (``pip install "featsup[viz]"``); it is imported inside each function
+and drawn with the non-interactive Agg backend, so this works on headless machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["load_history", "plot_cascade_panels", "plot_curves"]
+
+_LIVER, _TUMOUR, _TRUTH = (0.1, 0.8, 0.2), (0.95, 0.15, 0.1), (1.0, 0.9, 0.0)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'featsup.viz needs matplotlib; install it with pip install "featsup[viz]"'
+        ) from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _overlay(ax: Any, image: np.ndarray, mask: np.ndarray | None, color: Sequence[float]) -> None:
+    ax.imshow(image, cmap="gray", interpolation="nearest")
+    if mask is not None and mask.any():
+        rgba = np.zeros((*mask.shape, 4), dtype=np.float32)
+        rgba[mask.astype(bool)] = (*color, 0.45)
+        ax.imshow(rgba, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _contour(ax: Any, mask: np.ndarray | None) -> None:
+    if mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors=[_TRUTH], linewidths=0.8)
+
+
+def plot_cascade_panels(
+    path: str | os.PathLike[str],
+    *,
+    image: np.ndarray,
+    liver: np.ndarray,
+    roi_image: np.ndarray | None,
+    tumour: np.ndarray,
+    truth: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Save the paper's Fig. 15-18 for one axial slice: original, liver, ROI, tumour.
+
+    Args:
+        path: output PNG.
+        image: (H, W) windowed CT slice (any range; shown in gray).
+        liver: (H, W) predicted liver mask.
+        roi_image: (h, w) resized liver-ROI crop fed to the tumour model, or None.
+        tumour: (H, W) predicted tumour mask.
+        truth: (H, W) ground-truth labels {0, 1, 2}, drawn as yellow contours.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    _overlay(axes[0], image, None, _LIVER)
+    axes[0].set_title("original")
+    _overlay(axes[1], image, liver, _LIVER)
+    _contour(axes[1], None if truth is None else truth > 0)
+    axes[1].set_title("liver (green), truth (yellow)")
+    if roi_image is not None:
+        axes[2].imshow(roi_image, cmap="gray", interpolation="nearest")
+    axes[2].set_axis_off()
+    axes[2].set_title("liver ROI, resized")
+    _overlay(axes[3], image, tumour, _TUMOUR)
+    _contour(axes[3], None if truth is None else truth == 2)
+    axes[3].set_title("tumour (red), truth (yellow)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def load_history(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """Read a JSON-lines training history (one record per line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(
+    path: str | os.PathLike[str],
+    histories: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    keys: Sequence[str],
+    title: str = "",
+    ylabel: str = "",
+) -> Path:
+    """Plot ``keys`` against ``step`` for several runs (like the paper's Fig. 11-14).
+
+    Args:
+        path: output PNG.
+        histories: run name -> records (dicts with ``"step"`` and the keys).
+        keys: values to draw, one panel each.
+        title: figure title.
+        ylabel: y-axis label.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: if no run has any of ``keys``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    drawn = 0
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name, records in histories.items():
+            points = [(r["step"], r[key]) for r in records if key in r and "step" in r]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, label=name, linewidth=1.4)
+                drawn += 1
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"keys: none of {list(keys)} is in the histories")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
