@@ -42,13 +42,29 @@ from featsup.viz import load_history, plot_cascade_panels, plot_curves
 
 # Defaults that fit a 2-core CPU in about 10 minutes, and the paper-scale recipe for CUDA.
 PRESETS = {
-    "cpu": {"size": 128, "tumour_size": 96, "widths": [8, 16, 32, 64, 128], "steps": 400,
-            "teacher_steps": 300, "batch_size": 8, "lr": 3e-3, "phantom_shape": [48, 256, 256],
-            "cases": 12},
-    "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512],
-             "steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
-             "phantom_shape": [100, 512, 512], "cases": 40},
-}  # fmt: skip
+    "cpu": {
+        "size": 128,
+        "tumour_size": 96,
+        "widths": [8, 16, 32, 64, 128],
+        "steps": 400,
+        "teacher_steps": 300,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "phantom_shape": [48, 256, 256],
+        "cases": 12,
+    },
+    "cuda": {
+        "size": 512,
+        "tumour_size": 256,
+        "widths": [32, 64, 128, 256, 512],
+        "steps": 30000,
+        "teacher_steps": 3000,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "phantom_shape": [100, 512, 512],
+        "cases": 40,
+    },
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,8 +110,9 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
         folder = args.out / "phantom"
         if not sorted(folder.glob("volume-*.nii.gz")):
             print(f"writing {args.cases} phantom cases {tuple(args.phantom_shape)} to {folder}")
-            fd.write_phantom_dataset(folder, args.cases, shape=tuple(args.phantom_shape),
-                                     seed=args.seed)  # fmt: skip
+            fd.write_phantom_dataset(
+                folder, args.cases, shape=tuple(args.phantom_shape), seed=args.seed
+            )
         source = folder
     else:
         source = args.data
@@ -104,8 +121,9 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
     except ValueError as error:
         sys.exit(f"--data: {error}")
     if len(cases) < 3:
-        sys.exit(f"--data: expected at least 3 volume/segmentation pairs in {source}, "
-                 f"found {len(cases)}")  # fmt: skip
+        sys.exit(
+            f"--data: expected at least 3 volume/segmentation pairs in {source}, found {len(cases)}"
+        )
     ids = [c.case_id for c in cases]
     if args.test_cases:
         unknown = sorted(set(args.test_cases) - set(ids))
@@ -125,13 +143,20 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     cache = args.out / "cache"
     if stage == "liver":
         common = {"size": (args.size, args.size), "cache_dir": cache}
-        train = fd.LiverSliceDataset(cases["train"], augment=fd.SliceAugment(), seed=args.seed,
-                                     empty_fraction=0.2, **common)  # fmt: skip
+        # no flips: which side of the body the liver is on is a cue worth keeping
+        train = fd.LiverSliceDataset(
+            cases["train"],
+            augment=fd.SliceAugment(flip_p=0.0),
+            seed=args.seed,
+            empty_fraction=0.2,
+            **common,
+        )
         val = fd.LiverSliceDataset(cases["val"], empty_fraction=0.2, **common)
     else:
         common = {"size": (args.tumour_size, args.tumour_size), "cache_dir": cache}
-        train = fd.TumourSliceDataset(cases["train"], augment=fd.SliceAugment(), seed=args.seed,
-                                      empty_fraction=0.3, **common)  # fmt: skip
+        train = fd.TumourSliceDataset(
+            cases["train"], augment=fd.SliceAugment(), seed=args.seed, empty_fraction=0.3, **common
+        )
         val = fd.TumourSliceDataset(cases["val"], empty_fraction=None, **common)
     return train, val
 
@@ -144,10 +169,17 @@ def teacher(stage: str, train: Any, args: argparse.Namespace) -> UNetPlusPlus | 
         return load_encoding_teacher(path, map_location=args.device)
     labels = torch.stack([train[i]["target"] for i in range(len(train))])
     return train_encoding_teacher(
-        labels, num_classes=2, widths=args.widths, steps=args.teacher_steps, lr=args.lr,
-        batch_size=args.batch_size, dice_threshold=0.97, device=args.device, path=path,
+        labels,
+        num_classes=2,
+        widths=args.widths,
+        steps=args.teacher_steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        dice_threshold=0.97,
+        device=args.device,
+        path=path,
         seed=args.seed,
-    )  # fmt: skip
+    )
 
 
 def train_stage(
@@ -160,17 +192,33 @@ def train_stage(
     if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
         student = UNetPlusPlus.from_config(init.config)
         student.load_state_dict(init.state_dict())
-    model = build_variant(args.variant, in_channels=1, num_classes=2, widths=args.widths,
-                          teacher=teacher(stage, train, args), student=student)  # fmt: skip
+    model = build_variant(
+        args.variant,
+        in_channels=1,
+        num_classes=2,
+        widths=args.widths,
+        teacher=teacher(stage, train, args),
+        student=student,
+    )
     folder = args.out / stage
     trainer = Trainer(
-        model, segmentation_step(), train, val_data=val,
+        model,
+        segmentation_step(),
+        train,
+        val_data=val,
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
-        lr=args.lr, max_steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-        val_every=max(25, args.steps // 8), checkpoint_dir=folder, keep_best_by="val/dice_x0_4",
-        warmup_steps=min(50, args.steps // 10), device=args.device, seed=args.seed,
+        lr=args.lr,
+        max_steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        val_every=max(25, args.steps // 8),
+        checkpoint_dir=folder,
+        keep_best_by="val/dice_x0_4",
+        warmup_steps=min(50, args.steps // 10),
+        device=args.device,
+        seed=args.seed,
         drop_last=True,
-    )  # fmt: skip
+    )
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
     part = "student" if hasattr(model, "student") else "model"
@@ -189,8 +237,10 @@ def evaluate(
     final = Cascade(liver, tumour, liver_head=args.head, tumour_head=args.head, crf=crf, **options)
     per_head = [Cascade(liver, tumour, tumour_head=k, crf=None, **options) for k in range(1, 5)]
     acc = {"liver": MetricAccumulator(), "tumour": MetricAccumulator()}
-    head_dice: dict[str, list[list[float]]] = {"liver": [[] for _ in range(4)],
-                                               "tumour": [[] for _ in range(4)]}  # fmt: skip
+    head_dice: dict[str, list[list[float]]] = {
+        "liver": [[] for _ in range(4)],
+        "tumour": [[] for _ in range(4)],
+    }
     records, timings = [], []
     for case in cases:
         loaded = fd.load_case(case)
@@ -200,8 +250,10 @@ def evaluate(
         out = args.out / "predictions" / f"segmentation-{case.case_id}.nii.gz"
         fd.save_prediction(result.labels, case, out)
         record = {"case": case.case_id, "timings": result.timings}
-        for name, pred, gt in (("liver", result.labels > 0, truth > 0),
-                               ("tumour", result.labels == 2, truth == 2)):  # fmt: skip
+        for name, pred, gt in (
+            ("liver", result.labels > 0, truth > 0),
+            ("tumour", result.labels == 2, truth == 2),
+        ):
             record[name] = acc[name].update(pred, gt, spacing=spacing, case_id=case.case_id)
         score_heads(volume, truth, liver, per_head, head_dice, args)
         records.append(record)
@@ -245,10 +297,15 @@ def draw_case(case_id: str, volume, truth, result, args) -> None:
         _, rows, cols = result.roi.slices
         crop = np.where(result.labels[k, rows, cols] > 0, image[rows, cols], 0).astype(np.float32)
         roi_image = fd.resize(crop, (args.tumour_size, args.tumour_size))
-    plot_cascade_panels(args.out / "figures" / f"case-{case_id}.png", image=image,
-                        liver=result.labels[k] > 0, roi_image=roi_image,
-                        tumour=result.labels[k] == 2, truth=truth[k],
-                        title=f"case {case_id}, slice {k}")  # fmt: skip
+    plot_cascade_panels(
+        args.out / "figures" / f"case-{case_id}.png",
+        image=image,
+        liver=result.labels[k] > 0,
+        roi_image=roi_image,
+        tumour=result.labels[k] == 2,
+        truth=truth[k],
+        title=f"case {case_id}, slice {k}",
+    )
 
 
 def draw_curves(args: argparse.Namespace) -> None:
@@ -307,8 +364,12 @@ def main(argv: list[str] | None = None) -> dict:
     draw_curves(args)
     seconds["total"] = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    metrics.update(variant=args.variant, settings=settings, seconds=seconds,
-                   split={k: [c.case_id for c in v] for k, v in cases.items()})  # fmt: skip
+    metrics.update(
+        variant=args.variant,
+        settings=settings,
+        seconds=seconds,
+        split={k: [c.case_id for c in v] for k, v in cases.items()},
+    )
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print_report(metrics, seconds)
     print(f"\nwrote {args.out}/metrics.json, predictions/, figures/")

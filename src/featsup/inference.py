@@ -268,7 +268,7 @@ class Cascade:
     ) -> tuple[np.ndarray, Any]:
         from featsup.data import apply_crop, find_roi, uncrop
 
-        roi = find_roi(liver, margin=(1, self.roi_margin, self.roi_margin), size=self.tumour_size)
+        roi = find_roi(liver, margin=(0, self.roi_margin, self.roi_margin), size=self.tumour_size)
         stacked = stack_context(image, self.context)  # (D, C, H, W)
         inside = stack_context(liver, self.context)
         masked = np.where(inside, stacked, np.float32(0)).transpose(1, 0, 2, 3)
