@@ -88,14 +88,27 @@ def make_trainer(tmp: Path | None, model: nn.Module | None = None, **kwargs: Any
 
 
 def test_fit_reduces_loss_and_writes_history(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, max_steps=30, scheduler="constant", warmup_steps=3)
+    trainer = make_trainer(
+        tmp_path, max_steps=30, scheduler="constant", warmup_steps=3, val_every=10,
+        val_data=Blobs(n=6), val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
+    )  # fmt: skip
     history = trainer.fit()
     losses = [r["train/loss"] for r in history if "train/loss" in r]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    dice = [r for r in history if "val/dice_x0_2" in r]
+    assert [r["step"] for r in dice] == [10, 20, 30]
+    assert dice[-1]["val/dice_x0_2"] > 0.7  # measured 0.91: the task is learnt
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == history
-    assert {"step", "epoch", "train/loss", "train/lr", "train/ce_x0_1"} <= set(history[0])
+    assert set(history[0]) == {
+        "step",
+        "epoch",
+        "train/loss",
+        "train/lr",
+        "train/ce_x0_1",
+        "train/ce_x0_2",
+    }
     assert history[0]["train/lr"] == pytest.approx(1e-2 / 3)  # warm-up 1/3
     assert (tmp_path / "last.pt").is_file()
 
