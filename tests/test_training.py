@@ -348,6 +348,19 @@ def test_bad_arguments_raise_clear_errors(
         make_trainer(None, **options)
 
 
+def test_val_fn_errors_propagate_unchanged() -> None:
+    def broken(model: nn.Module, loader: Any) -> dict[str, float]:
+        raise KeyError("dice")
+
+    trainer = make_trainer(None, max_steps=2, val_data=Blobs(2), val_fn=broken)
+    with pytest.raises(KeyError, match="dice"):
+        trainer.fit()
+    assert trainer.model.training  # eval mode was undone
+    not_a_dict = make_trainer(None, max_steps=1, val_data=Blobs(2), val_fn=lambda m, d: 0.5)
+    with pytest.raises(TypeError, match="val_fn"):
+        not_a_dict.fit()
+
+
 def test_unknown_best_metric_is_reported_at_the_first_validation() -> None:
     trainer = make_trainer(None, max_steps=2, val_data=Blobs(2), keep_best_by="loss")
     with pytest.raises(ValueError, match="did you mean 'val/loss'"):

@@ -378,6 +378,7 @@ class Trainer(TrainerCheckpointing):
         )
         self.model = model.to(self.device)
         self._train_model: nn.Module = self.model
+        self._ddp: nn.Module | None = None
         self.step_fn = step_fn
         self.val_fn: ValFn = val_fn if val_fn is not None else self._mean_step_values
         self.optimizer = optimizer or torch.optim.AdamW(
@@ -533,11 +534,13 @@ class Trainer(TrainerCheckpointing):
     def _wrap_model(self) -> nn.Module:
         if not self.env.distributed:
             return self.model
-        return nn.parallel.DistributedDataParallel(
-            self.model,
-            device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=self.find_unused_parameters,
-        )
+        if self._ddp is None:  # wrapped once: a second wrapper would hook the parameters again
+            self._ddp = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+        return self._ddp
 
     def _loop(self, bar: Any, stop_at_step: int | None) -> None:
         while self.step < self.total_steps and not self.stopped_early:
@@ -579,8 +582,10 @@ class Trainer(TrainerCheckpointing):
         self.scheduler.step()
         dtype = torch.float32 if self.device.type == "mps" else torch.float64
         for key, value in values.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
-            value = value.reshape(()).to(self.device, dtype)
+            if isinstance(value, torch.Tensor):
+                value = value.detach().reshape(()).to(self.device, dtype)
+            else:
+                value = torch.tensor(float(value), dtype=dtype, device=self.device)
             self._window[key] = self._window[key] + value if key in self._window else value
         self._window_count += 1
 
@@ -615,21 +620,31 @@ class Trainer(TrainerCheckpointing):
         self._record(record)
         bar.set_postfix({k[6:]: f"{v:.4g}" for k, v in record.items() if k[:6] == "train/"})
 
+    def _run_val_fn(self) -> dict[str, float]:
+        model = unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                raw = self.val_fn(model, self._val_loader)  # type: ignore[arg-type]
+        finally:
+            model.train(was_training)
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"val_fn: expected a dict of floats, got {type(raw).__name__}")
+        return {f"val/{k}": float(v) for k, v in raw.items()}
+
     def _validate(self, bar: Any) -> None:
-        metrics = None
+        metrics: dict[str, float] | str | None = None
         if self.env.main:
-            model = unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
             try:
-                with torch.no_grad(), self._autocast():
-                    raw = self.val_fn(model, self._val_loader)  # type: ignore[arg-type]
-            finally:
-                model.train(was_training)
-            if not isinstance(raw, Mapping):
-                raise TypeError(f"val_fn: expected a dict of floats, got {type(raw).__name__}")
-            metrics = {f"val/{k}": float(v) for k, v in raw.items()}
+                metrics = self._run_val_fn()
+            except Exception as error:
+                self.env.broadcast(f"val_fn failed on rank 0: {error!r}")  # free the others
+                raise
         metrics = self.env.broadcast(metrics)
+        if isinstance(metrics, str):
+            raise RuntimeError(metrics)
+        assert metrics is not None  # rank 0 computed it
         self._record({"step": self.step, "epoch": self.epoch, **metrics})
         if self.keep_best_by is not None:
             self._track_best(metrics)
