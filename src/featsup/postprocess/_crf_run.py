@@ -1,0 +1,204 @@
+"""Running the dense CRF on one field, on ROI crops and slice by slice (private).
+
+Slice-wise processing of a volume runs in a process pool (``workers``) on CPU: each
+worker limits torch to one intra-op thread so that the workers do not compete for
+cores. On a GPU the torch backend batches slices instead.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Literal
+
+import numpy as np
+import torch
+
+from featsup.postprocess._crf_pydensecrf import mean_field_pydensecrf
+from featsup.postprocess._crf_torch import CRFParams, mean_field_torch
+
+__all__ = ["BackendName", "crop_box", "run_field", "run_slices"]
+
+BackendName = Literal["torch", "pydensecrf"]
+#: voxels per torch batch of slices (bounds the sparse matrices' memory).
+_BATCH_VOXELS = {"cpu": 2**19, "cuda": 2**23}
+#: slices are cut into about this many chunks per worker (load balancing).
+_CHUNKS_PER_WORKER = 4
+
+
+def crop_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
+    """Bounding box of a mask as slices, or None if it is empty."""
+    nonzero = torch.nonzero(mask)
+    if nonzero.numel() == 0:
+        return None
+    low, high = nonzero.min(0).values, nonzero.max(0).values
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
+
+
+def run_field(
+    backend: BackendName,
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    rel_spacing: tuple[float, ...],
+    params: CRFParams,
+    device: torch.device,
+) -> torch.Tensor:
+    """One 2D or 3D field. probs (K, *S) float32 -> (K, *S) float32 on ``device``."""
+    if backend == "pydensecrf":
+        out = mean_field_pydensecrf(
+            probs.cpu().numpy(),
+            image.cpu().numpy(),
+            None if mask is None else mask.cpu().numpy(),
+            rel_spacing,
+            params,
+        )
+        return torch.from_numpy(out).to(device)
+    batch_mask = None if mask is None else mask.to(device)[None]
+    refined = mean_field_torch(
+        probs.to(device)[None], image.to(device)[None], batch_mask, rel_spacing, params
+    )
+    return refined[0]
+
+
+def _torch_slices(
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    rel_spacing: tuple[float, ...],
+    params: CRFParams,
+    device: torch.device,
+) -> torch.Tensor:
+    """Slices (K, n, H, W) in batches of whole slices on ``device``."""
+    n, h, w = probs.shape[1:]
+    step = max(1, _BATCH_VOXELS.get(device.type, _BATCH_VOXELS["cpu"]) // (h * w))
+    out = []
+    for start in range(0, n, step):
+        part = slice(start, min(start + step, n))
+        batch_probs = probs[:, part].to(device).transpose(0, 1)
+        batch_mask = None if mask is None else mask[part].to(device)
+        refined = mean_field_torch(
+            batch_probs, image[part].to(device), batch_mask, rel_spacing, params
+        )
+        out.append(refined.transpose(0, 1))
+    return torch.cat(out, 1)
+
+
+def _run_chunk(
+    backend: BackendName,
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    rel_spacing: tuple[float, ...],
+    params: CRFParams,
+    device: torch.device,
+) -> torch.Tensor:
+    """Slices (K, n, H, W) -> refined (K, n, H, W) float32 on ``device``."""
+    if backend == "torch":
+        return _torch_slices(probs, image, mask, rel_spacing, params, device)
+    out = []
+    for i in range(probs.shape[1]):
+        mask_i = None if mask is None else mask[i]
+        out.append(run_field(backend, probs[:, i], image[i], mask_i, rel_spacing, params, device))
+    return torch.stack(out, 1)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _worker(args: tuple) -> np.ndarray:
+    backend, probs, image, mask, rel_spacing, params = args
+    mask_t = None if mask is None else torch.from_numpy(mask)
+    out = _run_chunk(
+        backend,
+        torch.from_numpy(probs),
+        torch.from_numpy(image),
+        mask_t,
+        rel_spacing,
+        params,
+        torch.device("cpu"),
+    )
+    return out.numpy()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` where available (workers start in milliseconds), else ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def run_slices(
+    backend: BackendName,
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    rel_spacing: tuple[float, ...],
+    params: CRFParams,
+    device: torch.device,
+    workers: int,
+) -> torch.Tensor:
+    """Slice-wise CRF of a volume; slices with an empty mask are returned unchanged.
+
+    Args:
+        backend: ``"torch"`` or ``"pydensecrf"``.
+        probs: (K, D, H, W) float32 probabilities (any device).
+        image: (D, H, W) intensities.
+        mask: (D, H, W) bool or None.
+        rel_spacing: in-plane spacing (2 values).
+        params: CRF parameters.
+        device: computation device.
+        workers: processes for CPU computation (1 runs in this process).
+
+    Returns:
+        (K, D, H, W) float32 on ``device``.
+    """
+    out = probs.to(device, copy=True)
+    if mask is None:
+        todo = list(range(probs.shape[1]))
+    else:
+        todo = torch.nonzero(mask.flatten(1).any(1)).flatten().tolist()
+    if not todo:
+        return out
+    index = torch.tensor(todo)
+    sub_mask = None if mask is None else mask[index]
+    if workers == 1 or device.type != "cpu" or len(todo) == 1:
+        refined = _run_chunk(
+            backend, probs[:, index], image[index], sub_mask, rel_spacing, params, device
+        )
+    else:
+        refined = _pool_map(backend, probs, image, sub_mask, index, rel_spacing, params, workers)
+    out[:, index.to(device)] = refined.to(device)
+    return out
+
+
+def _pool_map(
+    backend: BackendName,
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    sub_mask: torch.Tensor | None,
+    index: torch.Tensor,
+    rel_spacing: tuple[float, ...],
+    params: CRFParams,
+    workers: int,
+) -> torch.Tensor:
+    """Chunks of slices in a process pool, results in slice order."""
+    n_chunks = min(len(index), workers * _CHUNKS_PER_WORKER)
+    chunks = torch.tensor_split(torch.arange(len(index)), n_chunks)
+    jobs = []
+    for chunk in chunks:
+        sel = index[chunk]
+        mask_np = None if sub_mask is None else sub_mask[chunk].cpu().numpy()
+        jobs.append(
+            (
+                backend,
+                probs[:, sel].cpu().numpy(),
+                image[sel].cpu().numpy(),
+                mask_np,
+                rel_spacing,
+                params,
+            )
+        )
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as ex:
+        results = list(ex.map(_worker, jobs))
+    return torch.from_numpy(np.concatenate(results, axis=1))
