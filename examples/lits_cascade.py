@@ -264,13 +264,38 @@ def evaluate(
         )
     return {
         "cases": records,
-        "liver": acc["liver"].compute(),
-        "tumour": acc["tumour"].compute(),
+        "liver": summarize(acc["liver"]),
+        "tumour": summarize(acc["tumour"]),
         "dice_per_head": {
             s: {f"x0_{k + 1}": float(np.mean(v[k])) for k in range(4)} for s, v in head_dice.items()
         },
         "seconds_per_case": float(np.mean([t["total"] for t in timings])),
     }
+
+
+def summarize(acc: MetricAccumulator) -> dict[str, float]:
+    """Case means; RVD and surface distances over the cases where they are defined.
+
+    They are undefined (infinite) when one of prediction and truth is empty, as for a
+    tumour-free case with a false positive; the count of such cases is reported.
+    """
+    summary = acc.compute()
+    for key in ("rvd", "assd", "msd"):
+        values = [case[key] for case in acc.cases if np.isfinite(case[key])]
+        summary[key] = float(np.mean(values)) if values else float("nan")
+        summary[f"{key}_undefined_cases"] = len(acc.cases) - len(values)
+    return summary
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None, containers are walked."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def score_heads(volume, truth, liver, per_head, head_dice, args) -> None:
@@ -334,12 +359,20 @@ def print_report(metrics: dict, seconds: dict[str, float]) -> None:
     print("\nCascade (final head, CRF as configured), over the test cases")
     print("| | Dice per case | Dice global | VOE | RVD | ASSD mm | MSD mm |")
     print("|---|---|---|---|---|---|---|")
+    notes = []
     for s in ("liver", "tumour"):
         m = metrics[s]
         print(
             f"| {s} | {m['dice_per_case']:.3f} | {m['dice_global']:.3f} | {m['voe']:.3f} | "
             f"{m['rvd']:+.3f} | {m['assd']:.2f} | {m['msd']:.2f} |"
         )
+        if m["assd_undefined_cases"] or m["rvd_undefined_cases"]:
+            notes.append(
+                f"{s}: RVD undefined in {m['rvd_undefined_cases']} case(s), ASSD/MSD in "
+                f"{m['assd_undefined_cases']} (an empty prediction or truth); means over the rest"
+            )
+    for note in notes:
+        print(note)
     print(
         "\nTimings: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
@@ -370,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds=seconds,
         split={k: [c.case_id for c in v] for k, v in cases.items()},
     )
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (args.out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=str))
     print_report(metrics, seconds)
     print(f"\nwrote {args.out}/metrics.json, predictions/, figures/")
     return metrics
