@@ -87,7 +87,8 @@ def mean_field_pydensecrf(
     else:
         crf = dcrf.DenseCRF(n, k)
         crf.setUnaryEnergy(unary)
-        smooth = np.ascontiguousarray(pos / np.float32(params.theta_gamma))
+        # x first, like DenseCRF2D.addPairwiseGaussian: the lattice then gives the same result
+        smooth = np.ascontiguousarray(pos[::-1] / np.float32(params.theta_gamma))
         crf.addPairwiseEnergy(smooth, compat=params.w2)
     appearance = np.concatenate(
         [pos / np.float32(params.theta_alpha), intensity / np.float32(params.theta_beta)]
