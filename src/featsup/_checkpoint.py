@@ -18,12 +18,13 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from featsup._checks import check_choice
 from featsup._distributed import DistEnv
 
 __all__ = [
@@ -190,7 +191,7 @@ def load_model(
     path: str | os.PathLike[str],
     *,
     model: nn.Module | None = None,
-    part: str = "model",
+    part: Literal["model", "student"] = "model",
     map_location: str | torch.device = "cpu",
     strict: bool = True,
 ) -> nn.Module:
@@ -224,8 +225,7 @@ def load_model(
         >>> type(load_model(p)).__name__
         'UNetPlusPlus'
     """
-    if part not in ("model", "student"):
-        raise ValueError(f"part: expected 'model' or 'student', got {part!r}")
+    check_choice("part", part, ("model", "student"))
     state = load_checkpoint(path, map_location=map_location)
     weights: dict[str, torch.Tensor] = state["model"]
     qualified, config = state.get("model_class"), state.get("model_config")
