@@ -23,7 +23,7 @@ import torch
 from featsup import data as fd
 from featsup.supervision import train_encoding_teacher
 from featsup.training import Trainer, dice_per_head
-from featsup.variants import VARIANTS, build_variant, segmentation_step
+from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.viz import load_history, plot_curves
 
 
@@ -65,6 +65,8 @@ def run_variant(variant: str, stage: str, sets: dict, teacher: Any, seed: int, a
         warmup_steps=min(50, args.steps // 10),
         device=args.device,
         drop_last=True,
+        # NS trains the X0,4 head alone: DDP must be told the shallow heads get no gradient
+        find_unused_parameters=not parse_variant(variant)[1],
         progress=False,
     )
     start = time.perf_counter()

@@ -188,10 +188,12 @@ def train_stage(
     """Train one stage's model (teacher first); return its best student in eval mode."""
     train, val = datasets(stage, cases, args)
     print(f"\n== {stage} stage: {args.variant}, {len(train)} training slices ==")
-    student = None
+    student = UNetPlusPlus(1, 2, widths=args.widths)
     if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
-        student = UNetPlusPlus.from_config(init.config)
         student.load_state_dict(init.state_dict())
+    # channels-last makes oneDNN's training convolutions about 20% faster on CPU
+    student.to(memory_format=torch.channels_last)
+    student.channels_last = True
     model = build_variant(
         args.variant,
         in_channels=1,
@@ -218,6 +220,8 @@ def train_stage(
         device=args.device,
         seed=args.seed,
         drop_last=True,
+        # NS trains the X0,4 head alone: DDP must be told the shallow heads get no gradient
+        find_unused_parameters=not parse_variant(args.variant)[1],
     )
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
