@@ -107,6 +107,9 @@ def test_workers_with_a_mask_skip_empty_slices(blob3d):
     two = dense_crf(blob3d.probs, blob3d.image, mode="2d", mask=mask, workers=2, backend="torch")
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(one[:, :3], blob3d.probs[:, :3])
+    for z in (3, 5):  # each slice on its own (cropped to its own box) gives the same
+        alone = dense_crf(blob3d.probs[:, z], blob3d.image[z], mask=mask[z], backend="torch")
+        np.testing.assert_allclose(one[:, z], alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.cuda

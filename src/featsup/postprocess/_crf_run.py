@@ -1,15 +1,21 @@
 """Running the dense CRF on one field, on ROI crops and slice by slice (private).
 
-Slice-wise processing of a volume runs in a process pool (``workers``) on CPU: each
-worker limits torch to one intra-op thread so that the workers do not compete for
-cores. On a GPU the torch backend batches slices instead.
+On the CPU the torch backend runs with one intra-op thread (restored afterwards): its
+operations are small, and with several threads on a busy machine every operation waits
+for the slowest thread (measured: 25x slower per slice with 2 threads on 2 shared
+cores). Parallelism comes from ``workers`` instead: slice-wise processing of a volume
+runs in a process pool, each worker with one thread. With the ``fork`` start method the
+workers inherit the inputs and write into a shared-memory output, so no volume is
+pickled. On a GPU the torch backend batches slices instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,13 +23,29 @@ import torch
 from featsup.postprocess._crf_pydensecrf import mean_field_pydensecrf
 from featsup.postprocess._crf_torch import CRFParams, mean_field_torch
 
-__all__ = ["BackendName", "crop_box", "run_field", "run_slices"]
+__all__ = ["BackendName", "cpu_threads", "crop_box", "run_field", "run_slices"]
 
 BackendName = Literal["torch", "pydensecrf"]
 #: voxels per torch batch of slices (bounds the sparse matrices' memory).
 _BATCH_VOXELS = {"cpu": 2**19, "cuda": 2**23}
 #: slices are cut into about this many chunks per worker (load balancing).
 _CHUNKS_PER_WORKER = 4
+#: inputs and output of a slice-wise pool, inherited by forked workers.
+_SHARED: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, threads: int = 1) -> Iterator[None]:
+    """Limit torch's intra-op threads while computing on the CPU (restored on exit)."""
+    if device.type != "cpu" or torch.get_num_threads() == threads:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def crop_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
@@ -108,6 +130,7 @@ def _init_worker() -> None:
 
 
 def _worker(args: tuple) -> np.ndarray:
+    """Spawned worker: the chunk's arrays come pickled, the result goes back pickled."""
     backend, probs, image, mask, rel_spacing, params = args
     mask_t = None if mask is None else torch.from_numpy(mask)
     out = _run_chunk(
@@ -120,6 +143,23 @@ def _worker(args: tuple) -> np.ndarray:
         torch.device("cpu"),
     )
     return out.numpy()
+
+
+def _forked_worker(chunk: tuple[int, int]) -> None:
+    """Forked worker: slices ``chunk`` of the inherited inputs into the shared output."""
+    start, stop = chunk
+    sh = _SHARED
+    mask = None if sh["mask"] is None else sh["mask"][start:stop]
+    part = sh["index"][start:stop]
+    sh["out"][:, start:stop] = _run_chunk(
+        sh["backend"],
+        sh["probs"][:, part],
+        sh["image"][part],
+        mask,
+        sh["rel_spacing"],
+        sh["params"],
+        torch.device("cpu"),
+    )
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -161,14 +201,24 @@ def run_slices(
     if not todo:
         return out
     index = torch.tensor(todo)
-    sub_mask = None if mask is None else mask[index]
+    sub_mask = None
+    box: tuple[slice, ...] = (slice(None), slice(None))
+    if mask is not None:  # crop to the mask's in-plane bounding box over all slices
+        sub_mask = mask[index]
+        box = crop_box(sub_mask.any(0)) or box
+        in_box = (slice(None), *box)
+        all_box = (slice(None), *in_box)
+        probs, image, sub_mask = probs[all_box], image[in_box], sub_mask[in_box]
     if workers == 1 or device.type != "cpu" or len(todo) == 1:
-        refined = _run_chunk(
-            backend, probs[:, index], image[index], sub_mask, rel_spacing, params, device
-        )
+        with cpu_threads(device):
+            refined = _run_chunk(
+                backend, probs[:, index], image[index], sub_mask, rel_spacing, params, device
+            )
     else:
         refined = _pool_map(backend, probs, image, sub_mask, index, rel_spacing, params, workers)
-    out[:, index.to(device)] = refined.to(device)
+    out_box = (slice(None), slice(None), *box)
+    region = out[out_box]
+    region[:, index.to(device)] = refined.to(device)
     return out
 
 
@@ -182,13 +232,34 @@ def _pool_map(
     params: CRFParams,
     workers: int,
 ) -> torch.Tensor:
-    """Chunks of slices in a process pool, results in slice order."""
+    """Slices ``index`` of the volume in a process pool, results in slice order."""
     n_chunks = min(len(index), workers * _CHUNKS_PER_WORKER)
-    chunks = torch.tensor_split(torch.arange(len(index)), n_chunks)
+    bounds = torch.tensor_split(torch.arange(len(index)), n_chunks)
+    chunks = [(int(c[0]), int(c[-1]) + 1) for c in bounds]
+    context = _pool_context()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    if context.get_start_method() == "fork":
+        out = torch.empty(probs.shape[0], len(index), *probs.shape[2:]).share_memory_()
+        _SHARED.update(
+            backend=backend,
+            probs=probs.cpu(),
+            image=image.cpu(),
+            index=index,
+            mask=None if sub_mask is None else sub_mask.cpu(),
+            out=out,
+            rel_spacing=rel_spacing,
+            params=params,
+        )
+        try:
+            with pool:
+                list(pool.map(_forked_worker, chunks))
+        finally:
+            _SHARED.clear()
+        return out
     jobs = []
-    for chunk in chunks:
-        sel = index[chunk]
-        mask_np = None if sub_mask is None else sub_mask[chunk].cpu().numpy()
+    for start, stop in chunks:
+        sel = index[start:stop]
+        mask_np = None if sub_mask is None else sub_mask[start:stop].cpu().numpy()
         jobs.append(
             (
                 backend,
@@ -199,6 +270,6 @@ def _pool_map(
                 params,
             )
         )
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as ex:
-        results = list(ex.map(_worker, jobs))
+    with pool:
+        results = list(pool.map(_worker, jobs))
     return torch.from_numpy(np.concatenate(results, axis=1))

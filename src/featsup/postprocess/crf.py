@@ -32,7 +32,7 @@ from featsup.postprocess._crf_inputs import (
     resolve_device,
 )
 from featsup.postprocess._crf_pydensecrf import import_pydensecrf, pydensecrf_available
-from featsup.postprocess._crf_run import BackendName, crop_box, run_field, run_slices
+from featsup.postprocess._crf_run import BackendName, cpu_threads, crop_box, run_field, run_slices
 from featsup.postprocess._crf_torch import CRFParams
 
 __all__ = [
@@ -47,28 +47,21 @@ Mode = Literal["auto", "2d", "3d"]
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 #: Parameter sets of eq. 5 (thetas in in-plane voxels, intensity on a 0..255 scale).
-#: ``"featsup"`` is the default of ``dense_crf``: the smoothness kernel, the weights and
-#: the iterations of Christ et al. (2016), with appearance widths chosen by a grid search
-#: on phantom slices (docs/crf.md). ``"christ2016"`` is the 3D dense CRF of the cascaded
-#: FCN of Christ et al. (MICCAI 2016) as released with the paper (DenseInferenceWrapper).
+#: ``"liver"`` is the default of ``dense_crf`` (liver / background stage): the smoothness
+#: kernel, weights and iterations of Christ et al. (2016) with appearance widths chosen
+#: by a grid search on phantom slices. ``"tumour"`` (tumour / liver stage, with the liver
+#: as ``mask``) drops the smoothness kernel and narrows the appearance kernel, which
+#: otherwise erases small tumours. ``"christ2016"`` is the 3D dense CRF released with
+#: the cascaded FCN of Christ et al. (MICCAI 2016, DenseInferenceWrapper defaults).
+#: How they were chosen and what they do on phantoms: docs/crf.md.
 CRF_PRESETS: dict[str, dict[str, float | int]] = {
-    "featsup": {
-        "theta_alpha": 10.0,
-        "theta_beta": 10.0,
-        "theta_gamma": 3.0,
-        "w1": 10.0,
-        "w2": 3.0,
-        "iterations": 10,
-    },
-    "christ2016": {
-        "theta_alpha": 60.0,
-        "theta_beta": 20.0,
-        "theta_gamma": 3.0,
-        "w1": 10.0,
-        "w2": 3.0,
-        "iterations": 10,
-    },
-}
+    "liver": {"theta_alpha": 10.0, "theta_beta": 10.0, "theta_gamma": 3.0, "w1": 10.0,
+              "w2": 3.0, "iterations": 10},
+    "tumour": {"theta_alpha": 5.0, "theta_beta": 5.0, "theta_gamma": 3.0, "w1": 3.0,
+               "w2": 0.0, "iterations": 10},
+    "christ2016": {"theta_alpha": 60.0, "theta_beta": 20.0, "theta_gamma": 3.0, "w1": 10.0,
+                   "w2": 3.0, "iterations": 10},
+}  # fmt: skip
 
 
 def _resolve_backend(backend: str, device: torch.device) -> BackendName:
@@ -209,14 +202,15 @@ def _run_whole(
 ) -> torch.Tensor:
     """One CRF over the whole slice / volume, or over the mask's bounding box."""
     if mask is None:
-        return run_field(backend, probs, image, None, rel, params, device)
+        with cpu_threads(device):
+            return run_field(backend, probs, image, None, rel, params, device)
     box = crop_box(mask)
     out = probs.to(device, copy=True)
     if box is None:
         return out
     roi = (slice(None), *box)
-    refined = run_field(backend, probs[roi], image[box], mask[box], rel, params, device)
-    out[roi] = refined
+    with cpu_threads(device):
+        out[roi] = run_field(backend, probs[roi], image[box], mask[box], rel, params, device)
     return out
 
 
