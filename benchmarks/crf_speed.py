@@ -18,6 +18,7 @@ Usage:
     python benchmarks/crf_speed.py                  # CPU, both backends
     python benchmarks/crf_speed.py --device cuda    # torch backend on the GPU
     python benchmarks/crf_speed.py --repeats 5 --json crf_speed.json
+    python benchmarks/crf_speed.py --cases volume      # workers scaling only
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def busy(n: int) -> int:
     return total
 
 
-def control(workers: int, n: int = 3_000_000) -> None:
+def control(workers: int, n: int = 8_000_000) -> None:
     """Two equal pieces of pure-Python work, serially or in ``workers`` processes."""
     if workers == 1:
         busy(n)
@@ -181,6 +182,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slices", type=int, default=100, help="slices of the volume case")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=("slice", "crop", "volume"),
+        default=["slice", "crop", "volume"],
+    )
     parser.add_argument("--json", default=None, help="write the results to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -192,7 +199,7 @@ def main() -> None:
     except ImportError:
         has_pydensecrf = False
         print('pydensecrf is not installed (pip install "featsup[crf]"): torch backend only')
-    cases = make_cases(args.slices)
+    cases = {k: v for k, v in make_cases(args.slices).items() if k in args.cases}
     configs = build_configs(cases, args.device, has_pydensecrf)
     time_configs(configs, args.repeats)
     rows = summarise(configs)

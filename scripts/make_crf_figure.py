@@ -160,19 +160,23 @@ def figure(seed: int, path: Path) -> None:
     for preset in ("liver", "christ2016"):
         out = dense_crf(probs, image, backend="torch", **CRF_PRESETS[preset])
         panels.append((f"CRF, {preset!r} preset", out[1], out.argmax(0) == 1))
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
+    rows, cols = np.flatnonzero(liver[z].any(1)), np.flatnonzero(liver[z].any(0))
+    view = (slice(max(rows[0] - 30, 0), rows[-1] + 31), slice(max(cols[0] - 30, 0), cols[-1] + 31))
+    image, truth = image[view], liver[z][view]
+    panels = [(t, None if o is None else o[view], m[view]) for t, o, m in panels]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.8))
     for ax, (title, overlay, mask) in zip(axes, panels, strict=True):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         if overlay is not None:
             ax.imshow(np.ma.masked_less(overlay, 0.02), cmap="autumn", alpha=0.35, vmin=0, vmax=1)
-        ax.contour(liver[z], levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
         if overlay is not None:
             ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-        d = "" if overlay is None else f"\nDice {dice(mask, liver[z]):.3f}"
+        d = "" if overlay is None else f"\nDice {dice(mask, truth):.3f}"
         ax.set_title(title + d, fontsize=10)
         ax.axis("off")
     fig.suptitle(f"phantom seed {seed}, slice {z}: truth in green, labels in red", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     print(f"wrote {path}")
@@ -182,10 +186,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--json", default=None, help="write the numbers to this file")
-    parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--figure-only", action="store_true")
     args = parser.parse_args()
-    if not args.no_figure:
-        figure(args.seeds[0], OUT)
+    figure(args.seeds[0], OUT)
+    if args.figure_only:
+        return
     names = backends()
     slices = evaluate_slices(args.seeds, names)
     volumes = evaluate_volumes(args.seeds, names)
