@@ -119,20 +119,24 @@ def dense_crf(
             runs one CRF over the volume; ``"auto"`` is 2d for a slice, 3d for a volume.
         spacing: voxel spacing per spatial axis ((sy, sx) or (sz, sy, sx)), folded into
             the positions; thetas are in units of the finest in-plane spacing. None: 1.
-        theta_alpha: spatial width of the appearance kernel (eq. 5).
-        theta_beta: intensity width of the appearance kernel.
-        theta_gamma: spatial width of the smoothness kernel.
-        w1: weight of the appearance kernel.
-        w2: weight of the smoothness kernel.
-        iterations: mean-field iterations.
+        theta_alpha: spatial width (standard deviation, voxels) of the appearance
+            kernel, eq. 5. The defaults are ``CRF_PRESETS["liver"]``; use
+            ``CRF_PRESETS["tumour"]`` for the tumour stage (docs/crf.md).
+        theta_beta: intensity width of the appearance kernel (image units).
+        theta_gamma: spatial width of the smoothness kernel (voxels).
+        w1: weight of the appearance kernel (>= 0).
+        w2: weight of the smoothness kernel (>= 0).
+        iterations: mean-field iterations (0 returns ``probs``, clipped at 1e-5).
         backend: ``"pydensecrf"``, ``"torch"``, or ``"auto"`` (pydensecrf if installed
             and the device is the CPU, else torch).
         mask: (H, W) or (D, H, W) bool; only these voxels form the CRF (e.g. the liver
             for the tumour stage) and elsewhere ``probs`` is returned. In 3d mode the CRF
             runs on the mask's bounding box.
-        workers: processes for slice-wise (2d) processing of a volume on the CPU.
+        workers: processes for slice-wise (2d) processing of a volume on the CPU. The
+            torch backend uses one intra-op thread on the CPU (restored afterwards), so
+            parallelism comes from here.
         device: computation device of the torch backend; None: the device of ``probs``
-            (CPU for numpy). On CUDA, slices are batched instead of using workers.
+            (CPU for numpy). On CUDA, slices are batched and ``workers`` is not used.
 
     Returns:
         Refined probabilities of the shape, kind (numpy / torch), dtype and device of
