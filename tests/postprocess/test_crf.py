@@ -52,6 +52,17 @@ def test_torch_in_torch_out(blob2d):
     torch.testing.assert_close(out.float(), torch.from_numpy(expected))
 
 
+def test_grad_and_byte_order_inputs(blob2d):
+    probs = torch.from_numpy(blob2d.probs).requires_grad_()
+    out = dense_crf(probs, blob2d.image, backend="torch")
+    assert not out.requires_grad
+    swapped = blob2d.probs.astype(blob2d.probs.dtype.newbyteorder(">"))
+    image = blob2d.image.T.copy().T  # Fortran order
+    np.testing.assert_array_equal(
+        dense_crf(swapped, image, backend="torch"), out.numpy().astype(swapped.dtype)
+    )
+
+
 def test_iterations_zero_returns_input(blob2d, backend):
     out = dense_crf(blob2d.probs, blob2d.image, iterations=0, backend=backend)
     np.testing.assert_allclose(out, blob2d.probs, atol=2e-5)

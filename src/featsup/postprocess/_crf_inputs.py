@@ -36,8 +36,10 @@ def as_tensor(name: str, value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
             raise TypeError(f"{name}: expected a numeric array, got dtype {value.dtype}")
+        if not value.dtype.isnative:  # e.g. big-endian NIfTI data
+            value = value.astype(value.dtype.newbyteorder("="))
         return torch.from_numpy(np.ascontiguousarray(value))
-    return value
+    return value.detach()
 
 
 def check_probs(probs: torch.Tensor) -> None:
