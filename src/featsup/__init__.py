@@ -29,7 +29,7 @@ from featsup.losses import (
 )
 from featsup.metrics import MetricAccumulator, case_metrics, dice_score
 from featsup.models import FeatureInfo, UNetPlusPlus
-from featsup.postprocess import DenseCRF, crf_labels, dense_crf
+from featsup.postprocess import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
 from featsup.supervision import (
     FeatureSupervisor,
     SupervisedOutput,
@@ -43,6 +43,7 @@ from featsup.variants import VARIANTS, build_variant, parse_variant, segmentatio
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRF_PRESETS",
     "VARIANTS",
     "Cascade",
     "CascadeResult",

@@ -193,10 +193,11 @@ class Cascade:
         context: 2.5D neighbours on each side used by both models.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
         preprocess: keyword arguments of :func:`featsup.data.preprocess_volume`.
-        crf: None for no CRF, else keyword arguments of
-            :func:`featsup.postprocess.dense_crf` (e.g. ``{}`` for its defaults),
-            applied slice-wise to the liver stage and, inside the liver, to the tumour
-            stage.
+        liver_crf: None for no CRF on the liver stage, else keyword arguments of
+            :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults, which are
+            ``CRF_PRESETS["liver"]``), applied slice by slice.
+        tumour_crf: the same for the tumour stage (liver vs tumour, inside the liver
+            mask), for example ``CRF_PRESETS["tumour"]``.
         batch_size: slices per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         tta: average with left-right mirrored predictions.
@@ -221,7 +222,8 @@ class Cascade:
         context: int = 0,
         roi_margin: int = 8,
         preprocess: dict[str, Any] | None = None,
-        crf: dict[str, Any] | None = None,
+        liver_crf: dict[str, Any] | None = None,
+        tumour_crf: dict[str, Any] | None = None,
         batch_size: int = 16,
         device: str | torch.device | None = "auto",
         tta: bool = False,
@@ -236,18 +238,20 @@ class Cascade:
         self.liver_head, self.tumour_head = liver_head, tumour_head
         self.context, self.roi_margin = context, roi_margin
         self.preprocess = dict(preprocess or {})
-        self.crf = crf
+        self.liver_crf, self.tumour_crf = liver_crf, tumour_crf
         self.predict_options: dict[str, Any] = {
             "batch_size": batch_size,
             "device": device,
             "tta": tta,
         }
 
-    def _crf(self, probs: np.ndarray, image_u8: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    @staticmethod
+    def _crf(
+        probs: np.ndarray, image_u8: np.ndarray, mask: np.ndarray | None, options: dict[str, Any]
+    ) -> np.ndarray:
         from featsup.postprocess import dense_crf
 
-        options = {"mode": "2d", **(self.crf or {})}
-        return dense_crf(probs, image_u8, mask=mask, **options)
+        return dense_crf(probs, image_u8, mask=mask, **{"mode": "2d", **options})
 
     def _liver(self, image: np.ndarray, image_u8: np.ndarray, t: dict[str, float]) -> np.ndarray:
 
@@ -257,9 +261,9 @@ class Cascade:
             size=self.liver_size, **self.predict_options,
         )  # fmt: skip
         t["liver_model"] = time.perf_counter() - start
-        if self.crf is not None:
+        if self.liver_crf is not None:
             start = time.perf_counter()
-            probs = self._crf(probs, image_u8, None)
+            probs = self._crf(probs, image_u8, None, self.liver_crf)
             t["liver_crf"] = time.perf_counter() - start
         return probs[1]
 
@@ -281,9 +285,9 @@ class Cascade:
         full = uncrop(probs, roi, mode="linear")  # (2, D, H, W), zero outside the box
         full[0][~liver] = 1.0
         full[1][~liver] = 0.0
-        if self.crf is not None:
+        if self.tumour_crf is not None:
             start = time.perf_counter()
-            full = self._crf(full, image_u8, liver)
+            full = self._crf(full, image_u8, liver, self.tumour_crf)
             t["tumour_crf"] = time.perf_counter() - start
         return full[1], roi
 

@@ -37,7 +37,7 @@ def test_tiny_cascade_runs_end_to_end(example: ModuleType, tmp_path: Path) -> No
     import nibabel as nib
 
     out = tmp_path / "run"
-    metrics = example.main([*TINY, "--out", str(out), "--no-crf"])
+    metrics = example.main([*TINY, "--out", str(out), "--crf", "both"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["variant"] == "ES-DS"
     assert set(saved["dice_per_head"]["liver"]) == {"x0_1", "x0_2", "x0_3", "x0_4"}
