@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import copy
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -14,6 +14,15 @@ from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor, SupervisedOutput, one_hot
 
 WIDTHS = (4, 8, 16, 32, 64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one thread avoids oversubscription on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def unetpp(in_channels: int = 1, **kwargs: object) -> UNetPlusPlus:
@@ -205,10 +214,12 @@ def test_hooks_do_not_record_outside_the_supervisor() -> None:
 
 
 # ---------------------------------------------------------------------- errors
-def test_adapters_none_lists_both_shapes() -> None:
+def test_adapters_none_lists_both_shapes_and_leaves_no_hooks() -> None:
     teacher = UNetPlusPlus(2, 2, widths=(4, 16, 16, 32, 64), skip_connections=False)
+    student = unetpp()
     with pytest.raises(ValueError, match=r"student \(2, 8, 32, 32\) and teacher \(2, 16, 32, 32\)"):
-        FeatureSupervisor(unetpp(), teacher, adapters=None)
+        FeatureSupervisor(student, teacher, adapters=None)
+    assert hooks_on(student) == 0
 
 
 def test_auto_adapters_resize_and_project() -> None:
@@ -315,3 +326,19 @@ def test_one_hot_round_trips(make: Callable[[], torch.Tensor]) -> None:
     assert torch.equal(encoded.sum(1), torch.ones(2, 8, 8))
     torch.testing.assert_close(one_hot(encoded, 3, dtype=torch.float32), encoded)
     torch.testing.assert_close(feature_loss(encoded, encoded), torch.tensor(0.0))
+
+
+def test_student_runs_once_and_teacher_runs_only_its_encoder() -> None:
+    student, teacher = unetpp(), encoding_teacher()
+    sup = FeatureSupervisor(student, teacher)
+    calls = {"student": 0, "teacher_decoder": 0, "teacher_encoder": 0}
+
+    def count(key: str) -> Callable[..., None]:
+        return lambda *_: calls.__setitem__(key, calls[key] + 1)
+
+    student.register_forward_hook(count("student"))
+    for node in teacher.decoder.values():
+        node.register_forward_hook(count("teacher_decoder"))
+    teacher.encoder.x4_0.register_forward_hook(count("teacher_encoder"))
+    sup(*batch())
+    assert calls == {"student": 1, "teacher_decoder": 0, "teacher_encoder": 1}

@@ -52,6 +52,7 @@ __all__ = [
     "SupervisedOutput",
     "TeacherFeatureCache",
     "load_encoding_teacher",
+    "one_hot",
     "train_encoding_teacher",
 ]
 
@@ -173,7 +174,11 @@ class FeatureSupervisor(nn.Module):
         if self._teacher_levels.kind == "hooks":
             picks = [t for _, t in self._pairs]
             self._teacher_tap = HookTap(teacher, self._teacher_levels, picks, stop_early=True)
-        self.adapters = self._build_adapters(probe_size, probe_channels)
+        try:
+            self.adapters = self._build_adapters(probe_size, probe_channels)
+        except BaseException:
+            self.close()  # a failed construction leaves no hooks behind
+            raise
 
     # ------------------------------------------------------------------ construction helpers
     def _resolve_num_classes(self, num_classes: int | None) -> int | None:
@@ -287,8 +292,8 @@ class FeatureSupervisor(nn.Module):
         if self.teacher_input is not None:
             return self.teacher_input(image, target)
         assert target is not None and self.num_classes is not None
-        dtype = next(self.teacher.parameters()).dtype
-        return one_hot(target, self.num_classes, dtype=dtype)
+        first = next(self.teacher.parameters())
+        return one_hot(target.to(first.device), self.num_classes, dtype=first.dtype)
 
     @torch.no_grad()
     def _teacher_features(
@@ -427,6 +432,10 @@ def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> to
 
     Raises:
         ValueError: if labels fall outside ``[0, num_classes)``.
+
+    Example:
+        >>> one_hot(torch.tensor([[[0, 2]]]), 3, dtype=torch.float32)[0, :, 0].tolist()
+        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
     if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
         return target.to(dtype)
