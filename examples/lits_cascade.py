@@ -33,6 +33,7 @@ import torch
 
 from featsup import data as fd
 from featsup.inference import Cascade, predict_volume, resolve_device
+from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
@@ -47,12 +48,12 @@ PRESETS = {
         "size": 128,
         "tumour_size": 96,
         "widths": [8, 16, 32, 64, 128],
-        "steps": 400,
-        "teacher_steps": 300,
+        "steps": 1000,
+        "teacher_steps": 150,
         "batch_size": 8,
         "lr": 3e-3,
         "phantom_shape": [48, 256, 256],
-        "cases": 12,
+        "cases": 20,
     },
     "cuda": {
         "size": 512,
@@ -66,6 +67,11 @@ PRESETS = {
         "cases": 40,
     },
 }
+
+
+# Seg-Loss (eq. 13) per stage. Tumours are a small fraction of the liver ROI: the Dice term
+# leaves the background out so that it measures the tumour alone.
+STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -213,7 +219,7 @@ def train_stage(
     folder = args.out / stage
     trainer = Trainer(
         model,
-        segmentation_step(),
+        segmentation_step(DeepSupervisionLoss(STAGE_LOSS[stage])),
         train,
         val_data=val,
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
