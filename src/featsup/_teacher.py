@@ -28,6 +28,7 @@ __all__ = [
     "TeacherFeatureCache",
     "build_feature_cache",
     "load_encoding_teacher",
+    "one_hot",
     "train_encoding_teacher",
 ]
 
@@ -54,6 +55,33 @@ def _batches(dataset: Any, batch_size: int) -> Any:
         first = items[0][0]
         images = None if first is None else torch.stack([i for i, _ in items])  # type: ignore[misc]
         yield images, targets
+
+
+def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
+
+    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast.
+
+    Raises:
+        ValueError: if labels fall outside ``[0, num_classes)``.
+
+    Example:
+        >>> one_hot(torch.tensor([[[0, 2]]]), 3, dtype=torch.float32)[0, :, 0].tolist()
+        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    """
+    if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
+        return target.to(dtype)
+    if target.ndim >= 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    target = target.long()
+    low, high = torch.aminmax(target)
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"target: expected labels in [0, {num_classes}), got [{int(low)}, {int(high)}]; "
+            "fix: num_classes"
+        )
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)
 
 
 # ---------------------------------------------------------------------- feature cache
@@ -278,7 +306,7 @@ def train_encoding_teacher(
     with tqdm(total=steps, disable=not progress, desc="encoding teacher") as bar:
         while step < steps:
             target = data[torch.randint(0, len(data), (batch_size,), generator=gen)].to(device)
-            x = _one_hot(target, num_classes)
+            x = one_hot(target, num_classes, dtype=torch.float32)
             loss = deep_supervision_loss(model(x), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -298,14 +326,12 @@ def train_encoding_teacher(
     return model.eval()
 
 
-def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(target, num_classes).movedim(-1, 1).float()
-
-
 @torch.no_grad()
 def _evaluate(model: UNetPlusPlus, held: torch.Tensor, num_classes: int) -> float:
     model.eval()
-    logits = torch.cat([model(_one_hot(t, num_classes))[-1] for t in held.split(16)])
+    logits = torch.cat(
+        [model(one_hot(t, num_classes, dtype=torch.float32))[-1] for t in held.split(16)]
+    )
     model.train()
     return reconstruction_dice(logits, held, num_classes)
 

@@ -43,6 +43,7 @@ from featsup._teacher import (
     TeacherFeatureCache,
     build_feature_cache,
     load_encoding_teacher,
+    one_hot,
     train_encoding_teacher,
 )
 from featsup.losses.feature import feature_loss
@@ -423,30 +424,3 @@ class FeatureSupervisor(nn.Module):
     def extra_repr(self) -> str:  # noqa: D102
         loss = getattr(self.loss, "__name__", self.loss)
         return f"levels={self.level_names}, loss={loss!r}, beta={self.beta}, weight={self.weight}"
-
-
-def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
-    """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
-
-    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast.
-
-    Raises:
-        ValueError: if labels fall outside ``[0, num_classes)``.
-
-    Example:
-        >>> one_hot(torch.tensor([[[0, 2]]]), 3, dtype=torch.float32)[0, :, 0].tolist()
-        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
-    """
-    if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
-        return target.to(dtype)
-    if target.ndim >= 4 and target.shape[1] == 1:
-        target = target[:, 0]
-    target = target.long()
-    low, high = torch.aminmax(target)
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"target: expected labels in [0, {num_classes}), got [{int(low)}, {int(high)}]; "
-            "fix: num_classes"
-        )
-    shape = (target.shape[0], num_classes, *target.shape[1:])
-    return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)
