@@ -137,7 +137,7 @@ def get_teacher(target: torch.Tensor, args: Any) -> tuple[UNetPlusPlus, dict[str
         path = Path(args.teacher) if args.teacher else Path(tmp) / "teacher.pt"
         teacher = train_encoding_teacher(
             target, num_classes=2, widths=args.widths, steps=args.teacher_steps,
-            lr=args.teacher_lr, dice_threshold=0.98, eval_every=50, path=path, seed=0,
+            lr=args.teacher_lr, dice_threshold=0.98, eval_every=100, path=path, seed=0,
             progress=False,
         )  # fmt: skip
         return teacher, torch.load(path, weights_only=True)["report"]
