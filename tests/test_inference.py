@@ -113,3 +113,18 @@ def test_cascade_without_liver_returns_background() -> None:
                       preprocess={"use_clahe": False})  # fmt: skip
     result = cascade(np.zeros((3, 16, 16), np.int16))
     assert result.labels.max() == 0 and result.roi is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_predict_volume_and_cascade_on_cuda_match_cpu(model: UNetPlusPlus) -> None:
+    volume = np.random.default_rng(2).random((6, 32, 32)).astype(np.float32)
+    cpu = predict_volume(model, volume, head=2, batch_size=4, device="cpu")
+    gpu = predict_volume(model, volume, head=2, batch_size=4, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3)  # cuDNN may use TF32
+    hu = np.random.default_rng(3).integers(-200, 300, (4, 48, 48)).astype(np.int16)
+    options = {"liver_size": 32, "tumour_size": 32, "liver_crf": {"backend": "torch"}}
+    on_cpu = Cascade(model, model, device="cpu", **options)(hu)
+    on_gpu = Cascade(model, model, device="cuda", **options)(hu)
+    assert on_gpu.labels.shape == (4, 48, 48)
+    assert np.mean(on_gpu.labels != on_cpu.labels) < 0.01

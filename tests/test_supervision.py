@@ -342,3 +342,27 @@ def test_student_runs_once_and_teacher_runs_only_its_encoder() -> None:
     teacher.encoder.x4_0.register_forward_hook(count("teacher_encoder"))
     sup(*batch())
     assert calls == {"student": 1, "teacher_decoder": 0, "teacher_encoder": 1}
+
+
+# ---------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_supervised_steps_on_cuda_with_autocast() -> None:
+    teacher = encoding_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sup = FeatureSupervisor(unetpp(), teacher, levels="all").cuda()
+    optimizer = torch.optim.AdamW(sup.parameters(), lr=1e-2)
+    image, target = (t.cuda() for t in batch())
+    losses = []
+    for _ in range(10):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = sup(image, target)
+            loss = seg(out.output, target) + out.feature_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert out.feature_loss.is_cuda and torch.isfinite(out.feature_loss)
+    assert losses[-1] < losses[0]
+    for name, value in sup.teacher.state_dict().items():
+        assert torch.equal(value.cpu(), before[name]), name

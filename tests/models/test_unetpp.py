@@ -170,3 +170,49 @@ def test_paper_widths_flops() -> None:
         macs.append(counter.get_total_flops() / 2e9)
     assert macs[0] == pytest.approx(15.5, abs=0.1)
     assert macs[1] == pytest.approx(135.1, abs=0.2)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_pruned_inference_path_on_cuda_matches_cpu() -> None:
+    model = UNetPlusPlus(1, 2, widths=(8, 16, 32, 64, 128))
+    model.train()
+    model(torch.randn(4, 1, 64, 64))  # non-trivial batch-norm statistics
+    model.eval()
+    x = torch.randn(2, 1, 48, 80)
+    with torch.no_grad():
+        reference = model(x)
+    gpu = UNetPlusPlus.from_config(model.config)
+    gpu.load_state_dict(model.state_dict())
+    gpu = gpu.cuda().eval()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # compare in true fp32
+    try:
+        with torch.no_grad():
+            for k in range(1, 5):
+                fast = gpu.pruned(head=k, optimize=True)
+                assert next(fast.parameters()).is_cuda
+                out = fast(x.cuda()).cpu()
+                torch.testing.assert_close(out, reference[k - 1], atol=1e-4, rtol=1e-4)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                low = gpu.pruned(head=2, optimize=True)(x.cuda()).float().cpu()
+            torch.testing.assert_close(low, reference[1], atol=0.1, rtol=0.05)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_training_step_on_cuda_reaches_every_parameter() -> None:
+    model = UNetPlusPlus(1, 2, widths=(8, 16, 32, 64, 128)).cuda()
+    x = torch.randn(2, 1, 64, 64, device="cuda")
+    target = torch.randint(0, 2, (2, 64, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs = model(x)
+        loss = sum(torch.nn.functional.cross_entropy(o.float(), target) for o in outputs)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
