@@ -176,6 +176,29 @@ def test_tumour_dataset_serves_masked_liver_roi_crops(phantom_folder: Path, load
     assert case_ids
 
 
+def test_tumour_mask_dilation_shows_a_rim_of_tissue_up_to_the_radius(
+    phantom_folder: Path, loaded
+) -> None:
+    from scipy import ndimage
+
+    exact = TumourSliceDataset(phantom_folder, empty_fraction=None, margin=8)
+    grown = TumourSliceDataset(phantom_folder, empty_fraction=None, margin=8, mask_dilation=3)
+    rims = []
+    for index in range(len(exact)):
+        a, b = exact[index]["image"][0].numpy(), grown[index]["image"][0].numpy()
+        np.testing.assert_array_equal(exact[index]["target"], grown[index]["target"])
+        liver = a != 0
+        np.testing.assert_array_equal(b[liver], a[liver])  # the liver itself is unchanged
+        shown = (b != 0) & ~liver  # tissue outside the liver that the grown mask lets in
+        if shown.any():
+            rims.append(ndimage.distance_transform_edt(~liver)[shown].max())
+    assert rims and max(rims) <= 3.0 and min(rims) >= 1.0
+    again = TumourSliceDataset(phantom_folder, empty_fraction=None, margin=8, mask_dilation=3)
+    np.testing.assert_array_equal(again[5]["image"], grown[5]["image"])  # seeded
+    with pytest.raises(ValueError, match="mask_dilation"):
+        TumourSliceDataset(phantom_folder, mask_dilation=-1)
+
+
 def test_tumour_dataset_sampling_and_size(phantom_folder: Path, loaded) -> None:
     ds = TumourSliceDataset(phantom_folder, size=(48, 48), empty_fraction=0.5)
     with_tumour = sum(int((c.labels == 2).reshape(32, -1).any(1).sum()) for c in loaded)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featsup._checks import check_choice, check_in_range
+from featsup._checks import check_choice, check_in_range, check_positive
 from featsup.data._arrays import resize
 from featsup.data._cache import PreparedVolume, PreprocessSettings, prepare_volumes
 from featsup.data.augment import SliceAugment
@@ -111,7 +111,9 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         """(slices with target, slices without) of one volume."""
         raise NotImplementedError
 
-    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(
+        self, volume: PreparedVolume, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(image (C, h, w) float32, target (h, w) int) of slice ``k``."""
         raise NotImplementedError
 
@@ -147,7 +149,9 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index: expected in [0, {len(self)}), got {index}")
         v, k = self._index[index]
-        image, target = self._sample(self.volumes[v], k)
+        image, target = self._sample(
+            self.volumes[v], k, np.random.default_rng([self.seed, self.epoch, index, 1])
+        )
         if self.size is not None:
             image = resize(image, self.size, mode="linear")
             target = resize(target, self.size, mode="nearest")
@@ -235,7 +239,9 @@ class LiverSliceDataset(_SliceDataset):
         has = volume.liver_per_slice > 0
         return np.flatnonzero(has), np.flatnonzero(~has)
 
-    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(
+        self, volume: PreparedVolume, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         image = volume.image(self._neighbours(volume, k))
         labels = np.asarray(volume.labels()[k])
         target = (labels > 0).astype(np.int64) if self.classes == "liver" else labels
@@ -253,6 +259,13 @@ class TumourSliceDataset(_SliceDataset):
         cases: a LiTS folder, a manifest, or a list of cases / ``(volume, segmentation)``.
         margin: in-plane margin around the liver box, one int or (rows, columns).
         mask_outside: zero the image outside the liver (per channel, its own slice).
+        mask_dilation: with ``mask_outside``, grow the liver mask by a random radius of
+            0..``mask_dilation`` pixels per sample first. A predicted liver mask at test
+            time includes some neighbouring tissue; trained on exact masks only, the
+            model calls such tissue tumour. 0 keeps the exact mask (paper 4.1.3).
+        mask_fill_holes: with ``mask_outside``, fill the holes of the (grown) mask in each
+            slice, so that structures the liver encloses but the label leaves out (the
+            gallbladder, the cava) are shown as not-tumour, as a predicted mask shows them.
         empty_fraction: share of served liver slices without tumour (None: all of them).
         context, size, augment, seed, window, use_clahe, clip_limit, tile_grid_size,
             normalization, cache_dir, num_workers: as in :class:`LiverSliceDataset`.
@@ -275,6 +288,8 @@ class TumourSliceDataset(_SliceDataset):
         *,
         margin: int | Sequence[int] = 8,
         mask_outside: bool = True,
+        mask_dilation: int = 0,
+        mask_fill_holes: bool = False,
         context: int = 0,
         size: Sequence[int] | None = None,
         empty_fraction: float | None = 0.3,
@@ -290,6 +305,8 @@ class TumourSliceDataset(_SliceDataset):
     ) -> None:
         self.margin = _margin2(margin)
         self.mask_outside = bool(mask_outside)
+        self.mask_dilation = int(check_positive("mask_dilation", mask_dilation, strict=False))
+        self.mask_fill_holes = bool(mask_fill_holes)
         settings = _settings(window, use_clahe, clip_limit, tile_grid_size, normalization)
         super().__init__(
             cases,
@@ -317,12 +334,35 @@ class TumourSliceDataset(_SliceDataset):
         tumour = volume.tumour_per_slice > 0
         return np.flatnonzero(tumour), np.flatnonzero(liver & ~tumour)
 
-    def _sample(self, volume: PreparedVolume, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(
+        self, volume: PreparedVolume, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = self.roi(volume)
         ks = self._neighbours(volume, k)
         image = volume.image((ks, rows, cols))
         labels = np.asarray(volume.labels()[ks, rows, cols])
         if self.mask_outside:
-            image = np.where(labels > 0, image, np.float32(0.0))
+            inside = labels > 0
+            if self.mask_dilation:
+                inside = _dilate(inside, int(rng.integers(0, self.mask_dilation + 1)))
+            if self.mask_fill_holes:
+                inside = _fill_holes(inside)
+            image = np.where(inside, image, np.float32(0.0))
         target = (labels[self.context] == 2).astype(np.int64)
         return image, target
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow each (h, w) slice of a (C, h, w) mask by ``radius`` pixels (Euclidean)."""
+    if radius <= 0:
+        return mask
+    from scipy import ndimage
+
+    return np.stack([ndimage.distance_transform_edt(~m) <= radius for m in mask])
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of each (h, w) slice of a (C, h, w) mask."""
+    from scipy import ndimage
+
+    return np.stack([ndimage.binary_fill_holes(m) for m in mask])
