@@ -79,6 +79,8 @@ def build_steps(
         model = UNetPlusPlus(1, 2, widths=widths).to(device)
         sup = FeatureSupervisor(model, teacher, levels=levels)  # type: ignore[arg-type]
         cache = sup.cache_teacher_features(pool, batch_size=8) if cached else None
+        if cache is not None and device.type == "cuda":
+            cache = cache.to(device)  # gather in GPU memory, no host copy per step
         opt = torch.optim.AdamW(sup.parameters(), lr=1e-4)
 
         def step(i: int) -> None:
@@ -114,6 +116,8 @@ def parts(
     probe = UNetPlusPlus(1, 2, widths=teacher.widths).to(device)
     sup = FeatureSupervisor(probe, teacher, levels="all")
     cache = sup.cache_teacher_features(pool, batch_size=8)
+    if device.type == "cuda":
+        cache = cache.to(device)
     with torch.no_grad():
         shapes = [f.shape for f in probe.encoder_features(image)]
     sup.close()

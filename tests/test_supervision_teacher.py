@@ -72,6 +72,14 @@ def test_cached_features_give_the_live_loss(tmp_path: Path, on_disk: bool) -> No
         ]  # fmt: skip
         reopened = TeacherFeatureCache.load(path)  # type: ignore[arg-type]
         torch.testing.assert_close(reopened.lookup(index), cache.lookup(index))
+    # a cache moved into (device) memory serves the same features; on disk it is read in
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        moved = cache.to(device)
+        assert all(isinstance(a, torch.Tensor) for a in moved._features.values())
+        served = moved.lookup(index, device=device)
+        assert all(v.device.type == device and v.dtype == torch.float32 for v in served.values())
+        torch.testing.assert_close({k: v.cpu() for k, v in served.items()}, cache.lookup(index))
 
 
 def test_float16_cache_is_close_and_serves_a_bottleneck_supervisor() -> None:

@@ -137,11 +137,29 @@ class TeacherFeatureCache:
         out = {}
         for name, array in self._features.items():
             if isinstance(array, torch.Tensor):
-                values = array[torch.from_numpy(idx)]
+                values = array[torch.from_numpy(idx).to(array.device)]
             else:
                 values = torch.from_numpy(np.ascontiguousarray(array[idx]))
-            out[name] = values.to(device=device, dtype=dtype)
+            # move at the stored precision (half the bytes for float16), convert there
+            out[name] = values.to(device=device).to(dtype)
         return out
+
+    def to(self, device: torch.device | str) -> TeacherFeatureCache:
+        """Return a cache whose features live on ``device`` (a memory map is read in).
+
+        On a GPU this makes :meth:`lookup` a gather in device memory instead of a gather
+        on the CPU and a host-to-device copy per step; it needs the whole cache to fit.
+
+        Example:
+            >>> cache = TeacherFeatureCache({"x4_0": torch.zeros(4, 2, 1, 1)})
+            >>> cache.to("cpu").lookup([1])["x4_0"].shape
+            torch.Size([1, 2, 1, 1])
+        """
+        moved = {
+            name: (a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a))).to(device)
+            for name, a in self._features.items()
+        }
+        return TeacherFeatureCache(moved)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TeacherFeatureCache:
