@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featsup.models._fused_node import fuse_decoder_node
 from featsup.models.blocks import ConvBlock, UpConv, fuse_for_inference
 
 __all__ = ["FeatureInfo", "UNetPlusPlus"]
@@ -308,7 +309,9 @@ class UNetPlusPlus(nn.Module):
         """Return a copy for fast eval-mode inference, with outputs equal to eval mode.
 
         Batch norm is folded into the convolutions, each convolution and its ReLU run as
-        one kernel on CPU (:class:`~featsup.models.blocks.FusedConvReLU`), and tensors
+        one kernel on CPU (:class:`~featsup.models.blocks.FusedConvReLU`), each decoder
+        node's up-sampling and Convolution_SC become one coarse-grid convolution with no
+        concatenation on CPU (``featsup.models._fused_node``), and tensors
         use the channels-last layout, which oneDNN (CPU) and cuDNN (GPU) run faster for
         these 3x3 convolutions. Fewer passes over memory matter most for the shallow
         heads, whose full-resolution maps make them memory-bound. Parameters are frozen.
@@ -318,6 +321,9 @@ class UNetPlusPlus(nn.Module):
         """
         model = copy.deepcopy(self).eval()
         fuse_for_inference(model)
+        if self.skip_connections:  # decoder nodes without the up-sampled map and the concat
+            for name, node in model.decoder.items():
+                model.decoder[name] = fuse_decoder_node(node)
         model.requires_grad_(False)
         model.channels_last = True
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
