@@ -49,6 +49,7 @@ PRESETS = {
         "tumour_size": 96,
         "widths": [8, 16, 32, 64, 128],
         "steps": 1000,
+        "tumour_steps": 2000,
         "teacher_steps": 150,
         "batch_size": 8,
         "lr": 3e-3,
@@ -60,6 +61,7 @@ PRESETS = {
         "tumour_size": 256,
         "widths": [32, 64, 128, 256, 512],
         "steps": 30000,
+        "tumour_steps": 30000,
         "teacher_steps": 3000,
         "batch_size": 16,
         "lr": 1e-3,
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="ES-DS", type=str.upper, choices=VARIANTS)
     p.add_argument("--head", type=int, choices=(1, 2, 3, 4), help="cascade head (default X0,4)")
     p.add_argument("--steps", type=int, help="optimizer steps per stage model")
+    p.add_argument("--tumour-steps", type=int, help="tumour model's steps (default: --steps)")
     p.add_argument("--epochs", type=int, help="epochs per stage model (with --steps: fewer wins)")
     p.add_argument("--teacher-steps", type=int, help="max steps per encoding teacher")
     p.add_argument("--size", type=int, help="liver-stage slice size")
@@ -88,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widths", type=int, nargs=5, help="UNet++ widths per depth")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--mask-dilation",
+        type=int,
+        default=6,
+        help="tumour stage: grow the training liver masks by up to this many pixels (and "
+        "fill their holes), so that tissue a predicted liver mask includes (rim, "
+        "gallbladder) is not taken for tumour; 0 keeps the exact masks (paper)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--crf",
@@ -106,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.device = str(resolve_device(args.device))
     preset = PRESETS["cuda" if args.device.startswith("cuda") else "cpu"]
+    if args.steps is not None and args.tumour_steps is None:
+        args.tumour_steps = args.steps
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -113,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--data: expected a LiTS folder, got {args.data} (not a directory)")
     if args.cases < 4:
         p.error(f"--cases: expected at least 4 (train, validation, test), got {args.cases}")
+    if args.mask_dilation < 0:
+        p.error(f"--mask-dilation: expected pixels >= 0, got {args.mask_dilation}")
     if not 0 < args.test_fraction < 1:
         p.error(f"--test-fraction: expected a number in (0, 1), got {args.test_fraction}")
     return args
@@ -169,7 +184,13 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     else:
         common = {"size": (args.tumour_size, args.tumour_size), "cache_dir": cache}
         train = fd.TumourSliceDataset(
-            cases["train"], augment=fd.SliceAugment(), seed=args.seed, empty_fraction=0.3, **common
+            cases["train"],
+            augment=fd.SliceAugment(),
+            seed=args.seed,
+            empty_fraction=0.3,
+            mask_dilation=args.mask_dilation,
+            mask_fill_holes=args.mask_dilation > 0,
+            **common,
         )
         val = fd.TumourSliceDataset(cases["val"], empty_fraction=None, **common)
     return train, val
@@ -217,6 +238,7 @@ def train_stage(
         student=student,
     )
     folder = args.out / stage
+    steps = args.steps if stage == "liver" else args.tumour_steps
     trainer = Trainer(
         model,
         segmentation_step(DeepSupervisionLoss(STAGE_LOSS[stage])),
@@ -224,13 +246,13 @@ def train_stage(
         val_data=val,
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
         lr=args.lr,
-        max_steps=args.steps,
+        max_steps=steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        val_every=max(25, args.steps // 8),
+        val_every=max(25, steps // 8),
         checkpoint_dir=folder,
         keep_best_by="val/dice_x0_4",
-        warmup_steps=min(50, args.steps // 10),
+        warmup_steps=min(50, steps // 10),
         device=args.device,
         seed=args.seed,
         drop_last=True,

@@ -68,6 +68,12 @@ def test_bad_flags_give_clear_messages(
     assert "expected a LiTS folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         example.parse_args(["--variant", "XX-DS"])
+    with pytest.raises(SystemExit):
+        example.parse_args(["--mask-dilation", "-1"])
+    assert "--mask-dilation: expected pixels >= 0" in capsys.readouterr().err
+    args = example.parse_args(["--steps", "7"])
+    assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
+    assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
 
 
 def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -> None:
