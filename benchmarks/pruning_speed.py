@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+
+if "--thp" in sys.argv:  # read once by torch's CPU allocator, so before torch is imported
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
 
 import torch
 from torch import nn
@@ -153,7 +158,9 @@ def head_stats(model: UNetPlusPlus, variants: dict, args: argparse.Namespace) ->
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    thp = ", THP_MEM_ALLOC_ENABLE=1" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else ""
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads{thp}"
 
 
 def print_table(results: dict) -> None:
@@ -199,6 +206,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the inference path")
     p.add_argument("--no-smp", dest="smp", action="store_false", help="skip the smp comparison")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--thp",
+        action="store_true",
+        help="CPU: back large tensors with transparent huge pages (THP_MEM_ALLOC_ENABLE=1)",
+    )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
