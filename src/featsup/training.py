@@ -9,11 +9,9 @@ Checkpoints, resume guarantees and ``torchrun`` use are described in ``docs/trai
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,14 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from featsup._checkpoint import (
-    TrainerCheckpointing,
     load_checkpoint,
     load_model,
     save_checkpoint,
     set_rng_state,
     unwrap_model,
 )
-from featsup._checks import check_choice, check_positive, check_type
 from featsup._distributed import (
     DistEnv,
     EpochBatchSampler,
@@ -39,6 +35,14 @@ from featsup._distributed import (
     resolve_device,
     seed_everything,
 )
+from featsup._trainer_checks import (
+    check_count,
+    check_options,
+    check_step_output,
+    lr_lambda,
+    move_to_device,
+)
+from featsup._trainer_logging import TrainerLogging
 from featsup._validation import dice_per_head
 
 __all__ = [
@@ -56,114 +60,7 @@ ValFn = Callable[[nn.Module, Iterable[Any]], Mapping[str, float]]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor inside nested dicts, lists and tuples to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [move_to_device(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
-    return batch
-
-
-def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _check_count(name: str, value: int | None, *, low: int = 1) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
-
-
-def _check_step_output(out: Any, *, training: bool) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    if not (
-        isinstance(out, tuple)
-        and len(out) == 2
-        and isinstance(out[0], torch.Tensor)
-        and isinstance(out[1], Mapping)
-    ):
-        raise TypeError(
-            f"step_fn: expected a tuple (loss tensor, dict of values to log), got "
-            f"{type(out).__name__}; return (loss, {{}})"
-        )
-    loss, logs = out
-    if loss.numel() != 1:
-        raise ValueError(
-            f"step_fn: expected a scalar loss, got shape {tuple(loss.shape)}; "
-            "reduce it with .mean()"
-        )
-    if training and not loss.requires_grad:
-        raise ValueError(
-            "step_fn: expected a loss that requires grad, got one without a graph; "
-            "compute it from the model output, outside torch.no_grad()"
-        )
-    for key, value in logs.items():
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise ValueError(
-                f"step_fn: expected scalar values to log, got shape {tuple(value.shape)} "
-                f"for {key!r}; log value.mean()"
-            )
-        if not isinstance(value, (torch.Tensor, int, float)):
-            raise TypeError(
-                f"step_fn: expected float or tensor values to log, got "
-                f"{type(value).__name__} for {key!r}"
-            )
-    return loss, logs
-
-
-def _check_options(o: dict[str, Any]) -> None:
-    """Validate the Trainer's arguments (``o`` is its ``locals()``)."""
-    check_type("model", o["model"], nn.Module)
-    for name in ("step_fn", "val_fn"):
-        if o[name] is not None and not callable(o[name]):
-            raise TypeError(f"{name}: expected a callable, got {type(o[name]).__name__}")
-    data = o["train_data"]
-    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-        raise TypeError(
-            f"train_data: expected a map-style Dataset (__len__, __getitem__), got "
-            f"{type(data).__name__}; wrap an iterable in a list"
-        )
-    for name in ("batch_size", "log_every", "max_steps", "epochs", "val_every",
-                 "checkpoint_every", "val_batch_size", "early_stopping_patience"):  # fmt: skip
-        _check_count(name, o[name])
-    for name in ("warmup_steps", "num_workers", "seed"):
-        _check_count(name, o[name], low=0)
-    check_positive("lr", o["lr"])
-    check_positive("weight_decay", o["weight_decay"], strict=False)
-    check_positive("min_delta", o["min_delta"], strict=False)
-    if o["grad_clip"] is not None:
-        check_positive("grad_clip", o["grad_clip"])
-    if o["max_steps"] is None and o["epochs"] is None:
-        raise ValueError(
-            "max_steps/epochs: expected at least one, got neither; pass max_steps=N or epochs=N"
-        )
-    if isinstance(o["scheduler"], str) or not callable(o["scheduler"]):
-        check_choice("scheduler", o["scheduler"], ("cosine", "constant"))
-    check_choice("mode", o["mode"], ("max", "min"))
-    if o["val_data"] is None and (o["val_fn"] is not None or o["keep_best_by"] is not None):
-        raise ValueError("val_data: expected a data set with val_fn/keep_best_by, got None")
-    if o["early_stopping_patience"] is not None and o["keep_best_by"] is None:
-        raise ValueError(
-            "keep_best_by: expected the metric early stopping watches, got None; "
-            "pass keep_best_by='val/<name>'"
-        )
-
-
-class Trainer(TrainerCheckpointing):
+class Trainer(TrainerLogging):
     """Train any model with a user step function; resume exactly; run under torchrun.
 
     Each optimizer step takes one batch per process, calls ``step_fn(model, batch)``
@@ -277,7 +174,7 @@ class Trainer(TrainerCheckpointing):
         progress: bool | None = None,
         find_unused_parameters: bool = False,
     ) -> None:
-        _check_options(locals())
+        check_options(locals())
         self.env = DistEnv.from_env()
         self.device = resolve_device(device, self.env)
         self._amp_dtype = resolve_amp(amp, self.device)
@@ -365,7 +262,7 @@ class Trainer(TrainerCheckpointing):
 
     def _make_scheduler(self, scheduler: str | SchedulerFactory, warmup: int) -> Any:
         if isinstance(scheduler, str):
-            factor = _lr_lambda(scheduler, warmup, self.total_steps)
+            factor = lr_lambda(scheduler, warmup, self.total_steps)
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         made = scheduler(self.optimizer, self.total_steps)
         if not all(hasattr(made, a) for a in ("step", "state_dict", "load_state_dict")):
@@ -375,18 +272,13 @@ class Trainer(TrainerCheckpointing):
             )
         return made
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if self._amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
-
     def _mean_step_values(self, model: nn.Module, loader: Iterable[Any]) -> dict[str, float]:
         """Default ``val_fn``: batch-mean of ``step_fn``'s loss and logs over the loader."""
         sums: dict[str, float] = {}
         count = 0
         for batch in loader:
             out = self.step_fn(model, move_to_device(batch, self.device))
-            loss, logs = _check_step_output(out, training=False)
+            loss, logs = check_step_output(out, training=False)
             for key, value in {**logs, "loss": loss}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
@@ -413,7 +305,7 @@ class Trainer(TrainerCheckpointing):
         """
         if resume_from is not None:
             self.resume(resume_from)
-        _check_count("stop_at_step", stop_at_step, low=self.step + 1)
+        check_count("stop_at_step", stop_at_step, low=self.step + 1)
         self.env.setup(self.device)
         bar = None
         try:
@@ -471,7 +363,7 @@ class Trainer(TrainerCheckpointing):
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.step_fn(self._train_model, batch)
-        loss, logs = _check_step_output(out, training=True)
+        loss, logs = check_step_output(out, training=True)
         values = {**logs, "loss": loss, "lr": float(self.optimizer.param_groups[0]["lr"])}
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -506,71 +398,3 @@ class Trainer(TrainerCheckpointing):
         due = self.step % self.checkpoint_every == 0 or final or stop or self.stopped_early
         if self.checkpoint_dir is not None and due:
             self.save(self.checkpoint_dir / "last.pt")
-
-    def _record(self, record: dict[str, float]) -> None:
-        self.history.append(record)
-        if self.env.main and self.history_path is not None:
-            with self.history_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _log_train(self, bar: Any) -> None:
-        if not self._window_count:
-            return
-        means = self.env.mean({k: v / self._window_count for k, v in self._window.items()})
-        self._window, self._window_count = {}, 0
-        record: dict[str, float] = {"step": self.step, "epoch": self.epoch}
-        record.update({f"train/{k}": v for k, v in means.items()})
-        if not math.isfinite(record["train/loss"]):
-            raise FloatingPointError(
-                f"train/loss: expected a finite running loss, got {record['train/loss']} at "
-                f"step {self.step}; lower lr, set grad_clip or check the data"
-            )
-        self._record(record)
-        bar.set_postfix({k[6:]: f"{v:.4g}" for k, v in record.items() if k[:6] == "train/"})
-
-    def _run_val_fn(self) -> dict[str, float]:
-        model = unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), self._autocast():
-                raw = self.val_fn(model, self._val_loader)  # type: ignore[arg-type]
-        finally:
-            model.train(was_training)
-        if not isinstance(raw, Mapping):
-            raise TypeError(f"val_fn: expected a dict of floats, got {type(raw).__name__}")
-        return {f"val/{k}": float(v) for k, v in raw.items()}
-
-    def _validate(self, bar: Any) -> None:
-        metrics: dict[str, float] | str | None = None
-        if self.env.main:
-            try:
-                metrics = self._run_val_fn()
-            except Exception as error:
-                self.env.broadcast(f"val_fn failed on rank 0: {error!r}")  # free the others
-                raise
-        metrics = self.env.broadcast(metrics)
-        if isinstance(metrics, str):
-            raise RuntimeError(metrics)
-        assert metrics is not None  # rank 0 computed it
-        self._record({"step": self.step, "epoch": self.epoch, **metrics})
-        if self.keep_best_by is not None:
-            self._track_best(metrics)
-        bar.set_postfix({k[4:]: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
-
-    def _track_best(self, metrics: dict[str, float]) -> None:
-        name = check_choice("keep_best_by", self.keep_best_by, sorted(metrics))
-        value, best = metrics[name], self.best_value
-        if self.mode == "max":
-            better = best is None or value > best + self.min_delta
-        else:
-            better = best is None or value < best - self.min_delta
-        if better and not math.isnan(value):
-            self.best_value, self.best_step, self.bad_validations = value, self.step, 0
-            if self.checkpoint_dir is not None:
-                self.save(self.checkpoint_dir / "best.pt")
-            return
-        self.bad_validations += 1
-        patience = self.early_stopping_patience
-        if patience is not None and self.bad_validations >= patience:
-            self.stopped_early = True
