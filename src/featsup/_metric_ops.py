@@ -1,0 +1,127 @@
+"""Array-level pieces of :mod:`featsup.metrics`: input checks, counts and surface distances."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _binary(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    return x if x.dtype == np.bool_ else x != 0
+
+
+def binary_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+    p, g = _binary(pred, "pred"), _binary(target, "target")
+    if p.shape != g.shape:
+        raise ValueError(f"pred and target: expected the same shape, got {p.shape} and {g.shape}")
+    return p, g
+
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(
+            f"spacing: expected {ndim} positive values (one per axis), got {tuple(spacing)}"
+        )
+    return values
+
+
+def counts(p: np.ndarray, g: np.ndarray) -> tuple[int, int, int]:
+    return int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g))
+
+
+def dice(inter: int, n_pred: int, n_target: int) -> float:
+    total = n_pred + n_target
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def voe(inter: int, n_pred: int, n_target: int) -> float:
+    union = n_pred + n_target - inter
+    return 0.0 if union == 0 else 1.0 - inter / union
+
+
+def rvd(inter: int, n_pred: int, n_target: int) -> float:
+    if n_target == 0:
+        return 0.0 if n_pred == 0 else float("inf")
+    return (n_pred - n_target) / n_target
+
+
+def assd(to_target: np.ndarray, to_pred: np.ndarray) -> float:
+    count = to_target.size + to_pred.size
+    return 0.0 if count == 0 else float((to_target.sum() + to_pred.sum()) / count)
+
+
+def msd(to_target: np.ndarray, to_pred: np.ndarray) -> float:
+    both = [d.max() for d in (to_target, to_pred) if d.size]
+    return float(max(both)) if both else 0.0
+
+
+def surface_distance_arrays(
+    p: np.ndarray, g: np.ndarray, sampling: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    box = _union_box(p, g)
+    if box is None:  # both empty
+        return np.zeros(0), np.zeros(0)
+    surf_p, surf_g = _surface(p[box]), _surface(g[box])
+    if not surf_p.any() or not surf_g.any():  # exactly one is empty
+        return np.full(int(surf_p.sum()), np.inf), np.full(int(surf_g.sum()), np.inf)
+    return _nearest(surf_p, surf_g, sampling), _nearest(surf_g, surf_p, sampling)
+
+
+def _nearest(points: np.ndarray, features: np.ndarray, sampling: tuple[float, ...]) -> np.ndarray:
+    """Distance from each ``points`` voxel to the nearest ``features`` voxel.
+
+    Uses SciPy's exact Euclidean feature transform (the index half of
+    ``distance_transform_edt``) and evaluates distances at ``points`` only, which skips
+    the full float64 distance volume (about twice as fast on CT-sized crops).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    nearest = distance_transform_edt(
+        ~features, sampling=sampling, return_distances=False, return_indices=True
+    )
+    coords = np.nonzero(points)
+    index = (slice(None), *coords)
+    delta = (nearest[index] - np.stack(coords)).astype(np.float64)
+    delta *= np.asarray(sampling, dtype=np.float64)[:, None]
+    return np.sqrt(np.einsum("ij,ij->j", delta, delta))
+
+
+def _union_box(p: np.ndarray, g: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of ``p | g`` grown by ``margin`` voxels (clipped), or None if empty."""
+    union = p | g
+    slices: list[slice] = []
+    for axis in range(union.ndim):
+        others = tuple(a for a in range(union.ndim) if a != axis)
+        sub = union[tuple(slices)] if slices else union
+        hits = np.flatnonzero(sub.any(axis=others) if others else sub)
+        if hits.size == 0:
+            return None
+        low, high = max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, union.shape[axis])
+        slices.append(slice(int(low), int(high)))
+    return tuple(slices)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Foreground voxels with a background face-neighbour; outside the array is background."""
+    interior = mask.copy()
+    for axis in range(mask.ndim):
+        lead = [slice(None)] * mask.ndim
+        trail = [slice(None)] * mask.ndim
+        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
+        interior[tuple(lead)] &= mask[tuple(trail)]
+        interior[tuple(trail)] &= mask[tuple(lead)]
+        edge: list[Any] = [slice(None)] * mask.ndim
+        for index in (0, -1):
+            edge[axis] = index
+            interior[tuple(edge)] = False
+    return mask & ~interior
