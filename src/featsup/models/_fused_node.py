@@ -57,7 +57,7 @@ def composite_weight(up_weight: torch.Tensor, conv_weight: torch.Tensor) -> torc
     for r in range(2):
         for t in range(3):
             for d in range(3):
-                k = r + d + 1 - 2 * (t - 1) - 1
+                k = r + (d - 1) + 1 - 2 * (t - 1)  # indices 0..2 hold offsets -1..1
                 if 0 <= k <= 3:
                     taps[r, t, d, k] = 1.0
     out = torch.einsum(
