@@ -71,7 +71,7 @@ def surface_distance_arrays(
     box = _union_box(p, g)
     if box is None:  # both empty
         return np.zeros(0), np.zeros(0)
-    surf_p, surf_g = _surface(p[box]), _surface(g[box])
+    surf_p, surf_g = boundary(p[box], outside=False), boundary(g[box], outside=False)
     if not surf_p.any() or not surf_g.any():  # exactly one is empty
         return np.full(int(surf_p.sum()), np.inf), np.full(int(surf_g.sum()), np.inf)
     return _nearest(surf_p, surf_g, sampling), _nearest(surf_g, surf_p, sampling)
@@ -111,8 +111,14 @@ def _union_box(p: np.ndarray, g: np.ndarray, margin: int = 1) -> tuple[slice, ..
     return tuple(slices)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Foreground voxels with a background face-neighbour; outside the array is background."""
+def boundary(mask: np.ndarray, *, outside: bool) -> np.ndarray:
+    """Foreground voxels with a background face-neighbour (nD boolean mask).
+
+    Args:
+        mask: boolean array.
+        outside: the value assumed beyond the array's edges: False makes voxels on the
+            edge boundary voxels (a surface), True does not (an inner boundary).
+    """
     interior = mask.copy()
     for axis in range(mask.ndim):
         lead = [slice(None)] * mask.ndim
@@ -120,8 +126,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
         lead[axis], trail[axis] = slice(1, None), slice(None, -1)
         interior[tuple(lead)] &= mask[tuple(trail)]
         interior[tuple(trail)] &= mask[tuple(lead)]
-        edge: list[Any] = [slice(None)] * mask.ndim
-        for index in (0, -1):
-            edge[axis] = index
-            interior[tuple(edge)] = False
+        if not outside:
+            edge: list[Any] = [slice(None)] * mask.ndim
+            for index in (0, -1):
+                edge[axis] = index
+                interior[tuple(edge)] = False
     return mask & ~interior

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from featsup._checks import check_choice, check_positive
+from featsup._metric_ops import boundary
 
 __all__ = ["boundary_weight_map"]
 
@@ -198,19 +199,7 @@ def _distance_scipy(mask: np.ndarray, sampling: tuple[float, ...]) -> np.ndarray
     """float32 distance to the inner boundary of an nD mask, or None without a boundary."""
     from scipy.ndimage import distance_transform_edt
 
-    not_boundary = ~_inner_boundary(mask)
+    not_boundary = ~boundary(mask, outside=True)  # outside the image counts as ROI
     if not_boundary.all():
         return None
     return distance_transform_edt(not_boundary, sampling=sampling).astype(np.float32)
-
-
-def _inner_boundary(mask: np.ndarray) -> np.ndarray:
-    """ROI pixels with a non-ROI neighbour along some axis; outside the image counts as ROI."""
-    interior = mask.copy()
-    for axis in range(mask.ndim):
-        lead = [slice(None)] * mask.ndim
-        trail = [slice(None)] * mask.ndim
-        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
-        interior[tuple(lead)] &= mask[tuple(trail)]
-        interior[tuple(trail)] &= mask[tuple(lead)]
-    return mask & ~interior
