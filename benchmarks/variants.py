@@ -1,12 +1,23 @@
-"""The paper's six variants UN/BS/ES x NS/DS on the phantom, with the same budget and seeds.
+"""The paper's six variants UN/BS/ES x NS/DS, over seeds, with paired differences.
 
-For each stage (liver on whole slices, tumour on liver-ROI crops) one encoding UNet++
-teacher is trained, then every variant trains for the same number of steps from the same
-seed; the Dice of each head X0,1..X0,4 on held-out test cases is printed in the layout
-of the paper's Table 2, and the training curves (Fig. 11-14 analogues: Seg-Loss, SL1
-feature loss, validation Dice per head) are drawn. Averaged over ``--seeds``.
+For each stage (liver on whole slices, tumour on liver-ROI crops) of a phantom data set
+split into training, validation and test cases, one encoding UNet++ teacher is trained to
+convergence (and, for the ablation, one stopped early at a reconstruction Dice of about
+0.8); then every configuration trains for the same number of steps from each seed. A
+configuration is a variant, optionally with a feature-loss remedy:
 
-    python benchmarks/variants.py --steps 300 --seeds 0 1 2 --json variants.json
+    ES-DS            the paper's method
+    ES-DS@early      ES-DS with the early-stopped teacher (ablation)
+    ES-DS@w=0.3      feature weight w2 = 0.3 instead of 1
+    ES-DS@norm       features standardised per channel before the Smooth-L1 loss
+
+Printed (and written with --json): Table 2 (test Dice per head, mean +- sd over seeds),
+the paired per-seed differences of every configuration minus UN-DS per head (mean, sd,
+and how many seeds were above 0), the validation Dice per head (where remedies are
+chosen), convergence (steps until the validation Dice of X0,4 first reaches --reach) and
+cost (teacher and student wall time).
+
+    python benchmarks/variants.py --seeds 0 1 2 --json variants.json
 """
 
 from __future__ import annotations
@@ -22,9 +33,20 @@ import torch
 
 from featsup import data as fd
 from featsup.supervision import train_encoding_teacher
-from featsup.training import Trainer, dice_per_head
+from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head
 from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.viz import load_history, plot_curves
+
+REMEDIES = {"early": {}, "w=0.3": {"feature_weight": 0.3}, "norm": {"feature_norm": "channel"}}
+BASELINE = "UN-DS"
+
+
+def parse_config(config: str) -> tuple[str, str | None]:
+    variant, _, remedy = config.partition("@")
+    parse_variant(variant)
+    if remedy and remedy not in REMEDIES:
+        raise SystemExit(f"--configs: unknown remedy {remedy!r}; choose from {list(REMEDIES)}")
+    return variant.upper(), remedy or None
 
 
 def stage_data(stage: str, folder: Path, ids: dict[str, list[str]], size: int) -> dict:
@@ -43,129 +65,208 @@ def stage_data(stage: str, folder: Path, ids: dict[str, list[str]], size: int) -
     }
 
 
-def run_variant(variant: str, stage: str, sets: dict, teacher: Any, seed: int, args) -> dict:
+def train_teachers(sets: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """The converged teacher and the early-stopped one (ablation), with their cost."""
+    labels = torch.stack([sets["train"][i]["target"] for i in range(len(sets["train"]))])
+    val = torch.stack([sets["val"][i]["target"] for i in range(len(sets["val"]))])
+    teachers = {}
+    for name, threshold in (("converged", 0.97), ("early", 0.8)):
+        start = time.perf_counter()
+        model = train_encoding_teacher(
+            labels, val_labels=val, num_classes=2, widths=args.widths, steps=args.teacher_steps,
+            dice_threshold=threshold, eval_every=10, amp=args.amp, device=args.device,
+            progress=False,
+        )  # fmt: skip
+        report = dict(model.training_report)
+        teachers[name] = {"model": model, "seconds": time.perf_counter() - start, **report}
+        seconds = teachers[name]["seconds"]
+        print(f"teacher {name}: reconstruction Dice {report['dice']:.3f} after "
+              f"{report['steps']} steps, {seconds:.0f} s", flush=True)  # fmt: skip
+    return teachers
+
+
+def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, args) -> dict:
+    variant, remedy = parse_config(config)
+    teacher = teachers["early" if remedy == "early" else "converged"]["model"]
     torch.manual_seed(seed)
     model = build_variant(
-        variant, in_channels=1, num_classes=2, widths=args.widths, teacher=teacher
-    )
-    folder = args.out / stage / f"{variant}-seed{seed}"
+        variant, in_channels=1, num_classes=2, widths=args.widths,
+        teacher=None if variant.startswith("UN") else teacher, **REMEDIES.get(remedy or "", {}),
+    )  # fmt: skip
+    folder = args.out / stage / f"{config.replace('@', '_').replace('=', '')}-seed{seed}"
     trainer = Trainer(
-        model,
-        segmentation_step(),
-        sets["train"],
-        val_data=sets["val"],
+        model, segmentation_step(), sets["train"], val_data=sets["val"],
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
-        lr=args.lr,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        seed=seed,
-        val_every=max(10, args.steps // 10),
-        log_every=max(5, args.steps // 30),
-        checkpoint_dir=folder,
-        warmup_steps=min(50, args.steps // 10),
-        device=args.device,
-        drop_last=True,
+        lr=args.lr, max_steps=args.steps, batch_size=args.batch_size, seed=seed,
+        val_every=args.val_every, log_every=max(5, args.steps // 30), checkpoint_dir=folder,
+        warmup_steps=min(50, args.steps // 10), device=args.device, amp=args.amp,
+        drop_last=True, progress=False,
         # NS trains the X0,4 head alone: DDP must be told the shallow heads get no gradient
         find_unused_parameters=not parse_variant(variant)[1],
-        progress=False,
-    )
+    )  # fmt: skip
     start = time.perf_counter()
-    trainer.fit()
+    history = trainer.fit()
     seconds = time.perf_counter() - start
     loader = torch.utils.data.DataLoader(sets["test"], batch_size=16)
     test = dice_per_head(model, loader, num_classes=2)
     if hasattr(model, "close"):
         model.close()
-    return {"test": test, "seconds": seconds, "history": str(folder / "history.jsonl")}
+    val = [r for r in history if "val/dice_x0_4" in r]
+    reach = args.reach[0 if stage == "liver" else 1]
+    reached = next((r["step"] for r in val if r["val/dice_x0_4"] >= reach), None)
+    return {
+        "test": test,
+        "val": {k[4:]: v for k, v in val[-1].items() if k.startswith("val/dice")},
+        "seconds": seconds,
+        "steps_to_reach": reached,
+        "history": str(folder / "history.jsonl"),
+    }
 
 
-def print_table(results: dict) -> None:
-    print("\n| variant | Liver X0,1 | X0,2 | X0,3 | X0,4 | Tumour X0,1 | X0,2 | X0,3 | X0,4 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for variant in results["variants"]:
-        cells = []
-        for stage in ("liver", "tumour"):
-            runs = results[stage].get(variant, [])
+def summarize(results: dict, configs: list[str], seeds: list[int]) -> dict:
+    """Mean and sd per head, and paired differences against UN-DS, per stage."""
+    summary: dict[str, Any] = {}
+    for stage, runs in results.items():
+        summary[stage] = {}
+        for config in configs:
+            by_seed = runs[config]
+            heads = {}
             for k in range(1, 5):
-                values = [r["test"][f"dice_x0_{k}"] for r in runs]
-                cells.append(f"{100 * np.mean(values):.1f}%" if values else "-")
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+                key = f"dice_x0_{k}"
+                test = np.array([by_seed[s]["test"][key] for s in seeds])
+                val = np.array([by_seed[s]["val"][key] for s in seeds])
+                base = np.array([runs[BASELINE][s]["test"][key] for s in seeds])
+                diff = test - base
+                heads[key] = {
+                    "test_mean": test.mean(), "test_sd": test.std(ddof=1) if len(seeds) > 1 else 0,
+                    "val_mean": val.mean(), "diff_mean": diff.mean(),
+                    "diff_sd": diff.std(ddof=1) if len(seeds) > 1 else 0.0,
+                    "diff_positive": int((diff > 0).sum()), "diffs": diff.tolist(),
+                }  # fmt: skip
+            reached = [by_seed[s]["steps_to_reach"] for s in seeds]
+            summary[stage][config] = {
+                "heads": heads,
+                "steps_to_reach": reached,
+                "student_seconds": float(np.mean([by_seed[s]["seconds"] for s in seeds])),
+            }
+    return summary
+
+
+def print_tables(summary: dict, teachers: dict, args: argparse.Namespace) -> None:
+    n = len(args.seeds)
+    for stage, configs in summary.items():
+        t = teachers[stage]
+        print(f"\n## {stage}: test Dice per head, mean +- sd over {n} seeds "
+              f"(teacher: {t['converged']['dice']:.3f} in {t['converged']['seconds']:.0f} s; "
+              f"early {t['early']['dice']:.3f} in {t['early']['seconds']:.0f} s)")  # fmt: skip
+        print("| config | X0,1 | X0,2 | X0,3 | X0,4 | val X0,4 | steps to "
+              f"{args.reach[0 if stage == 'liver' else 1]} | student s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for config, row in configs.items():
+            h = row["heads"]
+            cells = [f"{100 * h[k]['test_mean']:.1f} +- {100 * h[k]['test_sd']:.1f}" for k in h]
+            reach = ",".join("-" if r is None else str(r) for r in row["steps_to_reach"])
+            print(f"| {config} | " + " | ".join(cells)
+                  + f" | {100 * h['dice_x0_4']['val_mean']:.1f} | {reach} | "
+                  f"{row['student_seconds']:.0f} |")  # fmt: skip
+        print(f"\n{stage}: paired test differences minus {BASELINE}, points (mean +- sd; "
+              "seeds above 0)")  # fmt: skip
+        print("| config | X0,1 | X0,2 | X0,3 | X0,4 |")
+        print("|---|---|---|---|---|")
+        for config, row in configs.items():
+            if config == BASELINE:
+                continue
+            cells = [f"{100 * d['diff_mean']:+.1f} +- {100 * d['diff_sd']:.1f} "
+                     f"({d['diff_positive']}/{n})" for d in row["heads"].values()]  # fmt: skip
+            print(f"| {config} | " + " | ".join(cells) + " |")
 
 
 def draw(results: dict, args: argparse.Namespace) -> None:
-    for stage in ("liver", "tumour"):
-        runs = {v: load_history(r[0]["history"]) for v, r in results[stage].items() if r}
-        if not runs:
-            continue
-        plot_curves(
-            args.out / f"curves_{stage}_loss.png",
-            runs,
-            keys=["train/seg", "train/feature"],
-            title=f"{stage}: training losses (seed {args.seeds[0]})",
-        )
-        plot_curves(
-            args.out / f"curves_{stage}_dice.png",
-            runs,
-            keys=[f"val/dice_x0_{k}" for k in range(1, 5)],
-            title=f"{stage}: validation Dice per head",
-        )
+    seed = args.seeds[0]
+    for stage, runs in results.items():
+        histories = {c: load_history(r[seed]["history"]) for c, r in runs.items()}
+        plot_curves(args.out / f"curves_{stage}_loss.png", histories,
+                    keys=["train/seg", "train/feature"],
+                    title=f"{stage}: training losses (seed {seed})")  # fmt: skip
+        plot_curves(args.out / f"curves_{stage}_dice.png", histories,
+                    keys=[f"val/dice_x0_{k}" for k in range(1, 5)],
+                    title=f"{stage}: validation Dice per head (seed {seed})")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/variants"))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--configs", nargs="+",
+                   default=[*VARIANTS, "ES-DS@early", "ES-DS@w=0.3", "ES-DS@norm"])  # fmt: skip
     p.add_argument("--stages", nargs="+", default=["liver", "tumour"], choices=["liver", "tumour"])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--teacher-steps", type=int, default=300)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--val-every", type=int, default=25)
+    p.add_argument("--teacher-steps", type=int, default=1500)
+    p.add_argument(
+        "--reach",
+        type=float,
+        nargs=2,
+        default=[0.9, 0.5],
+        metavar=("LIVER", "TUMOUR"),
+        help="validation Dice of X0,4 for convergence",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cases", type=int, default=12)
     p.add_argument("--phantom-shape", type=int, nargs=3, default=[40, 192, 192])
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if BASELINE not in args.configs:
+        p.error(f"--configs: expected {BASELINE} among them (differences are paired with it)")
+    for config in args.configs:
+        parse_config(config)
+    if args.amp == "auto":
+        fast = args.device.startswith("cuda") or cpu_has_bf16_units()
+        args.amp = "bf16" if fast else "none"
+    args.amp = None if args.amp == "none" else args.amp
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     folder = args.out / "phantom"
     if not sorted(folder.glob("volume-*.nii.gz")):
+        # phantom seeds 1000+: none of them is a case of the cascade example (seeds 0..)
         fd.write_phantom_dataset(folder, args.cases, shape=tuple(args.phantom_shape), seed=1000)
     ids = [c.case_id for c in fd.find_cases(folder)]
-    split = {"test": ids[:2], "val": ids[2:3], "train": ids[3:]}
-    results: dict[str, Any] = {"variants": args.variants, "settings": vars(args), "split": split}
+    n_test = max(2, len(ids) // 4)
+    split = {"test": ids[:n_test], "val": ids[n_test : n_test + 2], "train": ids[n_test + 2 :]}
+    print(f"split: {split}; amp {args.amp}", flush=True)
+    results: dict[str, Any] = {}
+    teachers: dict[str, Any] = {}
     for stage in args.stages:
         sets = stage_data(stage, folder, split, args.size)
-        labels = torch.stack([sets["train"][i]["target"] for i in range(len(sets["train"]))])
-        teacher = train_encoding_teacher(
-            labels,
-            num_classes=2,
-            widths=args.widths,
-            steps=args.teacher_steps,
-            lr=args.lr,
-            dice_threshold=0.97,
-            device=args.device,
-            progress=False,
-        )
-        results[stage] = {}
-        for variant in args.variants:
-            results[stage][variant] = []
-            for seed in args.seeds:
-                run = run_variant(variant, stage, sets, teacher, seed, args)
-                results[stage][variant].append(run)
-                print(
-                    f"{stage} {variant} seed {seed}: "
-                    + ", ".join(f"{k[5:]} {v:.3f}" for k, v in run["test"].items())
-                    + f" ({run['seconds']:.0f} s)",
-                    flush=True,
-                )
-    for stage in ("liver", "tumour"):
-        results.setdefault(stage, {})
-    print_table(results)
+        teachers[stage] = train_teachers(sets, args)
+        results[stage] = {c: {} for c in args.configs}
+        for seed in args.seeds:  # seeds outermost: an interrupted run still has pairs
+            for config in args.configs:
+                run = run_config(config, stage, sets, teachers[stage], seed, args)
+                results[stage][config][seed] = run
+                print(f"{stage} {config} seed {seed}: "
+                      + ", ".join(f"{k[5:]} {v:.3f}" for k, v in run["test"].items())
+                      + f" (val x0_4 {run['val']['dice_x0_4']:.3f}; {run['seconds']:.0f} s)",
+                      flush=True)  # fmt: skip
+    summary = summarize(results, args.configs, args.seeds)
+    print_tables(summary, teachers, args)
     draw(results, args)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    return results
+        record = {
+            "settings": vars(args), "split": split, "runs": results, "summary": summary,
+            "teachers": {s: {n: {k: v for k, v in t.items() if k != "model"} for n, t in ts.items()}
+                         for s, ts in teachers.items()},
+        }  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=2, default=str))
+    return summary
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ VOE, RVD, ASSD, MSD and timings. ``--data DIR`` runs on a real LiTS folder inste
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -38,7 +39,7 @@ from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import load_encoding_teacher, train_encoding_teacher
-from featsup.training import Trainer, dice_per_head, load_model
+from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_model
 from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.viz import load_history, plot_cascade_panels, plot_curves
 
@@ -81,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="LiTS folder (volume-N / segmentation-N .nii[.gz])")
     p.add_argument("--out", type=Path, default=Path("outputs/lits_cascade"))
     p.add_argument("--variant", default="ES-DS", type=str.upper, choices=VARIANTS)
-    p.add_argument("--head", type=int, choices=(1, 2, 3, 4), help="cascade head (default X0,4)")
+    p.add_argument(
+        "--head",
+        type=int,
+        choices=(1, 2, 3, 4),
+        help="cascade head (default: chosen on validation)",
+    )
     p.add_argument("--steps", type=int, help="optimizer steps per stage model")
     p.add_argument("--tumour-steps", type=int, help="tumour model's steps (default: --steps)")
     p.add_argument("--epochs", type=int, help="epochs per stage model (with --steps: fewer wins)")
@@ -101,11 +107,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "none"),
+        default="auto",
+        help="mixed precision for training (auto: bfloat16 on CUDA and on CPUs with bfloat16 "
+        "matrix units, such as Intel AMX; float32 elsewhere)",
+    )
+    p.add_argument(
         "--crf",
-        choices=("liver", "both", "none"),
-        default="liver",
-        help="stages refined by the dense CRF (default: liver; on the phantom the tumour "
-        "preset did not raise held-out Dice, see docs/crf.md)",
+        choices=("auto", "liver", "both", "none"),
+        default="auto",
+        help="stages refined by the dense CRF (default auto: each stage's preset is used "
+        "where it raises that stage's validation Dice)",
+    )
+    p.add_argument(
+        "--head-tolerance",
+        type=float,
+        default=0.005,
+        help="choose the smallest head within this validation Dice of the best (0.005 = 0.5 "
+        "points); --head overrides",
     )
     p.add_argument("--no-crf", action="store_true", help="same as --crf none")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
@@ -114,8 +134,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     p.add_argument("--test-cases", nargs="+", help="case ids to test on (default: by --seed)")
     p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--val-cases",
+        type=int,
+        default=3,
+        help="validation cases (every choice: checkpoint, head, CRF, is made on them)",
+    )
     args = p.parse_args(argv)
     args.device = str(resolve_device(args.device))
+    if args.no_crf:
+        args.crf = "none"
+    if args.amp == "auto":
+        fast = args.device.startswith("cuda") or cpu_has_bf16_units()
+        args.amp = "bf16" if fast else "none"
     preset = PRESETS["cuda" if args.device.startswith("cuda") else "cpu"]
     if args.steps is not None and args.tumour_steps is None:
         args.tumour_steps = args.steps
@@ -124,8 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data: expected a LiTS folder, got {args.data} (not a directory)")
-    if args.cases < 4:
-        p.error(f"--cases: expected at least 4 (train, validation, test), got {args.cases}")
+    if args.val_cases < 1:
+        p.error(f"--val-cases: expected at least 1, got {args.val_cases}")
+    if args.cases < args.val_cases + 2:
+        p.error(
+            f"--cases: expected at least {args.val_cases + 2} (train, validation, test), "
+            f"got {args.cases}"
+        )
     if args.mask_dilation < 0:
         p.error(f"--mask-dilation: expected pixels >= 0, got {args.mask_dilation}")
     if not 0 < args.test_fraction < 1:
@@ -165,7 +201,16 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
         n_test = max(1, round(args.test_fraction * len(cases)))
         test = [cases[i] for i in sorted(order[:n_test])]
         rest = [cases[i] for i in sorted(order[n_test:])]
-    return {"train": rest[1:], "val": rest[:1], "test": test}
+    if len(rest) < args.val_cases + 1:
+        sys.exit(
+            f"--val-cases: expected fewer than the {len(rest)} non-test cases, got "
+            f"{args.val_cases}; fix: more cases or fewer validation cases"
+        )
+    # validation: every choice is made on these; test cases are scored once, at the end
+    order = np.random.default_rng(args.seed + 1).permutation(len(rest))
+    val = [rest[i] for i in sorted(order[: args.val_cases])]
+    train = [rest[i] for i in sorted(order[args.val_cases :])]
+    return {"train": train, "val": val, "test": test}
 
 
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -196,25 +241,33 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     return train, val
 
 
-def teacher(stage: str, train: Any, args: argparse.Namespace) -> UNetPlusPlus | None:
+def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace) -> UNetPlusPlus | None:
+    """The stage's encoding teacher: reused when the same label maps trained it before."""
     if parse_variant(args.variant)[0] == "UN":
         return None
-    path = args.out / "teachers" / f"{stage}.pt"
-    if args.resume and path.exists():
-        return load_encoding_teacher(path, map_location=args.device)
     labels = torch.stack([train[i]["target"] for i in range(len(train))])
-    return train_encoding_teacher(
+    val_labels = torch.stack([val[i]["target"] for i in range(len(val))])
+    recipe = {"widths": list(args.widths), "steps": args.teacher_steps, "seed": args.seed}
+    digest = hashlib.sha1(labels.numpy().tobytes() + json.dumps(recipe).encode()).hexdigest()
+    path = args.out / "teachers" / f"{stage}.pt"
+    stamp = path.with_suffix(".sha1")
+    if path.exists() and stamp.exists() and stamp.read_text() == digest:
+        print(f"reusing the {stage} teacher in {path} (same label maps and recipe)")
+        return load_encoding_teacher(path, map_location=args.device)
+    model = train_encoding_teacher(
         labels,
+        val_labels=val_labels,
         num_classes=2,
         widths=args.widths,
         steps=args.teacher_steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
         dice_threshold=0.97,
+        amp="bf16" if args.amp == "bf16" else None,
         device=args.device,
         path=path,
         seed=args.seed,
     )
+    stamp.write_text(digest)
+    return model
 
 
 def train_stage(
@@ -234,7 +287,7 @@ def train_stage(
         in_channels=1,
         num_classes=2,
         widths=args.widths,
-        teacher=teacher(stage, train, args),
+        teacher=teacher(stage, train, val, args),
         student=student,
     )
     folder = args.out / stage
@@ -254,6 +307,7 @@ def train_stage(
         keep_best_by="val/dice_x0_4",
         warmup_steps=min(50, steps // 10),
         device=args.device,
+        amp="bf16" if args.amp == "bf16" else None,
         seed=args.seed,
         drop_last=True,
         # NS trains the X0,4 head alone: DDP must be told the shallow heads get no gradient
@@ -269,35 +323,82 @@ def train_stage(
     return best.eval()
 
 
-def evaluate(
-    liver: UNetPlusPlus, tumour: UNetPlusPlus, cases: list, args: argparse.Namespace
-) -> dict:
-    crf = "none" if args.no_crf else args.crf
+def crf_options(stages: str) -> tuple[dict | None, dict | None]:
+    """(liver CRF, tumour CRF) keyword arguments for ``stages`` in none / liver / both."""
     workers = {"workers": 2}
-    liver_crf = None if crf == "none" else {**CRF_PRESETS["liver"], **workers}
-    tumour_crf = {**CRF_PRESETS["tumour"], **workers} if crf == "both" else None
-    options = {"liver_size": args.size, "tumour_size": args.tumour_size, "device": args.device}
-    final = Cascade(
-        liver,
-        tumour,
-        liver_head=args.head,
-        tumour_head=args.head,
-        liver_crf=liver_crf,
-        tumour_crf=tumour_crf,
-        **options,
-    )
-    per_head = [Cascade(liver, tumour, tumour_head=k, **options) for k in range(1, 5)]
+    liver_crf = None if stages == "none" else {**CRF_PRESETS["liver"], **workers}
+    tumour_crf = {**CRF_PRESETS["tumour"], **workers} if stages == "both" else None
+    return liver_crf, tumour_crf
+
+
+def make_cascade(liver, tumour, args, *, heads=(None, None), crf="none") -> Cascade:
+    liver_crf, tumour_crf = crf_options(crf)
+    return Cascade(
+        liver, tumour, liver_size=args.size, tumour_size=args.tumour_size, device=args.device,
+        liver_head=heads[0], tumour_head=heads[1], liver_crf=liver_crf, tumour_crf=tumour_crf,
+    )  # fmt: skip
+
+
+def choose_head(dice: list[float], tolerance: float) -> int:
+    """The smallest head (1-based) whose Dice is within ``tolerance`` of the best head's."""
+    best = max(dice)
+    return next(k + 1 for k, d in enumerate(dice) if d >= best - tolerance)
+
+
+def select_on_validation(liver, tumour, cases: list, args: argparse.Namespace) -> dict:
+    """Choose the heads and the CRF stages on the validation cases (never on test cases).
+
+    Heads: the smallest whose validation Dice per case is within --head-tolerance of the
+    best head's (liver: raw liver output; tumour: through the cascade). CRF: a stage is
+    refined only when its preset raises that stage's validation Dice per case.
+    """
+    loaded = [fd.load_case(case) for case in cases]
+    heads = head_dice_table(liver, tumour, loaded, args)
+    liver_head = args.head or choose_head(heads["liver"], args.head_tolerance)
+    tumour_head = args.head or choose_head(heads["tumour"], args.head_tolerance)
+    crf_scores = {}
+    options = ("none", "liver", "both") if args.crf == "auto" else (args.crf,)
+    for stages in options:
+        cascade = make_cascade(liver, tumour, args, heads=(liver_head, tumour_head), crf=stages)
+        pairs = [(cascade(c.volume).labels, c) for c in loaded]
+        crf_scores[stages] = {
+            name: float(np.mean([dice_score(f(r), f(c.labels)) for r, c in pairs]))
+            for name, f in (("liver", lambda a: a > 0), ("tumour", lambda a: a == 2))
+        }
+    crf = options[0]
+    if args.crf == "auto":
+        use_liver = crf_scores["liver"]["liver"] > crf_scores["none"]["liver"]
+        use_tumour = use_liver and crf_scores["both"]["tumour"] > crf_scores["liver"]["tumour"]
+        crf = "both" if use_tumour else "liver" if use_liver else "none"
+    choice = {"liver_head": liver_head, "tumour_head": tumour_head, "crf": crf}
+    print(f"chosen on validation cases {[c.case_id for c in cases]}: {choice}")
+    return {**choice, "val_dice_per_head": heads, "val_dice_by_crf": crf_scores}
+
+
+def head_dice_table(liver, tumour, loaded: list, args: argparse.Namespace) -> dict:
+    """Dice per case of each head, averaged over ``loaded`` cases (paper Table 2)."""
+    table: dict[str, list[list[float]]] = {"liver": [[], [], [], []], "tumour": [[], [], [], []]}
+    per_head = [make_cascade(liver, tumour, args, heads=(None, k)) for k in range(1, 5)]
+    for case in loaded:
+        image = fd.preprocess_volume(case.volume)
+        for k in range(1, 5):
+            probs = predict_volume(liver, image, head=k, size=args.size, device=args.device)
+            table["liver"][k - 1].append(dice_score(probs[1] > 0.5, case.labels > 0))
+            labels = per_head[k - 1](case.volume).labels
+            table["tumour"][k - 1].append(dice_score(labels == 2, case.labels == 2))
+    return {stage: [float(np.mean(v)) for v in values] for stage, values in table.items()}
+
+
+def evaluate(liver, tumour, cases: list, choice: dict, args: argparse.Namespace) -> dict:
+    """Score the test cases once, with the choices made on validation."""
+    heads = (choice["liver_head"], choice["tumour_head"])
+    final = make_cascade(liver, tumour, args, heads=heads, crf=choice["crf"])
     acc = {"liver": MetricAccumulator(), "tumour": MetricAccumulator()}
-    head_dice: dict[str, list[list[float]]] = {
-        "liver": [[] for _ in range(4)],
-        "tumour": [[] for _ in range(4)],
-    }
-    records, timings = [], []
+    records, loaded = [], []
     for case in cases:
-        loaded = fd.load_case(case)
-        volume, truth, spacing = loaded.volume, loaded.labels, loaded.spacing
+        loaded.append(fd.load_case(case))
+        volume, truth, spacing = loaded[-1].volume, loaded[-1].labels, loaded[-1].spacing
         result = final(volume)
-        timings.append(result.timings)
         out = args.out / "predictions" / f"segmentation-{case.case_id}.nii.gz"
         fd.save_prediction(result.labels, case, out)
         record = {"case": case.case_id, "timings": result.timings}
@@ -306,21 +407,19 @@ def evaluate(
             ("tumour", result.labels == 2, truth == 2),
         ):
             record[name] = acc[name].update(pred, gt, spacing=spacing, case_id=case.case_id)
-        score_heads(volume, truth, liver, per_head, head_dice, args)
         records.append(record)
         draw_case(case.case_id, volume, truth, result, args)
         print(
             f"case {case.case_id}: liver Dice {record['liver']['dice']:.3f}, "
             f"tumour Dice {record['tumour']['dice']:.3f}, {result.timings['total']:.1f} s"
         )
+    table = head_dice_table(liver, tumour, loaded, args)  # reported, not chosen on
     return {
         "cases": records,
         "liver": summarize(acc["liver"]),
         "tumour": summarize(acc["tumour"]),
-        "dice_per_head": {
-            s: {f"x0_{k + 1}": float(np.mean(v[k])) for k in range(4)} for s, v in head_dice.items()
-        },
-        "seconds_per_case": float(np.mean([t["total"] for t in timings])),
+        "dice_per_head": {s: {f"x0_{k + 1}": v[k] for k in range(4)} for s, v in table.items()},
+        "seconds_per_case": float(np.mean([r["timings"]["total"] for r in records])),
     }
 
 
@@ -347,17 +446,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     return value
-
-
-def score_heads(volume, truth, liver, per_head, head_dice, args) -> None:
-    """Dice per case of each head's raw output (liver) and of each tumour head (Table 2)."""
-    image = fd.preprocess_volume(volume)
-    liver_truth, tumour_truth = truth > 0, truth == 2
-    for k in range(1, 5):
-        probs = predict_volume(liver, image, head=k, size=args.size, device=args.device)
-        head_dice["liver"][k - 1].append(dice_score(probs[1] > 0.5, liver_truth))
-        result = per_head[k - 1](volume)
-        head_dice["tumour"][k - 1].append(dice_score(result.labels == 2, tumour_truth))
 
 
 def draw_case(case_id: str, volume, truth, result, args) -> None:
@@ -443,8 +531,10 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["liver training"] = time.perf_counter() - start - sum(seconds.values())
     tumour = train_stage("tumour", cases, args, init=liver)
     seconds["tumour training"] = time.perf_counter() - start - sum(seconds.values())
-    metrics = evaluate(liver, tumour, cases["test"], args)
-    seconds["evaluation"] = time.perf_counter() - start - sum(seconds.values())
+    choice = select_on_validation(liver, tumour, cases["val"], args)
+    seconds["validation choices"] = time.perf_counter() - start - sum(seconds.values())
+    metrics = evaluate(liver, tumour, cases["test"], choice, args)
+    seconds["test evaluation"] = time.perf_counter() - start - sum(seconds.values())
     draw_curves(args)
     seconds["total"] = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -453,6 +543,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings=settings,
         seconds=seconds,
         split={k: [c.case_id for c in v] for k, v in cases.items()},
+        chosen_on_validation=choice,
     )
     (args.out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=str))
     print_report(metrics, seconds)

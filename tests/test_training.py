@@ -461,6 +461,16 @@ def test_load_model_rebuilds_the_model_and_the_student(tmp_path: Path) -> None:
         load_model(tmp_path / "last.pt", part="student")
 
 
+def test_bf16_autocast_on_cpu_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, max_steps=20, amp="bf16", device="cpu")
+    assert trainer._amp_dtype == torch.bfloat16
+    history = trainer.fit()
+    losses = [r["train/loss"] for r in history]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"] is None  # no scaler for bf16
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

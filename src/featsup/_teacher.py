@@ -1,27 +1,29 @@
-"""The teacher side of feature supervision: training the encoding UNet++ and caching features.
+"""The encoding UNet++ teacher: its training recipe, saving and loading.
 
-- :func:`train_encoding_teacher` trains the paper's encoding UNet++ (no skip connections,
-  deep supervision; section 3.2.1) label -> label until its reconstruction Dice passes a
-  threshold, and saves it; :func:`load_encoding_teacher` rebuilds it.
-- :class:`TeacherFeatureCache` holds a teacher's features for a whole dataset (the paper's
-  "predict and save" step), in memory or as ``.npy`` memory maps on disk.
+:func:`train_encoding_teacher` trains the paper's encoding UNet++ (no skip connections,
+deep supervision; section 3.2.1) label -> label until its reconstruction Dice on held-out
+label maps passes a threshold, and saves it; :func:`load_encoding_teacher` rebuilds it.
+The teacher's features for a whole dataset are cached by :mod:`featsup._feature_cache`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from featsup._checks import check_in_range, check_positive
+from featsup._checks import check_choice, check_in_range, check_positive
+from featsup._feature_cache import TeacherFeatureCache, build_feature_cache, label_maps
 from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
@@ -29,32 +31,11 @@ __all__ = [
     "build_feature_cache",
     "load_encoding_teacher",
     "one_hot",
+    "reconstruction_dice",
     "train_encoding_teacher",
 ]
 
 _log = logging.getLogger(__name__)
-_NP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
-
-
-# ---------------------------------------------------------------------- dataset access
-def _unpack(item: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(image, target, ...)`` -> (image, target); a lone tensor is a target."""
-    if isinstance(item, (tuple, list)):
-        if len(item) < 2:
-            raise ValueError(
-                f"dataset: expected items (image, target, ...) or a target, got a {len(item)}-tuple"
-            )
-        return torch.as_tensor(item[0]), torch.as_tensor(item[1])
-    return None, torch.as_tensor(item)
-
-
-def _batches(dataset: Any, batch_size: int) -> Any:
-    for start in range(0, len(dataset), batch_size):
-        items = [_unpack(dataset[i]) for i in range(start, min(start + batch_size, len(dataset)))]
-        targets = torch.stack([t for _, t in items])
-        first = items[0][0]
-        images = None if first is None else torch.stack([i for i, _ in items])  # type: ignore[misc]
-        yield images, targets
 
 
 def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
@@ -84,165 +65,21 @@ def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> to
     return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)
 
 
-# ---------------------------------------------------------------------- feature cache
-class TeacherFeatureCache:
-    """Teacher features of every sample of a dataset, looked up by sample index.
-
-    Build one with :meth:`FeatureSupervisor.cache_teacher_features
-    <featsup.supervision.FeatureSupervisor.cache_teacher_features>`; reopen one written
-    to disk with :meth:`load`. Memory: ``N * sum_l C_l * H_l * W_l`` values per level set
-    (2 bytes each in float16).
-
-    Args:
-        features: level name -> (N, C, H, W) tensor or array (a memory map works), all
-            with the same N.
-
-    Example:
-        >>> cache = TeacherFeatureCache({"x4_0": torch.arange(8.0).reshape(4, 2, 1, 1)})
-        >>> cache.lookup(torch.tensor([3, 0]))["x4_0"].flatten().tolist()
-        [6.0, 7.0, 0.0, 1.0]
-    """
-
-    def __init__(self, features: Mapping[str, torch.Tensor | np.ndarray]) -> None:
-        if not features:
-            raise ValueError("features: expected at least one level, got an empty mapping")
-        lengths = {name: len(array) for name, array in features.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"features: expected one sample count for all levels, got {lengths}")
-        self._features = dict(features)
-
-    @property
-    def names(self) -> list[str]:
-        """The cached (teacher) level names."""
-        return list(self._features)
-
-    def __len__(self) -> int:
-        return len(next(iter(self._features.values())))
-
-    def lookup(
-        self,
-        index: int | Sequence[int] | torch.Tensor | np.ndarray,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> dict[str, torch.Tensor]:
-        """Return the (B, C, H, W) features of samples ``index`` for every cached level.
-
-        Raises:
-            IndexError: if an index is outside ``[0, len(cache))``.
-        """
-        idx = np.atleast_1d(np.asarray(torch.as_tensor(index).cpu(), dtype=np.int64))
-        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"index: expected values in [0, {len(self)}), got {idx.tolist()}")
-        out = {}
-        for name, array in self._features.items():
-            if isinstance(array, torch.Tensor):
-                values = array[torch.from_numpy(idx).to(array.device)]
-            else:
-                values = torch.from_numpy(np.ascontiguousarray(array[idx]))
-            # move at the stored precision (half the bytes for float16), convert there
-            out[name] = values.to(device=device).to(dtype)
-        return out
-
-    def to(self, device: torch.device | str) -> TeacherFeatureCache:
-        """Return a cache whose features live on ``device`` (a memory map is read in).
-
-        On a GPU this makes :meth:`lookup` a gather in device memory instead of a gather
-        on the CPU and a host-to-device copy per step; it needs the whole cache to fit.
-
-        Example:
-            >>> cache = TeacherFeatureCache({"x4_0": torch.zeros(4, 2, 1, 1)})
-            >>> cache.to("cpu").lookup([1])["x4_0"].shape
-            torch.Size([1, 2, 1, 1])
-        """
-        moved = {
-            name: (a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a))).to(device)
-            for name, a in self._features.items()
-        }
-        return TeacherFeatureCache(moved)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> TeacherFeatureCache:
-        """Open a cache written to ``path`` (memory-mapped, read-only)."""
-        root = Path(path)
-        meta_file = root / "meta.json"
-        if not meta_file.is_file():
-            raise ValueError(f"path: expected a feature cache with meta.json, got {str(root)!r}")
-        names = json.loads(meta_file.read_text())["names"]
-        return cls({n: np.load(root / f"{k}.npy", mmap_mode="r") for k, n in enumerate(names)})
-
-
-def build_feature_cache(
-    encode: Callable[[torch.Tensor | None, torch.Tensor], list[torch.Tensor]],
-    dataset: Any,
-    names: list[str],
-    *,
-    batch_size: int = 16,
-    path: str | os.PathLike[str] | None = None,
-    dtype: torch.dtype = torch.float16,
-    progress: bool = False,
-) -> TeacherFeatureCache:
-    """Run ``encode(image, target)`` over ``dataset`` in order and store the levels ``names``."""
-    if dtype not in _NP_DTYPES:
-        raise ValueError(f"dtype: expected torch.float16 or torch.float32, got {dtype}")
-    check_positive("batch_size", batch_size)
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("dataset: expected at least one sample, got an empty dataset")
-    root = None if path is None else Path(path)
-    stores: dict[str, Any] = {}
-    start = 0
-    for image, target in tqdm(
-        _batches(dataset, batch_size), total=-(-n // batch_size), disable=not progress,
-        desc="teacher features",
-    ):  # fmt: skip
-        for k, (name, feature) in enumerate(zip(names, encode(image, target), strict=True)):
-            if name not in stores:
-                stores[name] = _allocate(root, k, (n, *feature.shape[1:]), dtype)
-            values = feature.detach().to("cpu", dtype)
-            if isinstance(stores[name], torch.Tensor):
-                stores[name][start : start + len(values)] = values
-            else:
-                stores[name][start : start + len(values)] = values.numpy()
-        start += len(target)
-    if root is not None:
-        for store in stores.values():
-            store.flush()
-        (root / "meta.json").write_text(json.dumps({"names": names, "length": n}))
-        return TeacherFeatureCache.load(root)
-    return TeacherFeatureCache(stores)
-
-
-def _allocate(root: Path | None, k: int, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
-    if root is None:
-        return torch.empty(shape, dtype=dtype)
-    root.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(
-        root / f"{k}.npy", mode="w+", dtype=_NP_DTYPES[dtype], shape=shape
-    )
-
-
 # ---------------------------------------------------------------------- encoding teacher
-def _label_tensor(labels: Any) -> torch.Tensor:
-    """All label maps as one (N, H, W) int64 tensor."""
-    if isinstance(labels, torch.Tensor | np.ndarray):
-        data = torch.as_tensor(labels)
-    else:
-        data = torch.stack([_unpack(labels[i])[1] for i in range(len(labels))])
-    if data.ndim == 4 and data.shape[1] == 1:
-        data = data[:, 0]
-    if data.ndim != 3 or data.is_floating_point() or len(data) == 0:
-        raise ValueError(
-            f"labels: expected integer label maps (N, H, W), got {tuple(data.shape)} "
-            f"{data.dtype}; fix: pass class indices, not one-hot"
-        )
-    return data.long()
-
-
 def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     """Mean over foreground classes of the Dice of ``argmax(logits)`` against ``labels``.
 
     Sums run over the whole batch; a class absent from both is skipped (1.0 if all are).
+
+    Args:
+        logits: (B, K, H, W) scores.
+        labels: (B, H, W) integer labels.
+        num_classes: K.
+
+    Example:
+        >>> labels = torch.tensor([[[0, 1], [1, 1]]])
+        >>> reconstruction_dice(F.one_hot(labels, 2).movedim(-1, 1).float(), labels, 2)
+        1.0
     """
     pred = logits.argmax(1)
     scores = []
@@ -254,31 +91,112 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     return float(np.mean(scores)) if scores else 1.0
 
 
+def _split_held_out(
+    data: torch.Tensor, val_labels: Any, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training maps, held-out maps): ``val_labels`` or 10 % of ``data`` (1 to 64 maps)."""
+    if val_labels is not None:
+        return data, label_maps(val_labels)
+    if len(data) < 2:
+        raise ValueError(
+            f"labels: expected at least 2 label maps (one is held out), got {len(data)}; "
+            "fix: pass more maps or val_labels"
+        )
+    order = torch.randperm(len(data), generator=gen)
+    n_held = min(64, max(1, len(data) // 10))
+    return data[order[n_held:]], data[order[:n_held]]
+
+
+def _crop_size(crop: int | None, shape: torch.Size, multiple: int) -> tuple[int, int] | None:
+    """The (h, w) training crop, a multiple of ``multiple`` no larger than the maps; None: whole."""
+    if crop is None:
+        return None
+    h, w = (max(multiple, min(crop, n) // multiple * multiple) for n in shape[-2:])
+    return None if (h, w) == tuple(shape[-2:]) else (h, w)
+
+
+def _sample_batch(
+    data: torch.Tensor,
+    batch_size: int,
+    size: tuple[int, int] | None,
+    foreground_fraction: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """(B, h, w) label crops; ``foreground_fraction`` of them centred on a foreground pixel."""
+    maps = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
+    if size is None:
+        return maps
+    (h, w), (H, W) = size, maps.shape[-2:]
+    crops = []
+    for m in maps:
+        fg = (m > 0).nonzero()
+        if len(fg) and torch.rand((), generator=gen) < foreground_fraction:
+            cy, cx = fg[torch.randint(0, len(fg), (), generator=gen)].tolist()
+            top, left = min(max(cy - h // 2, 0), H - h), min(max(cx - w // 2, 0), W - w)
+        else:
+            top = int(torch.randint(0, H - h + 1, (), generator=gen))
+            left = int(torch.randint(0, W - w + 1, (), generator=gen))
+        crops.append(m[top : top + h, left : left + w])
+    return torch.stack(crops)
+
+
+def _reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Batch Dice of the foreground classes + cross-entropy, for one head (eq. 13)."""
+    from featsup.losses.dice import dice_loss
+
+    logits = logits.float()
+    dice = dice_loss(logits, target, include_background=False, batch=True)
+    return dice + F.cross_entropy(logits, target)
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def train_encoding_teacher(
     labels: Any,
     *,
     num_classes: int,
     widths: Sequence[int] = (32, 64, 128, 256, 512),
     steps: int = 2000,
-    batch_size: int = 8,
-    lr: float = 1e-3,
+    batch_size: int = 16,
+    lr: float = 1e-2,
+    crop: int | None = 64,
+    foreground_fraction: float = 0.67,
+    val_labels: Any = None,
     dice_threshold: float = 0.98,
     eval_every: int = 25,
+    amp: Literal["bf16"] | None = None,
     device: torch.device | str = "cpu",
     path: str | os.PathLike[str] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> UNetPlusPlus:
-    """Train the encoding UNet++ label -> label until it reconstructs the labels.
+    """Train the encoding UNet++ label -> label until it reconstructs held-out label maps.
 
     The network is featsup's :class:`~featsup.models.UNetPlusPlus` with
     ``skip_connections=False`` and deep supervision (paper section 3.2.1): it sees the
     one-hot label map and is trained with the mean over its heads of Dice + cross-entropy
-    (eq. 13-14) to output the labels again. Every ``eval_every`` steps the Dice of its
-    deepest head (eval mode, on up to 64 fixed samples, mean over foreground classes) is
-    measured; training stops once it reaches ``dice_threshold`` or after ``steps``. A
-    ``UserWarning`` says so when the threshold was not reached; the outcome is logged and
-    saved in the checkpoint's ``"report"``.
+    (eq. 13-14) to output the labels again. The recipe makes that cheap, because the
+    network is fully convolutional and sees only label maps:
+
+    - it trains on random ``crop`` x ``crop`` crops (``foreground_fraction`` of them
+      centred on a foreground pixel, so that small lesions are seen often), a quarter of
+      the work of a 128 x 128 map per sample;
+    - the Dice term pools the batch and leaves the background out, so that a lesion of a
+      few pixels is not drowned by the background's Dice;
+    - Adam at a high learning rate ``lr`` with a linear warm-up over 5 % of ``steps``
+      and a cosine decay to 5 % of it at ``steps``.
+
+    Every ``eval_every`` steps the Dice of the deepest head X0,4 (eval mode, whole maps,
+    mean over foreground classes) is measured on held-out maps (``val_labels``, or 10 %
+    of ``labels`` set aside); training stops once it reaches ``dice_threshold`` or after
+    ``steps``. A ``UserWarning`` says so when the threshold was not reached; the outcome
+    is logged and saved in the checkpoint's ``"report"``.
 
     Args:
         labels: (N, H, W) integer tensor or array, or a dataset whose items are label maps
@@ -286,49 +204,69 @@ def train_encoding_teacher(
         num_classes: classes of the label maps (input and output channels).
         widths: UNet++ widths, as for the student it will supervise.
         steps: maximum optimisation steps.
-        batch_size: label maps per step, sampled at random.
-        lr: Adam learning rate.
+        batch_size: label maps (crops) per step, sampled at random.
+        lr: peak Adam learning rate.
+        crop: training crop size in pixels (rounded down to a multiple of
+            ``2 ** (len(widths) - 1)``); None trains on whole maps.
+        foreground_fraction: share of crops centred on a foreground pixel, in [0, 1].
+        val_labels: held-out label maps, as ``labels``; None holds out 10 % of ``labels``.
         dice_threshold: stop once the reconstruction Dice is >= this, in (0, 1].
         eval_every: steps between Dice measurements.
+        amp: ``"bf16"`` runs forward passes under bfloat16 autocast (CUDA, or CPUs with
+            bfloat16 matrix units); None keeps float32.
         device: where to train.
         path: if given, save ``{"config", "state_dict", "report"}`` there (atomically).
-        seed: seeds the initial weights and the batch order (global RNG untouched).
+        seed: seeds the initial weights, the split and the batches (global RNG untouched).
         progress: show a tqdm bar.
 
     Returns:
-        The trained teacher, in eval mode.
+        The trained teacher, in eval mode; its ``training_report`` attribute holds the
+        report (``steps``, ``dice``, ``dice_threshold``, ``reached_threshold``,
+        ``held_out_maps``).
+
+    Raises:
+        ValueError: for bad values, one-hot labels, or fewer than 2 maps without
+            ``val_labels``.
 
     Example:
-        >>> labels = torch.zeros(4, 16, 16, dtype=torch.long)
+        >>> labels = torch.zeros(8, 16, 16, dtype=torch.long)
         >>> labels[:, 4:12, 4:12] = 1
         >>> teacher = train_encoding_teacher(labels, num_classes=2, widths=(4, 8), steps=100,
-        ...                                  lr=1e-2, dice_threshold=0.9, progress=False)
+        ...                                  dice_threshold=0.9, progress=False)
         >>> teacher.skip_connections, teacher.in_channels
         (False, 2)
     """
-    from featsup.losses.compose import deep_supervision_loss
-
     check_positive("steps", steps)
     check_positive("lr", lr)
+    check_positive("batch_size", batch_size)
     check_in_range("dice_threshold", dice_threshold, 1e-6, 1.0)
-    data = _label_tensor(labels)
+    check_in_range("foreground_fraction", foreground_fraction, 0.0, 1.0)
+    check_choice("amp", amp, ("bf16", None))
     gen = torch.Generator().manual_seed(seed)
+    train, held = _split_held_out(label_maps(labels), val_labels, gen)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNetPlusPlus(
             num_classes, num_classes, widths=widths, deep_supervision=True, skip_connections=False
         ).to(device)
+    size = _crop_size(crop, train.shape, 2 ** (len(widths) - 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    held = data[torch.randperm(len(data), generator=gen)[:64]].to(device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: _lr_factor(k, steps, max(1, steps // 20))
+    )
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else None
+    held = held.to(device)
     dice, step = 0.0, 0
     with tqdm(total=steps, disable=not progress, desc="encoding teacher") as bar:
         while step < steps:
-            target = data[torch.randint(0, len(data), (batch_size,), generator=gen)].to(device)
-            x = one_hot(target, num_classes, dtype=torch.float32)
-            loss = deep_supervision_loss(model(x), target)
+            target = _sample_batch(train, batch_size, size, foreground_fraction, gen).to(device)
+            with autocast or nullcontext():
+                heads = model(one_hot(target, num_classes, dtype=torch.float32))
+            loss = sum(_reconstruction_loss(h, target) for h in heads) / len(heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             step += 1
             bar.update(1)
             if step % eval_every == 0 or step == steps:
@@ -337,10 +275,11 @@ def train_encoding_teacher(
                 if dice >= dice_threshold:
                     break
     report = {"steps": step, "dice": dice, "dice_threshold": dice_threshold}
-    report["reached_threshold"] = dice >= dice_threshold
+    report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
     _report(report)
     if path is not None:
         _save(model, report, Path(path))
+    model.training_report = report
     return model.eval()
 
 
@@ -356,8 +295,9 @@ def _evaluate(model: UNetPlusPlus, held: torch.Tensor, num_classes: int) -> floa
 
 def _report(report: dict[str, Any]) -> None:
     text = (
-        f"encoding teacher: reconstruction Dice {report['dice']:.4f} after {report['steps']} "
-        f"steps (threshold {report['dice_threshold']})"
+        f"encoding teacher: reconstruction Dice {report['dice']:.4f} on "
+        f"{report['held_out_maps']} held-out maps after {report['steps']} steps "
+        f"(threshold {report['dice_threshold']})"
     )
     if report["reached_threshold"]:
         _log.info("%s: threshold reached", text)
@@ -369,7 +309,10 @@ def _save(model: UNetPlusPlus, report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    torch.save({"config": model.config, "state_dict": state, "report": report}, tmp)
+    with tmp.open("wb") as f:
+        torch.save({"config": model.config, "state_dict": state, "report": report}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

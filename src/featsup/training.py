@@ -30,6 +30,7 @@ from featsup._checkpoint import (
 from featsup._distributed import (
     DistEnv,
     EpochBatchSampler,
+    cpu_has_bf16_units,
     epoch_seed,
     resolve_amp,
     resolve_device,
@@ -47,6 +48,7 @@ from featsup._validation import dice_per_head
 
 __all__ = [
     "Trainer",
+    "cpu_has_bf16_units",
     "dice_per_head",
     "load_checkpoint",
     "load_model",
@@ -111,7 +113,8 @@ class Trainer(TrainerLogging):
         early_stopping_patience: stop after this many validations without improvement.
         min_delta: improvement smaller than this does not count.
         amp: ``"auto"`` (bf16 where supported, else fp16, on CUDA; off on CPU),
-            ``"bf16"``, ``"fp16"`` (CUDA only; fp16 uses a GradScaler) or None.
+            ``"bf16"`` (CUDA or CPU; see :func:`cpu_has_bf16_units`), ``"fp16"`` (CUDA
+            only; fp16 uses a GradScaler) or None.
         grad_clip: max global gradient norm (logged as ``train/grad_norm``), or None.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` (under torchrun ``cuda:LOCAL_RANK``).
         seed: seeds the data order and, at the start of a fresh ``fit``, Python, NumPy

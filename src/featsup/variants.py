@@ -55,6 +55,7 @@ def build_variant(
     student: UNetPlusPlus | None = None,
     feature_weight: float = 1.0,
     beta: float = 1.0,
+    **supervisor_options: Any,
 ) -> nn.Module:
     """Build the network of a variant: a UNet++, or a FeatureSupervisor around one.
 
@@ -68,6 +69,8 @@ def build_variant(
             transfer learning); its deep-supervision flag is set from the variant.
         feature_weight: w2 of eq. 17 for the feature term.
         beta: Smooth-L1 transition point (eq. 16).
+        **supervisor_options: further keyword arguments of :class:`FeatureSupervisor`
+            (for example ``level_weights``), for BS and ES.
 
     Returns:
         ``UNetPlusPlus`` for UN variants, else a :class:`FeatureSupervisor`.
@@ -84,7 +87,9 @@ def build_variant(
     if teacher is None:
         raise ValueError(f"teacher: expected a trained encoding UNet++ for {variant}, got None")
     levels = "bottleneck" if supervision == "BS" else "all"
-    return FeatureSupervisor(student, teacher, levels=levels, weight=feature_weight, beta=beta)
+    return FeatureSupervisor(
+        student, teacher, levels=levels, weight=feature_weight, beta=beta, **supervisor_options
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lits_cascade.py"
 TINY = [
-    "--cases", "4", "--phantom-shape", "12", "64", "64", "--size", "32", "--tumour-size", "32",
+    "--cases", "5", "--phantom-shape", "12", "64", "64", "--size", "32", "--tumour-size", "32",
     "--steps", "3", "--teacher-steps", "2", "--widths", "4", "8", "8", "16", "16",
     "--batch-size", "2", "--device", "cpu",
 ]  # fmt: skip
@@ -33,28 +33,54 @@ def example() -> ModuleType:
 
 
 @pytest.mark.slow
-def test_tiny_cascade_runs_end_to_end(example: ModuleType, tmp_path: Path) -> None:
+def test_tiny_cascade_runs_end_to_end(
+    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import nibabel as nib
 
     out = tmp_path / "run"
-    metrics = example.main([*TINY, "--out", str(out), "--crf", "both"])
+    metrics = example.main([*TINY, "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["variant"] == "ES-DS"
     assert set(saved["dice_per_head"]["liver"]) == {"x0_1", "x0_2", "x0_3", "x0_4"}
     for key in ("dice_per_case", "dice_global", "voe", "rvd", "assd", "msd"):
         assert key in saved["liver"] and key in saved["tumour"]
-    test_ids = saved["split"]["test"]
-    assert test_ids and not set(test_ids) & set(saved["split"]["train"])
+        assert saved["liver"][key] is None or np.isfinite(saved["liver"][key])
+    assert 0.0 <= saved["liver"]["dice_per_case"] <= 1.0
+    split = saved["split"]
+    assert len(split["val"]) == 3 and split["test"] and split["train"]
+    everything = split["train"] + split["val"] + split["test"]
+    assert len(set(everything)) == len(everything) == 5  # three disjoint parts, all cases
+    choice = saved["chosen_on_validation"]
+    assert choice["liver_head"] in {1, 2, 3, 4} and choice["tumour_head"] in {1, 2, 3, 4}
+    assert set(choice["val_dice_by_crf"]) == {"none", "liver", "both"}
+    assert choice["crf"] in {"none", "liver", "both"}
+    best = max(choice["val_dice_per_head"]["liver"])
+    assert choice["val_dice_per_head"]["liver"][choice["liver_head"] - 1] >= best - 0.005
     assert metrics["seconds"]["total"] > 0
-    for case_id in test_ids:
+    for case_id in split["test"]:
         pred = nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz")
         source = nib.load(out / "phantom" / f"volume-{case_id}.nii.gz")
         np.testing.assert_allclose(pred.affine, source.affine)
         assert pred.shape == source.shape
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
         assert (out / "figures" / f"case-{case_id}.png").stat().st_size > 0
+    assert [c["case"] for c in saved["cases"]] == split["test"]  # scored: test cases only
     assert (out / "figures" / "curves_dice.png").exists()
     assert (out / "liver" / "best.pt").exists() and (out / "teachers" / "tumour.pt").exists()
+    # the next run with the same data and recipe reuses the teachers
+    capsys.readouterr()
+    example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2"])
+    printed = capsys.readouterr().out
+    assert "reusing the liver teacher" in printed and "reusing the tumour teacher" in printed
+    again = json.loads((out / "metrics.json").read_text())["chosen_on_validation"]
+    assert (again["liver_head"], again["tumour_head"], again["crf"]) == (2, 2, "none")
+
+
+def test_choose_head_prefers_the_smallest_within_tolerance(example: ModuleType) -> None:
+    assert example.choose_head([0.80, 0.90, 0.905, 0.91], 0.005) == 3
+    assert example.choose_head([0.80, 0.90, 0.905, 0.91], 0.02) == 2
+    assert example.choose_head([0.95, 0.90, 0.905, 0.91], 0.0) == 1
 
 
 def test_bad_flags_give_clear_messages(
@@ -62,7 +88,10 @@ def test_bad_flags_give_clear_messages(
 ) -> None:
     with pytest.raises(SystemExit):
         example.parse_args(["--cases", "2"])
-    assert "--cases: expected at least 4" in capsys.readouterr().err
+    assert "--cases: expected at least 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--val-cases", "0"])
+    assert "--val-cases: expected at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         example.parse_args(["--data", str(tmp_path / "missing")])
     assert "expected a LiTS folder" in capsys.readouterr().err
