@@ -31,9 +31,11 @@ from featsup.metrics import MetricAccumulator, case_metrics, dice_score
 from featsup.models import FeatureInfo, UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
 from featsup.supervision import (
+    EncoderLevel,
     FeatureSupervisor,
     SupervisedOutput,
     TeacherFeatureCache,
+    encoder_levels,
     load_encoding_teacher,
     train_encoding_teacher,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "DeepSupervisionLoss",
     "DenseCRF",
     "DiceLoss",
+    "EncoderLevel",
     "FeatureInfo",
     "FeatureLoss",
     "FeatureSupervisor",
@@ -72,6 +75,7 @@ __all__ = [
     "dice_loss",
     "dice_per_head",
     "dice_score",
+    "encoder_levels",
     "feature_loss",
     "focal_loss",
     "load_encoding_teacher",
