@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featsup.models import UNetPlusPlus
-from featsup.supervision import FeatureSupervisor, encoder_levels
+from featsup.supervision import FeatureSupervisor, encoder_levels, matching_teacher
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 monai_nets = pytest.importorskip("monai.networks.nets")
@@ -236,6 +236,41 @@ def test_explicit_pairs_override_the_reductions() -> None:
     assert (sup.level_names, sup.teacher_level_names) == (["stage5"], ["x4_0"])
     out = sup(*data((2, 64, 64)))  # the student map (1/32) is resized to the teacher's (1/16)
     assert out.level_losses["stage5"].ndim == 0
+
+
+# ---------------------------------------------------------------------- matching teacher
+@pytest.mark.filterwarnings("ignore:encoding teacher")
+def test_matching_teacher_has_the_students_reductions_and_widths() -> None:
+    student = smp_student("Unet", "efficientnet-b0")
+    _, target = data((2, 64, 64))
+    teacher = matching_teacher(student, target, num_classes=2, steps=2, batch_size=2,
+                               progress=False)  # fmt: skip
+    assert teacher.widths == (32, 32, 24, 40, 112, 320) and not teacher.skip_connections
+    assert not teacher.training
+    sup = FeatureSupervisor(student, teacher)
+    assert sup.level_names == [f"stage{i}" for i in range(1, 6)]
+    assert all(isinstance(a, nn.Identity) for a in sup.adapters)  # equal widths: no adapter
+
+
+@pytest.mark.filterwarnings("ignore:encoding teacher")
+def test_matching_teacher_with_narrow_widths_gets_adapters() -> None:
+    student = smp_student("Unet", "mit_b0")
+    _, target = data((2, 64, 64))
+    teacher = matching_teacher(student, target, num_classes=2, widths=(4, 4, 8, 8, 16, 16),
+                               steps=2, batch_size=2, progress=False)  # fmt: skip
+    sup = FeatureSupervisor(student, teacher)
+    assert sup.teacher_level_names == ["x2_0", "x3_0", "x4_0", "x5_0"]
+    assert [a.out_channels for a in sup.adapters] == [8, 8, 16, 16]  # type: ignore[union-attr]
+
+
+def test_matching_teacher_rejects_wrong_widths_and_3d() -> None:
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"widths: expected 6 widths .* got 5"):
+        matching_teacher(smp_student("Unet", "resnet18"), labels, num_classes=2,
+                         widths=TEACHER_WIDTHS)  # fmt: skip
+    student_3d = monai_3d()[0]
+    with pytest.raises(ValueError, match="expected a 2D network, got 3 spatial dims"):
+        matching_teacher(student_3d, labels, num_classes=2, probe_size=32)
 
 
 def test_same_family_depth_mismatch_suggests_the_matching_teacher() -> None:

@@ -37,6 +37,7 @@ from featsup.supervision import (
     TeacherFeatureCache,
     encoder_levels,
     load_encoding_teacher,
+    matching_teacher,
     train_encoding_teacher,
 )
 from featsup.training import Trainer, dice_per_head, load_model
@@ -80,6 +81,7 @@ __all__ = [
     "focal_loss",
     "load_encoding_teacher",
     "load_model",
+    "matching_teacher",
     "parse_variant",
     "predict_volume",
     "seg_loss",

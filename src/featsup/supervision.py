@@ -41,6 +41,7 @@ from featsup._teacher import (
     one_hot,
     train_encoding_teacher,
 )
+from featsup._teacher_match import matching_teacher
 from featsup.losses.feature import feature_loss
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "TeacherFeatureCache",
     "encoder_levels",
     "load_encoding_teacher",
+    "matching_teacher",
     "one_hot",
     "train_encoding_teacher",
 ]
