@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from featsup._checks import check_choice
@@ -25,6 +26,7 @@ __all__ = [
     "level_index",
     "pair_levels",
     "pairing_text",
+    "synchronised_adapters",
 ]
 
 
@@ -130,3 +132,30 @@ def build_adapters(
         same = s_level.channels == t_level.channels
         adapters.append(nn.Identity() if same else conv(s_level.channels, t_level.channels, 1))
     return adapters
+
+
+class _AdapterStack(nn.Module):
+    """Apply adapter ``k`` to feature ``k`` in one call, so that DDP can wrap the adapters."""
+
+    def __init__(self, adapters: nn.ModuleList) -> None:
+        super().__init__()
+        self.adapters = adapters
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [adapter(f) for adapter, f in zip(self.adapters, features, strict=True)]
+
+
+def synchronised_adapters(student: nn.Module, adapters: nn.ModuleList) -> nn.Module | None:
+    """A DDP wrapper of ``adapters`` in the process group of a DDP ``student``, else None.
+
+    The adapters belong to the supervisor, not to the student that the user wrapped: this
+    wrapper broadcasts their initial weights from rank 0 and averages their gradients,
+    as DDP does for the student.
+    """
+    ddp = nn.parallel.DistributedDataParallel
+    if not isinstance(student, ddp) or not any(p.requires_grad for p in adapters.parameters()):
+        return None
+    return ddp(
+        _AdapterStack(adapters), device_ids=student.device_ids,
+        output_device=student.output_device, process_group=student.process_group,
+    )  # fmt: skip

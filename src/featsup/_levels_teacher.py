@@ -117,6 +117,17 @@ class TeacherLevels:
 
         return build_feature_cache(encode, dataset, list(self.names), **options)
 
+    def hide_from_ddp(self, owner: nn.Module, prefix: str) -> None:
+        """Make a ``DistributedDataParallel`` around ``owner`` skip the teacher entirely.
+
+        Its parameters and buffers (``owner.<prefix>.*``) are then neither broadcast at
+        wrapping, nor synchronised after a forward, nor bucketed for gradients.
+        """
+        names = [n for n, _ in self.teacher.named_parameters(prefix=prefix)]
+        names += [n for n, _ in self.teacher.named_buffers(prefix=prefix)]
+        ddp = nn.parallel.DistributedDataParallel
+        ddp._set_params_and_buffers_to_ignore_for_model(owner, names)
+
     def remove(self) -> None:
         """Remove the teacher's hooks, if any (idempotent)."""
         if self.tap is not None:

@@ -32,7 +32,12 @@ from torch import nn
 from featsup._checks import check_choice, check_positive, check_type
 from featsup._levels import EncoderLevel, encoder_levels, find_levels, probe_input, probe_levels
 from featsup._levels_arch import unwrap
-from featsup._levels_pairing import build_adapters, pair_levels, pairing_text
+from featsup._levels_pairing import (
+    build_adapters,
+    pair_levels,
+    pairing_text,
+    synchronised_adapters,
+)
 from featsup._levels_teacher import TeacherInput, TeacherLevels
 from featsup._taps import HookTap, check_distinct, input_channels, level_weights_for, resize_to
 from featsup._teacher import (
@@ -57,6 +62,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 
 LevelRef = int | str
 LevelSpec = Literal["all", "bottleneck"] | Sequence[LevelRef | tuple[LevelRef, LevelRef]]
@@ -94,7 +100,8 @@ class FeatureSupervisor(nn.Module):
     pairs. The student's forward runs once: hooks, registered here (inside a
     ``DistributedDataParallel`` student), read its levels with their graph. The teacher
     is frozen for good (eval mode even after :meth:`train`, no gradients, run under
-    ``torch.no_grad()``) and runs only its encoder where it has one; its parameters are not among
+    ``torch.no_grad()``, skipped by a ``DistributedDataParallel`` around this module) and
+    runs only its encoder where it has one; its parameters are not among
     :meth:`parameters`, the trainable adapters are.
 
     Args:
@@ -126,7 +133,8 @@ class FeatureSupervisor(nn.Module):
         ValueError: on bad options, unknown levels, no level of equal reduction, levels of
             two networks of one family that differ for ``levels="all"``, or
             (``adapters=None``) unequal shapes, listing both.
-        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``.
+        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``, or the teacher
+            is wrapped in ``DistributedDataParallel``.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -138,6 +146,8 @@ class FeatureSupervisor(nn.Module):
         (2, ['x1_0', 'x2_0'], torch.Size([]))
         >>> sup.close()
     """
+
+    _synced: nn.Module | None  # DDP of the adapters for a DDP student (not a submodule)
 
     def __init__(
         self,
@@ -160,6 +170,11 @@ class FeatureSupervisor(nn.Module):
         super().__init__()
         check_type("student", student, nn.Module)
         check_type("teacher", teacher, nn.Module)
+        if isinstance(teacher, _WRAPPERS):
+            raise TypeError(
+                f"teacher: expected the frozen network itself, got {type(teacher).__name__}; "
+                "fix: pass teacher.module (a frozen teacher has no gradients to synchronise)"
+            )
         check_distinct(student, teacher)
         if not callable(loss):
             check_choice("loss", loss, ("smooth_l1", "mse"))
@@ -185,9 +200,12 @@ class FeatureSupervisor(nn.Module):
             self.adapters = build_adapters(
                 self._student_levels, self._teacher_levels, self._pairs, mode=adapters
             ).to(next(student.parameters()).device)
+            # a DDP student: its adapters are synchronised alike (kept out of the module tree)
+            object.__setattr__(self, "_synced", synchronised_adapters(student, self.adapters))
         except BaseException:
             self.close()  # a failed construction leaves no hooks behind
             raise
+        self._teacher_side.hide_from_ddp(self, "teacher")
         _log.info("FeatureSupervisor: %s", self._pairing_text())
 
     # ------------------------------------------------------------------ construction helpers
@@ -297,7 +315,10 @@ class FeatureSupervisor(nn.Module):
     ) -> SupervisedOutput:
         level_losses: dict[str, torch.Tensor] = {}
         parts = []
-        student = [adapter(s) for adapter, s in zip(self.adapters, student, strict=True)]
+        if self._synced is not None:
+            student = self._synced(student)
+        else:
+            student = [adapter(s) for adapter, s in zip(self.adapters, student, strict=True)]
         for k, (s, t) in enumerate(zip(student, teacher, strict=True)):
             s = self._resize(k, s, t)
             part = self._level_loss(s, t.to(device=s.device, dtype=s.dtype))
