@@ -119,6 +119,10 @@ class FeatureSupervisor(nn.Module):
         adapters: ``"auto"`` adds a trainable 1x1 conv on the student side where the
             channels differ and resizes the student map where the sizes differ; ``None``
             requires equal shapes.
+        feature_norm: ``"none"``, or ``"channel"``: standardise each (B, C) map of the
+            student (after its adapter) and of the teacher (without gradient) to zero
+            mean and unit variance over space before the loss, a parameter-free
+            instance norm that makes the loss blind to the teacher's feature scale.
         num_classes: classes of the default teacher input (the one-hot target); default
             the teacher's input channels.
         teacher_input: ``teacher_input(image, target) -> tensor`` replacing the one-hot map.
@@ -160,6 +164,7 @@ class FeatureSupervisor(nn.Module):
         weight: float = 1.0,
         level_weights: Sequence[float] | None = None,
         adapters: Literal["auto"] | None = "auto",
+        feature_norm: Literal["none", "channel"] = "none",
         num_classes: int | None = None,
         teacher_input: TeacherInput | None = None,
         student_layers: Sequence[str] | None = None,
@@ -181,9 +186,11 @@ class FeatureSupervisor(nn.Module):
         check_positive("beta", beta, strict=False)
         check_positive("weight", weight, strict=False)
         check_choice("adapters", adapters, ("auto", None))
+        check_choice("feature_norm", feature_norm, ("none", "channel"))
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.loss, self.beta, self.weight, self.adapter_mode = loss, beta, weight, adapters
+        self.feature_norm = feature_norm
         self.teacher_input = teacher_input
         self.num_classes = self._resolve_num_classes(num_classes)
         self._teacher_side = TeacherLevels(self.teacher, teacher_input, self.num_classes)
@@ -321,7 +328,12 @@ class FeatureSupervisor(nn.Module):
             student = [adapter(s) for adapter, s in zip(self.adapters, student, strict=True)]
         for k, (s, t) in enumerate(zip(student, teacher, strict=True)):
             s = self._resize(k, s, t)
-            part = self._level_loss(s, t.to(device=s.device, dtype=s.dtype))
+            t = t.to(device=s.device, dtype=s.dtype)
+            if self.feature_norm == "channel":
+                s = _standardise(s)
+                with torch.no_grad():
+                    t = _standardise(t)
+            part = self._level_loss(s, t)
             level_losses[self.level_names[k]] = part
             parts.append(self.level_weights[k] * part)
         total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
@@ -397,4 +409,14 @@ class FeatureSupervisor(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         loss = getattr(self.loss, "__name__", self.loss)
-        return f"{self._pairing_text()},\nloss={loss!r}, beta={self.beta}, weight={self.weight}"
+        return (
+            f"{self._pairing_text()},\nloss={loss!r}, beta={self.beta}, weight={self.weight}, "
+            f"feature_norm={self.feature_norm!r}"
+        )
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> zero mean, unit variance over space per sample and channel."""
+    dims = tuple(range(2, x.ndim))
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + 1e-5)
