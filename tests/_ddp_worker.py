@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,103 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     (args.out / f"indices_rank{rank}.json").write_text(json.dumps(seen))
     print(f"rank {rank}: done, step {trainer.step}", flush=True)
+
+
+# ---------------------------------------------------------------------- feature supervision
+# For tests/test_supervision_ddp.py: ``--supervision`` trains a FeatureSupervisor around an
+# smp U-Net on each rank's share of one batch, once with the student wrapped in DDP inside
+# the supervisor and once with DDP around the supervisor (as the Trainer does), and rank 0
+# writes the feature loss of every step (mean over the ranks) to ``OUT/supervision.json``.
+# The student's BatchNorm runs on its running statistics (eval mode): per-rank batch
+# statistics would differ from the single process's by design (SyncBatchNorm needs GPUs).
+SUPERVISION_MODES = ("student", "supervisor")
+
+
+def supervision_models() -> tuple[nn.Module, nn.Module]:
+    """The same smp resnet18 U-Net student and encoding UNet++ teacher on every rank."""
+    import segmentation_models_pytorch as smp
+
+    from featsup.models import UNetPlusPlus
+
+    torch.manual_seed(0)
+    student = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=2,
+                       decoder_channels=(32, 16, 16, 8, 8))  # fmt: skip
+    teacher = UNetPlusPlus(2, 2, widths=(4, 8, 8, 16, 16, 32), skip_connections=False)
+    return student.eval(), teacher
+
+
+def supervision_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    image = torch.randn(4, 1, 64, 64, generator=g)
+    return image, (image[:, 0] > 0.5).long()
+
+
+def supervision_losses(mode: str, steps: int = 3) -> dict[str, Any]:
+    """Train ``steps`` SGD steps in ``mode`` ("student", "supervisor" or "single")."""
+    import torch.distributed as dist
+
+    from featsup.supervision import FeatureSupervisor
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    student, teacher = supervision_models()
+    before = [t.clone() for t in teacher.state_dict().values()]
+    image, target = supervision_batch()
+    share = slice(rank * len(image) // world, (rank + 1) * len(image) // world)
+    ddp = nn.parallel.DistributedDataParallel
+    model: nn.Module
+    if mode == "student":  # wrapped before the supervisor: taps go inside the wrapper
+        sup = model = FeatureSupervisor(ddp(student), teacher)
+    elif mode == "supervisor":  # the supervisor wrapped, as the Trainer does
+        sup = FeatureSupervisor(student, teacher)
+        model = ddp(sup)
+    else:
+        sup = model = FeatureSupervisor(student, teacher)
+    optimizer = torch.optim.SGD(sup.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        out = model(image[share], target[share])
+        loss = F.cross_entropy(out.output, target[share]) + out.feature_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        value = out.feature_loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(value)
+        losses.append(value.item() / world)
+    buffers = getattr(model, "named_module_buffers", {})
+    return {
+        "losses": losses,
+        "levels": sup.level_names,
+        "hooked": sorted(n for n, m in student.named_modules() if m._forward_hooks),
+        "teacher_unchanged": all(
+            torch.equal(a, b) for a, b in zip(before, teacher.state_dict().values(), strict=True)
+        ),
+        "ignored_by_ddp": len(getattr(model, "parameters_to_ignore", ())),
+        "teacher_buffers_in_ddp": sum(n.startswith("teacher.") for n in buffers),
+        "teacher_tensors": len([*teacher.named_parameters(), *teacher.named_buffers()]),
+    }
+
+
+def supervision_main() -> None:
+    import torch.distributed as dist
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--supervision", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {mode: supervision_losses(mode, args.steps) for mode in SUPERVISION_MODES}
+    if dist.get_rank() == 0:
+        (args.out / "supervision.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__" and "--supervision" in sys.argv:
+    supervision_main()
+    sys.exit(0)
 
 
 if __name__ == "__main__":

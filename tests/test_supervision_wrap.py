@@ -163,3 +163,60 @@ def test_3d_monai_with_channel_adapters() -> None:
     out = sup(torch.randn(1, 1, 32, 32, 32), target)
     out.feature_loss.backward()
     assert sup.adapters[0].weight.grad is not None
+
+
+# ---------------------------------------------------------------------- feature_norm="channel"
+def featsup_features(teacher: nn.Module, target: torch.Tensor) -> list[torch.Tensor]:
+    return teacher.encoder_features(F.one_hot(target, 2).permute(0, 3, 1, 2).float())
+
+
+def test_channel_norm_changes_the_loss_and_ignores_the_teacher_scale() -> None:
+    student, teacher, _ = featsup_pair()
+    image, target = data()
+    plain = FeatureSupervisor(student, teacher)
+    normed = FeatureSupervisor(student, teacher, feature_norm="channel")
+    assert "feature_norm='channel'" in repr(normed)
+    # teacher maps whose channels vary over space well above the 1e-5 of the denominator
+    features = [torch.randn_like(f) for f in featsup_features(teacher, target)]
+    scale = torch.rand(1, features[0].shape[1], 1, 1)
+    with torch.no_grad():
+        assert normed(image, target).feature_loss != plain(image, target).feature_loss
+        loss = normed(image, teacher_features=features).feature_loss
+        plain_loss = plain(image, teacher_features=features).feature_loss
+        for factor, offset in ((10.0, 3.0), (0.1, -1.0)):
+            scaled = [factor * f + offset for f in features]
+            scaled[0] = scaled[0] * (0.5 + scale)  # and a different scale per channel
+            torch.testing.assert_close(
+                normed(image, teacher_features=scaled).feature_loss, loss, rtol=1e-3, atol=1e-6
+            )
+            changed = plain(image, teacher_features=scaled).feature_loss
+            assert abs(changed - plain_loss) > 0.1 * plain_loss  # without it, the scale counts
+
+
+def test_channel_norm_by_hand_and_no_gradient_to_the_teacher_side() -> None:
+    student, teacher, _ = featsup_pair()
+    sup = FeatureSupervisor(student, teacher, feature_norm="channel", levels=["x4_0"])
+    image, target = data()
+    given = [featsup_features(teacher, target)[-1].clone().requires_grad_(True)]
+    out = sup(image, teacher_features=given)
+    out.feature_loss.backward()
+    assert given[0].grad is None and student.encoder["x4_0"].conv1.conv.weight.grad is not None
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), keepdim=True, unbiased=False)
+        return (x - mean) / (var + 1e-5).sqrt()
+
+    sup.student.eval()  # the hand computation runs in eval mode too
+    with torch.no_grad():
+        out = sup(image, teacher_features=given)
+        s = student.encoder_features(image)[-1]
+        expected = F.smooth_l1_loss(standardise(s), standardise(given[0]))
+    torch.testing.assert_close(out.feature_loss, expected)
+
+
+def test_feature_norm_is_checked() -> None:
+    student, teacher, _ = featsup_pair()
+    with pytest.raises(
+        ValueError, match=r"feature_norm: expected one of .* did you mean 'channel'"
+    ):
+        FeatureSupervisor(student, teacher, feature_norm="channels")  # type: ignore[arg-type]

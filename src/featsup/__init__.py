@@ -31,10 +31,13 @@ from featsup.metrics import MetricAccumulator, case_metrics, dice_score
 from featsup.models import FeatureInfo, UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
 from featsup.supervision import (
+    EncoderLevel,
     FeatureSupervisor,
     SupervisedOutput,
     TeacherFeatureCache,
+    encoder_levels,
     load_encoding_teacher,
+    matching_teacher,
     train_encoding_teacher,
 )
 from featsup.training import Trainer, dice_per_head, load_model
@@ -50,6 +53,7 @@ __all__ = [
     "DeepSupervisionLoss",
     "DenseCRF",
     "DiceLoss",
+    "EncoderLevel",
     "FeatureInfo",
     "FeatureLoss",
     "FeatureSupervisor",
@@ -72,10 +76,12 @@ __all__ = [
     "dice_loss",
     "dice_per_head",
     "dice_score",
+    "encoder_levels",
     "feature_loss",
     "focal_loss",
     "load_encoding_teacher",
     "load_model",
+    "matching_teacher",
     "parse_variant",
     "predict_volume",
     "seg_loss",

@@ -21,6 +21,7 @@ applies, together with the feature loss.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,38 +30,43 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
-from featsup._taps import (
-    HookTap,
-    check_distinct,
-    describe_levels,
-    frozen_modes,
-    input_channels,
-    level_weights_for,
+from featsup._levels import EncoderLevel, encoder_levels, find_levels, probe_input, probe_levels
+from featsup._levels_arch import unwrap
+from featsup._levels_pairing import (
+    build_adapters,
     pair_levels,
-    resize_to,
+    pairing_text,
+    synchronised_adapters,
 )
+from featsup._levels_teacher import TeacherInput, TeacherLevels
+from featsup._taps import HookTap, check_distinct, input_channels, level_weights_for, resize_to
 from featsup._teacher import (
     TeacherFeatureCache,
-    build_feature_cache,
     load_encoding_teacher,
     one_hot,
     train_encoding_teacher,
 )
+from featsup._teacher_match import matching_teacher
 from featsup.losses.feature import feature_loss
 
 __all__ = [
+    "EncoderLevel",
     "FeatureSupervisor",
     "SupervisedOutput",
     "TeacherFeatureCache",
+    "encoder_levels",
     "load_encoding_teacher",
+    "matching_teacher",
     "one_hot",
     "train_encoding_teacher",
 ]
 
+_log = logging.getLogger(__name__)
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
 LevelRef = int | str
 LevelSpec = Literal["all", "bottleneck"] | Sequence[LevelRef | tuple[LevelRef, LevelRef]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-TeacherInput = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 @dataclass
@@ -84,20 +90,26 @@ class FeatureSupervisor(nn.Module):
     """Wrap a student and a frozen teacher; supervise the student's encoder features.
 
     Levels are found automatically for featsup's :class:`~featsup.models.UNetPlusPlus`
-    (X(1,0)..X(d,0)) and segmentation-models-pytorch models (``stage1``..``stageN`` of the
-    encoder's feature list); any other model is tapped by module names
-    (``student_layers`` / ``teacher_layers``, shallow to deep). The student's forward runs
-    once: hooks, registered here, read its levels with their graph. The teacher is frozen
-    for good (eval mode even when :meth:`train` is called, no gradients, run under
-    ``torch.no_grad()``) and runs only its encoder where it has one; its parameters are
-    not among :meth:`parameters`, the trainable adapters are.
+    (X(1,0)..X(d,0)), segmentation-models-pytorch models (``stage1``..``stageN`` of the
+    encoder's feature list, any encoder) and MONAI's ``UNet``, ``BasicUNet``,
+    ``BasicUNetPlusPlus``, ``DynUNet`` and ``SegResNet`` (2D or 3D); any other model is
+    tapped by module names (``student_layers`` / ``teacher_layers``, shallow to deep). One
+    probe pass at construction measures each level's channels and reduction (stride);
+    ``levels="all"`` pairs levels of equal reduction (two networks of one family, such as
+    two featsup UNet++, level by level), leaves out those one side lacks and logs the
+    pairs. The student's forward runs once: hooks, registered here (inside a
+    ``DistributedDataParallel`` student), read its levels with their graph. The teacher
+    is frozen for good (eval mode even after :meth:`train`, no gradients, run under
+    ``torch.no_grad()``, skipped by a ``DistributedDataParallel`` around this module) and
+    runs only its encoder where it has one; its parameters are not among
+    :meth:`parameters`, the trainable adapters are.
 
     Args:
-        student: the network being trained.
+        student: the network being trained (or its ``DistributedDataParallel`` wrapper).
         teacher: the frozen encoding network; a different object from ``student``.
-        levels: ``"all"`` (every level, ES), ``"bottleneck"`` (the deepest, BS), or a list
-            of level names or indices valid for both networks, or of
-            ``(student_level, teacher_level)`` pairs.
+        levels: ``"all"`` (every level the two share, ES), ``"bottleneck"`` (the deepest
+            shared level, BS), or a list of level names or indices valid for both
+            networks, or of ``(student_level, teacher_level)`` pairs.
         loss: ``"smooth_l1"`` (paper eq. 16 with ``beta``), ``"mse"`` or a callable
             ``loss(student_features, teacher_features) -> scalar``.
         beta: Smooth-L1 transition point, >= 0 (1.0 in the paper).
@@ -107,19 +119,26 @@ class FeatureSupervisor(nn.Module):
         adapters: ``"auto"`` adds a trainable 1x1 conv on the student side where the
             channels differ and resizes the student map where the sizes differ; ``None``
             requires equal shapes.
+        feature_norm: ``"none"``, or ``"channel"``: standardise each (B, C) map of the
+            student (after its adapter) and of the teacher (without gradient) to zero
+            mean and unit variance over space before the loss, a parameter-free
+            instance norm that makes the loss blind to the teacher's feature scale.
         num_classes: classes of the default teacher input (the one-hot target); default
             the teacher's input channels.
         teacher_input: ``teacher_input(image, target) -> tensor`` replacing the one-hot map.
         student_layers: module names to tap in the student instead of its recognised levels.
         teacher_layers: the same for the teacher.
-        probe_size: spatial size of the probe used here to read the level shapes: an int
-            (2D, square) or a tuple (2D or 3D); must suit both networks.
+        probe_size: spatial size of the probe used here to measure the levels: an int
+            (repeated for each spatial dim of the student) or a tuple (2D or 3D); must
+            suit both networks.
         probe_channels: input channels of the student, if they cannot be inferred.
 
     Raises:
-        ValueError: on bad options, unknown levels, unequal level counts for
-            ``levels="all"``, or (``adapters=None``) unequal shapes, listing both.
-        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``.
+        ValueError: on bad options, unknown levels, no level of equal reduction, levels of
+            two networks of one family that differ for ``levels="all"``, or
+            (``adapters=None``) unequal shapes, listing both.
+        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``, or the teacher
+            is wrapped in ``DistributedDataParallel``.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -132,6 +151,8 @@ class FeatureSupervisor(nn.Module):
         >>> sup.close()
     """
 
+    _synced: nn.Module | None  # DDP of the adapters for a DDP student (not a submodule)
+
     def __init__(
         self,
         student: nn.Module,
@@ -143,6 +164,7 @@ class FeatureSupervisor(nn.Module):
         weight: float = 1.0,
         level_weights: Sequence[float] | None = None,
         adapters: Literal["auto"] | None = "auto",
+        feature_norm: Literal["none", "channel"] = "none",
         num_classes: int | None = None,
         teacher_input: TeacherInput | None = None,
         student_layers: Sequence[str] | None = None,
@@ -153,33 +175,45 @@ class FeatureSupervisor(nn.Module):
         super().__init__()
         check_type("student", student, nn.Module)
         check_type("teacher", teacher, nn.Module)
+        if isinstance(teacher, _WRAPPERS):
+            raise TypeError(
+                f"teacher: expected the frozen network itself, got {type(teacher).__name__}; "
+                "fix: pass teacher.module (a frozen teacher has no gradients to synchronise)"
+            )
         check_distinct(student, teacher)
         if not callable(loss):
             check_choice("loss", loss, ("smooth_l1", "mse"))
         check_positive("beta", beta, strict=False)
         check_positive("weight", weight, strict=False)
         check_choice("adapters", adapters, ("auto", None))
+        check_choice("feature_norm", feature_norm, ("none", "channel"))
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.loss, self.beta, self.weight, self.adapter_mode = loss, beta, weight, adapters
+        self.feature_norm = feature_norm
         self.teacher_input = teacher_input
-        self._student_levels = describe_levels(student, student_layers, "student")
-        self._teacher_levels = describe_levels(teacher, teacher_layers, "teacher")
+        self.num_classes = self._resolve_num_classes(num_classes)
+        self._teacher_side = TeacherLevels(self.teacher, teacher_input, self.num_classes)
+        self._measure_levels(student_layers, teacher_layers, probe_size, probe_channels)
         self._pairs = pair_levels(levels, self._student_levels, self._teacher_levels)
         self.level_names = [self._student_levels.names[s] for s, _ in self._pairs]
         self.teacher_level_names = [self._teacher_levels.names[t] for _, t in self._pairs]
         self.level_weights = level_weights_for(level_weights, len(self._pairs))
-        self.num_classes = self._resolve_num_classes(num_classes)
-        self._student_tap = HookTap(student, self._student_levels, [s for s, _ in self._pairs])
-        self._teacher_tap = None
-        if self._teacher_levels.kind == "hooks":
-            picks = [t for _, t in self._pairs]
-            self._teacher_tap = HookTap(teacher, self._teacher_levels, picks, stop_early=True)
+        s_sources = self._student_levels.sources
+        # hooks go on the network's own modules, inside a DistributedDataParallel wrapper
+        self._student_tap = HookTap(unwrap(student), [s_sources[s] for s, _ in self._pairs])
         try:
-            self.adapters = self._build_adapters(probe_size, probe_channels)
+            self._teacher_side.select(self._teacher_levels, [t for _, t in self._pairs])
+            self.adapters = build_adapters(
+                self._student_levels, self._teacher_levels, self._pairs, mode=adapters
+            ).to(next(student.parameters()).device)
+            # a DDP student: its adapters are synchronised alike (kept out of the module tree)
+            object.__setattr__(self, "_synced", synchronised_adapters(student, self.adapters))
         except BaseException:
             self.close()  # a failed construction leaves no hooks behind
             raise
+        self._teacher_side.hide_from_ddp(self, "teacher")
+        _log.info("FeatureSupervisor: %s", self._pairing_text())
 
     # ------------------------------------------------------------------ construction helpers
     def _resolve_num_classes(self, num_classes: int | None) -> int | None:
@@ -193,43 +227,37 @@ class FeatureSupervisor(nn.Module):
             )
         return channels
 
-    def _build_adapters(
-        self, probe_size: int | Sequence[int], probe_channels: int | None
-    ) -> nn.ModuleList:
-        size = (probe_size,) * 2 if isinstance(probe_size, int) else tuple(probe_size)
-        if len(size) not in (2, 3):
-            raise ValueError(f"probe_size: expected an int or 2 or 3 sizes, got {probe_size!r}")
-        channels = probe_channels or input_channels(self.student)
-        student_shapes, teacher_shapes = self._probe(size, channels)
-        adapters = nn.ModuleList()
-        for name, s, t in zip(self.level_names, student_shapes, teacher_shapes, strict=True):
-            if s == t:
-                adapters.append(nn.Identity())
-                continue
-            if self.adapter_mode is None:
-                raise ValueError(
-                    f"adapters: expected equal student and teacher shapes at level {name!r} "
-                    f"(probe {size}), got student {tuple(s)} and teacher {tuple(t)}; "
-                    "fix: adapters='auto' or other levels"
-                )
-            conv = nn.Conv2d if len(size) == 2 else nn.Conv3d
-            adapters.append(conv(s[1], t[1], 1) if s[1] != t[1] else nn.Identity())
-        device = next(self.student.parameters()).device
-        return adapters.to(device)
+    def _measure_levels(
+        self,
+        student_layers: Sequence[str] | None,
+        teacher_layers: Sequence[str] | None,
+        probe_size: int | Sequence[int],
+        probe_channels: int | None,
+    ) -> None:
+        """Find both networks' levels and measure them with one probe pass each."""
+        inner = unwrap(self.student)
+        if student_layers is not None and inner is not self.student:  # DDP's "module." prefix
+            student_layers = [n.removeprefix("module.") for n in student_layers]
+        student = find_levels(inner, student_layers, "student")
+        teacher = find_levels(self.teacher, teacher_layers, "teacher")
+        image = probe_input(inner, probe_size, probe_channels)
+        # the student runs its whole forward: every tapped module must fire exactly once
+        self._student_levels = probe_levels(inner, student, image, full=True)
+        self._teacher_levels = self._teacher_side.measure(teacher, image)
 
-    @torch.no_grad()
-    def _probe(
-        self, size: tuple[int, ...], channels: int
-    ) -> tuple[list[torch.Size], list[torch.Size]]:
-        first = next(self.student.parameters())
-        gen = torch.Generator().manual_seed(0)
-        image = torch.randn(2, channels, *size, generator=gen).to(first.device, first.dtype)
-        target = torch.randint(0, self.num_classes or 1, (2, *size), generator=gen)
-        with frozen_modes(self.student):
-            self.student.eval()
-            _, student_features = self._student_tap.run(lambda: self.student(image))
-        teacher_features = self._teacher_features(image, target.to(first.device))
-        return [f.shape for f in student_features], [f.shape for f in teacher_features]
+    # ------------------------------------------------------------------ levels
+    @property
+    def student_levels(self) -> list[EncoderLevel]:
+        """Every encoder level found in the student (paired or not), shallow to deep."""
+        return list(self._student_levels.levels)
+
+    @property
+    def teacher_levels(self) -> list[EncoderLevel]:
+        """Every encoder level found in the teacher (paired or not), shallow to deep."""
+        return list(self._teacher_levels.levels)
+
+    def _pairing_text(self) -> str:
+        return pairing_text(self._student_levels, self._teacher_levels, self._pairs)
 
     # ------------------------------------------------------------------ mode and parameters
     def train(self, mode: bool = True) -> FeatureSupervisor:
@@ -248,8 +276,8 @@ class FeatureSupervisor(nn.Module):
                 yield name, param
 
     def student_state_dict(self) -> dict[str, Any]:
-        """The student's own ``state_dict`` (no teacher, no adapters), for export."""
-        return self.student.state_dict()
+        """The student's own ``state_dict`` (no teacher, no adapters, no DDP prefix)."""
+        return unwrap(self.student).state_dict()
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -283,66 +311,35 @@ class FeatureSupervisor(nn.Module):
                     "target: expected a label map for the teacher, got None; "
                     "fix: pass target or teacher_features"
                 )
-            teacher = self._teacher_features(image, target)
+            teacher = self._teacher_side.run(image, target)
         else:
-            teacher = self._given_features(teacher_features)
+            teacher = self._teacher_side.given(teacher_features)
         output, student = self._student_tap.run(lambda: self.student(image))
         return self._compare(output, student, teacher)
-
-    def _teacher_input_for(self, image: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        if self.teacher_input is not None:
-            return self.teacher_input(image, target)
-        assert target is not None and self.num_classes is not None
-        first = next(self.teacher.parameters())
-        return one_hot(target.to(first.device), self.num_classes, dtype=first.dtype)
-
-    @torch.no_grad()
-    def _teacher_features(
-        self, image: torch.Tensor, target: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        if self.teacher.training:  # somebody called teacher.train() directly
-            self.teacher.eval()
-        x = self._teacher_input_for(image, target)
-        picks = [t for _, t in self._pairs]
-        if self._teacher_tap is None:
-            return self._teacher_levels.encode(self.teacher, x, picks)
-        _, features = self._teacher_tap.run(lambda: self.teacher(x))
-        return features
-
-    def _given_features(
-        self, features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        if isinstance(features, Mapping):
-            missing = [n for n in self.teacher_level_names if n not in features]
-            if missing:
-                raise ValueError(
-                    f"teacher_features: expected teacher levels {self.teacher_level_names}, "
-                    f"got keys {sorted(features)}; fix: cache these levels"
-                )
-            return [features[n] for n in self.teacher_level_names]
-        values = list(features)
-        if len(values) != len(self._pairs):
-            raise ValueError(
-                f"teacher_features: expected {len(self._pairs)} maps "
-                f"({self.teacher_level_names}), got {len(values)}"
-            )
-        return values
 
     def _compare(
         self, output: Any, student: list[torch.Tensor], teacher: list[torch.Tensor]
     ) -> SupervisedOutput:
         level_losses: dict[str, torch.Tensor] = {}
         parts = []
+        if self._synced is not None:
+            student = self._synced(student)
+        else:
+            student = [adapter(s) for adapter, s in zip(self.adapters, student, strict=True)]
         for k, (s, t) in enumerate(zip(student, teacher, strict=True)):
-            s = self._adapt(k, s, t)
-            part = self._level_loss(s, t.to(device=s.device, dtype=s.dtype))
+            s = self._resize(k, s, t)
+            t = t.to(device=s.device, dtype=s.dtype)
+            if self.feature_norm == "channel":
+                s = _standardise(s)
+                with torch.no_grad():
+                    t = _standardise(t)
+            part = self._level_loss(s, t)
             level_losses[self.level_names[k]] = part
             parts.append(self.level_weights[k] * part)
         total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
         return SupervisedOutput(output, self.weight * total, level_losses)
 
-    def _adapt(self, k: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = self.adapters[k](s)
+    def _resize(self, k: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if s.shape[2:] != t.shape[2:] and self.adapter_mode == "auto":
             s = resize_to(s, tuple(t.shape[2:]))
         if s.shape != t.shape:
@@ -387,27 +384,16 @@ class FeatureSupervisor(nn.Module):
             A :class:`TeacherFeatureCache` keyed by :attr:`teacher_level_names`.
         """
         device = next(self.student.parameters()).device
-
-        def encode(image: torch.Tensor | None, target: torch.Tensor) -> list[torch.Tensor]:
-            if image is None and self.teacher_input is not None:
-                raise ValueError(
-                    "dataset: expected (image, target) items for teacher_input, got targets "
-                    "alone; fix: a dataset of (image, target) pairs"
-                )
-            image = torch.empty(0, device=device) if image is None else image.to(device)
-            return self._teacher_features(image, target.to(device))
-
-        return build_feature_cache(
-            encode, dataset, list(self.teacher_level_names), batch_size=batch_size,
-            path=path, dtype=dtype, progress=progress,
-        )  # fmt: skip
+        return self._teacher_side.cache(
+            dataset, device, batch_size=batch_size, path=path, dtype=dtype, progress=progress
+        )
 
     # ------------------------------------------------------------------ hooks lifetime
     def close(self) -> None:
         """Remove every hook from the student and the teacher (idempotent)."""
-        for tap in (self.__dict__.get("_student_tap"), self.__dict__.get("_teacher_tap")):
-            if tap is not None:
-                tap.remove()
+        for part in (self.__dict__.get("_student_tap"), self.__dict__.get("_teacher_side")):
+            if part is not None:
+                part.remove()
 
     remove = close
 
@@ -423,4 +409,14 @@ class FeatureSupervisor(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         loss = getattr(self.loss, "__name__", self.loss)
-        return f"levels={self.level_names}, loss={loss!r}, beta={self.beta}, weight={self.weight}"
+        return (
+            f"{self._pairing_text()},\nloss={loss!r}, beta={self.beta}, weight={self.weight}, "
+            f"feature_norm={self.feature_norm!r}"
+        )
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> zero mean, unit variance over space per sample and channel."""
+    dims = tuple(range(2, x.ndim))
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + 1e-5)

@@ -1,4 +1,7 @@
-"""Liver, gallbladder, liver vessels, tumours and ribs of the synthetic CT phantom."""
+"""Liver, gallbladder, liver vessels and ribs of the synthetic CT phantom.
+
+The liver lesions live in ``_phantom_lesions``.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,14 @@ from featsup.data._phantom_anatomy import (
     BOWEL,
     GALL,
     LIVER,
-    TUMOUR,
     Anatomy,
+    code_in,
     diaphragm_z,
     paint_organ,
 )
 from featsup.data._phantom_shapes import (
     Box,
     Grid,
-    Vec,
     capsule_mask,
     ellipsoid_q,
     paint,
@@ -42,7 +44,7 @@ def paint_liver(
     j = rng.uniform(0.88, 1.12, size=5)
     lobes = (
         ((d - h / 2, 0.0, -66 * s), (h / 2, 86 * s * j[0], 72 * s * j[1]), 0.15),
-        ((d - 0.3 * h, -55 * s, 12 * s), (0.28 * h, 40 * s * j[2], 80 * s * j[3]), -0.3),
+        ((d - 0.3 * h, -58 * s, 22 * s), (0.28 * h, 38 * s * j[2], 88 * s * j[3]), -0.3),
         ((d - 0.45 * h, 22 * s, -8 * s), (0.2 * h, 20 * s, 22 * s * j[4]), 0.0),
     )
     gall_c = (d - 0.72 * h, -38 * s, -38 * s)
@@ -58,7 +60,7 @@ def paint_liver(
     q *= 1.0 + 0.16 * smooth_field(rng, grid, box, 30.0)
     zz = grid.coords(box)[0]
     below = zz < diaphragm_z(grid, an)[box[1], box[2]][None] - 3.0
-    mask = (q < 1) & cavity[box] & below & np.isin(code[box], (0, BOWEL))
+    mask = (q < 1) & cavity[box] & below & code_in(code[box], (0, BOWEL))
     texture = an.liver_hu + 3.0 * smooth_field(rng, grid, box, 20.0)
     _keep_largest(mask)  # one organ: drop slivers cut off by the wall or the diaphragm
     paint(hu, box, mask, texture)
@@ -92,9 +94,9 @@ def liver_points(
 def paint_liver_vessels(
     rng: np.random.Generator, grid: Grid, an: Anatomy, hu: np.ndarray, code: np.ndarray, box: Box
 ) -> None:
-    """Contrast-enhanced portal branches from the hilum and hepatic veins to the cava."""
+    """Portal branches from the hilum and hepatic veins to the cava, at the vein HU."""
     s, d, h = an.s, an.dome_z, an.liver_h
-    value = float(rng.uniform(130.0, 180.0))
+    value = an.vein_hu
     hilum = np.array((d - 0.55 * h, 12 * s, -30 * s), np.float32)
     cava = np.array((d - 18 * s, an.yv - an.rv - 10 * s, -26 * s), np.float32)
     segments = []
@@ -113,61 +115,6 @@ def paint_liver_vessels(
         if tube is not None:
             tbox, mask = tube
             paint(hu, tbox, mask & (code[tbox] == LIVER), value)
-
-
-def paint_tumours(
-    rng: np.random.Generator, grid: Grid, an: Anatomy, hu: np.ndarray, code: np.ndarray, box: Box
-) -> int:
-    """Zero to several hypo- or hyperdense tumours, a few voxels to several cm across.
-
-    About a third are centred on the liver boundary so they touch it. Returns how many
-    were placed.
-    """
-    n = int(rng.choice([0, 1, 2, 3, 4, 5, 6, 8], p=[0.1, 0.2, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05]))
-    lb = code[box] == LIVER
-    if n == 0 or not lb.any():
-        return 0
-    edges = np.flatnonzero(lb[:, :, 1:] & ~lb[:, :, :-1])
-    edge_shape = (lb.shape[0], lb.shape[1], lb.shape[2] - 1)
-    axes = (grid.z[box[0]], grid.y[box[1]], grid.x[box[2]])
-    inner = liver_points(rng, grid, box, code, n)
-    for i in range(n):
-        if edges.size and rng.random() < 0.35:
-            k = np.unravel_index(rng.choice(edges), edge_shape)
-            centre = np.array([axes[0][k[0]], axes[1][k[1]], axes[2][k[2] + 1]])
-        else:
-            centre = inner[i]
-        if rng.random() < 0.6:  # small lesions, log-uniform 1.2-10 mm radius
-            radius = float(np.exp(rng.uniform(np.log(1.2), np.log(10.0))))
-        else:  # large ones, 1-4 cm radius
-            radius = float(rng.uniform(10.0, 40.0))
-        _paint_tumour(rng, grid, an, hu, code, centre, radius)
-    return n
-
-
-def _paint_tumour(
-    rng: np.random.Generator,
-    grid: Grid,
-    an: Anatomy,
-    hu: np.ndarray,
-    code: np.ndarray,
-    centre: Vec,
-    radius: float,
-) -> None:
-    radii = radius * rng.uniform(0.8, 1.2, size=3)
-    reach = 1.4 * float(radii.max())
-    box = grid.box(np.subtract(centre, reach), np.add(centre, reach))
-    if box is None:
-        return
-    q = ellipsoid_q(grid, box, centre, radii, float(rng.uniform(0, np.pi)))
-    if radius > 4.0:
-        q *= 1.0 + 0.2 * smooth_field(rng, grid, box, max(radius, 3.0))
-    sign = -1.0 if rng.random() < 0.7 else 1.0
-    value = an.liver_hu + sign * float(rng.uniform(20.0, 60.0))
-    fill = np.full(q.shape, value, np.float32)
-    if radius > 12.0 and rng.random() < 0.5:
-        fill[q < 0.35] = value - 25.0  # necrotic core
-    paint_organ(grid, hu, code, (box, q), fill, TUMOUR, (LIVER, TUMOUR))
 
 
 def paint_ribs(

@@ -154,6 +154,30 @@ def capsule_mask(
     return box, dist2 < radius * radius
 
 
+def face_neighbours(mask: np.ndarray, *, every: bool) -> np.ndarray:
+    """Voxels whose six face neighbours are all (``every``) or any of them in ``mask``.
+
+    Outside the array counts as not in ``mask``. ``every=True`` with ``& mask`` is a binary
+    erosion by the 6-connected cross and ``every=False`` with ``| mask`` a dilation, both
+    several times cheaper than ``scipy.ndimage`` on boolean arrays.
+    """
+    out = np.full(mask.shape, every, dtype=bool)
+    for axis in range(3):
+        head = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        tail = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
+        for dst, src in ((head, tail), (tail, head)):
+            if every:
+                out[dst] &= mask[src]
+            else:
+                out[dst] |= mask[src]
+        if every:
+            edge = [slice(None)] * 3
+            for end in (0, -1):
+                edge[axis] = slice(end, None if end == -1 else 1)
+                out[tuple(edge)] = False
+    return out
+
+
 def paint(volume: np.ndarray, box: Box, mask: np.ndarray, value: float | np.ndarray) -> None:
     """Set ``volume[box][mask]`` to ``value`` (a scalar or an array of the box's shape)."""
     view = volume[box]

@@ -2,15 +2,27 @@
 
 Real LiTS data cannot be shipped, so featsup carries a phantom that exercises the same
 code path: Hounsfield units, anatomy, labels and NIfTI files that look like the real
-thing. Air (-1000 HU) surrounds a body of subcutaneous fat (-100 HU), an abdominal muscle
-wall (about 45 HU), visceral fat, spine and ribs (cortical bone about 900 HU, cancellous
-about 300 HU), lungs above the diaphragm, heart, aorta and vena cava, kidneys and spleen
-(of HU close to the liver, so shape and position matter), stomach with an air-fluid level,
-bowel loops, a gallbladder and a liver with three lobes, an irregular boundary and
-contrast-enhanced vessels (liver 50-70 HU, vessels 130-180 HU). Zero to eight tumours are
-hypo- (70 %) or hyperdense by 20-60 HU, from about a millimetre to several centimetres in
-radius, about a third of them centred on the liver boundary. Partial-volume blur,
-Gaussian noise (8-14 HU) and streaks finish the image.
+thing. Every case is one portal-venous contrast phase. Air (-1000 HU) surrounds a body of
+subcutaneous fat (-118 to -92 HU), an abdominal muscle wall and paraspinal muscles
+(42-58 HU), visceral fat, spine and ribs (cortical bone about 900 HU, cancellous about
+300 HU), lungs above the diaphragm, heart (blood pool as the aorta), aorta (155-195 HU)
+and vena cava, kidneys (cortex 155-195 HU over a darker medulla), a spleen (102-128 HU,
+close to the liver, so shape and position matter), a stomach with an air-fluid level and
+enhancing wall, bowel loops, a gallbladder and a liver with three lobes (the left one
+over the stomach), an irregular boundary, parenchyma at 100-120 HU and portal and
+hepatic veins at 155-195 HU.
+
+Zero to ten lesions per case (none in about a tenth of the cases), as in LiTS: mostly
+hypodense metastasis-like (20-70 HU below the liver) with a heterogeneous fill, some
+with an enhancing rim or a necrotic centre at fluid density (5-20 HU); a minority
+hyperdense or near-isodense inside a hypodense halo. Equivalent diameters are
+log-normal over 5-120 mm; lesions lie anywhere in the liver (dome and left lobe
+included) and some are exophytic: their bulge into the fat is labelled tumour, so it
+extends the labelled organ (``label > 0``). No labelled tumour component is under 10
+voxels or 5 mm equivalent diameter at the generated resolution (6-connected, which
+implies it for 26-connectivity too): smaller ones stay in the image unlabelled, as an
+annotator would leave them. Partial-volume blur, Gaussian noise (8-14 HU) and streaks
+finish the image.
 
 Arrays are in featsup's processing order ``(D, H, W)``: axial slices from inferior to
 superior, rows from anterior to posterior, columns from the patient's right to left
@@ -31,6 +43,7 @@ from scipy import ndimage
 
 from featsup._checks import check_positive, check_type
 from featsup.data import _phantom_anatomy as anatomy
+from featsup.data import _phantom_lesions as lesions
 from featsup.data import _phantom_liver as liver
 from featsup.data._phantom_shapes import Grid, gaussian_noise_gain
 
@@ -84,8 +97,9 @@ def make_phantom(
     """Make one synthetic abdominal CT volume with liver and tumour labels.
 
     The same ``seed`` and ``shape`` always give the same volume. A 512 x 512 x 100 volume
-    takes a couple of seconds on one CPU core, a 64 x 128 x 128 one a small fraction of a
-    second.
+    takes a couple of seconds on one CPU core, a 48 x 256 x 256 one about a quarter of a
+    second. Which lesions are labelled depends on the resolution: one under 10 voxels or
+    5 mm equivalent diameter is painted but left unlabelled.
 
     Args:
         seed: random seed of the case (its anatomy, tumours and noise).
@@ -128,7 +142,7 @@ def make_phantom(
     box = liver.paint_liver(rng, grid, an, hu, code, cavity)
     if box is not None:
         liver.paint_liver_vessels(rng, grid, an, hu, code, box)
-        liver.paint_tumours(rng, grid, an, hu, code, box)
+        lesions.paint_tumours(rng, grid, an, hu, code, box, cavity)
     liver.paint_ribs(rng, grid, an, hu, code, scale)
     lut = np.zeros(256, dtype=np.uint8)
     lut[anatomy.LIVER], lut[anatomy.TUMOUR] = 1, 2

@@ -1,0 +1,155 @@
+"""An encoding teacher shaped after its student: same reductions, and by default same widths.
+
+The teacher is featsup's encoding UNet++ (``skip_connections=False``), whose level X(i,0)
+has reduction ``2**i``: a depth-``d`` teacher offers reductions 2..2**d. The student's
+levels are measured once (:func:`~featsup._levels.encoder_levels`); the teacher gets the
+depth of the student's deepest reduction, so that ``FeatureSupervisor(student, teacher)``
+pairs every student level, and by default the student's channels at each reduction, so
+that no adapter is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from featsup._levels import EncoderLevel, encoder_levels
+from featsup._teacher import train_encoding_teacher
+from featsup.models.unetpp import UNetPlusPlus
+
+__all__ = ["matching_teacher", "matching_widths"]
+
+_log = logging.getLogger(__name__)
+
+
+def _depth_of(level: EncoderLevel) -> int | None:
+    """``log2`` of an isotropic power-of-two reduction, else None."""
+    r = level.reduction[0]
+    if len(set(level.reduction)) != 1 or r < 2 or r & (r - 1):
+        return None
+    return int(math.log2(r))
+
+
+def matching_widths(levels: Sequence[EncoderLevel]) -> tuple[int, ...]:
+    """Teacher widths (depth 0..d) with the channels of the student's level at each reduction.
+
+    ``d`` is the depth of the deepest power-of-two reduction; where the student has no
+    level (full resolution, or ``mit`` encoders' missing 1/2), the nearest deeper level's
+    channels are used. Where a student has several levels of one reduction, the deepest
+    counts, as in the pairing.
+
+    Raises:
+        ValueError: if no level has an isotropic power-of-two reduction >= 2.
+
+    Example:
+        >>> lv = [EncoderLevel("a", "a", channels=8, reduction=(4, 4)),
+        ...       EncoderLevel("b", "b", channels=16, reduction=(8, 8))]
+        >>> matching_widths(lv)
+        (8, 8, 8, 16)
+    """
+    by_depth = {d: lv.channels for lv in levels if (d := _depth_of(lv)) is not None}
+    if not by_depth:
+        found = [lv.reduction for lv in levels]
+        raise ValueError(
+            f"student: expected levels whose reduction is a power of two >= 2 in every "
+            f"dimension, got {found}; fix: build a teacher yourself and pair levels by hand"
+        )
+    return tuple(by_depth[min(d for d in by_depth if d >= i)] for i in range(max(by_depth) + 1))
+
+
+def matching_teacher(
+    student: nn.Module,
+    labels: Any,
+    *,
+    num_classes: int,
+    widths: Sequence[int] | None = None,
+    steps: int = 2000,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    dice_threshold: float = 0.98,
+    device: torch.device | str = "cpu",
+    path: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    student_layers: Sequence[str] | None = None,
+    probe_size: int | Sequence[int] = 64,
+    probe_channels: int | None = None,
+) -> UNetPlusPlus:
+    """Build and train an encoding UNet++ whose levels have the student's reductions.
+
+    The student's levels are measured by one probe pass; the teacher's depth is that of
+    the student's deepest reduction (2..32 for an smp ResNet: depth 5, six widths), its
+    widths those of the student (:func:`matching_widths`) unless given. It is trained on
+    the label maps with the encoding-teacher recipe
+    (:func:`~featsup.supervision.train_encoding_teacher`) and returned in eval mode,
+    ready for ``FeatureSupervisor(student, teacher)``, which then pairs every student
+    level of a power-of-two reduction.
+
+    Args:
+        student: the network to supervise (recognised, or with ``student_layers``).
+        labels: (N, H, W) integer label maps, or a dataset of them or of
+            ``(image, target, ...)`` items, as for ``train_encoding_teacher``.
+        num_classes: classes of the label maps.
+        widths: teacher channels for depth 0..d (``d + 1`` values); default the
+            student's channels, so that no adapter is needed. Smaller widths train a
+            cheaper teacher; 1x1 adapters then make up the channels.
+        steps: maximum optimisation steps.
+        batch_size: label maps per step.
+        lr: Adam learning rate.
+        dice_threshold: stop once the reconstruction Dice reaches this, in (0, 1].
+        device: where to train.
+        path: if given, where to save the teacher (reload with ``load_encoding_teacher``).
+        seed: seeds the teacher's initial weights and batch order.
+        progress: show a tqdm bar.
+        student_layers: module names to use as the student's levels.
+        probe_size: spatial size of the probe (2D; a 3D teacher does not exist yet).
+        probe_channels: the student's input channels, if they cannot be inferred.
+
+    Returns:
+        The trained :class:`~featsup.models.UNetPlusPlus`, in eval mode.
+
+    Raises:
+        ValueError: for a 3D student, a student without power-of-two reductions, or
+            ``widths`` of the wrong length.
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> student = UNetPlusPlus(1, 2, widths=(4, 8, 16))
+        >>> labels = torch.zeros(4, 16, 16, dtype=torch.long)
+        >>> labels[:, 4:12, 4:12] = 1
+        >>> teacher = matching_teacher(student, labels, num_classes=2, steps=100, lr=1e-2,
+        ...                            dice_threshold=0.9, progress=False, probe_size=16)
+        >>> teacher.widths, teacher.skip_connections
+        ((8, 8, 16), False)
+    """
+    levels = encoder_levels(
+        student, layers=student_layers, probe_size=probe_size, in_channels=probe_channels
+    )
+    if len(levels[0].reduction) != 2:
+        raise ValueError(
+            f"student: expected a 2D network, got {len(levels[0].reduction)} spatial dims; "
+            "fix: a 3D encoding UNet++ does not exist yet, use a 3D teacher with teacher_layers"
+        )
+    matched = matching_widths(levels)
+    if widths is None:
+        widths = matched
+    elif len(widths) != len(matched):
+        reductions = [2**i for i in range(len(matched))]
+        raise ValueError(
+            f"widths: expected {len(matched)} widths (depth 0..{len(matched) - 1}, reductions "
+            f"{reductions}) for the student's levels, got {len(widths)}; fix: widths=None "
+            f"for the student's {matched}"
+        )
+    _log.info("matching teacher: widths %s for student levels %s", tuple(widths),
+              [(lv.name, lv.channels, lv.reduction[0]) for lv in levels])  # fmt: skip
+    return train_encoding_teacher(
+        labels, num_classes=num_classes, widths=tuple(widths), steps=steps,
+        batch_size=batch_size, lr=lr, dice_threshold=dice_threshold, device=device,
+        path=path, seed=seed, progress=progress,
+    )  # fmt: skip
