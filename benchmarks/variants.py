@@ -123,10 +123,14 @@ def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, a
     }
 
 
-def summarize(results: dict, configs: list[str], seeds: list[int]) -> dict:
-    """Mean and sd per head, and paired differences against UN-DS, per stage."""
+def summarize(results: dict, configs: list[str], partial: dict[str, list[int]]) -> dict:
+    """Mean and sd per head, and paired differences against UN-DS, per stage.
+
+    A stage in ``partial`` is summarised over the seeds listed there (those finished).
+    """
     summary: dict[str, Any] = {}
     for stage, runs in results.items():
+        seeds = partial.get(stage) or sorted(runs[BASELINE])
         summary[stage] = {}
         for config in configs:
             by_seed = runs[config]
@@ -153,8 +157,8 @@ def summarize(results: dict, configs: list[str], seeds: list[int]) -> dict:
 
 
 def print_tables(summary: dict, teachers: dict, args: argparse.Namespace) -> None:
-    n = len(args.seeds)
     for stage, configs in summary.items():
+        n = len(configs[BASELINE]["steps_to_reach"])
         t = teachers[stage]
         print(f"\n## {stage}: test Dice per head, mean +- sd over {n} seeds "
               f"(teacher: {t['converged']['dice']:.3f} in {t['converged']['seconds']:.0f} s; "
@@ -256,16 +260,17 @@ def main(argv: list[str] | None = None) -> dict:
                       + ", ".join(f"{k[5:]} {v:.3f}" for k, v in run["test"].items())
                       + f" (val x0_4 {run['val']['dice_x0_4']:.3f}; {run['seconds']:.0f} s)",
                       flush=True)  # fmt: skip
-    summary = summarize(results, args.configs, args.seeds)
-    print_tables(summary, teachers, args)
+            # after every seed: tables so far, so that a stopped run still has its pairs
+            summary = summarize(results, args.configs, {stage: sorted(results[stage]["UN-DS"])})
+            print_tables(summary, teachers, args)
+            if args.json:
+                record = {
+                    "settings": vars(args), "split": split, "runs": results, "summary": summary,
+                    "teachers": {s: {n: {k: v for k, v in t.items() if k != "model"}
+                                     for n, t in ts.items()} for s, ts in teachers.items()},
+                }  # fmt: skip
+                args.json.write_text(json.dumps(record, indent=2, default=str))
     draw(results, args)
-    if args.json:
-        record = {
-            "settings": vars(args), "split": split, "runs": results, "summary": summary,
-            "teachers": {s: {n: {k: v for k, v in t.items() if k != "model"} for n, t in ts.items()}
-                         for s, ts in teachers.items()},
-        }  # fmt: skip
-        args.json.write_text(json.dumps(record, indent=2, default=str))
     return summary
 
 

@@ -51,7 +51,7 @@ PRESETS = {
         "widths": [8, 16, 32, 64, 128],
         "steps": 1000,
         "tumour_steps": 1250,
-        "teacher_steps": 150,
+        "teacher_steps": 600,
         "batch_size": 8,
         "lr": 3e-3,
         "phantom_shape": [48, 256, 256],

@@ -244,10 +244,14 @@ def test_bad_options_raise(kwargs: dict[str, object], match: str) -> None:
         FeatureSupervisor(unetpp(), encoding_teacher(), **kwargs)  # type: ignore[arg-type]
 
 
-def test_level_count_mismatch_asks_for_pairs() -> None:
+def test_a_shallower_teacher_pairs_the_levels_of_equal_reduction() -> None:
     teacher = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
-    with pytest.raises(ValueError, match=r"levels=\[\(student, teacher\)"):
-        FeatureSupervisor(unetpp(), teacher)
+    student = unetpp()
+    sup = FeatureSupervisor(student, teacher)  # no pairs by hand: reductions 1/2, 1/4 match
+    assert sup.teacher_level_names == ["x1_0", "x2_0"]
+    assert sup.level_names == ["x1_0", "x2_0"]
+    bottleneck = FeatureSupervisor(student, teacher, levels="bottleneck")
+    assert bottleneck.teacher_level_names == ["x2_0"]  # the deepest level of equal reduction
 
 
 def test_labels_out_of_range_and_unknown_models() -> None:

@@ -2,11 +2,10 @@
 
 :func:`pair_levels` pairs two networks' measured levels (:mod:`featsup._levels`):
 
-- of one *family* (two featsup UNet++, two smp models with the same encoder class, two
-  MONAI models of one class), level by level, as a teacher that mirrors its student;
-- otherwise by reduction: levels of equal reduction are paired (the deepest level of
-  each reduction where a network has several, as a dilated encoder does), and levels
-  one side lacks are left out.
+levels of equal reduction are paired (the deepest level of each reduction where a network
+has several, as a dilated encoder does), and levels one side lacks are left out. A
+teacher that mirrors its student (two featsup UNet++ of one depth) pairs level by level
+this way too, since its levels have the student's reductions.
 """
 
 from __future__ import annotations
@@ -59,17 +58,6 @@ def pair_levels(spec: Any, student: Levels, teacher: Levels) -> list[tuple[int, 
     """Turn a ``levels`` option into (student index, teacher index) pairs."""
     if isinstance(spec, str):
         check_choice("levels", spec, ("all", "bottleneck"))
-        if student.family and student.family == teacher.family:  # one family: level by level
-            if spec == "bottleneck":
-                return [(len(student.levels) - 1, len(teacher.levels) - 1)]
-            if student.names != teacher.names:
-                raise ValueError(
-                    f"levels: expected as many student levels {list(student.names)} as teacher "
-                    f"levels {list(teacher.names)} for 'all' (two {student.family} networks "
-                    "pair level by level); fix: levels=[(student, teacher), ...] or a teacher "
-                    "of the student's depth (matching_teacher)"
-                )
-            return [(i, i) for i in range(len(student.levels))]
         pairs = _pair_by_reduction(student, teacher)
         return pairs[-1:] if spec == "bottleneck" else pairs
     if not isinstance(spec, Sequence) or not spec:
