@@ -2,18 +2,22 @@
 
 With no arguments it writes a synthetic CT phantom data set in LiTS layout, trains the
 encoding UNet++ teachers (liver and tumour, label -> label), the ES-DS liver model and
-the ES-DS tumour model (initialised from the liver model: transfer learning), runs the
-cascade (liver -> largest component -> liver ROI -> tumour -> dense CRF) on the test
-cases and writes, under --out:
+the ES-DS tumour model (initialised from the liver model: transfer learning), chooses
+the heads and the CRF stages on the validation cases, then runs the cascade (liver ->
+largest component -> liver ROI -> tumour -> dense CRF) once on the test cases and
+writes, under --out:
 
     predictions/segmentation-N.nii.gz   labels {0, 1, 2} with the source affine
     figures/case-N.png                  original, liver, resized ROI, tumour (Fig. 15-18)
     figures/curves_*.png                training losses and Dice per head (Fig. 11-14)
-    metrics.json                        per case, aggregated, per head, with the settings
+    metrics.json                        per case, aggregated, per head, the settings, the
+                                        split and what was chosen on validation
 
 and prints Table 2 (Dice per head X0,1..X0,4, liver and tumour), Dice per case and global,
-VOE, RVD, ASSD, MSD and timings. ``--data DIR`` runs on a real LiTS folder instead
-(cases split into train / test by --seed; test cases are never trained on).
+VOE, RVD, ASSD, MSD and timings. ``--data DIR`` runs on a real LiTS folder instead.
+Cases are split by --seed into training, validation (--val-cases, 3) and test
+(--test-fraction, 25 %): checkpoints, heads and CRF stages are chosen on validation, and
+test cases are neither trained nor tuned on.
 
     python examples/lits_cascade.py                       # phantom, CPU defaults
     python examples/lits_cascade.py --data /data/LiTS --device cuda --size 512

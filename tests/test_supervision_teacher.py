@@ -147,3 +147,59 @@ def test_train_encoding_teacher_rejects_one_hot_and_bad_files(tmp_path: Path) ->
     torch.save({"weights": 1}, bad)
     with pytest.raises(ValueError, match="'config' and 'state_dict'"):
         load_encoding_teacher(bad)
+
+
+# ---------------------------------------------------------------------- recipe parts
+def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
+    from featsup._teacher import _crop_size, _sample_batch
+
+    labels = discs(8, size=64)
+    size = _crop_size(32, labels.shape, multiple=16)
+    assert size == (32, 32)
+    assert _crop_size(100, labels.shape, multiple=16) is None  # larger than the maps: whole
+    assert _crop_size(40, labels.shape, multiple=16) == (32, 32)  # rounded down
+    gen = torch.Generator().manual_seed(0)
+    always = _sample_batch(labels, 64, size, 1.0, gen)
+    assert always.shape == (64, 32, 32)
+    assert all(c.any() for c in always)  # every crop centred on a foreground pixel
+    never = _sample_batch(labels, 64, size, 0.0, gen)
+    assert sum(bool(c.any()) for c in never) < 64  # uniform crops miss the small discs
+
+
+def test_batch_norm_is_calibrated_on_whole_maps() -> None:
+    from featsup._teacher import _calibrate_batch_norm, one_hot
+
+    model = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    maps = discs(40)  # three batches of up to 16
+    seen: list[torch.Tensor] = []
+    hook = norms[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.train()
+        model(torch.ones(4, 2, 16, 16))  # stale statistics from other inputs
+        seen.clear()
+        _calibrate_batch_norm(model, maps, 2)
+    hook.remove()
+    inputs = torch.cat(seen)  # (40, C, H, W): what the first BatchNorm saw, whole maps
+    assert len(seen) == 3 and len(inputs) == 40
+    # the running statistics average the three batches' statistics equally (momentum None)
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen])
+    torch.testing.assert_close(norms[0].running_mean, means.mean(0))
+    assert all(m.momentum == 0.1 for m in norms)  # restored for training
+    x = one_hot(maps[:4], 2, dtype=torch.float32)
+    assert torch.isfinite(model.eval()(x)[-1]).all()
+
+
+def test_held_out_maps_are_not_trained_on_and_reported(tmp_path: Path) -> None:
+    labels = discs(20)
+    with pytest.warns(UserWarning, match="on 2 held-out maps"):
+        teacher = train_encoding_teacher(labels, num_classes=2, widths=(4, 8), steps=2,
+                                         dice_threshold=1.0, progress=False)  # fmt: skip
+    assert teacher.training_report["held_out_maps"] == 2
+    with pytest.warns(UserWarning, match="on 3 held-out maps"):
+        train_encoding_teacher(labels, val_labels=discs(3), num_classes=2, widths=(4, 8),
+                               steps=2, dice_threshold=1.0, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="at least 2 label maps"):
+        train_encoding_teacher(labels[:1], num_classes=2, steps=1, progress=False)
+    with pytest.raises(ValueError, match="amp"):
+        train_encoding_teacher(labels, num_classes=2, steps=1, amp="fp16", progress=False)  # type: ignore[arg-type]

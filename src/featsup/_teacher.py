@@ -94,9 +94,10 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 def _split_held_out(
     data: torch.Tensor, val_labels: Any, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training maps, held-out maps): ``val_labels`` or 10 % of ``data`` (1 to 64 maps)."""
+    """(training maps, held-out maps): up to 64 of ``val_labels``, or 10 % of ``data``."""
     if val_labels is not None:
-        return data, label_maps(val_labels)
+        held = label_maps(val_labels)
+        return data, held[torch.randperm(len(held), generator=gen)[:64]]
     if len(data) < 2:
         raise ValueError(
             f"labels: expected at least 2 label maps (one is held out), got {len(data)}; "
@@ -193,8 +194,8 @@ def train_encoding_teacher(
       and a cosine decay to 5 % of it at ``steps``.
 
     Every ``eval_every`` steps the Dice of the deepest head X0,4 (eval mode, whole maps,
-    mean over foreground classes) is measured on held-out maps (``val_labels``, or 10 %
-    of ``labels`` set aside); training stops once it reaches ``dice_threshold`` or after
+    mean over foreground classes) is measured on up to 64 held-out maps (from
+    ``val_labels``, or 10 % of ``labels`` set aside); training stops once it reaches ``dice_threshold`` or after
     ``steps``. A ``UserWarning`` says so when the threshold was not reached; the outcome
     is logged and saved in the checkpoint's ``"report"``.
 

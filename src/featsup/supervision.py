@@ -44,6 +44,7 @@ from featsup._teacher import (
     TeacherFeatureCache,
     load_encoding_teacher,
     one_hot,
+    reconstruction_dice,
     train_encoding_teacher,
 )
 from featsup._teacher_match import matching_teacher
@@ -58,6 +59,7 @@ __all__ = [
     "load_encoding_teacher",
     "matching_teacher",
     "one_hot",
+    "reconstruction_dice",
     "train_encoding_teacher",
 ]
 
