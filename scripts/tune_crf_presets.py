@@ -217,10 +217,13 @@ def held_out(
             f"{sum(g < b for g, b in zip(gain, base, strict=True))}"
         )
         if len(names) == 2:
-            differ = [
-                float((maps["chosen, torch"][i] != maps["chosen, pydensecrf"][i]).mean())
-                for i in idx
-            ]
+            # % of the slice (liver stage) or of the liver (tumour stage), as make_crf_figure.py
+            differ = []
+            for i in idx:
+                d = maps["chosen, torch"][i] != maps["chosen, pydensecrf"][i]
+                differ.append(
+                    float(d.mean() if fields[i].mask is None else d[fields[i].mask].mean())
+                )
             row["backends differ, % px"] = 100.0 * statistics.mean(differ)
         rows.append(row)
     return rows
