@@ -14,10 +14,11 @@ The search is a coordinate search in two steps per stage: (1) the appearance ker
 theta_alpha x theta_beta x w1, with the smoothness kernel and iterations of the previous
 preset; (2) at the best appearance kernel, theta_gamma x w2 x iterations. No CRF is
 scored alongside. It runs on pydensecrf (``--backend``): with one thread per process on
-the 2-core machine a 256 x 256 slice took 85-88 ms there whatever the widths, against
-53-66 ms (theta_alpha >= 5) to 311 ms (theta_alpha 3, theta_beta 3) on torch, whose grid
-grows as the widths shrink; a masked tumour box took 9-12 against 30-41 ms. The chosen
-presets are then run with both backends on the held-out seeds.
+the 2-core machine a 256 x 256 slice took 85-88 ms there (two settings timed), against
+53-85 ms (theta_alpha >= 5, theta_beta 10) to 311-666 ms (theta_alpha 2-3, theta_beta 3)
+on torch, whose grid gets finer as the widths shrink; a masked tumour slice took 9-12
+against 30-41 ms. The chosen presets are then run with both backends on the held-out
+seeds.
 
 Usage:
     python scripts/tune_crf_presets.py [--workers 2] [--json crf_tuning.json]
@@ -165,7 +166,7 @@ def evaluate(
     with mp.get_context("fork").Pool(workers, initializer=one_thread) as pool:
         for config, scores in tqdm(pool.imap(_score, unique), total=len(unique), desc=desc):
             rows.append({**config, "dice": statistics.mean(scores), "per_field": scores})
-    return sorted(rows, key=lambda r: -r["dice"])
+    return sorted(rows, key=lambda r: -r["dice"])  # stable: ties keep the grid order
 
 
 def search(
