@@ -108,12 +108,12 @@ def test_module_matches_function(blob2d):
 
 
 def test_presets_are_accepted(blob2d):
+    # the retuned "liver" preset (scripts/tune_crf_presets.py) is no longer dense_crf's
+    # defaults, so only acceptance is checked here
     for preset in CRF_PRESETS.values():
         out = dense_crf(blob2d.probs, blob2d.image, backend="torch", **preset)
         assert out.shape == blob2d.probs.shape
-    defaults = dense_crf(blob2d.probs, blob2d.image, backend="torch")
-    liver = dense_crf(blob2d.probs, blob2d.image, backend="torch", **CRF_PRESETS["liver"])
-    np.testing.assert_array_equal(defaults, liver)
+        assert set(preset) == {"theta_alpha", "theta_beta", "theta_gamma", "w1", "w2", "iterations"}
 
 
 @settings(max_examples=15, deadline=None)
