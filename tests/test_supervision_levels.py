@@ -273,8 +273,11 @@ def test_matching_teacher_rejects_wrong_widths_and_3d() -> None:
         matching_teacher(student_3d, labels, num_classes=2, probe_size=32)
 
 
-def test_same_family_depth_mismatch_suggests_the_matching_teacher() -> None:
-    student = UNetPlusPlus(1, 2, widths=(4, 8, 16, 32, 64, 64))
-    with pytest.raises(ValueError, match="matching_teacher"):
-        FeatureSupervisor(student, featsup_teacher())
+def test_same_family_depth_mismatch_pairs_by_reduction() -> None:
+    student = UNetPlusPlus(1, 2, widths=(4, 8, 16, 32, 64, 64))  # x1_0..x5_0: 1/2..1/32
+    sup = FeatureSupervisor(student, featsup_teacher())  # the teacher stops at 1/16
+    assert sup.level_names == ["x1_0", "x2_0", "x3_0", "x4_0"]
+    assert sup.teacher_level_names == ["x1_0", "x2_0", "x3_0", "x4_0"]
+    assert "left out student ['x5_0']" in repr(sup)
+    sup.close()
     assert sum(len(m._forward_hooks) for m in student.modules()) == 0

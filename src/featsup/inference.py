@@ -194,8 +194,8 @@ class Cascade:
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
         preprocess: keyword arguments of :func:`featsup.data.preprocess_volume`.
         liver_crf: None for no CRF on the liver stage, else keyword arguments of
-            :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults, which are
-            ``CRF_PRESETS["liver"]``), applied slice by slice.
+            :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults; the phantom-
+            tuned ``CRF_PRESETS["liver"]`` differs from them), applied slice by slice.
         tumour_crf: the same for the tumour stage (liver vs tumour, inside the liver
             mask), for example ``CRF_PRESETS["tumour"]``.
         batch_size: slices per forward pass.
