@@ -195,9 +195,11 @@ def train_encoding_teacher(
 
     Every ``eval_every`` steps the Dice of the deepest head X0,4 (eval mode, whole maps,
     mean over foreground classes) is measured on up to 64 held-out maps (from
-    ``val_labels``, or 10 % of ``labels`` set aside); training stops once it reaches ``dice_threshold`` or after
-    ``steps``. A ``UserWarning`` says so when the threshold was not reached; the outcome
-    is logged and saved in the checkpoint's ``"report"``.
+    ``val_labels``, or 10 % of ``labels`` set aside), after the BatchNorm statistics are
+    re-estimated on 64 whole training maps (where the teacher will serve); training
+    stops once it reaches ``dice_threshold`` or after ``steps``. A ``UserWarning`` says so
+    when the threshold was not reached; the outcome is logged and saved in the
+    checkpoint's ``"report"``.
 
     Args:
         labels: (N, H, W) integer tensor or array, or a dataset whose items are label maps
@@ -264,7 +266,7 @@ def train_encoding_teacher(
             target = _sample_batch(train, batch_size, size, foreground_fraction, gen).to(device)
             with autocast or nullcontext():
                 heads = model(one_hot(target, num_classes, dtype=torch.float32))
-            loss = sum(_reconstruction_loss(h, target) for h in heads) / len(heads)
+            loss = torch.stack([_reconstruction_loss(h, target) for h in heads]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -281,7 +283,7 @@ def train_encoding_teacher(
     _report(report)
     if path is not None:
         _save(model, report, Path(path))
-    model.training_report = report
+    model.training_report = report  # type: ignore[assignment]
     return model.eval()
 
 
