@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from featsup.models import UNetPlusPlus
+from featsup.supervision.variants import build_variant, segmentation_step
 from featsup.training import cpu_has_bf16_units
-from featsup.variants import build_variant, segmentation_step
 
 
 def make_step(variant: str, widths: list[int], size: int, batch: int):

@@ -33,8 +33,8 @@ import torch
 
 from featsup import data as fd
 from featsup.supervision import train_encoding_teacher
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head
-from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.viz import load_history, plot_curves
 
 REMEDIES = {"early": {}, "w=0.3": {"feature_weight": 0.3}, "norm": {"feature_norm": "channel"}}

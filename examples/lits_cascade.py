@@ -43,8 +43,8 @@ from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import load_encoding_teacher, train_encoding_teacher
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_model
-from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.viz import load_history, plot_cascade_panels, plot_curves
 
 # Defaults that fit a 2-core CPU in about 11 minutes, and the paper-scale recipe for CUDA.

@@ -151,7 +151,7 @@ def test_train_encoding_teacher_rejects_one_hot_and_bad_files(tmp_path: Path) ->
 
 # ---------------------------------------------------------------------- recipe parts
 def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
-    from featsup._teacher import _crop_size, _sample_batch
+    from featsup.supervision.teacher import _crop_size, _sample_batch
 
     labels = discs(8, size=64)
     size = _crop_size(32, labels.shape, multiple=16)
@@ -167,7 +167,7 @@ def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
 
 
 def test_batch_norm_is_calibrated_on_whole_maps() -> None:
-    from featsup._teacher import _calibrate_batch_norm, one_hot
+    from featsup.supervision.teacher import _calibrate_batch_norm, one_hot
 
     model = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-import featsup._checkpoint as ckpt_module
-from featsup._distributed import DistEnv, EpochBatchSampler
+import featsup.training.checkpoint as ckpt_module
 from featsup.models import UNetPlusPlus
 from featsup.training import (
     Trainer,
@@ -26,6 +25,7 @@ from featsup.training import (
     load_model,
     save_checkpoint,
 )
+from featsup.training.distributed import DistEnv, EpochBatchSampler
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -220,7 +220,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(
 KILLED_WRITER = textwrap.dedent(
     """
     import io, sys, time, torch
-    import featsup._checkpoint as c
+    import featsup.training.checkpoint as c
     path = sys.argv[1]
     c.save_checkpoint(path, {"format": c.CHECKPOINT_FORMAT, "step": 1, "w": torch.ones(1000)})
     real_save = torch.save

@@ -5,7 +5,7 @@ import torch
 
 from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor
-from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 
 WIDTHS = (4, 8, 16)
 

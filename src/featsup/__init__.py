@@ -3,9 +3,9 @@
 The public API is re-exported here; sub-packages hold the details:
 :mod:`featsup.models`, :mod:`featsup.supervision`, :mod:`featsup.losses`,
 :mod:`featsup.metrics`, :mod:`featsup.data`, :mod:`featsup.postprocess`,
-:mod:`featsup.training`, :mod:`featsup.inference`, :mod:`featsup.variants` and
-:mod:`featsup.viz`. Optional dependencies (nibabel, OpenCV, pydensecrf, matplotlib,
-segmentation-models-pytorch) are imported only by the functions that need them.
+:mod:`featsup.training`, :mod:`featsup.inference` and :mod:`featsup.viz`. Optional
+dependencies (nibabel, OpenCV, pydensecrf, matplotlib, segmentation-models-pytorch) are
+imported only by the functions that need them.
 """
 
 from __future__ import annotations
@@ -31,17 +31,20 @@ from featsup.metrics import MetricAccumulator, case_metrics, dice_score
 from featsup.models import FeatureInfo, UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
 from featsup.supervision import (
+    VARIANTS,
     EncoderLevel,
     FeatureSupervisor,
     SupervisedOutput,
     TeacherFeatureCache,
+    build_variant,
     encoder_levels,
     load_encoding_teacher,
     matching_teacher,
+    parse_variant,
+    segmentation_step,
     train_encoding_teacher,
 )
 from featsup.training import Trainer, dice_per_head, load_model
-from featsup.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 
 __version__ = "0.1.0"
 

@@ -30,38 +30,31 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
-from featsup._levels import EncoderLevel, encoder_levels, find_levels, probe_input, probe_levels
-from featsup._levels_arch import unwrap
-from featsup._levels_pairing import (
+from featsup.losses.feature import feature_loss
+from featsup.supervision._arch import unwrap
+from featsup.supervision._pairing import (
     build_adapters,
     pair_levels,
     pairing_text,
     synchronised_adapters,
 )
-from featsup._levels_teacher import TeacherInput, TeacherLevels
-from featsup._taps import HookTap, check_distinct, input_channels, level_weights_for, resize_to
-from featsup._teacher import (
-    TeacherFeatureCache,
-    load_encoding_teacher,
-    one_hot,
-    reconstruction_dice,
-    train_encoding_teacher,
+from featsup.supervision._teacher_input import TeacherInput, TeacherLevels
+from featsup.supervision.cache import TeacherFeatureCache
+from featsup.supervision.levels import (
+    EncoderLevel,
+    find_levels,
+    probe_input,
+    probe_levels,
 )
-from featsup._teacher_match import matching_teacher
-from featsup.losses.feature import feature_loss
+from featsup.supervision.taps import (
+    HookTap,
+    check_distinct,
+    input_channels,
+    level_weights_for,
+    resize_to,
+)
 
-__all__ = [
-    "EncoderLevel",
-    "FeatureSupervisor",
-    "SupervisedOutput",
-    "TeacherFeatureCache",
-    "encoder_levels",
-    "load_encoding_teacher",
-    "matching_teacher",
-    "one_hot",
-    "reconstruction_dice",
-    "train_encoding_teacher",
-]
+__all__ = ["FeatureSupervisor", "SupervisedOutput"]
 
 _log = logging.getLogger(__name__)
 _WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featsup._checkpoint import unwrap_model
+from featsup.training.checkpoint import unwrap_model
 
 __all__ = ["dice_per_head"]
 

@@ -1,6 +1,6 @@
 """Feature taps: read a network's encoder features without a second forward pass.
 
-Which modules hold a model's levels is decided in :mod:`featsup._levels`. A student is
+Which modules hold a model's levels is decided in :mod:`featsup.supervision.levels`. A student is
 always tapped with forward hooks (:class:`HookTap`) so that its ordinary forward runs
 once and the captured features keep their graph. A teacher runs its encoder alone where
 the model has one; otherwise its forward is stopped as soon as the last tapped module has

@@ -1,6 +1,6 @@
 """Pairing two networks' encoder levels, and the adapters between the pairs.
 
-:func:`pair_levels` pairs two networks' measured levels (:mod:`featsup._levels`):
+:func:`pair_levels` pairs two networks' measured levels (:mod:`featsup.supervision.levels`):
 
 levels of equal reduction are paired (the deepest level of each reduction where a network
 has several, as a dilated encoder does), and levels one side lacks are left out. A
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
-from featsup._levels import Levels
+from featsup.supervision.levels import Levels
 
 __all__ = [
     "build_adapters",

@@ -204,6 +204,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's legacy and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator, on purpose)
     torch.manual_seed(seed)
@@ -215,6 +216,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def resolve_device(device: str | torch.device, env: DistEnv) -> torch.device:
+    """The training device; under torchrun, plain ``"cuda"`` means this rank's GPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -2,7 +2,7 @@
 
 The :class:`Trainer` knows nothing about losses or models: a ``step_fn(model, batch)``
 returns the loss and the values to log, a ``val_fn(model, loader)`` returns metrics.
-:func:`dice_per_head` (from :mod:`featsup._validation`) is a ready ``val_fn`` body for
+:func:`dice_per_head` (from :mod:`featsup.training.validation`) is a ready ``val_fn`` body for
 deep-supervised segmentation models.
 Checkpoints, resume guarantees and ``torchrun`` use are described in ``docs/training.md``.
 """
@@ -20,42 +20,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from featsup._checkpoint import (
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    set_rng_state,
-    unwrap_model,
-)
-from featsup._distributed import (
-    DistEnv,
-    EpochBatchSampler,
-    cpu_has_bf16_units,
-    epoch_seed,
-    resolve_amp,
-    resolve_device,
-    seed_everything,
-)
-from featsup._trainer_checks import (
+from featsup.training._setup import (
     check_count,
     check_options,
     check_step_output,
     lr_lambda,
     move_to_device,
 )
-from featsup._trainer_logging import TrainerLogging
-from featsup._validation import dice_per_head
+from featsup.training.checkpoint import (
+    set_rng_state,
+)
+from featsup.training.distributed import (
+    DistEnv,
+    EpochBatchSampler,
+    epoch_seed,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+)
+from featsup.training.progress import TrainerLogging
 
-__all__ = [
-    "Trainer",
-    "cpu_has_bf16_units",
-    "dice_per_head",
-    "load_checkpoint",
-    "load_model",
-    "move_to_device",
-    "save_checkpoint",
-    "unwrap_model",
-]
+__all__ = ["Trainer"]
 
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
 ValFn = Callable[[nn.Module, Iterable[Any]], Mapping[str, float]]

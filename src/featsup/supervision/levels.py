@@ -1,10 +1,10 @@
 """Encoder levels of a network: found by architecture, measured by one probe, paired by stride.
 
 A network's levels are found once (:func:`find_levels`): by architecture for featsup's
-protocol, smp and MONAI models (:mod:`featsup._levels_arch`), by module names for any
+protocol, smp and MONAI models (:mod:`featsup.supervision._arch`), by module names for any
 other. One probe pass then measures each level (:func:`probe_levels`): its channels, its
 reduction (input size / map size per spatial dimension, the encoder's stride there) and
-its shape. :mod:`featsup._levels_pairing` pairs two networks' levels.
+its shape. :mod:`featsup.supervision._pairing` pairs two networks' levels.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from featsup._levels_arch import Kind, recognise, unwrap
-from featsup._taps import HookTap, frozen_modes, input_channels, resolve_module
+from featsup.supervision._arch import Kind, recognise, unwrap
+from featsup.supervision.taps import HookTap, frozen_modes, input_channels, resolve_module
 
 __all__ = [
     "EncoderLevel",

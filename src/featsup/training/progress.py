@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featsup._checkpoint import TrainerCheckpointing, unwrap_model
 from featsup._checks import check_choice
+from featsup.training.checkpoint import TrainerCheckpointing, unwrap_model
 
 
 class TrainerLogging(TrainerCheckpointing):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
-from featsup._distributed import DistEnv
+from featsup.training.distributed import DistEnv
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -2,7 +2,7 @@
 
 The teacher is featsup's encoding UNet++ (``skip_connections=False``), whose level X(i,0)
 has reduction ``2**i``: a depth-``d`` teacher offers reductions 2..2**d. The student's
-levels are measured once (:func:`~featsup._levels.encoder_levels`); the teacher gets the
+levels are measured once (:func:`~featsup.supervision.levels.encoder_levels`); the teacher gets the
 depth of the student's deepest reduction, so that ``FeatureSupervisor(student, teacher)``
 pairs every student level, and by default the student's channels at each reduction, so
 that no adapter is needed.
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featsup._levels import EncoderLevel, encoder_levels
-from featsup._teacher import train_encoding_teacher
 from featsup.models.unetpp import UNetPlusPlus
+from featsup.supervision.levels import EncoderLevel, encoder_levels
+from featsup.supervision.teacher import train_encoding_teacher
 
 __all__ = ["matching_teacher", "matching_widths"]
 

@@ -3,7 +3,7 @@
 :func:`train_encoding_teacher` trains the paper's encoding UNet++ (no skip connections,
 deep supervision; section 3.2.1) label -> label until its reconstruction Dice on held-out
 label maps passes a threshold, and saves it; :func:`load_encoding_teacher` rebuilds it.
-The teacher's features for a whole dataset are cached by :mod:`featsup._feature_cache`.
+The teacher's features for a whole dataset are cached by :mod:`featsup.supervision.cache`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from featsup._checks import check_choice, check_in_range, check_positive
-from featsup._feature_cache import TeacherFeatureCache, build_feature_cache, label_maps
 from featsup.models.unetpp import UNetPlusPlus
+from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache, label_maps
 
 __all__ = [
     "TeacherFeatureCache",

@@ -26,7 +26,7 @@ from torch import nn
 from featsup._checks import check_choice
 from featsup.losses import DeepSupervisionLoss, SegLoss, TotalLoss
 from featsup.models.unetpp import UNetPlusPlus
-from featsup.supervision import FeatureSupervisor
+from featsup.supervision.supervisor import FeatureSupervisor
 
 __all__ = ["VARIANTS", "build_variant", "parse_variant", "segmentation_step"]
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featsup._levels import Levels, probe_levels
-from featsup._taps import HookTap
-from featsup._teacher import TeacherFeatureCache, build_feature_cache, one_hot
+from featsup.supervision.levels import Levels, probe_levels
+from featsup.supervision.taps import HookTap
+from featsup.supervision.teacher import TeacherFeatureCache, build_feature_cache, one_hot
 
 __all__ = ["TeacherLevels"]
 

@@ -2,7 +2,7 @@
 
 Each recogniser returns the *candidate* levels of one model, shallow to deep: a name and
 the module (plus, for a module returning a list, the index) whose output is the level.
-Channels and reductions are not declared here: :func:`featsup._levels.probe_levels`
+Channels and reductions are not declared here: :func:`featsup.supervision.levels.probe_levels`
 reads them from one probe pass, so that every encoder, dilated or not, 2D or 3D, is
 described by what it computes. Full-resolution candidates (MONAI's first block) are
 listed and dropped after the probe, when their reduction is known.
