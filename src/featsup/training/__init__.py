@@ -1,16 +1,20 @@
-"""Training: the :class:`Trainer` loop, checkpoints, distributed runs and validation.
+"""Training: the :class:`Trainer` loop and the parts it composes.
 
 :mod:`~featsup.training.trainer` (the loop), :mod:`~featsup.training.checkpoint` (atomic
-store, :func:`load_model`), :mod:`~featsup.training.distributed` (torchrun / DDP, devices,
-AMP), :mod:`~featsup.training.progress` (history, bar or log lines) and
+store, RNG states, :func:`load_model` for students and teachers),
+:mod:`~featsup.training.distributed` (torchrun / DDP, seeds, data order),
+:mod:`~featsup.training.device` (device, batch moving, AMP),
+:mod:`~featsup.training.loaders` (the data loaders), :mod:`~featsup.training.schedule`
+(warm-up + cosine), :mod:`~featsup.training.progress` (history, bar or log lines),
+:mod:`~featsup.training.stopping` (best model, early stop, ``stop_when``) and
 :mod:`~featsup.training.validation` (:func:`dice_per_head`).
 """
 
 from __future__ import annotations
 
-from featsup.training._setup import move_to_device
-from featsup.training.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap_model
-from featsup.training.distributed import cpu_has_bf16_units
+from featsup.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from featsup.training.device import cpu_has_bf16_units, move_to_device
+from featsup.training.distributed import unwrap_model
 from featsup.training.trainer import Trainer
 from featsup.training.validation import dice_per_head
 

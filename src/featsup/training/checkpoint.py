@@ -1,4 +1,4 @@
-"""Atomic checkpoint files, random-number-generator states and model rebuilding.
+"""Checkpoint files: atomic store, reading, random-number-generator states, model rebuilding.
 
 A checkpoint is a plain ``dict`` saved with :func:`torch.save`. It is written to a
 temporary file in the destination folder, flushed and ``fsync``-ed, then renamed over the
@@ -12,58 +12,36 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import random
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from featsup._checks import check_choice
-from featsup.training.distributed import DistEnv
+from featsup.training.distributed import DistEnv, unwrap_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "TrainerCheckpointing",
+    "CheckpointStore",
     "get_rng_state",
     "load_checkpoint",
     "load_model",
+    "model_entries",
     "model_spec",
+    "rng_preserved",
     "save_checkpoint",
     "set_rng_state",
-    "unwrap_model",
 ]
 
 CHECKPOINT_FORMAT = "featsup.trainer/1"
 """Value of the ``"format"`` key of every checkpoint the :class:`~featsup.Trainer` writes."""
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside DDP, DataParallel or :func:`torch.compile` wrappers.
-
-    Args:
-        model: a module, possibly wrapped.
-
-    Returns:
-        The innermost wrapped module (``model`` itself when it is not wrapped).
-
-    Example:
-        >>> net = nn.Linear(2, 2)
-        >>> unwrap_model(nn.DataParallel(net)) is net
-        True
-    """
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -79,22 +57,22 @@ def _fsync_folder(folder: Path) -> None:
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync folder).
 
-    If anything fails or the process is interrupted, ``path`` keeps its previous content
-    (or stays absent) and the temporary file is removed where Python still runs.
+        If anything fails or the process is interrupted, ``path`` keeps its previous content
+        (or stays absent) and the temporary file is removed where Python still runs.
 
     Args:
-        path: destination file; its folder is created if needed.
-        state: what to save, passed to :func:`torch.save`.
+            path: destination file; its folder is created if needed.
+            state: what to save, passed to :func:`torch.save`.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+            ``path`` as a :class:`~pathlib.Path`.
 
     Example:
-        >>> import tempfile
-        >>> folder = tempfile.mkdtemp()
-        >>> p = save_checkpoint(os.path.join(folder, "a.pt"), {"step": 3})
-        >>> torch.load(p)["step"]
-        3
+            >>> import tempfile
+            >>> folder = tempfile.mkdtemp()
+            >>> p = save_checkpoint(os.path.join(folder, "a.pt"), {"step": 3})
+            >>> torch.load(p)["step"]
+            3
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +155,38 @@ def student_prefix(model: nn.Module) -> str | None:
     return None
 
 
+def model_entries(model: nn.Module) -> dict[str, Any]:
+    """The checkpoint entries of a model: weights and what rebuilds it (and its student).
+
+    Args:
+        model: the trained module, possibly wrapped in DDP or :func:`torch.compile`.
+
+    Returns:
+        ``{"model": state dict, "model_class": str | None, "model_config": dict | None,
+        "student": {"prefix", "class", "config"} | None}``.
+
+    Example:
+        >>> sorted(model_entries(nn.Linear(1, 1)))
+        ['model', 'model_class', 'model_config', 'student']
+    """
+    model = unwrap_model(model)
+    spec, prefix = model_spec(model), student_prefix(model)
+    student = None
+    if prefix is not None:
+        student_spec = model_spec(model.student)  # type: ignore[arg-type]
+        student = {
+            "prefix": prefix,
+            "class": student_spec[0] if student_spec else None,
+            "config": student_spec[1] if student_spec else None,
+        }
+    return {
+        "model": model.state_dict(),
+        "model_class": spec[0] if spec else None,
+        "model_config": spec[1] if spec else None,
+        "student": student,
+    }
+
+
 def _import_class(qualified: str) -> type:
     module_name, _, qualname = qualified.partition(":")
     obj: Any = importlib.import_module(module_name)
@@ -198,32 +208,32 @@ def load_model(
     """Rebuild a trained model from a Trainer checkpoint, or load its weights into ``model``.
 
     Args:
-        path: a checkpoint written by the Trainer (``last.pt`` or ``best.pt``).
-        model: if given, load the weights into this module (for example to initialise a
-            tumour model from a liver model) instead of rebuilding one from the stored
-            config; it is returned unchanged in mode and device.
-        part: ``"model"`` for the trained module as a whole, or ``"student"`` for the
-            student of a trained :class:`~featsup.FeatureSupervisor` (its weights only,
-            without teacher and adapters).
-        map_location: device of the loaded tensors.
-        strict: passed to :meth:`torch.nn.Module.load_state_dict`.
+            path: a checkpoint written by the Trainer (``last.pt`` or ``best.pt``).
+            model: if given, load the weights into this module (for example to initialise a
+                tumour model from a liver model) instead of rebuilding one from the stored
+                config; it is returned unchanged in mode and device.
+            part: ``"model"`` for the trained module as a whole, or ``"student"`` for the
+                student of a trained :class:`~featsup.FeatureSupervisor` (its weights only,
+                without teacher and adapters).
+            map_location: device of the loaded tensors.
+            strict: passed to :meth:`torch.nn.Module.load_state_dict`.
 
     Returns:
-        The model, rebuilt in eval mode on ``map_location``, or ``model``.
+            The model, rebuilt in eval mode on ``map_location``, or ``model``.
 
     Raises:
-        ValueError: if ``part`` is unknown, the checkpoint holds no student, or it holds
-            no config to rebuild from and ``model`` is not given.
+            ValueError: if ``part`` is unknown, the checkpoint holds no student, or it holds
+                no config to rebuild from and ``model`` is not given.
 
     Example:
-        >>> import tempfile
-        >>> from featsup.models import UNetPlusPlus
-        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
-        >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
-        >>> _ = save_checkpoint(p, {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
-        ...     "model_class": model_spec(net)[0], "model_config": model_spec(net)[1]})
-        >>> type(load_model(p)).__name__
-        'UNetPlusPlus'
+            >>> import tempfile
+            >>> from featsup.models import UNetPlusPlus
+            >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+            >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
+            >>> _ = save_checkpoint(p, {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
+            ...     "model_class": model_spec(net)[0], "model_config": model_spec(net)[1]})
+            >>> type(load_model(p)).__name__
+            'UNetPlusPlus'
     """
     check_choice("part", part, ("model", "student"))
     state = load_checkpoint(path, map_location=map_location)
@@ -282,142 +292,72 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-_T = TypeVar("_T", bound="TrainerCheckpointing")
+@contextlib.contextmanager
+def rng_preserved(device: torch.device) -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global generators (and ``device``'s) on exit.
+
+    Example:
+        >>> before = torch.get_rng_state()
+        >>> with rng_preserved(torch.device("cpu")):
+        ...     _ = torch.manual_seed(5)
+        >>> torch.equal(torch.get_rng_state(), before)
+        True
+    """
+    state = get_rng_state(device)
+    try:
+        yield
+    finally:
+        set_rng_state(state, device)
 
 
-class TrainerCheckpointing:
-    """The checkpoint half of :class:`~featsup.Trainer`: what is saved and how it is restored.
+class CheckpointStore:
+    """The Trainer's checkpoint files: ``last.pt`` and ``best.pt`` in one folder.
 
-    The attributes annotated below are set by the Trainer.
+        Rank 0 writes (atomically, with :func:`save_checkpoint`); the state to write is
+        gathered on every rank first, so :meth:`save` is called on every rank.
+
+    Args:
+            directory: the folder, or None to write nothing but explicit paths.
+            env: the rank layout.
+
+    Example:
+            >>> import tempfile
+            >>> store = CheckpointStore(tempfile.mkdtemp(), env=DistEnv())
+            >>> store.save("last.pt", {"format": CHECKPOINT_FORMAT, "step": 1})
+            >>> load_checkpoint(store.directory / "last.pt")["step"]
+            1
     """
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler | None
-    env: DistEnv
-    device: torch.device
-    step: int
-    epoch: int
-    batch_in_epoch: int
-    history: list[dict[str, float]]
-    history_path: Path | None
-    keep_best_by: str | None
-    best_value: float | None
-    best_step: int | None
-    bad_validations: int
-    stopped_early: bool
-    seed: int
-    batch_size: int
-    shuffle: bool
-    drop_last: bool
-    total_steps: int
-    _num_samples: int
-    _window: dict[str, torch.Tensor]
-    _window_count: int
-    _pending_rng: dict[str, Any] | None
+    def __init__(self, directory: str | os.PathLike[str] | None, *, env: DistEnv) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.env = env
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume; a collective under torchrun (call on every rank)."""
-        model = unwrap_model(self.model)
-        spec, prefix = model_spec(model), student_prefix(model)
-        student = None
-        if prefix is not None:
-            student_spec = model_spec(model.student)  # type: ignore[arg-type]
-            student = {
-                "prefix": prefix,
-                "class": student_spec[0] if student_spec else None,
-                "config": student_spec[1] if student_spec else None,
-            }
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "model": model.state_dict(),
-            "model_class": spec[0] if spec else None,
-            "model_config": spec[1] if spec else None,
-            "student": student,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": self.env.gather(get_rng_state(self.device)),
-            "history": [dict(r) for r in self.history],
-            "best": {
-                "metric": self.keep_best_by,
-                "value": self.best_value,
-                "step": self.best_step,
-                "bad_validations": self.bad_validations,
-                "stopped_early": self.stopped_early,
-            },
-            "window": {
-                "count": self._window_count,
-                "sums": {k: v.cpu() for k, v in self._window.items()},
-            },
-            "settings": self._settings(),
-            "torch_version": str(torch.__version__),
-        }
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write ``state`` as ``directory / name`` on rank 0 (nothing without a folder)."""
+        if self.directory is not None:
+            self.write(self.directory / name, state)
 
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.env.world_size,
-            "num_samples": self._num_samples,
-            "shuffle": self.shuffle,
-            "drop_last": self.drop_last,
-            "total_steps": self.total_steps,
-        }
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint atomically (rank 0 writes; call on every rank)."""
-        state = self.state_dict()
+    def write(self, path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+        """Write ``state`` to ``path`` on rank 0."""
         if self.env.main:
             save_checkpoint(path, state)
 
-    def resume(self: _T, path: str | os.PathLike[str]) -> _T:
-        """Load a checkpoint written by :meth:`save`; the next :meth:`fit` continues it.
-
-        Model, optimizer, scheduler, scaler, step, data position, history, best value and
-        (at the start of :meth:`fit`) the random generators are restored. Settings that
-        change the data order or schedule (seed, batch size, process count, data set
-        size, total steps) are compared and a warning names any that differ.
-
-        Args:
-            path: a ``last.pt`` or ``best.pt`` file.
+    def load(self, path: str | os.PathLike[str], *, settings: dict[str, Any]) -> dict[str, Any]:
+        """Read a checkpoint to resume; warn if its ``"settings"`` differ from ``settings``.
 
         Returns:
-            ``self``.
+            The checkpoint, its ``"rng"`` entry replaced by this rank's generator states
+            (rank 0's if the process count changed).
         """
         state = load_checkpoint(path)
-        changed = {
-            k: (v, state["settings"].get(k))
-            for k, v in self._settings().items()
-            if state["settings"].get(k) != v
-        }
+        then = state["settings"]
+        changed = {k: (v, then.get(k)) for k, v in settings.items() if then.get(k) != v}
         if changed:
             warnings.warn(
                 f"resume: settings differ from the checkpoint's (now, then): {changed}; "
                 "training continues, but not exactly as the original run",
-                stacklevel=2,
+                stacklevel=3,
             )
-        unwrap_model(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
-        self._pending_rng = rngs[self.env.rank] if len(rngs) == self.env.world_size else rngs[0]
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        self.history = list(state["history"])
-        best = state["best"]
-        self.best_value, self.best_step = best["value"], best["step"]
-        self.bad_validations, self.stopped_early = best["bad_validations"], best["stopped_early"]
-        self._window_count = state["window"]["count"]
-        self._window = {k: v.to(self.device) for k, v in state["window"]["sums"].items()}
-        if self.env.main and self.history_path is not None:
-            lines = "".join(json.dumps(r) + "\n" for r in self.history)
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            self.history_path.write_text(lines)
-        return self
+        state["rng"] = rngs[self.env.rank] if len(rngs) == self.env.world_size else rngs[0]
+        return state

@@ -1,4 +1,4 @@
-"""Where a run executes: torchrun ranks, device, precision, seeds, collectives, data order.
+"""Where a run executes: torchrun ranks, collectives, DDP wrapping, seeds, data order.
 
 Under ``torchrun --nproc-per-node N`` every process sees ``WORLD_SIZE``, ``RANK`` and
 ``LOCAL_RANK``; without them the run is a single process and every helper here is a
@@ -14,25 +14,22 @@ from __future__ import annotations
 import atexit
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DistributedSampler, Sampler
-
-from featsup._checks import check_choice
 
 __all__ = [
     "DistEnv",
     "EpochBatchSampler",
-    "cpu_has_bf16_units",
     "epoch_seed",
-    "resolve_amp",
-    "resolve_device",
     "seed_everything",
+    "unwrap_model",
 ]
 
 
@@ -128,6 +125,39 @@ class DistEnv:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def wrap(
+        self, model: nn.Module, device: torch.device, *, find_unused_parameters: bool
+    ) -> nn.Module:
+        """``model`` in DistributedDataParallel under torchrun, else ``model`` itself.
+
+        Wrap once per model: a second wrapper would hook the parameters again.
+        """
+        if not self.distributed:
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+
+    def run_on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` computed on rank 0 and broadcast to every rank.
+
+        An exception on rank 0 is re-raised there unchanged; the other ranks, released
+        instead of waiting forever, raise a ``RuntimeError`` that quotes it.
+        """
+        result = None
+        if self.main:
+            try:
+                result = fn()
+            except Exception as error:
+                self.broadcast(_FailedOnMain(repr(error)))  # free the others
+                raise
+        result = self.broadcast(result)
+        if isinstance(result, _FailedOnMain):
+            raise RuntimeError(f"failed on rank 0: {result.error}")
+        return result
+
     def gather(self, obj: Any) -> list[Any]:
         """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
         if not self.distributed:
@@ -135,6 +165,34 @@ class DistEnv:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+@dataclass(frozen=True)
+class _FailedOnMain:
+    error: str
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module inside DDP, DataParallel or :func:`torch.compile` wrappers.
+
+    Args:
+        model: a module, possibly wrapped.
+
+    Returns:
+        The innermost wrapped module (``model`` itself when it is not wrapped).
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap_model(nn.DataParallel(net)) is net
+        True
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
 
 
 def _destroy_group() -> None:
@@ -213,55 +271,3 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of the DataLoader's own generator (worker seeds) for one epoch."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def resolve_device(device: str | torch.device, env: DistEnv) -> torch.device:
-    """The training device; under torchrun, plain ``"cuda"`` means this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: expected an available device, got {device!r}; use 'cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", env.local_rank if env.distributed else 0)
-        if env.distributed:
-            torch.cuda.set_device(dev)
-    return dev
-
-
-def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device`` (None: full precision).
-
-    ``"auto"`` is bfloat16 (or float16 where bfloat16 is missing) on CUDA and full
-    precision elsewhere; ``"bf16"`` also runs on CPUs, where oneDNN uses the bfloat16
-    matrix units of CPUs that have them (Intel AMX) and emulates them otherwise.
-    """
-    check_choice("amp", amp, ("auto", "bf16", "fp16", None))
-    if device.type != "cuda":
-        if amp == "bf16" and device.type == "cpu":
-            return torch.bfloat16
-        if amp in ("bf16", "fp16"):
-            raise ValueError(
-                f"amp: expected None, 'auto' or (on CPU) 'bf16' on device {device}, got "
-                f"{amp!r}; float16 autocast runs on CUDA only"
-            )
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
-
-    Where it does, ``amp="bf16"`` trains featsup's CPU presets about 1.2-2x faster;
-    elsewhere bfloat16 is emulated and rarely pays.
-    """
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False

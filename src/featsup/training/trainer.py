@@ -3,13 +3,17 @@
 The :class:`Trainer` knows nothing about losses or models: a ``step_fn(model, batch)``
 returns the loss and the values to log, a ``val_fn(model, loader)`` returns metrics.
 :func:`dice_per_head` (from :mod:`featsup.training.validation`) is a ready ``val_fn`` body for
-deep-supervised segmentation models.
+deep-supervised segmentation models. The loop composes small parts, each with its own
+state in the checkpoint: :class:`~featsup.training.loaders.Loaders` (data order),
+:class:`~featsup.training.device.Precision` (autocast, gradient scaling),
+:class:`~featsup.training.progress.Progress` (history, bar or log lines),
+:class:`~featsup.training.stopping.Stopping` (best model, early stop, ``stop_when``) and
+:class:`~featsup.training.checkpoint.CheckpointStore` (``last.pt`` / ``best.pt``).
 Checkpoints, resume guarantees and ``torchrun`` use are described in ``docs/training.md``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,36 +22,34 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from featsup.training._setup import (
+from featsup.training._options import (
     check_count,
     check_options,
     check_step_output,
-    lr_lambda,
-    move_to_device,
+    mean_step_values,
 )
 from featsup.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointStore,
+    get_rng_state,
+    model_entries,
     set_rng_state,
 )
-from featsup.training.distributed import (
-    DistEnv,
-    EpochBatchSampler,
-    epoch_seed,
-    resolve_amp,
-    resolve_device,
-    seed_everything,
-)
-from featsup.training.progress import TrainerLogging
+from featsup.training.device import Precision, move_to_device, resolve_device
+from featsup.training.distributed import DistEnv, seed_everything, unwrap_model
+from featsup.training.loaders import Loaders
+from featsup.training.progress import Progress
+from featsup.training.schedule import SchedulerFactory, make_scheduler
+from featsup.training.stopping import Stopping, StopWhen
 
 __all__ = ["Trainer"]
 
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
 ValFn = Callable[[nn.Module, Iterable[Any]], Mapping[str, float]]
-SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
 
 
-class Trainer(TrainerLogging):
+class Trainer:
     """Train any model with a user step function; resume exactly; run under torchrun.
 
     Each optimizer step takes one batch per process, calls ``step_fn(model, batch)``
@@ -97,6 +99,9 @@ class Trainer(TrainerLogging):
         mode: ``"max"`` or ``"min"``: which direction of ``keep_best_by`` is better.
         early_stopping_patience: stop after this many validations without improvement.
         min_delta: improvement smaller than this does not count.
+        stop_when: ``stop_when(metrics) -> bool`` called after every validation with the
+            logged values (``{"val/<name>": float}``); True stops the run there (like
+            early stopping: ``stopped_early``, ``last.pt`` written).
         amp: ``"auto"`` (bf16 where supported, else fp16, on CUDA; off on CPU),
             ``"bf16"`` (CUDA or CPU; see :func:`cpu_has_bf16_units`), ``"fp16"`` (CUDA
             only; fp16 uses a GradScaler) or None.
@@ -104,7 +109,9 @@ class Trainer(TrainerLogging):
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` (under torchrun ``cuda:LOCAL_RANK``).
         seed: seeds the data order and, at the start of a fresh ``fit``, Python, NumPy
             and torch (``seed + rank``).
-        progress: tqdm bar on rank 0: True, False, or None (only on a terminal).
+        progress: what rank 0 shows: None, a tqdm bar on a terminal and otherwise one
+            line per validation on stderr (step, training losses, validation values,
+            elapsed and remaining time); True, always a bar; False, nothing.
         find_unused_parameters: passed to DistributedDataParallel; needed when some
             trainable parameters get no gradient (for example unused heads).
 
@@ -155,6 +162,7 @@ class Trainer(TrainerLogging):
         mode: Literal["max", "min"] = "max",
         early_stopping_patience: int | None = None,
         min_delta: float = 0.0,
+        stop_when: StopWhen | None = None,
         amp: Literal["auto", "bf16", "fp16"] | None = "auto",
         grad_clip: float | None = None,
         device: str | torch.device = "auto",
@@ -165,112 +173,66 @@ class Trainer(TrainerLogging):
         check_options(locals())
         self.env = DistEnv.from_env()
         self.device = resolve_device(device, self.env)
-        self._amp_dtype = resolve_amp(amp, self.device)
-        self.scaler = (
-            torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
-        )
+        self.precision = Precision(amp, self.device)
         self.model = model.to(self.device)
         self._train_model: nn.Module = self.model
-        self._ddp: nn.Module | None = None
+        self._wrapped: nn.Module | None = None
         self.step_fn = step_fn
-        self.val_fn: ValFn = val_fn if val_fn is not None else self._mean_step_values
+        self.val_fn: ValFn = val_fn if val_fn else mean_step_values(step_fn, self.device)
         self.optimizer = optimizer or torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
         )
-        self.seed, self.batch_size, self.shuffle, self.drop_last = (
-            seed,
-            batch_size,
-            shuffle,
-            drop_last,
+        self.data = Loaders(
+            train_data, val_data, env=self.env, device=self.device, batch_size=batch_size,
+            val_batch_size=val_batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+            num_workers=num_workers, collate_fn=collate_fn,
+        )  # fmt: skip
+        self.steps_per_epoch = self.data.steps_per_epoch
+        by_epochs = epochs * self.steps_per_epoch if epochs is not None else None
+        self.total_steps = min(n for n in (max_steps, by_epochs) if n is not None)
+        self.scheduler = make_scheduler(
+            scheduler, self.optimizer, warmup=warmup_steps, total=self.total_steps
         )
-        self._setup_data(train_data, val_data, val_batch_size, num_workers, collate_fn)
-        self.total_steps = int(
-            min(
-                max_steps if max_steps is not None else math.inf,
-                epochs * self.steps_per_epoch if epochs is not None else math.inf,
-            )
-        )
-        self.scheduler = self._make_scheduler(scheduler, warmup_steps)
         self.log_every = log_every
         self.val_every = val_every or self.steps_per_epoch
         self.checkpoint_every = checkpoint_every or self.val_every
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if history_path is None and self.checkpoint_dir is not None:
-            history_path = self.checkpoint_dir / "history.jsonl"
-        self.history_path = Path(history_path) if history_path is not None else None
-        self.keep_best_by, self.mode = keep_best_by, mode
-        self.early_stopping_patience, self.min_delta = early_stopping_patience, min_delta
-        self.grad_clip, self.progress = grad_clip, progress
+        self.store = CheckpointStore(checkpoint_dir, env=self.env)
+        if history_path is None and self.store.directory is not None:
+            history_path = self.store.directory / "history.jsonl"
+        self.progress = Progress(
+            history_path=Path(history_path) if history_path is not None else None,
+            env=self.env, show=progress, total_steps=self.total_steps,
+        )  # fmt: skip
+        self.stopping = Stopping(
+            keep_best_by=keep_best_by, mode=mode, min_delta=min_delta,
+            patience=early_stopping_patience, stop_when=stop_when,
+        )  # fmt: skip
+        self.grad_clip = grad_clip
         self.find_unused_parameters = find_unused_parameters
-        # the training state, all of it in the checkpoint
+        # the position; with the parts' states, all of it in the checkpoint
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.history: list[dict[str, float]] = []
-        self.best_value: float | None = None
-        self.best_step: int | None = None
-        self.bad_validations = 0
-        self.stopped_early = False
-        self._window: dict[str, torch.Tensor] = {}
-        self._window_count = 0
         self._pending_rng: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------ set-up helpers
-    def _setup_data(
-        self,
-        train_data: Dataset[Any],
-        val_data: Dataset[Any] | DataLoader[Any] | None,
-        val_batch_size: int | None,
-        num_workers: int,
-        collate_fn: Callable[[list[Any]], Any] | None,
-    ) -> None:
-        self._num_samples = len(train_data)  # type: ignore[arg-type]
-        self._sampler = EpochBatchSampler(
-            self._num_samples, self.batch_size, self.env,
-            shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last,
-        )  # fmt: skip
-        self.steps_per_epoch = self._sampler.batches_per_epoch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"train_data: expected at least batch_size={self.batch_size} samples per "
-                f"process with drop_last, got {self._num_samples}; lower batch_size"
-            )
-        self._loader_generator = torch.Generator()
-        self._loader = DataLoader(
-            train_data, batch_sampler=self._sampler, num_workers=num_workers,
-            collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-            generator=self._loader_generator,
-        )  # fmt: skip
-        self._val_loader: Iterable[Any] | None = None
-        if isinstance(val_data, DataLoader):
-            self._val_loader = val_data
-        elif val_data is not None:
-            self._val_loader = DataLoader(
-                val_data, batch_size=val_batch_size or self.batch_size, shuffle=False,
-                num_workers=num_workers, collate_fn=collate_fn,
-            )  # fmt: skip
+    # ------------------------------------------------------------------ state views
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """One dict per logged event (``"step"``, ``"epoch"``, ``"train/..."``, ``"val/..."``)."""
+        return self.progress.history
 
-    def _make_scheduler(self, scheduler: str | SchedulerFactory, warmup: int) -> Any:
-        if isinstance(scheduler, str):
-            factor = lr_lambda(scheduler, warmup, self.total_steps)
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        made = scheduler(self.optimizer, self.total_steps)
-        if not all(hasattr(made, a) for a in ("step", "state_dict", "load_state_dict")):
-            raise TypeError(
-                f"scheduler: expected the factory to return an LRScheduler, got "
-                f"{type(made).__name__}"
-            )
-        return made
+    @property
+    def best_value(self) -> float | None:
+        """The best ``keep_best_by`` value so far."""
+        return self.stopping.best_value
 
-    def _mean_step_values(self, model: nn.Module, loader: Iterable[Any]) -> dict[str, float]:
-        """Default ``val_fn``: batch-mean of ``step_fn``'s loss and logs over the loader."""
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in loader:
-            out = self.step_fn(model, move_to_device(batch, self.device))
-            loss, logs = check_step_output(out, training=False)
-            for key, value in {**logs, "loss": loss}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
-        return {key: value / max(count, 1) for key, value in sums.items()}
+    @property
+    def best_step(self) -> int | None:
+        """The step of :attr:`best_value`."""
+        return self.stopping.best_step
+
+    @property
+    def stopped_early(self) -> bool:
+        """True once early stopping or ``stop_when`` ended the run."""
+        return self.stopping.stopped_early
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -279,7 +241,7 @@ class Trainer(TrainerLogging):
         resume_from: str | os.PathLike[str] | None = None,
         stop_at_step: int | None = None,
     ) -> list[dict[str, float]]:
-        """Train until the last step, early stopping, or ``stop_at_step``.
+        """Train until the last step, early stopping, ``stop_when`` or ``stop_at_step``.
 
         Args:
             resume_from: a checkpoint to :meth:`resume` from first.
@@ -288,59 +250,41 @@ class Trainer(TrainerLogging):
                 ``fit(resume_from=...)`` continues exactly.
 
         Returns:
-            The history: one dict per logged event with ``"step"``, ``"epoch"`` and
-            ``"train/..."`` or ``"val/..."`` values.
+            The history (:attr:`history`).
         """
         if resume_from is not None:
             self.resume(resume_from)
         check_count("stop_at_step", stop_at_step, low=self.step + 1)
         self.env.setup(self.device)
-        bar = None
         try:
-            self._train_model = self._wrap_model()
+            if self._wrapped is None:  # once: a second DDP wrapper would hook again
+                self._wrapped = self.env.wrap(
+                    self.model, self.device, find_unused_parameters=self.find_unused_parameters
+                )
+            self._train_model = self._wrapped
+            fresh = self._pending_rng is None and self.step == 0
             if self._pending_rng is not None:
                 set_rng_state(self._pending_rng, self.device)
                 self._pending_rng = None
-            elif self.step == 0:
-                seed_everything(self.seed + self.env.rank)
-                if self.env.main and self.history_path is not None:
-                    self.history_path.parent.mkdir(parents=True, exist_ok=True)
-                    self.history_path.write_text("")
-            bar = tqdm(
-                total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                disable=(None if self.progress is None else not self.progress)
-                if self.env.main else True,
-            )  # fmt: skip
-            self._loop(bar, stop_at_step)
+            elif fresh:
+                seed_everything(self.data.seed + self.env.rank)
+            self.progress.start(step=self.step, fresh=fresh)
+            self._loop(stop_at_step)
             self.env.barrier(self.device)  # rank 0 has written its files when fit returns
         finally:
-            if bar is not None:
-                bar.close()
+            self.progress.close()
             self._train_model = self.model
         return self.history
 
-    def _wrap_model(self) -> nn.Module:
-        if not self.env.distributed:
-            return self.model
-        if self._ddp is None:  # wrapped once: a second wrapper would hook the parameters again
-            self._ddp = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.find_unused_parameters,
-            )
-        return self._ddp
-
-    def _loop(self, bar: Any, stop_at_step: int | None) -> None:
+    def _loop(self, stop_at_step: int | None) -> None:
         while self.step < self.total_steps and not self.stopped_early:
-            self._sampler.set_position(epoch=self.epoch, start=self.batch_in_epoch)
-            self._loader_generator.manual_seed(epoch_seed(self.seed, self.epoch))
-            for batch in self._loader:
+            for batch in self.data.batches(epoch=self.epoch, start=self.batch_in_epoch):
                 self._train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
-                bar.update(1)
+                self.progress.advance()
                 stop = self.step == stop_at_step
-                self._after_step(bar, stop)
+                self._after_step(stop)
                 if stop or self.stopped_early or self.step >= self.total_steps:
                     return
             self.epoch += 1
@@ -349,40 +293,105 @@ class Trainer(TrainerLogging):
     def _train_step(self, batch: Any) -> None:
         batch = move_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.precision.autocast():
             out = self.step_fn(self._train_model, batch)
         loss, logs = check_step_output(out, training=True)
         values = {**logs, "loss": loss, "lr": float(self.optimizer.param_groups[0]["lr"])}
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        if self.grad_clip is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            values["grad_norm"] = nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.precision.backward(loss)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = self.precision.step(self.optimizer, params=params, grad_clip=self.grad_clip)
+        if norm is not None:
+            values["grad_norm"] = norm
         self.scheduler.step()
-        dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach().reshape(()).to(self.device, dtype)
-            else:
-                value = torch.tensor(float(value), dtype=dtype, device=self.device)
-            self._window[key] = self._window[key] + value if key in self._window else value
-        self._window_count += 1
+        self.progress.add_step(values, device=self.device)
 
-    def _after_step(self, bar: Any, stop: bool) -> None:
+    def _after_step(self, stop: bool) -> None:
         final = self.step >= self.total_steps
         if self.step % self.log_every == 0 or final:
-            self._log_train(bar)
-        if self._val_loader is not None and (self.step % self.val_every == 0 or final):
-            self._validate(bar)
+            self.progress.log_train(step=self.step, epoch=self.epoch)
+        if self.data.val is not None and (self.step % self.val_every == 0 or final):
+            self._validate()
         due = self.step % self.checkpoint_every == 0 or final or stop or self.stopped_early
-        if self.checkpoint_dir is not None and due:
-            self.save(self.checkpoint_dir / "last.pt")
+        if self.store.directory is not None and due:
+            self.store.save("last.pt", self.state_dict())
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        metrics = self.env.run_on_main(self._run_val_fn)
+        self.progress.log_validation(metrics, step=self.step, epoch=self.epoch)
+        if self.stopping.update(metrics, step=self.step) and self.store.directory is not None:
+            self.store.save("best.pt", self.state_dict())
+
+    def _run_val_fn(self) -> dict[str, float]:
+        model = unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast():
+                raw = self.val_fn(model, self.data.val)  # type: ignore[arg-type]
+        finally:
+            model.train(was_training)
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"val_fn: expected a dict of floats, got {type(raw).__name__}")
+        return {f"val/{k}": float(v) for k, v in raw.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume; a collective under torchrun (call on every rank)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            **model_entries(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "rng": self.env.gather(get_rng_state(self.device)),
+            **self.progress.state_dict(),  # "history", "window"
+            "best": self.stopping.state_dict(),
+            "settings": {**self.data.settings(), "total_steps": self.total_steps},
+            "torch_version": str(torch.__version__),
+        }
+
+    def save(self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None) -> None:
+        """Write a checkpoint atomically (rank 0 writes; call on every rank).
+
+        Args:
+            path: the file.
+            extra: entries added to the checkpoint (for example a training report);
+                their keys must differ from the Trainer's own.
+
+        Raises:
+            ValueError: if a key of ``extra`` is one of the Trainer's.
+        """
+        state = self.state_dict()
+        if clash := sorted(set(extra or {}) & set(state)):
+            raise ValueError(f"extra: expected keys other than the checkpoint's, got {clash}")
+        self.store.write(path, {**state, **(extra or {})})
+
+    def resume(self, path: str | os.PathLike[str]) -> Trainer:
+        """Load a checkpoint written by :meth:`save`; the next :meth:`fit` continues it.
+
+        Model, optimizer, scheduler, scaler, step, data position, history, best value and
+        (at the start of :meth:`fit`) the random generators are restored; a warning names
+        the settings of data order or schedule that differ from the checkpoint's.
+
+        Args:
+            path: a ``last.pt`` or ``best.pt`` file.
+
+        Returns:
+            ``self``.
+        """
+        settings = {**self.data.settings(), "total_steps": self.total_steps}
+        state = self.store.load(path, settings=settings)
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state["scaler"])
+        self._pending_rng = state["rng"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.progress.load_state_dict(state, device=self.device)
+        self.stopping.load_state_dict(state["best"])
+        return self

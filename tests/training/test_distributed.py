@@ -1,4 +1,6 @@
-"""Two gloo processes on CPU under torchrun against one process with the same global batch.
+"""Rank layout and batch order; two gloo processes under torchrun against one process.
+
+The DDP tests compare two gloo processes on CPU with one process on the same global batch.
 
 DDP averages the two ranks' gradients of per-rank mean losses, which is the gradient of
 the mean loss over the global batch, so the runs agree up to float32 summation order.
@@ -19,10 +21,9 @@ import pytest
 import torch
 
 from featsup.training import load_checkpoint
+from featsup.training.distributed import DistEnv, EpochBatchSampler
 
-pytestmark = pytest.mark.distributed
-
-WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
+WORKER = str(Path(__file__).parents[1] / "_ddp_worker.py")  # shared with supervision tests
 
 
 def run(out: Path, *worker_args: str, nproc: int | None) -> None:
@@ -49,6 +50,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.distributed
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     tmp_path: Path, ddp_run: Path
 ) -> None:
@@ -81,6 +83,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     assert len(history_lines) == len(ddp["history"])  # rank 0 only writes
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_distributed_resume_equals_uninterrupted(tmp_path: Path, ddp_run: Path) -> None:
     # both ranks stop at step 4 (rank 0 checkpoints), then resume with a new model and
@@ -94,3 +97,26 @@ def test_distributed_resume_equals_uninterrupted(tmp_path: Path, ddp_run: Path) 
     assert resumed["history"] == full["history"]
     for rank in (0, 1):
         assert seen(tmp_path, rank) == seen(ddp_run, rank)  # the same batches, in order
+
+
+def test_batch_sampler_resumes_mid_epoch_with_the_same_order() -> None:
+    env = DistEnv()
+    sampler = EpochBatchSampler(10, 3, env, shuffle=True, seed=4, drop_last=False)
+    sampler.set_position(epoch=2, start=0)
+    whole = list(sampler)
+    assert sorted(i for batch in whole for i in batch) == list(range(10))
+    sampler.set_position(epoch=2, start=2)
+    assert list(sampler) == whole[2:]
+    sampler.set_position(epoch=3, start=0)
+    assert list(sampler) != whole  # a new permutation each epoch
+
+
+def test_environment_without_torchrun_is_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert DistEnv.from_env() == DistEnv(1, 0, 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK"):
+        DistEnv.from_env()
+    assert os.environ["WORLD_SIZE"] == "2"

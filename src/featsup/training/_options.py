@@ -1,39 +1,19 @@
-"""Argument and step-output checks of :class:`featsup.training.Trainer`, and batch moving."""
+"""The :class:`featsup.training.Trainer`'s argument checks and step-function contract.
+
+:func:`check_step_output` checks what a ``step_fn`` returns; :func:`mean_step_values`
+is the default ``val_fn`` built from it.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor inside nested dicts, lists and tuples to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [move_to_device(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
-    return batch
-
-
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+from featsup.training.device import move_to_device
 
 
 def check_count(name: str, value: int | None, *, low: int = 1) -> None:
@@ -81,10 +61,30 @@ def check_step_output(out: Any, *, training: bool) -> tuple[torch.Tensor, Mappin
     return loss, logs
 
 
+def mean_step_values(
+    step_fn: Callable[[nn.Module, Any], Any], device: torch.device
+) -> Callable[[nn.Module, Iterable[Any]], dict[str, float]]:
+    """The default ``val_fn``: batch-mean of ``step_fn``'s loss and logs over the loader."""
+
+    def val_fn(model: nn.Module, loader: Iterable[Any]) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in loader:
+            loss, logs = check_step_output(
+                step_fn(model, move_to_device(batch, device)), training=False
+            )
+            for key, value in {**logs, "loss": loss}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+        return {key: value / max(count, 1) for key, value in sums.items()}
+
+    return val_fn
+
+
 def check_options(o: dict[str, Any]) -> None:
     """Validate the Trainer's arguments (``o`` is its ``locals()``)."""
     check_type("model", o["model"], nn.Module)
-    for name in ("step_fn", "val_fn"):
+    for name in ("step_fn", "val_fn", "stop_when"):
         if o[name] is not None and not callable(o[name]):
             raise TypeError(f"{name}: expected a callable, got {type(o[name]).__name__}")
     data = o["train_data"]
@@ -98,6 +98,7 @@ def check_options(o: dict[str, Any]) -> None:
         check_count(name, o[name])
     for name in ("warmup_steps", "num_workers", "seed"):
         check_count(name, o[name], low=0)
+    check_type("progress", o["progress"], (bool, type(None)))
     check_positive("lr", o["lr"])
     check_positive("weight_decay", o["weight_decay"], strict=False)
     check_positive("min_delta", o["min_delta"], strict=False)
@@ -110,8 +111,11 @@ def check_options(o: dict[str, Any]) -> None:
     if isinstance(o["scheduler"], str) or not callable(o["scheduler"]):
         check_choice("scheduler", o["scheduler"], ("cosine", "constant"))
     check_choice("mode", o["mode"], ("max", "min"))
-    if o["val_data"] is None and (o["val_fn"] is not None or o["keep_best_by"] is not None):
-        raise ValueError("val_data: expected a data set with val_fn/keep_best_by, got None")
+    watchers = (o["val_fn"], o["keep_best_by"], o["stop_when"])
+    if o["val_data"] is None and any(w is not None for w in watchers):
+        raise ValueError(
+            "val_data: expected a data set with val_fn/keep_best_by/stop_when, got None"
+        )
     if o["early_stopping_patience"] is not None and o["keep_best_by"] is None:
         raise ValueError(
             "keep_best_by: expected the metric early stopping watches, got None; "
