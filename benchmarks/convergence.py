@@ -40,7 +40,8 @@ import torch
 from featsup.data.phantom import make_phantom
 from featsup.losses import deep_supervision_loss
 from featsup.models import UNetPlusPlus
-from featsup.supervision import FeatureSupervisor, load_encoding_teacher, train_encoding_teacher
+from featsup.supervision import FeatureSupervisor, train_encoding_teacher
+from featsup.training import load_model
 
 LEVELS = {"UN": None, "BS": "bottleneck", "ES": "all"}
 
@@ -132,7 +133,7 @@ def get_teacher(target: torch.Tensor, args: Any) -> tuple[UNetPlusPlus, dict[str
     """Load ``--teacher`` if it exists, else train the encoding UNet++ (and save it there)."""
     if args.teacher and Path(args.teacher).is_file():
         path = Path(args.teacher)
-        return load_encoding_teacher(path), torch.load(path, weights_only=True)["report"]
+        return load_model(path), torch.load(path, weights_only=True)["report"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.teacher) if args.teacher else Path(tmp) / "teacher.pt"
         teacher = train_encoding_teacher(

@@ -42,7 +42,7 @@ from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
-from featsup.supervision import load_encoding_teacher, train_encoding_teacher
+from featsup.supervision import train_encoding_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_model
 from featsup.viz import load_history, plot_cascade_panels, plot_curves
@@ -257,7 +257,7 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace) -> UNetP
     stamp = path.with_suffix(".sha1")
     if path.exists() and stamp.exists() and stamp.read_text() == digest:
         print(f"reusing the {stage} teacher in {path} (same label maps and recipe)")
-        return load_encoding_teacher(path, map_location=args.device)
+        return load_model(path, map_location=args.device)
     model = train_encoding_teacher(
         labels,
         val_labels=val_labels,

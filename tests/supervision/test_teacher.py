@@ -13,9 +13,9 @@ from featsup.models import UNetPlusPlus
 from featsup.supervision import (
     FeatureSupervisor,
     TeacherFeatureCache,
-    load_encoding_teacher,
     train_encoding_teacher,
 )
+from featsup.training import load_checkpoint, load_model
 
 WIDTHS = (4, 8, 16, 32, 64)
 
@@ -119,7 +119,7 @@ def test_train_encoding_teacher_reaches_threshold_saves_and_loads(tmp_path: Path
     assert not teacher.training and not teacher.skip_connections and teacher.deep_supervision
     report = torch.load(path, weights_only=True)["report"]
     assert report["reached_threshold"] and report["dice"] >= 0.9 and report["steps"] < 300
-    loaded = load_encoding_teacher(path)
+    loaded = load_model(path)
     x = torch.nn.functional.one_hot(labels[:4], 2).movedim(-1, 1).float()
     torch.testing.assert_close(loaded(x)[-1], teacher(x)[-1])
     dice_pred = loaded(x)[-1].argmax(1)
@@ -145,8 +145,8 @@ def test_train_encoding_teacher_rejects_one_hot_and_bad_files(tmp_path: Path) ->
         train_encoding_teacher(torch.zeros(2, 2, 8, 8), num_classes=2, steps=1, progress=False)
     bad = tmp_path / "bad.pt"
     torch.save({"weights": 1}, bad)
-    with pytest.raises(ValueError, match="'config' and 'state_dict'"):
-        load_encoding_teacher(bad)
+    with pytest.raises(ValueError, match="format"):
+        load_model(bad)
 
 
 # ---------------------------------------------------------------------- recipe parts
@@ -203,3 +203,56 @@ def test_held_out_maps_are_not_trained_on_and_reported(tmp_path: Path) -> None:
         train_encoding_teacher(labels[:1], num_classes=2, steps=1, progress=False)
     with pytest.raises(ValueError, match="amp"):
         train_encoding_teacher(labels, num_classes=2, steps=1, amp="fp16", progress=False)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the shared Trainer
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[UNetPlusPlus, Path]:
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    teacher = train_encoding_teacher(
+        discs(16), num_classes=2, widths=(4, 8, 16), steps=300, dice_threshold=0.9,
+        eval_every=10, path=path, progress=False, seed=1,
+    )  # fmt: skip
+    return teacher, path
+
+
+def test_teacher_round_trips_through_load_model_bitwise(
+    trained: tuple[UNetPlusPlus, Path],
+) -> None:
+    teacher, path = trained
+    loaded = load_model(path)
+    assert isinstance(loaded, UNetPlusPlus) and not loaded.training
+    assert loaded.config == teacher.config
+    for (name, a), (_, b) in zip(
+        teacher.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    x = torch.nn.functional.one_hot(discs(4), 2).movedim(-1, 1).float()
+    for a, b in zip(teacher(x), loaded(x), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert load_checkpoint(path)["report"] == teacher.training_report
+
+
+def test_teacher_stops_at_the_first_evaluation_that_reaches_the_threshold(
+    trained: tuple[UNetPlusPlus, Path],
+) -> None:
+    teacher, path = trained
+    history = load_checkpoint(path)["history"]
+    evaluations = [(r["step"], r["val/dice"]) for r in history if "val/dice" in r]
+    assert [s for s, _ in evaluations] == list(range(10, 10 * len(evaluations) + 1, 10))
+    assert all(dice < 0.9 for _, dice in evaluations[:-1])
+    assert evaluations[-1][1] >= 0.9
+    report = teacher.training_report
+    assert report["steps"] == evaluations[-1][0] < 300
+    assert report["dice"] == evaluations[-1][1] and report["reached_threshold"]
+
+
+def test_teacher_progress_off_a_terminal_is_one_line_per_evaluation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.warns(UserWarning, match="step limit reached"):
+        train_encoding_teacher(discs(4, size=16), num_classes=2, widths=(4, 8), steps=4,
+                               eval_every=2, dice_threshold=1.0)  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" | ")[0] for line in lines] == ["step 2/4 (epoch 0)", "step 4/4 (epoch 0)"]
+    assert all(" | val dice " in line and "remaining" in line for line in lines)

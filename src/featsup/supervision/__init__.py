@@ -16,7 +16,6 @@ from featsup.supervision.levels import EncoderLevel, encoder_levels
 from featsup.supervision.match import matching_teacher
 from featsup.supervision.supervisor import FeatureSupervisor, SupervisedOutput
 from featsup.supervision.teacher import (
-    load_encoding_teacher,
     one_hot,
     reconstruction_dice,
     train_encoding_teacher,
@@ -37,7 +36,6 @@ __all__ = [
     "build_feature_cache",
     "build_variant",
     "encoder_levels",
-    "load_encoding_teacher",
     "matching_teacher",
     "one_hot",
     "parse_variant",

@@ -104,7 +104,8 @@ def matching_teacher(
         lr: Adam learning rate.
         dice_threshold: stop once the reconstruction Dice reaches this, in (0, 1].
         device: where to train.
-        path: if given, where to save the teacher (reload with ``load_encoding_teacher``).
+        path: if given, where to save the teacher's checkpoint (reload it with
+            :func:`featsup.training.load_model`).
         seed: seeds the teacher's initial weights and batch order.
         progress: show a tqdm bar.
         student_layers: module names to use as the student's levels.

@@ -1,35 +1,37 @@
-"""The encoding UNet++ teacher: its training recipe, saving and loading.
+"""The encoding UNet++ teacher: its training recipe, run by the shared Trainer.
 
 :func:`train_encoding_teacher` trains the paper's encoding UNet++ (no skip connections,
-deep supervision; section 3.2.1) label -> label until its reconstruction Dice on held-out
-label maps passes a threshold, and saves it; :func:`load_encoding_teacher` rebuilds it.
+deep supervision; section 3.2.1) label -> label with :class:`featsup.training.Trainer`
+until its reconstruction Dice on held-out label maps passes a threshold, and saves a
+Trainer checkpoint, which :func:`featsup.training.load_model` rebuilds like any other.
 The teacher's features for a whole dataset are cached by :mod:`featsup.supervision.cache`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from featsup._checks import check_choice, check_in_range, check_positive
 from featsup.models.unetpp import UNetPlusPlus
 from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache, label_maps
+from featsup.training.checkpoint import rng_preserved
+from featsup.training.distributed import epoch_seed
+from featsup.training.schedule import warmup_cosine
+from featsup.training.trainer import Trainer
 
 __all__ = [
     "TeacherFeatureCache",
     "build_feature_cache",
-    "load_encoding_teacher",
     "one_hot",
     "reconstruction_dice",
     "train_encoding_teacher",
@@ -150,12 +152,31 @@ def _reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return dice + F.cross_entropy(logits, target)
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class _LabelCrops(Dataset[torch.Tensor]):
+    """``length`` label crops (h, w); crop ``k`` is a pure function of ``(seed, k)``.
+
+    Sampling per index (rather than from one running generator) makes the crops a
+    map-style data set for the Trainer, so that a resumed run sees the same crops.
+    """
+
+    def __init__(
+        self,
+        maps: torch.Tensor,
+        size: tuple[int, int] | None,
+        foreground_fraction: float,
+        *,
+        seed: int,
+        length: int,
+    ) -> None:
+        self.maps, self.size, self.fraction = maps, size, foreground_fraction
+        self.seed, self.length = seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, k))
+        return _sample_batch(self.maps, 1, self.size, self.fraction, gen)[0]
 
 
 def train_encoding_teacher(
@@ -193,13 +214,16 @@ def train_encoding_teacher(
     - Adam at a high learning rate ``lr`` with a linear warm-up over 5 % of ``steps``
       and a cosine decay to 5 % of it at ``steps``.
 
+    The loop is :class:`featsup.training.Trainer`'s: the crops are its training data,
+    the held-out evaluation its ``val_fn`` and the threshold its ``stop_when``.
+
     Every ``eval_every`` steps the Dice of the deepest head X0,4 (eval mode, whole maps,
     mean over foreground classes) is measured on up to 64 held-out maps (from
     ``val_labels``, or 10 % of ``labels`` set aside), after the BatchNorm statistics are
     re-estimated on 64 whole training maps (where the teacher will serve); training
-    stops once it reaches ``dice_threshold`` or after ``steps``. A ``UserWarning`` says so
-    when the threshold was not reached; the outcome is logged and saved in the
-    checkpoint's ``"report"``.
+    stops at the first evaluation that reaches ``dice_threshold``, or after ``steps``. A
+    ``UserWarning`` says so when the threshold was not reached; the outcome is logged and
+    saved in the checkpoint's ``"report"``.
 
     Args:
         labels: (N, H, W) integer tensor or array, or a dataset whose items are label maps
@@ -218,9 +242,11 @@ def train_encoding_teacher(
         amp: ``"bf16"`` runs forward passes under bfloat16 autocast (CUDA, or CPUs with
             bfloat16 matrix units); None keeps float32.
         device: where to train.
-        path: if given, save ``{"config", "state_dict", "report"}`` there (atomically).
-        seed: seeds the initial weights, the split and the batches (global RNG untouched).
-        progress: show a tqdm bar.
+        path: if given, save the Trainer's checkpoint there (atomically), with the report
+            under ``"report"``; :func:`featsup.training.load_model` rebuilds the teacher.
+        seed: seeds the initial weights, the split and the crops (the global generators
+            are left as they were).
+        progress: show progress: a tqdm bar on a terminal, else one line per evaluation.
 
     Returns:
         The trained teacher, in eval mode; its ``training_report`` attribute holds the
@@ -251,40 +277,66 @@ def train_encoding_teacher(
         torch.manual_seed(seed)
         model = UNetPlusPlus(
             num_classes, num_classes, widths=widths, deep_supervision=True, skip_connections=False
-        ).to(device)
+        )
     size = _crop_size(crop, train.shape, 2 ** (len(widths) - 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: _lr_factor(k, steps, max(1, steps // 20))
-    )
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else None
-    held = held.to(device)
-    calibration = train[torch.randperm(len(train), generator=gen)[:64]].to(device)
-    dice, step = 0.0, 0
-    with tqdm(total=steps, disable=not progress, desc="encoding teacher") as bar:
-        while step < steps:
-            target = _sample_batch(train, batch_size, size, foreground_fraction, gen).to(device)
-            with autocast or nullcontext():
-                heads = model(one_hot(target, num_classes, dtype=torch.float32))
-            loss = torch.stack([_reconstruction_loss(h, target) for h in heads]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            bar.update(1)
-            if step % eval_every == 0 or step == steps:
-                dice = _evaluate(model, held, calibration, num_classes)
-                bar.set_postfix(loss=f"{loss.item():.4f}", dice=f"{dice:.4f}")
-                if dice >= dice_threshold:
-                    break
-    report = {"steps": step, "dice": dice, "dice_threshold": dice_threshold}
+    calibration = train[torch.randperm(len(train), generator=gen)[:64]]
+    trainer = Trainer(
+        model, _reconstruction_step(num_classes),
+        _LabelCrops(train, size, foreground_fraction, seed=seed, length=steps * batch_size),
+        val_data=TensorDataset(held), val_fn=_evaluation(calibration, num_classes),
+        val_batch_size=16,
+        optimizer=torch.optim.Adam(model.parameters(), lr=lr),
+        scheduler=lambda optimizer, total: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(warmup=max(1, steps // 20), total=total, floor=0.05)
+        ),
+        max_steps=steps, batch_size=batch_size, shuffle=False, log_every=eval_every,
+        val_every=eval_every, stop_when=lambda metrics: metrics["val/dice"] >= dice_threshold,
+        amp=amp, device=device, seed=seed, progress=None if progress else False,
+    )  # fmt: skip
+    with rng_preserved(trainer.device):
+        history = trainer.fit()
+    dice = next(r["val/dice"] for r in reversed(history) if "val/dice" in r)
+    report = {"steps": trainer.step, "dice": dice, "dice_threshold": dice_threshold}
     report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
     _report(report)
     if path is not None:
-        _save(model, report, Path(path))
+        trainer.save(path, extra={"report": report})
     model.training_report = report  # type: ignore[assignment]
     return model.eval()
+
+
+def _reconstruction_step(
+    num_classes: int,
+) -> Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]:
+    """The Trainer's ``step_fn``: one-hot crops in, mean over heads of Dice + CE (eq. 13-14)."""
+
+    def step(model: nn.Module, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        heads = model(one_hot(target, num_classes, dtype=torch.float32))
+        with torch.autocast(target.device.type, enabled=False):  # the loss in float32
+            loss = torch.stack([_reconstruction_loss(h, target) for h in heads]).mean()
+        return loss, {}
+
+    return step
+
+
+def _evaluation(
+    calibration: torch.Tensor, num_classes: int
+) -> Callable[[nn.Module, Any], Mapping[str, float]]:
+    """The Trainer's ``val_fn``: BatchNorm re-estimated, then the deepest head's Dice."""
+
+    def evaluate(model: nn.Module, loader: Any) -> dict[str, float]:
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, enabled=False):  # evaluation in float32
+            _calibrate_batch_norm(model, calibration.to(device), num_classes)  # type: ignore[arg-type]
+            model.eval()
+            logits, maps = [], []
+            for (held,) in loader:
+                held = held.to(device)
+                logits.append(model(one_hot(held, num_classes, dtype=torch.float32))[-1])
+                maps.append(held)
+        return {"dice": reconstruction_dice(torch.cat(logits), torch.cat(maps), num_classes)}
+
+    return evaluate
 
 
 @torch.no_grad()
@@ -307,19 +359,6 @@ def _calibrate_batch_norm(model: UNetPlusPlus, maps: torch.Tensor, num_classes: 
         m.momentum = momentum
 
 
-@torch.no_grad()
-def _evaluate(
-    model: UNetPlusPlus, held: torch.Tensor, calibration: torch.Tensor, num_classes: int
-) -> float:
-    _calibrate_batch_norm(model, calibration, num_classes)
-    model.eval()
-    logits = torch.cat(
-        [model(one_hot(t, num_classes, dtype=torch.float32))[-1] for t in held.split(16)]
-    )
-    model.train()
-    return reconstruction_dice(logits, held, num_classes)
-
-
 def _report(report: dict[str, Any]) -> None:
     text = (
         f"encoding teacher: reconstruction Dice {report['dice']:.4f} on "
@@ -330,33 +369,3 @@ def _report(report: dict[str, Any]) -> None:
         _log.info("%s: threshold reached", text)
     else:
         warnings.warn(f"{text}: step limit reached first; fix: more steps", stacklevel=3)
-
-
-def _save(model: UNetPlusPlus, report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    with tmp.open("wb") as f:
-        torch.save({"config": model.config, "state_dict": state, "report": report}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_encoding_teacher(
-    path: str | os.PathLike[str], *, map_location: torch.device | str = "cpu"
-) -> UNetPlusPlus:
-    """Rebuild a teacher saved by :func:`train_encoding_teacher`, in eval mode.
-
-    Raises:
-        ValueError: if the file is not such a checkpoint.
-    """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= checkpoint.keys():
-        raise ValueError(
-            f"path: expected a checkpoint with 'config' and 'state_dict', got {str(path)!r}; "
-            "fix: save it with train_encoding_teacher(path=...)"
-        )
-    model = UNetPlusPlus.from_config(checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location).eval()
