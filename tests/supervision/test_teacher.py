@@ -256,3 +256,29 @@ def test_teacher_progress_off_a_terminal_is_one_line_per_evaluation(
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(" | ")[0] for line in lines] == ["step 2/4 (epoch 0)", "step 4/4 (epoch 0)"]
     assert all(" | val dice " in line and "remaining" in line for line in lines)
+
+
+def test_teacher_is_reused_only_for_the_same_maps_and_recipe(tmp_path: Path) -> None:
+    labels = torch.zeros(6, 16, 16, dtype=torch.long)
+    labels[:, 4:12, 3:9] = 1
+    path = tmp_path / "teacher.pt"
+    kwargs = {"num_classes": 2, "widths": (4, 8), "steps": 6, "eval_every": 3, "path": path}
+    warnings.simplefilter("ignore", UserWarning)  # 6 steps do not reach the threshold
+    first = train_encoding_teacher(labels, progress=False, **kwargs)
+    assert first.training_report["reused"] is False
+    again = train_encoding_teacher(labels, progress=False, **kwargs)
+    assert again.training_report["reused"] is True
+    assert again.training_report["dice"] == first.training_report["dice"]
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = labels.clone()
+    other[0, 0, 0] = 1  # one pixel differs: another teacher
+    assert (
+        train_encoding_teacher(other, progress=False, **kwargs).training_report["reused"] is False
+    )
+    longer = {**kwargs, "steps": 9}  # another recipe
+    assert (
+        train_encoding_teacher(other, progress=False, **longer).training_report["reused"] is False
+    )
+    forced = train_encoding_teacher(other, progress=False, reuse=False, **longer)
+    assert forced.training_report["reused"] is False

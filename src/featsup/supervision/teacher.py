@@ -9,6 +9,8 @@ The teacher's features for a whole dataset are cached by :mod:`featsup.supervisi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import warnings
@@ -24,7 +26,7 @@ from torch.utils.data import Dataset, TensorDataset
 from featsup._checks import check_choice, check_in_range, check_positive
 from featsup.models.unetpp import UNetPlusPlus
 from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache, label_maps
-from featsup.training.checkpoint import rng_preserved
+from featsup.training.checkpoint import load_checkpoint, load_model, rng_preserved
 from featsup.training.distributed import epoch_seed
 from featsup.training.schedule import warmup_cosine
 from featsup.training.trainer import Trainer
@@ -197,6 +199,7 @@ def train_encoding_teacher(
     path: str | os.PathLike[str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    reuse: bool = True,
 ) -> UNetPlusPlus:
     """Train the encoding UNet++ label -> label until it reconstructs held-out label maps.
 
@@ -247,11 +250,14 @@ def train_encoding_teacher(
         seed: seeds the initial weights, the split and the crops (the global generators
             are left as they were).
         progress: show progress: a tqdm bar on a terminal, else one line per evaluation.
+        reuse: if ``path`` holds a teacher trained on the same label maps (training and
+            held-out) with the same arguments, load it instead of training again. The
+            checkpoint stores a SHA-1 digest of both for this check.
 
     Returns:
         The trained teacher, in eval mode; its ``training_report`` attribute holds the
         report (``steps``, ``dice``, ``dice_threshold``, ``reached_threshold``,
-        ``held_out_maps``).
+        ``held_out_maps``, and ``reused``: whether it was loaded from ``path``).
 
     Raises:
         ValueError: for bad values, one-hot labels, or fewer than 2 maps without
@@ -278,6 +284,16 @@ def train_encoding_teacher(
         model = UNetPlusPlus(
             num_classes, num_classes, widths=widths, deep_supervision=True, skip_connections=False
         )
+    recipe = {
+        "num_classes": num_classes, "widths": list(widths), "steps": steps,
+        "batch_size": batch_size, "lr": lr, "crop": crop, "eval_every": eval_every,
+        "foreground_fraction": foreground_fraction, "dice_threshold": dice_threshold,
+        "amp": amp, "seed": seed,
+    }  # fmt: skip
+    digest = _digest(train, held, recipe)
+    if reuse and path is not None and os.path.exists(path):
+        if _load_if_same(path, digest, model):
+            return model.to(device).eval()
     size = _crop_size(crop, train.shape, 2 ** (len(widths) - 1))
     calibration = train[torch.randperm(len(train), generator=gen)[:64]]
     trainer = Trainer(
@@ -299,10 +315,35 @@ def train_encoding_teacher(
     report = {"steps": trainer.step, "dice": dice, "dice_threshold": dice_threshold}
     report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
     _report(report)
+    report["reused"] = False
     if path is not None:
-        trainer.save(path, extra={"report": report})
+        trainer.save(path, extra={"report": report, "recipe_digest": digest})
     model.training_report = report  # type: ignore[assignment]
     return model.eval()
+
+
+def _digest(train: torch.Tensor, held: torch.Tensor, recipe: dict[str, Any]) -> str:
+    """SHA-1 of the training and held-out maps and the recipe: what a teacher depends on."""
+    sha = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode())
+    for maps in (train, held):
+        sha.update(str(tuple(maps.shape)).encode())
+        sha.update(maps.to(torch.uint8 if maps.max() < 256 else torch.int64).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _load_if_same(path: str | os.PathLike[str], digest: str, model: UNetPlusPlus) -> bool:
+    """Load the teacher saved at ``path`` into ``model`` if it was trained with ``digest``."""
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except ValueError:  # unreadable, or another format: train again and replace it
+        state = {}
+    if state.get("recipe_digest") != digest:
+        _log.info("encoding teacher: %s was trained on other maps or settings; retraining", path)
+        return False
+    load_model(path, model=model)
+    model.training_report = {**state["report"], "reused": True}  # type: ignore[assignment]
+    _log.info("encoding teacher: reusing %s (same label maps and recipe)", path)
+    return True
 
 
 def _reconstruction_step(
