@@ -217,21 +217,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def resolve_device(device: str | torch.device, env: DistEnv) -> torch.device:
     """The training device; under torchrun, plain ``"cuda"`` means this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: expected an available device, got {device!r}; use 'cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", env.local_rank if env.distributed else 0)
-        if env.distributed:
-            torch.cuda.set_device(dev)
+    from featsup._checks import resolve_device as resolve
+
+    dev = resolve(device, local_rank=env.local_rank if env.distributed else 0)
+    if dev.type == "cuda" and env.distributed:
+        torch.cuda.set_device(dev)
     return dev
 
 
