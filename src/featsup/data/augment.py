@@ -105,7 +105,7 @@ class SliceAugment:
 
 
 def _rotate(image: np.ndarray, target: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    cv2 = import_cv2("rotations")
+    cv2 = import_cv2("rotation")
     h, w = target.shape
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
     out = np.empty(image.shape, dtype=np.float32)

@@ -115,7 +115,7 @@ def dense_crf(
         probs: (K, H, W) or (K, D, H, W) class probabilities (K >= 2), float16/32/64, in
             [0, 1] and summing to 1 over axis 0; numpy array or tensor.
         image: (H, W) or (D, H, W) intensities on the scale of ``theta_beta``: the
-            HU-windowed CT (e.g. [-100, 400]) rescaled to 0..255.
+            HU-windowed CT (``featsup.data.hu_window``) rescaled to 0..255.
         mode: ``"2d"`` refines each slice on its own (a volume slice by slice), ``"3d"``
             runs one CRF over the volume; ``"auto"`` is 2d for a slice, 3d for a volume.
         spacing: voxel spacing per spatial axis ((sy, sx) or (sz, sy, sx)), folded into
