@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from featsup import data as fd
-from featsup.inference import Cascade, predict_volume, resolve_device
+from featsup.inference import Cascade, resolve_device
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
@@ -78,6 +78,8 @@ PRESETS = {
 # Seg-Loss (eq. 13) per stage. Tumours are a small fraction of the liver ROI: the Dice term
 # leaves the background out so that it measures the tumour alone.
 STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
+# HU window, CLAHE and normalisation: one definition for both datasets and the cascade.
+PREPROCESSING = fd.Preprocessing()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -219,7 +221,11 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
     cache = args.out / "cache"
     if stage == "liver":
-        common = {"size": (args.size, args.size), "cache_dir": cache}
+        common = {
+            "size": (args.size, args.size),
+            "cache_dir": cache,
+            "preprocessing": PREPROCESSING,
+        }
         # no flips: which side of the body the liver is on is a cue worth keeping
         train = fd.LiverSliceDataset(
             cases["train"],
@@ -230,7 +236,11 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         )
         val = fd.LiverSliceDataset(cases["val"], empty_fraction=0.2, **common)
     else:
-        common = {"size": (args.tumour_size, args.tumour_size), "cache_dir": cache}
+        common = {
+            "size": (args.tumour_size, args.tumour_size),
+            "cache_dir": cache,
+            "preprocessing": PREPROCESSING,
+        }
         train = fd.TumourSliceDataset(
             cases["train"],
             augment=fd.SliceAugment(),
@@ -333,6 +343,7 @@ def make_cascade(liver, tumour, args, *, heads=(None, None), crf="none") -> Casc
     return Cascade(
         liver, tumour, liver_size=args.size, tumour_size=args.tumour_size, device=args.device,
         liver_head=heads[0], tumour_head=heads[1], liver_crf=liver_crf, tumour_crf=tumour_crf,
+        preprocessing=PREPROCESSING,
     )  # fmt: skip
 
 
@@ -373,15 +384,20 @@ def select_on_validation(liver, tumour, cases: list, args: argparse.Namespace) -
 
 
 def head_dice_table(liver, tumour, loaded: list, args: argparse.Namespace) -> dict:
-    """Dice per case of each head, averaged over ``loaded`` cases (paper Table 2)."""
+    """Dice per case of each head, averaged over ``loaded`` cases (paper Table 2).
+
+    One cascade prepares each head's model once; per case the liver model runs once per
+    head, and the deepest liver head's stage feeds the four tumour heads.
+    """
     table: dict[str, list[list[float]]] = {"liver": [[], [], [], []], "tumour": [[], [], [], []]}
-    per_head = [make_cascade(liver, tumour, args, heads=(None, k)) for k in range(1, 5)]
+    cascade = make_cascade(liver, tumour, args)
     for case in loaded:
-        image = fd.preprocess_volume(case.volume)
+        stages = [cascade.liver_stage(case.volume, head=k) for k in range(1, 5)]
         for k in range(1, 5):
-            probs = predict_volume(liver, image, head=k, size=args.size, device=args.device)
-            table["liver"][k - 1].append(dice_score(probs[1] > 0.5, case.labels > 0))
-            labels = per_head[k - 1](case.volume).labels
+            raw = stages[k - 1].probability > 0.5  # the liver head's raw output (no CRF)
+            table["liver"][k - 1].append(dice_score(raw, case.labels > 0))
+            # --widths has five entries: head 4 is the deepest, the cascade's liver head
+            labels = cascade.tumour_stage(stages[3], head=k).labels
             table["tumour"][k - 1].append(dice_score(labels == 2, case.labels == 2))
     return {stage: [float(np.mean(v)) for v in values] for stage, values in table.items()}
 
@@ -452,7 +468,8 @@ def draw_case(case_id: str, volume, truth, result, args) -> None:
         if tumour_voxels.any()
         else int((truth > 0).sum((1, 2)).argmax())
     )
-    image = fd.hu_window(volume[k], low=-100, high=400, output="uint8")
+    low, high = PREPROCESSING.hu_window
+    image = fd.hu_window(volume[k], low=low, high=high, output="uint8")
     roi_image = None
     if result.roi is not None:
         _, rows, cols = result.roi.slices

@@ -213,3 +213,42 @@ def test_errors():
         MetricAccumulator().merge(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="surface"):
         MetricAccumulator().merge(MetricAccumulator(surface=False))
+
+
+def test_bounding_box_numpy_torch_margin_and_empty():
+    from featsup.metrics import bounding_box
+
+    m = np.zeros((4, 6, 5), np.uint8)
+    m[1:3, 2, 1:4] = 2
+    assert bounding_box(m) == (slice(1, 3), slice(2, 3), slice(1, 4))
+    assert bounding_box(m, margin=(0, 1, 9)) == (slice(1, 3), slice(1, 4), slice(0, 5))
+    assert bounding_box(torch.from_numpy(m)) == bounding_box(m)
+    assert bounding_box(np.zeros((3, 3))) is None
+    with pytest.raises(ValueError, match="margin"):
+        bounding_box(m, margin=(1, 1))
+
+
+def test_bounding_box_at_the_old_call_sites():
+    from featsup.data import _cache, find_roi
+    from featsup.metrics import bounding_box
+
+    m = np.zeros((5, 9, 9), bool)
+    m[1, 2:4, 3] = m[3, 6, 7] = True
+    assert find_roi(m, margin=(1, 2, 2)).bbox == ((0, 5), (0, 9), (1, 9))
+    assert find_roi(np.zeros_like(m), if_empty="full").bbox == ((0, 5), (0, 9), (0, 9))
+    assert _cache._bbox(m) == ((1, 4), (2, 7), (3, 8))
+    assert _cache._bbox(np.zeros_like(m)) is None
+    box = bounding_box(m | np.roll(m, 1, axis=2), margin=1)  # surface distances' crop
+    assert box == (slice(0, 5), slice(1, 8), slice(2, 9))
+
+
+def test_boundary_is_public_and_drives_the_weight_map():
+    from featsup.losses import boundary_weight_map
+    from featsup.metrics import boundary
+
+    square = np.zeros((7, 7), bool)
+    square[2:5, 2:5] = True
+    ring = boundary(square, outside=False)
+    assert ring.sum() == 8 and not ring[3, 3]
+    weights = boundary_weight_map(square, backend="scipy")
+    assert weights[3, 3] < weights[2, 2]  # inner boundary: the weight map's maximum

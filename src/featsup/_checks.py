@@ -8,8 +8,13 @@ where one exists, the fix.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 from typing import Any
+
+import numpy as np
+import torch
 
 __all__ = [
     "check_choice",
@@ -17,7 +22,10 @@ __all__ = [
     "check_ndim",
     "check_positive",
     "check_same_shape",
+    "check_spacing",
     "check_type",
+    "import_cv2",
+    "resolve_device",
 ]
 
 
@@ -134,3 +142,98 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any, dims: slice | Non
             f"{name_a} and {name_b}: expected the same shape, got {tuple(a.shape)} "
             f"and {tuple(b.shape)}"
         )
+
+
+def check_spacing(
+    spacing: Sequence[float] | None, ndim: int | Sequence[int], *, name: str = "spacing"
+) -> tuple[float, ...]:
+    """Voxel spacing as floats: one positive finite number per axis; None gives ones.
+
+    Args:
+        spacing: the spacing given by the user, or None.
+        ndim: the allowed number(s) of values; None returns ``(1.0,) * ndim`` (the first).
+        name: argument name, used in the message.
+
+    Returns:
+        A tuple of floats.
+
+    Raises:
+        TypeError: if a value is not a number.
+        ValueError: if the count is not allowed or a value is not positive and finite.
+
+    Example:
+        >>> check_spacing([2, 0.5], 2)
+        (2.0, 0.5)
+    """
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if spacing is None:
+        return (1.0,) * allowed[0]
+    values = tuple(spacing) if isinstance(spacing, Sequence | np.ndarray) else (spacing,)
+    if len(values) not in allowed:
+        counts = " or ".join(map(str, allowed))
+        raise ValueError(
+            f"{name}: expected {counts} values (one per spatial axis), got {spacing!r}"
+        )
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name}: expected numbers, got {type(value).__name__}")
+        if not math.isfinite(float(value)) or float(value) <= 0:
+            raise ValueError(f"{name}: expected positive finite numbers, got {spacing!r}")
+    return tuple(float(v) for v in values)
+
+
+def import_cv2(purpose: str) -> ModuleType:
+    """Import OpenCV, or raise an ImportError that names ``purpose`` and the extra.
+
+    Raises:
+        ImportError: if OpenCV is not installed.
+    """
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError(
+            f'{purpose} needs OpenCV; install it with pip install "featsup[data]"'
+        ) from err
+    return cv2
+
+
+def resolve_device(
+    device: str | torch.device | None, *, local_rank: int | None = None
+) -> torch.device:
+    """The one device resolution: ``"auto"`` / None is CUDA when available, else the CPU.
+
+    Args:
+        device: ``"auto"``, None, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a
+            :class:`torch.device`.
+        local_rank: index given to a plain ``"cuda"`` (this process's GPU under torchrun);
+            None leaves it without an index.
+
+    Returns:
+        The :class:`torch.device`.
+
+    Raises:
+        TypeError: if ``device`` is not a string, device or None.
+        ValueError: if the string is not a device, or CUDA is asked for but absent.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_type("device", device, (str, torch.device))
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device: expected an available device, got {str(device)!r} but CUDA is not "
+                "available; use device='cpu'"
+            )
+        if resolved.index is None and local_rank is not None:
+            resolved = torch.device("cuda", local_rank)
+    return resolved

@@ -24,17 +24,6 @@ def binary_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, g
 
 
-def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
-    if spacing is None:
-        return (1.0,) * ndim
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim or not all(np.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"spacing: expected {ndim} positive values (one per axis), got {tuple(spacing)}"
-        )
-    return values
-
-
 def counts(p: np.ndarray, g: np.ndarray) -> tuple[int, int, int]:
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g))
 
@@ -68,7 +57,7 @@ def msd(to_target: np.ndarray, to_pred: np.ndarray) -> float:
 def surface_distance_arrays(
     p: np.ndarray, g: np.ndarray, sampling: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    box = _union_box(p, g)
+    box = bounding_box(p | g, margin=1)
     if box is None:  # both empty
         return np.zeros(0), np.zeros(0)
     surf_p, surf_g = boundary(p[box], outside=False), boundary(g[box], outside=False)
@@ -96,28 +85,62 @@ def _nearest(points: np.ndarray, features: np.ndarray, sampling: tuple[float, ..
     return np.sqrt(np.einsum("ij,ij->j", delta, delta))
 
 
-def _union_box(p: np.ndarray, g: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """Bounding box of ``p | g`` grown by ``margin`` voxels (clipped), or None if empty."""
-    union = p | g
-    slices: list[slice] = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        sub = union[tuple(slices)] if slices else union
-        hits = np.flatnonzero(sub.any(axis=others) if others else sub)
+def bounding_box(mask: Any, *, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels, grown by ``margin`` and clipped to the array.
+
+    Args:
+        mask: nD numpy array or torch tensor (any device); non-zero is foreground.
+        margin: voxels added on each side, one int or one per axis.
+
+    Returns:
+        One slice per axis, or None for an empty mask.
+
+    Raises:
+        ValueError: if ``margin`` is negative or has the wrong length.
+
+    Example:
+        >>> m = np.zeros((4, 5), bool)
+        >>> m[1:3, 2] = True
+        >>> bounding_box(m, margin=1)
+        (slice(0, 4, None), slice(1, 4, None))
+    """
+    ndim = mask.ndim
+    pads = (margin,) * ndim if isinstance(margin, (int, np.integer)) else tuple(margin)
+    if len(pads) != ndim or min(pads, default=0) < 0:
+        raise ValueError(f"margin: expected an int >= 0 or {ndim} of them, got {margin!r}")
+    fg = mask != 0
+    box: list[slice] = []
+    for axis in range(ndim):
+        others = tuple(a for a in range(ndim) if a != axis)
+        line = fg.any(others) if others else fg
+        if isinstance(line, torch.Tensor):
+            line = line.cpu().numpy()
+        hits = np.flatnonzero(line)
         if hits.size == 0:
             return None
-        low, high = max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, union.shape[axis])
-        slices.append(slice(int(low), int(high)))
-    return tuple(slices)
+        low = max(int(hits[0]) - int(pads[axis]), 0)
+        box.append(slice(low, min(int(hits[-1]) + 1 + int(pads[axis]), mask.shape[axis])))
+    return tuple(box)
 
 
 def boundary(mask: np.ndarray, *, outside: bool) -> np.ndarray:
     """Foreground voxels with a background face-neighbour (nD boolean mask).
 
+    Used by the surface distances and by the boundary weight map (eq. 9).
+
     Args:
-        mask: boolean array.
+        mask: nD boolean array.
         outside: the value assumed beyond the array's edges: False makes voxels on the
             edge boundary voxels (a surface), True does not (an inner boundary).
+
+    Returns:
+        Boolean array of the mask's shape.
+
+    Example:
+        >>> boundary(np.ones((1, 3), bool), outside=True).astype(int).tolist()
+        [[0, 0, 0]]
+        >>> boundary(np.ones((1, 3), bool), outside=False).astype(int).tolist()
+        [[1, 1, 1]]
     """
     interior = mask.copy()
     for axis in range(mask.ndim):

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from featsup._checks import check_spacing
 from featsup._metric_ops import (
     assd,
     binary_pair,
-    check_spacing,
+    boundary,
+    bounding_box,
     counts,
     dice,
     msd,
@@ -34,6 +36,8 @@ from featsup._metric_ops import (
 __all__ = [
     "MetricAccumulator",
     "average_symmetric_surface_distance",
+    "boundary",
+    "bounding_box",
     "case_metrics",
     "dice_score",
     "maximum_symmetric_surface_distance",

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featsup.data import (
+    HU_WINDOW,
+    Preprocessing,
     apply_crop,
     clahe,
     crop_to_roi,
@@ -122,7 +124,9 @@ def test_preprocess_volume_chain(phantom) -> None:
     assert out.min() == 0.0 and out.max() == 1.0
     manual = normalize(clahe(hu_window(phantom.volume)))
     np.testing.assert_array_equal(out, manual)
-    plain = preprocess_volume(phantom.volume, use_clahe=False, normalization="zscore")
+    plain = preprocess_volume(
+        phantom.volume, preprocessing=Preprocessing(clahe=False, normalization="zscore")
+    )
     assert abs(float(plain.mean())) < 1e-3
 
 
@@ -230,3 +234,53 @@ def test_largest_connected_component() -> None:
     assert not largest_connected_component(np.zeros((2, 2, 2))).any()
     with pytest.raises(ValueError, match="connectivity"):
         largest_connected_component(mask, connectivity=4)
+
+
+def test_preprocessing_round_trips_through_json() -> None:
+    import json
+
+    custom = Preprocessing(
+        hu_window=(-200, 300),
+        clahe=False,
+        clip_limit=2,
+        tile_grid_size=(4, 6),
+        normalization="zscore",
+    )
+    for p in (Preprocessing(), custom):
+        d = json.loads(json.dumps(p.to_dict()))
+        assert Preprocessing.from_dict(d) == p
+    assert Preprocessing().hu_window == HU_WINDOW == (-100.0, 400.0)
+    assert custom.hu_window == (-200.0, 300.0) and custom.tile_grid_size == (4, 6)
+    assert Preprocessing.from_dict({"clahe": False}) == Preprocessing(clahe=False)
+    assert custom.to_dict()["hu_window"] == [-200.0, 300.0]
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "match"),
+    [
+        ({"window": [-100, 400]}, ValueError, "unknown \\['window'\\]"),
+        ({"hu_window": [400, -100]}, ValueError, "low < high"),
+        ({"hu_window": [0, 1, 2]}, ValueError, "pair"),
+        ({"clahe": "yes"}, TypeError, "clahe"),
+        ({"clip_limit": 0}, ValueError, "clip_limit"),
+        ({"tile_grid_size": [0, 8]}, ValueError, "tile_grid_size"),
+        ({"normalization": "minmaxx"}, ValueError, "did you mean 'minmax'"),
+    ],
+)
+def test_preprocessing_rejects_bad_values(values: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Preprocessing.from_dict(values)
+
+
+def test_preprocess_volume_follows_the_preprocessing(phantom) -> None:
+    p = Preprocessing(hu_window=(-200.0, 300.0), clip_limit=2.0)
+    out = preprocess_volume(phantom.volume, preprocessing=p)
+    windowed = hu_window(phantom.volume, low=-200.0, high=300.0)
+    np.testing.assert_array_equal(out, normalize(clahe(windowed, clip_limit=2.0)))
+    assert not np.array_equal(out, preprocess_volume(phantom.volume))
+
+
+def test_largest_component_keeps_the_phantom_liver_one_organ() -> None:
+    # the phantom paints its liver through largest_connected_component (ex _keep_largest)
+    liver = make_phantom(3, (24, 96, 96)).labels > 0
+    np.testing.assert_array_equal(largest_connected_component(liver), liver)

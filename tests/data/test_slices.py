@@ -9,7 +9,7 @@ import torch
 
 from featsup.data import (
     LiverSliceDataset,
-    PreprocessSettings,
+    Preprocessing,
     SliceAugment,
     TumourSliceDataset,
     _cache,
@@ -113,7 +113,12 @@ def test_disk_cache_is_reused_and_keyed_by_settings(
     again = LiverSliceDataset(phantom_folder, cache_dir=cache, empty_fraction=None)
     torch.testing.assert_close(again[50]["image"], ds[50]["image"])
     monkeypatch.undo()
-    LiverSliceDataset(phantom_folder, cache_dir=cache, empty_fraction=None, use_clahe=False)
+    LiverSliceDataset(
+        phantom_folder,
+        cache_dir=cache,
+        empty_fraction=None,
+        preprocessing=Preprocessing(clahe=False),
+    )
     assert len(list(cache.glob("*.image.npy"))) == 6  # other settings, other entries
 
 
@@ -123,18 +128,18 @@ def test_cache_key_follows_the_file(phantom_folder: Path, tmp_path: Path) -> Non
     for name in ("volume-0.nii.gz", "segmentation-0.nii.gz"):
         shutil.copy(phantom_folder / name, tmp_path / name)
     case = find_cases(tmp_path)[0]
-    settings = PreprocessSettings()
+    settings = Preprocessing()
     key = _cache.cache_key(case, settings)
     assert key == _cache.cache_key(case, settings)
-    assert key != _cache.cache_key(case, PreprocessSettings(window=(-200.0, 300.0)))
+    assert key != _cache.cache_key(case, Preprocessing(hu_window=(-200.0, 300.0)))
     (tmp_path / "volume-0.nii.gz").write_bytes((tmp_path / "volume-0.nii.gz").read_bytes() + b"\0")
     assert key != _cache.cache_key(case, settings)
 
 
 def test_pool_gives_the_same_volumes(phantom_folder: Path, tmp_path: Path) -> None:
     cases = find_cases(phantom_folder)
-    serial = prepare_volumes(cases, PreprocessSettings())
-    pooled = prepare_volumes(cases, PreprocessSettings(), cache_dir=tmp_path, num_workers=2)
+    serial = prepare_volumes(cases, Preprocessing())
+    pooled = prepare_volumes(cases, Preprocessing(), cache_dir=tmp_path, num_workers=2)
     for a, b in zip(serial, pooled, strict=True):
         np.testing.assert_array_equal(a.image_u8(), b.image_u8())
         np.testing.assert_array_equal(a.labels(), b.labels())
@@ -183,7 +188,8 @@ def test_tumour_mask_dilation_shows_a_rim_of_tissue_up_to_the_radius(
 
     # a window no voxel reaches the bottom of, and no CLAHE: every masked-in pixel is
     # non-zero, so `image != 0` is exactly the (grown) liver mask
-    common = {"empty_fraction": None, "margin": 8, "window": (-1e4, 1e4), "use_clahe": False}
+    no_floor = Preprocessing(hu_window=(-1e4, 1e4), clahe=False)
+    common = {"empty_fraction": None, "margin": 8, "preprocessing": no_floor}
     exact = TumourSliceDataset(phantom_folder, **common)
     grown = TumourSliceDataset(phantom_folder, mask_dilation=3, **common)
     rims = []
@@ -221,7 +227,10 @@ def test_dataset_errors(phantom_folder: Path) -> None:
     with pytest.raises(ValueError, match="did you mean 'liver'"):
         LiverSliceDataset(phantom_folder, classes="livers")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="normalization"):
-        LiverSliceDataset(phantom_folder, normalization="l2")  # type: ignore[arg-type]
+        LiverSliceDataset(
+            phantom_folder,
+            preprocessing=Preprocessing(normalization="l2"),  # type: ignore[arg-type]
+        )
     with pytest.raises(IndexError):
         LiverSliceDataset(phantom_folder)[10_000]
 
@@ -240,3 +249,29 @@ def test_tumour_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -
     for item in items:
         k = item["slice_index"] - roi.bbox[0][0]
         torch.testing.assert_close(item["image"][0], torch.from_numpy(crop[k]))
+
+
+def test_dataset_window_is_the_one_predict_volume_uses(phantom_folder: Path) -> None:
+    from featsup.inference import predict_volume
+
+    custom = Preprocessing(hu_window=(-250.0, 250.0), clahe=False, normalization="zscore")
+    ds = LiverSliceDataset(phantom_folder, empty_fraction=None, preprocessing=custom)
+    assert ds.preprocessing is custom
+    seen: list[torch.Tensor] = []
+
+    def record(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.clone())
+        return batch
+
+    model = torch.nn.Conv2d(1, 2, 1)
+    volume = load_case(ds.cases[0]).volume
+    predict_volume(model, volume, preprocessing=ds.preprocessing, transform=record, device="cpu")
+    fed = torch.cat(seen)[:, 0]
+    for index in (0, 7, 31):  # case "0" spans indices 0..31
+        item = ds[index]
+        torch.testing.assert_close(fed[item["slice_index"]], item["image"][0])
+
+
+def test_datasets_reject_a_preprocessing_dict(phantom_folder: Path) -> None:
+    with pytest.raises(TypeError, match=r"Preprocessing\.from_dict"):
+        LiverSliceDataset(phantom_folder, preprocessing={"clahe": False})  # type: ignore[arg-type]

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from featsup.postprocess._crf_torch import (
-    PROB_CLIP,
-    BilateralGrid,
-    CRFParams,
-    _gaussian_blur,
-    mean_field_torch,
-)
+from featsup.postprocess._crf_inputs import PROB_CLIP, CRFParams
+from featsup.postprocess._crf_torch import BilateralGrid, _gaussian_blur, mean_field_torch
 
 
 def _positions(shape: tuple[int, ...], rel: tuple[float, ...]) -> np.ndarray:

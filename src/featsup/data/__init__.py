@@ -10,7 +10,7 @@ nibabel and OpenCV (``pip install "featsup[data]"``) are imported only when need
 
 from __future__ import annotations
 
-from featsup.data._cache import PreparedVolume, PreprocessSettings, prepare_volumes
+from featsup.data._cache import PreparedVolume, prepare_volumes
 from featsup.data.augment import SliceAugment
 from featsup.data.lits import (
     CaseProblem,
@@ -26,6 +26,8 @@ from featsup.data.lits import (
 )
 from featsup.data.phantom import FIELD_OF_VIEW_MM, Phantom, make_phantom, write_phantom_dataset
 from featsup.data.preprocess import (
+    HU_WINDOW,
+    Preprocessing,
     RoiCrop,
     apply_crop,
     clahe,
@@ -42,13 +44,14 @@ from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
+    "HU_WINDOW",
     "CaseProblem",
     "LitsCase",
     "LiverSliceDataset",
     "LoadedCase",
     "Phantom",
     "PreparedVolume",
-    "PreprocessSettings",
+    "Preprocessing",
     "RoiCrop",
     "SliceAugment",
     "TumourSliceDataset",

@@ -7,7 +7,8 @@ image of :func:`featsup.data.preprocess_volume` is ``(u8 - offset) * scale`` and
 per slice when a sample is read, which keeps the cache four times smaller than float32.
 
 The cache key hashes the resolved file paths, their sizes and modification times and the
-preprocessing settings, so editing a file or changing a setting never reads stale data.
+:class:`~featsup.data.Preprocessing`, so editing a file or changing a setting never reads
+stale data.
 """
 
 from __future__ import annotations
@@ -18,34 +19,17 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from featsup._checks import check_choice, check_positive
 from featsup.data.lits import LitsCase, load_case
-from featsup.data.preprocess import clahe, hu_window
+from featsup.data.preprocess import Preprocessing, _equalized_uint8, _normalization_constants
+from featsup.metrics import bounding_box
 
 _VERSION = 1
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """The paper's preprocessing options (section 4.1.2); part of the cache key."""
-
-    window: tuple[float, float] = (-100.0, 400.0)
-    use_clahe: bool = True
-    clip_limit: float = 4.0
-    tile_grid_size: tuple[int, int] = (8, 8)
-    normalization: Literal["minmax", "zscore"] = "minmax"
-
-    def __post_init__(self) -> None:
-        check_choice("normalization", self.normalization, ("minmax", "zscore"))
-        check_positive("clip_limit", self.clip_limit)
-        if not self.window[0] < self.window[1]:
-            raise ValueError(f"window: expected (low, high) with low < high, got {self.window}")
 
 
 @dataclass
@@ -98,43 +82,27 @@ def _stat(path: Path | None) -> list[Any]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def cache_key(case: LitsCase, settings: PreprocessSettings) -> str:
-    """Hash of the case's files (path, size, mtime) and the settings."""
+def cache_key(case: LitsCase, preprocessing: Preprocessing) -> str:
+    """Hash of the case's files (path, size, mtime) and the preprocessing."""
     payload = json.dumps(
-        [_VERSION, _stat(case.volume_path), _stat(case.segmentation_path), asdict(settings)],
+        [_VERSION, _stat(case.volume_path), _stat(case.segmentation_path), preprocessing.to_dict()],
         sort_keys=True,
     )
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
 def _bbox(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:
-    if not mask.any():
-        return None
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        out.append((int(hits[0]), int(hits[-1]) + 1))
-    return tuple(out)
-
-
-def _norm_constants(image: np.ndarray, mode: str) -> tuple[float, float]:
-    if mode == "minmax":
-        lo, hi = float(image.min()), float(image.max())
-        return lo, 1.0 / max(hi - lo, 1e-6)
-    values = image.astype(np.float32)
-    return float(values.mean()), 1.0 / max(float(values.std()), 1e-6)
+    box = bounding_box(mask)
+    return None if box is None else tuple((int(b.start), int(b.stop)) for b in box)
 
 
 def _preprocess(
-    case: LitsCase, settings: PreprocessSettings
+    case: LitsCase, preprocessing: Preprocessing
 ) -> tuple[PreparedVolume, np.ndarray, np.ndarray]:
     loaded = load_case(case)
-    u8 = hu_window(loaded.volume, low=settings.window[0], high=settings.window[1])
-    if settings.use_clahe:
-        u8 = clahe(u8, clip_limit=settings.clip_limit, tile_grid_size=settings.tile_grid_size)
+    u8 = _equalized_uint8(loaded.volume, preprocessing)
     labels = loaded.labels if loaded.labels is not None else np.zeros(u8.shape, dtype=np.uint8)
-    offset, scale = _norm_constants(u8, settings.normalization)
+    offset, scale = _normalization_constants(u8, preprocessing.normalization)
     per_slice = labels.reshape(labels.shape[0], -1)
     prepared = PreparedVolume(
         case_id=case.case_id,
@@ -184,35 +152,35 @@ def _from_meta(meta: dict[str, Any], image_path: Path, label_path: Path) -> Prep
     )
 
 
-def _paths(case: LitsCase, settings: PreprocessSettings, folder: Path) -> tuple[Path, Path, Path]:
-    key = cache_key(case, settings)
+def _paths(case: LitsCase, preprocessing: Preprocessing, folder: Path) -> tuple[Path, Path, Path]:
+    key = cache_key(case, preprocessing)
     return folder / f"{key}.json", folder / f"{key}.image.npy", folder / f"{key}.labels.npy"
 
 
 def cached_volume(
-    case: LitsCase, settings: PreprocessSettings, cache_dir: str | os.PathLike[str]
+    case: LitsCase, preprocessing: Preprocessing, cache_dir: str | os.PathLike[str]
 ) -> PreparedVolume | None:
     """The cache entry of a case, or None when it is not (completely) there."""
-    meta_path, image_path, label_path = _paths(case, settings, Path(cache_dir))
+    meta_path, image_path, label_path = _paths(case, preprocessing, Path(cache_dir))
     if meta_path.is_file() and image_path.is_file() and label_path.is_file():
         return _from_meta(json.loads(meta_path.read_text()), image_path, label_path)
     return None
 
 
 def prepare_volume(
-    case: LitsCase, settings: PreprocessSettings, cache_dir: str | os.PathLike[str] | None
+    case: LitsCase, preprocessing: Preprocessing, cache_dir: str | os.PathLike[str] | None
 ) -> PreparedVolume:
     """Preprocess one case, or reuse it from ``cache_dir`` when already there."""
     if cache_dir is None:
-        prepared, u8, labels = _preprocess(case, settings)
+        prepared, u8, labels = _preprocess(case, preprocessing)
         prepared._arrays = {"image": u8, "labels": labels}
         return prepared
-    hit = cached_volume(case, settings, cache_dir)
+    hit = cached_volume(case, preprocessing, cache_dir)
     if hit is not None:
         return hit
-    meta_path, image_path, label_path = _paths(case, settings, Path(cache_dir))
+    meta_path, image_path, label_path = _paths(case, preprocessing, Path(cache_dir))
     meta_path.parent.mkdir(parents=True, exist_ok=True)
-    prepared, u8, labels = _preprocess(case, settings)
+    prepared, u8, labels = _preprocess(case, preprocessing)
     _save_npy(image_path, u8)
     _save_npy(label_path, labels)
     tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
@@ -229,7 +197,7 @@ def _default_start_method() -> str:
 
 def prepare_volumes(
     cases: Sequence[LitsCase],
-    settings: PreprocessSettings,
+    preprocessing: Preprocessing,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     num_workers: int = 0,
@@ -242,7 +210,7 @@ def prepare_volumes(
 
     Args:
         cases: the cases to prepare.
-        settings: preprocessing options.
+        preprocessing: the intensity preprocessing.
         cache_dir: cache folder, or None to keep everything in memory.
         num_workers: worker processes; 0 prepares in this process.
         start_method: multiprocessing start method; None uses fork where available.
@@ -251,17 +219,19 @@ def prepare_volumes(
         One :class:`PreparedVolume` per case, in order.
     """
     out: list[PreparedVolume | None] = [
-        None if cache_dir is None else cached_volume(c, settings, cache_dir) for c in cases
+        None if cache_dir is None else cached_volume(c, preprocessing, cache_dir) for c in cases
     ]
     todo = [i for i, v in enumerate(out) if v is None]
     if num_workers <= 0 or len(todo) <= 1:
         for i in todo:
-            out[i] = prepare_volume(cases[i], settings, cache_dir)
+            out[i] = prepare_volume(cases[i], preprocessing, cache_dir)
     else:
         context = multiprocessing.get_context(start_method or _default_start_method())
         workers = min(num_workers, len(todo))
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {i: pool.submit(prepare_volume, cases[i], settings, cache_dir) for i in todo}
+            futures = {
+                i: pool.submit(prepare_volume, cases[i], preprocessing, cache_dir) for i in todo
+            }
             for i, future in futures.items():
                 out[i] = future.result()
     return [v for v in out if v is not None]

@@ -6,7 +6,6 @@ The liver lesions live in ``_phantom_lesions``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from featsup.data._phantom_anatomy import (
     BONE,
@@ -26,6 +25,7 @@ from featsup.data._phantom_shapes import (
     paint,
     smooth_field,
 )
+from featsup.data._roi import largest_connected_component
 
 
 def paint_liver(
@@ -62,18 +62,12 @@ def paint_liver(
     below = zz < diaphragm_z(grid, an)[box[1], box[2]][None] - 3.0
     mask = (q < 1) & cavity[box] & below & code_in(code[box], (0, BOWEL))
     texture = an.liver_hu + 3.0 * smooth_field(rng, grid, box, 20.0)
-    _keep_largest(mask)  # one organ: drop slivers cut off by the wall or the diaphragm
+    mask &= largest_connected_component(
+        mask
+    )  # one organ: drop slivers cut off by the wall or the diaphragm
     paint(hu, box, mask, texture)
     code[box][mask] = LIVER
     return box
-
-
-def _keep_largest(mask: np.ndarray) -> None:
-    labelled, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(labelled.ravel())
-        sizes[0] = 0
-        mask &= labelled == sizes.argmax()
 
 
 def liver_points(

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from featsup._checks import check_choice, check_same_shape
 from featsup.data._arrays import ResizeMode, as_array, resize
+from featsup.metrics import bounding_box
 
 
 class RoiCrop(NamedTuple):
@@ -66,20 +67,15 @@ def find_roi(
     pad = _margin3(margin)
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size: expected (rows, columns) >= 1, got {tuple(size)!r}")
-    bbox = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(array.any(axis=other))
-        if hits.size == 0:
-            if if_empty == "raise":
-                raise ValueError(
-                    "mask: expected at least one foreground voxel, got an empty mask; "
-                    "fix: check the liver prediction or pass if_empty='full'"
-                )
-            bbox.append((0, array.shape[axis]))
-            continue
-        n = array.shape[axis]
-        bbox.append((max(0, int(hits[0]) - pad[axis]), min(n, int(hits[-1]) + 1 + pad[axis])))
+    box = bounding_box(array, margin=pad)
+    if box is None:
+        if if_empty == "raise":
+            raise ValueError(
+                "mask: expected at least one foreground voxel, got an empty mask; "
+                "fix: check the liver prediction or pass if_empty='full'"
+            )
+        box = tuple(slice(0, n) for n in array.shape)
+    bbox = [(int(b.start), int(b.stop)) for b in box]
     shape = (array.shape[0], array.shape[1], array.shape[2])
     out_size = None if size is None else (int(size[0]), int(size[1]))
     return RoiCrop((bbox[0], bbox[1], bbox[2]), shape, out_size)

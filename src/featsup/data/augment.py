@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from featsup._checks import check_choice, check_in_range
+from featsup._checks import check_choice, check_in_range, import_cv2
 
 __all__ = ["SliceAugment"]
 
@@ -105,11 +105,7 @@ class SliceAugment:
 
 
 def _rotate(image: np.ndarray, target: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import cv2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        msg = 'rotations need OpenCV; install it with pip install "featsup[data]"'
-        raise ImportError(msg) from err
+    cv2 = import_cv2("rotation")
     h, w = target.shape
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
     out = np.empty(image.shape, dtype=np.float32)

@@ -7,11 +7,12 @@ All functions take and return numpy arrays in processing order: a volume is ``(D
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 
-from featsup._checks import check_choice, check_positive, check_same_shape
+from featsup._checks import check_choice, check_positive, check_same_shape, import_cv2
 from featsup.data._arrays import ResizeMode, as_array, resize
 from featsup.data._roi import (
     RoiCrop,
@@ -23,6 +24,8 @@ from featsup.data._roi import (
 )
 
 __all__ = [
+    "HU_WINDOW",
+    "Preprocessing",
     "ResizeMode",
     "RoiCrop",
     "apply_crop",
@@ -38,14 +41,94 @@ __all__ = [
 ]
 
 
+#: The paper's liver window in Hounsfield units (section 4.1.2), the default everywhere.
+HU_WINDOW: tuple[float, float] = (-100.0, 400.0)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The one preprocessing definition (paper 4.1.2): HU window, CLAHE, normalisation.
+
+    Slice datasets expose theirs as ``.preprocessing``; checkpoints store :meth:`to_dict`;
+    :func:`preprocess_volume`, :func:`~featsup.inference.predict_volume` and
+    :class:`~featsup.inference.Cascade` take it, so training and inference agree.
+
+    Args:
+        hu_window: ``(low, high)`` HU window, ``low < high``.
+        clahe: apply CLAHE to the uint8 window (else it is only rescaled).
+        clip_limit: CLAHE clip limit (> 0).
+        tile_grid_size: CLAHE tiles along (rows, columns), each >= 1.
+        normalization: ``"minmax"`` (to [0, 1]) or ``"zscore"``, over the whole volume.
+
+    Raises:
+        ValueError: if an option is out of range.
+        TypeError: if a field has the wrong type.
+
+    Example:
+        >>> p = Preprocessing(hu_window=(-200.0, 300.0), clahe=False)
+        >>> Preprocessing.from_dict(p.to_dict()) == p
+        True
+    """
+
+    hu_window: tuple[float, float] = HU_WINDOW
+    clahe: bool = True
+    clip_limit: float = 4.0
+    tile_grid_size: tuple[int, int] = (8, 8)
+    normalization: Literal["minmax", "zscore"] = "minmax"
+
+    def __post_init__(self) -> None:
+        window, tiles = (
+            _pair("hu_window", self.hu_window),
+            _pair("tile_grid_size", self.tile_grid_size),
+        )
+        if not window[0] < window[1]:
+            raise ValueError(f"hu_window: expected (low, high) with low < high, got {window}")
+        if not isinstance(self.clahe, (bool, np.bool_)):
+            raise TypeError(f"clahe: expected bool, got {type(self.clahe).__name__}")
+        check_positive("clip_limit", self.clip_limit)
+        if min(tiles) < 1 or any(int(t) != t for t in tiles):
+            raise ValueError(f"tile_grid_size: expected two integers >= 1, got {tiles!r}")
+        check_choice("normalization", self.normalization, ("minmax", "zscore"))
+        object.__setattr__(self, "hu_window", (float(window[0]), float(window[1])))
+        object.__setattr__(self, "clahe", bool(self.clahe))
+        object.__setattr__(self, "clip_limit", float(self.clip_limit))
+        object.__setattr__(self, "tile_grid_size", (int(tiles[0]), int(tiles[1])))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (lists for pairs), as stored in checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_dict`'s output; missing keys take their defaults.
+
+        Raises:
+            ValueError: on an unknown key or an invalid value.
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"preprocessing: expected keys among {known}, got unknown {unknown}; "
+                "fix: pass what Preprocessing.to_dict() wrote"
+            )
+        return cls(**values)
+
+
+def _pair(name: str, value: Any) -> tuple[Any, Any]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name}: expected a pair of numbers, got {value!r}")
+    return value[0], value[1]
+
+
 def hu_window(
     volume: np.ndarray,
     *,
-    low: float = -100.0,
-    high: float = 400.0,
+    low: float = HU_WINDOW[0],
+    high: float = HU_WINDOW[1],
     output: Literal["uint8", "unit", "hu"] = "uint8",
 ) -> np.ndarray:
-    """Clip Hounsfield units to ``[low, high]`` (the paper's liver window is [-100, 400]).
+    """Clip Hounsfield units to ``[low, high]`` (default: the paper's liver window, HU_WINDOW).
 
     Args:
         volume: (H, W) or (D, H, W) Hounsfield units.
@@ -75,15 +158,6 @@ def hu_window(
     if output == "unit":
         return unit
     return np.rint(unit * np.float32(255.0)).astype(np.uint8)
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        msg = 'CLAHE needs OpenCV; install it with pip install "featsup[data]"'
-        raise ImportError(msg) from err
-    return cv2
 
 
 def clahe(
@@ -118,7 +192,7 @@ def clahe(
     check_positive("clip_limit", clip_limit)
     if len(tile_grid_size) != 2 or min(tile_grid_size) < 1:
         raise ValueError(f"tile_grid_size: expected two integers >= 1, got {tile_grid_size!r}")
-    op = _cv2().createCLAHE(
+    op = import_cv2("CLAHE").createCLAHE(
         clipLimit=float(clip_limit), tileGridSize=(int(tile_grid_size[1]), int(tile_grid_size[0]))
     )
     if array.ndim == 2:
@@ -162,31 +236,29 @@ def normalize(
         values = array[np.asarray(mask, dtype=bool)]
         if values.size == 0:
             raise ValueError("mask: expected at least one True voxel, got an empty mask")
+    offset, scale = _normalization_constants(values, mode, eps=eps)
+    return (array - np.float32(offset)) * np.float32(scale)
+
+
+def _normalization_constants(
+    values: np.ndarray, mode: str, *, eps: float = 1e-6
+) -> tuple[float, float]:
+    """``(offset, scale)`` with ``normalize(x) == (x - offset) * scale`` (float32 maths)."""
+    array = np.asarray(values, dtype=np.float32)
     if mode == "minmax":
-        lo, hi = float(values.min()), float(values.max())
-        return (array - np.float32(lo)) * np.float32(1.0 / max(hi - lo, eps))
-    mean, std = float(values.mean()), float(values.std())
-    return (array - np.float32(mean)) * np.float32(1.0 / max(std, eps))
+        lo, hi = float(array.min()), float(array.max())
+        return lo, 1.0 / max(hi - lo, eps)
+    return float(array.mean()), 1.0 / max(float(array.std()), eps)
 
 
 def preprocess_volume(
-    volume: np.ndarray,
-    *,
-    window: tuple[float, float] = (-100.0, 400.0),
-    use_clahe: bool = True,
-    clip_limit: float = 4.0,
-    tile_grid_size: tuple[int, int] = (8, 8),
-    normalization: Literal["minmax", "zscore"] = "minmax",
+    volume: np.ndarray, *, preprocessing: Preprocessing | None = None
 ) -> np.ndarray:
     """The paper's chain: HU window, CLAHE on the uint8 window, normalisation.
 
     Args:
         volume: (H, W) or (D, H, W) Hounsfield units.
-        window: ``(low, high)`` HU window.
-        use_clahe: apply CLAHE (else the window is only rescaled).
-        clip_limit: CLAHE clip limit.
-        tile_grid_size: CLAHE tiles along (rows, columns).
-        normalization: ``"minmax"`` (to [0, 1]) or ``"zscore"``, over the whole volume.
+        preprocessing: the settings; None uses :class:`Preprocessing`'s defaults.
 
     Returns:
         float32 array of the input's shape.
@@ -196,7 +268,16 @@ def preprocess_volume(
         >>> out.shape, out.dtype
         ((2, 16, 16), dtype('float32'))
     """
-    windowed = hu_window(volume, low=window[0], high=window[1], output="uint8")
-    if use_clahe:
-        windowed = clahe(windowed, clip_limit=clip_limit, tile_grid_size=tile_grid_size)
-    return normalize(windowed, mode=normalization)
+    settings = Preprocessing() if preprocessing is None else preprocessing
+    return normalize(_equalized_uint8(volume, settings), mode=settings.normalization)
+
+
+def _equalized_uint8(volume: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 HU window, CLAHE-equalised when ``preprocessing.clahe``: the cached image."""
+    low, high = preprocessing.hu_window
+    windowed = hu_window(volume, low=low, high=high, output="uint8")
+    if not preprocessing.clahe:
+        return windowed
+    return clahe(
+        windowed, clip_limit=preprocessing.clip_limit, tile_grid_size=preprocessing.tile_grid_size
+    )

@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 
 from featsup._checks import check_choice, check_in_range, check_positive
 from featsup.data._arrays import resize
-from featsup.data._cache import PreparedVolume, PreprocessSettings, prepare_volumes
+from featsup.data._cache import PreparedVolume, prepare_volumes
 from featsup.data.augment import SliceAugment
 from featsup.data.lits import CaseSource, LitsCase, find_cases
+from featsup.data.preprocess import Preprocessing
 
 __all__ = ["LiverSliceDataset", "TumourSliceDataset"]
 
@@ -39,26 +40,6 @@ def _margin2(margin: int | Sequence[int]) -> tuple[int, int]:
     if len(values) != 2 or min(values) < 0:
         raise ValueError(f"margin: expected an int >= 0 or (rows, columns), got {margin!r}")
     return int(values[0]), int(values[1])
-
-
-def _settings(
-    window: Sequence[float],
-    use_clahe: bool,
-    clip_limit: float,
-    tile_grid_size: Sequence[int],
-    normalization: Literal["minmax", "zscore"],
-) -> PreprocessSettings:
-    if len(window) != 2 or len(tile_grid_size) != 2:
-        raise ValueError(
-            f"window, tile_grid_size: expected pairs, got {window!r} and {tile_grid_size!r}"
-        )
-    return PreprocessSettings(
-        (float(window[0]), float(window[1])),
-        bool(use_clahe),
-        float(clip_limit),
-        (int(tile_grid_size[0]), int(tile_grid_size[1])),
-        normalization,
-    )
 
 
 class _SliceDataset(Dataset[dict[str, Any]]):
@@ -73,7 +54,7 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         empty_fraction: float | None,
         augment: SliceAugment | None,
         seed: int,
-        settings: PreprocessSettings,
+        preprocessing: Preprocessing,
         cache_dir: str | os.PathLike[str] | None,
         num_workers: int,
     ) -> None:
@@ -83,6 +64,11 @@ class _SliceDataset(Dataset[dict[str, Any]]):
             check_in_range("empty_fraction", empty_fraction, 0.0, 0.99)
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise ValueError(f"size: expected (rows, columns) >= 1 or None, got {size!r}")
+        if not isinstance(preprocessing, Preprocessing):
+            raise TypeError(
+                f"preprocessing: expected a Preprocessing, got {type(preprocessing).__name__}; "
+                "fix: Preprocessing.from_dict(d) for a dict"
+            )
         if augment is not None and not callable(augment):
             raise TypeError(f"augment: expected a SliceAugment or callable, got {augment!r}")
         listed = list(cases) if not isinstance(cases, (str, os.PathLike)) else None
@@ -94,9 +80,9 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         self.empty_fraction = empty_fraction
         self.augment = augment
         self.seed = int(seed)
-        self.settings = settings
+        self.preprocessing = preprocessing
         self.volumes: list[PreparedVolume] = prepare_volumes(
-            self.cases, settings, cache_dir=cache_dir, num_workers=num_workers
+            self.cases, preprocessing, cache_dir=cache_dir, num_workers=num_workers
         )
         self.epoch = 0
         self._index = self._build_index()
@@ -185,11 +171,9 @@ class LiverSliceDataset(_SliceDataset):
             2 tumour, as stored).
         augment: a :class:`SliceAugment` (or a callable with its signature), or None.
         seed: seed of the background-slice sampling and the augmentation.
-        window: HU window ``(low, high)``.
-        use_clahe: apply CLAHE (clip limit ``clip_limit``, ``tile_grid_size`` tiles).
-        clip_limit: CLAHE clip limit.
-        tile_grid_size: CLAHE tiles along (rows, columns).
-        normalization: ``"minmax"`` or ``"zscore"`` per volume.
+        preprocessing: HU window, CLAHE and normalisation; None uses the paper's
+            :class:`Preprocessing` defaults. Kept as ``.preprocessing`` for checkpoints
+            and inference.
         cache_dir: folder for the preprocessed memory maps; None keeps them in memory.
         num_workers: processes preparing the volumes (0 = this process).
 
@@ -213,16 +197,11 @@ class LiverSliceDataset(_SliceDataset):
         classes: Literal["liver", "all"] = "liver",
         augment: SliceAugment | None = None,
         seed: int = 0,
-        window: tuple[float, float] = (-100.0, 400.0),
-        use_clahe: bool = True,
-        clip_limit: float = 4.0,
-        tile_grid_size: tuple[int, int] = (8, 8),
-        normalization: Literal["minmax", "zscore"] = "minmax",
+        preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
     ) -> None:
         self.classes = check_choice("classes", classes, ("liver", "all"))
-        settings = _settings(window, use_clahe, clip_limit, tile_grid_size, normalization)
         super().__init__(
             cases,
             context=context,
@@ -230,7 +209,7 @@ class LiverSliceDataset(_SliceDataset):
             empty_fraction=empty_fraction,
             augment=augment,
             seed=seed,
-            settings=settings,
+            preprocessing=Preprocessing() if preprocessing is None else preprocessing,
             cache_dir=cache_dir,
             num_workers=num_workers,
         )
@@ -267,8 +246,8 @@ class TumourSliceDataset(_SliceDataset):
             slice, so that structures the liver encloses but the label leaves out (the
             gallbladder, the cava) are shown as not-tumour, as a predicted mask shows them.
         empty_fraction: share of served liver slices without tumour (None: all of them).
-        context, size, augment, seed, window, use_clahe, clip_limit, tile_grid_size,
-            normalization, cache_dir, num_workers: as in :class:`LiverSliceDataset`.
+        context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
+            :class:`LiverSliceDataset`.
             Without ``size`` each volume keeps its own ROI size, so batches only stack
             within one volume.
 
@@ -295,11 +274,7 @@ class TumourSliceDataset(_SliceDataset):
         empty_fraction: float | None = 0.3,
         augment: SliceAugment | None = None,
         seed: int = 0,
-        window: tuple[float, float] = (-100.0, 400.0),
-        use_clahe: bool = True,
-        clip_limit: float = 4.0,
-        tile_grid_size: tuple[int, int] = (8, 8),
-        normalization: Literal["minmax", "zscore"] = "minmax",
+        preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
     ) -> None:
@@ -307,7 +282,6 @@ class TumourSliceDataset(_SliceDataset):
         self.mask_outside = bool(mask_outside)
         self.mask_dilation = int(check_positive("mask_dilation", mask_dilation, strict=False))
         self.mask_fill_holes = bool(mask_fill_holes)
-        settings = _settings(window, use_clahe, clip_limit, tile_grid_size, normalization)
         super().__init__(
             cases,
             context=context,
@@ -315,7 +289,7 @@ class TumourSliceDataset(_SliceDataset):
             empty_fraction=empty_fraction,
             augment=augment,
             seed=seed,
-            settings=settings,
+            preprocessing=Preprocessing() if preprocessing is None else preprocessing,
             cache_dir=cache_dir,
             num_workers=num_workers,
         )

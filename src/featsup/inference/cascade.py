@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from featsup._checks import check_ndim, check_positive
-from featsup.inference.predict import predict_volume, stack_context
+from featsup._checks import check_ndim, check_positive, check_type
+from featsup.data.preprocess import (
+    Preprocessing,
+    hu_window,
+    largest_connected_component,
+    preprocess_volume,
+)
+from featsup.inference.predict import PreparedModel, predict_volume, prepare_model, stack_context
 
-__all__ = ["Cascade", "CascadeResult"]
+__all__ = ["Cascade", "CascadeResult", "LiverStage"]
 
 
 @dataclass
@@ -37,13 +43,37 @@ class CascadeResult:
     """Seconds spent in each stage."""
 
 
+@dataclass
+class LiverStage:
+    """What :meth:`Cascade.liver_stage` returns; arrays are (D, H, W) on the volume's grid."""
+
+    image: np.ndarray
+    """float32 model input (the cascade's :class:`~featsup.data.Preprocessing`)."""
+    image_u8: np.ndarray
+    """uint8 HU window (the CRF's image)."""
+    probability: np.ndarray
+    """float32 liver probability (after the CRF when one is used)."""
+    mask: np.ndarray
+    """bool largest 3D connected component of ``probability > 0.5``."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each step so far."""
+    seconds: float = 0.0
+    """Seconds of the whole liver stage."""
+
+
 class Cascade:
     """Liver model -> liver ROI -> tumour model -> CRF -> labels (paper 4.1.3, 4.2.5).
 
-    The preprocessing must match training: the same HU window, CLAHE and normalisation
-    as :func:`featsup.data.preprocess_volume`, the same slice sizes and 2.5D context, and
-    for the tumour stage the same in-plane ROI margin with the image zeroed outside the
-    (predicted) liver, as :class:`featsup.data.TumourSliceDataset` does with the truth.
+    The preprocessing must match training: pass the training datasets' ``.preprocessing``
+    (or ``Preprocessing.from_dict`` of a checkpoint's), the same slice sizes and 2.5D
+    context, and for the tumour stage the same in-plane ROI margin with the image zeroed
+    outside the (predicted) liver, as :class:`featsup.data.TumourSliceDataset` does with
+    the truth.
+
+    Each model is pruned to its head, optimised and moved to the device once, on first
+    use, and kept per head (:meth:`prepared`): later changes to the models' weights are
+    not seen, make a new cascade then. :meth:`liver_stage` and :meth:`tumour_stage` run
+    the two halves, with another head when asked, to score heads without re-preparing.
 
     Args:
         liver_model: 2D model, liver (1) vs background (0) logits.
@@ -54,7 +84,8 @@ class Cascade:
         tumour_head: UNet++ head of the tumour model (None = deepest).
         context: 2.5D neighbours on each side used by both models.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
-        preprocess: keyword arguments of :func:`featsup.data.preprocess_volume`.
+        preprocessing: the :class:`~featsup.data.Preprocessing` both models were trained
+            with; None uses its defaults (the paper's).
         liver_crf: None for no CRF on the liver stage, else keyword arguments of
             :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults; the phantom-
             tuned ``CRF_PRESETS["liver"]`` differs from them), applied slice by slice.
@@ -83,7 +114,7 @@ class Cascade:
         tumour_head: int | None = None,
         context: int = 0,
         roi_margin: int = 8,
-        preprocess: dict[str, Any] | None = None,
+        preprocessing: Preprocessing | None = None,
         liver_crf: dict[str, Any] | None = None,
         tumour_crf: dict[str, Any] | None = None,
         batch_size: int = 16,
@@ -92,6 +123,8 @@ class Cascade:
     ) -> None:
         check_positive("batch_size", batch_size)
         check_positive("roi_margin", roi_margin, strict=False)
+        if preprocessing is not None:
+            check_type("preprocessing", preprocessing, Preprocessing)
         self.liver_model, self.tumour_model = liver_model, tumour_model
         self.liver_size = liver_size
         self.tumour_size = (
@@ -99,13 +132,23 @@ class Cascade:
         )
         self.liver_head, self.tumour_head = liver_head, tumour_head
         self.context, self.roi_margin = context, roi_margin
-        self.preprocess = dict(preprocess or {})
+        self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
         self.liver_crf, self.tumour_crf = liver_crf, tumour_crf
         self.predict_options: dict[str, Any] = {
             "batch_size": batch_size,
             "device": device,
             "tta": tta,
         }
+        self._prepared: dict[tuple[str, int | None], PreparedModel] = {}
+
+    def prepared(self, stage: Literal["liver", "tumour"], head: int | None) -> PreparedModel:
+        """The stage's model prepared for ``head`` (None: deepest), made on first use only."""
+        key = (stage, head)
+        if key not in self._prepared:
+            model = self.liver_model if stage == "liver" else self.tumour_model
+            device = self.predict_options["device"]
+            self._prepared[key] = prepare_model(model, head=head, device=device)
+        return self._prepared[key]
 
     @staticmethod
     def _crf(
@@ -115,22 +158,48 @@ class Cascade:
 
         return dense_crf(probs, image_u8, mask=mask, **{"mode": "2d", **options})
 
-    def _liver(self, image: np.ndarray, image_u8: np.ndarray, t: dict[str, float]) -> np.ndarray:
+    def liver_stage(self, volume_hu: np.ndarray, *, head: int | None = None) -> LiverStage:
+        """Preprocess one CT volume and run the liver model (and its CRF when set).
 
+        Args:
+            volume_hu: (D, H, W) Hounsfield units in featsup's processing order.
+            head: liver head for this call; None uses the cascade's ``liver_head``.
+
+        Returns:
+            A :class:`LiverStage` to pass to :meth:`tumour_stage`.
+
+        Raises:
+            ValueError: if ``volume_hu`` is not 3D.
+        """
+        check_ndim("volume_hu", volume_hu, 3, "(D, H, W)")
+        t: dict[str, float] = {}
+        begin = start = time.perf_counter()
+        hu = np.asarray(volume_hu)
+        image = preprocess_volume(hu, preprocessing=self.preprocessing)
+        low, high = self.preprocessing.hu_window
+        image_u8 = hu_window(hu, low=low, high=high, output="uint8")
+        t["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
+        model = self.prepared("liver", self.liver_head if head is None else head)
         probs = predict_volume(
-            self.liver_model, stack_context(image, self.context), head=self.liver_head,
-            size=self.liver_size, **self.predict_options,
-        )  # fmt: skip
+            model, stack_context(image, self.context), size=self.liver_size, **self.predict_options
+        )
         t["liver_model"] = time.perf_counter() - start
         if self.liver_crf is not None:
             start = time.perf_counter()
             probs = self._crf(probs, image_u8, None, self.liver_crf)
             t["liver_crf"] = time.perf_counter() - start
-        return probs[1]
+        liver_p = probs[1].astype(np.float32)
+        mask = largest_connected_component(liver_p > 0.5)
+        return LiverStage(image, image_u8, liver_p, mask, t, time.perf_counter() - begin)
 
     def _tumour(
-        self, image: np.ndarray, image_u8: np.ndarray, liver: np.ndarray, t: dict[str, float]
+        self,
+        image: np.ndarray,
+        image_u8: np.ndarray,
+        liver: np.ndarray,
+        head: int | None,
+        t: dict[str, float],
     ) -> tuple[np.ndarray, Any]:
         from featsup.data import apply_crop, find_roi, uncrop
 
@@ -140,9 +209,7 @@ class Cascade:
         masked = np.where(inside, stacked, np.float32(0)).transpose(1, 0, 2, 3)
         crop = apply_crop(masked, roi).transpose(1, 0, 2, 3)  # (d, C, rows, cols)
         start = time.perf_counter()
-        probs = predict_volume(
-            self.tumour_model, crop, head=self.tumour_head, **self.predict_options
-        )
+        probs = predict_volume(self.prepared("tumour", head), crop, **self.predict_options)
         t["tumour_model"] = time.perf_counter() - start
         full = uncrop(probs, roi, mode="linear")  # (2, D, H, W), zero outside the box
         full[0][~liver] = 1.0
@@ -153,8 +220,32 @@ class Cascade:
             t["tumour_crf"] = time.perf_counter() - start
         return full[1], roi
 
+    def tumour_stage(self, liver: LiverStage, *, head: int | None = None) -> CascadeResult:
+        """Run the tumour stage on the output of :meth:`liver_stage` and label the volume.
+
+        Args:
+            liver: the liver stage of the volume (reusable for several tumour heads).
+            head: tumour head for this call; None uses the cascade's ``tumour_head``.
+
+        Returns:
+            A :class:`CascadeResult`.
+        """
+        timings = dict(liver.timings)
+        start = time.perf_counter()
+        tumour_p = np.zeros_like(liver.probability)
+        roi = None
+        if liver.mask.any():
+            tumour_head = self.tumour_head if head is None else head
+            tumour_p, roi = self._tumour(
+                liver.image, liver.image_u8, liver.mask, tumour_head, timings
+            )
+        labels = liver.mask.astype(np.uint8)
+        labels[(tumour_p > 0.5) & liver.mask] = 2
+        timings["total"] = liver.seconds + time.perf_counter() - start
+        return CascadeResult(labels, liver.probability, tumour_p.astype(np.float32), roi, timings)
+
     def __call__(self, volume_hu: np.ndarray) -> CascadeResult:
-        """Segment one CT volume.
+        """Segment one CT volume: :meth:`liver_stage`, then :meth:`tumour_stage`.
 
         Args:
             volume_hu: (D, H, W) Hounsfield units in featsup's processing order.
@@ -165,24 +256,4 @@ class Cascade:
         Raises:
             ValueError: if ``volume_hu`` is not 3D.
         """
-        from featsup.data import hu_window, largest_connected_component, preprocess_volume
-
-        check_ndim("volume_hu", volume_hu, 3, "(D, H, W)")
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        image = preprocess_volume(np.asarray(volume_hu), **self.preprocess)
-        low, high = self.preprocess.get("window", (-100.0, 400.0))
-        image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
-        timings["preprocess"] = time.perf_counter() - start
-        liver_p = self._liver(image, image_u8, timings)
-        liver = largest_connected_component(liver_p > 0.5)
-        tumour_p = np.zeros_like(liver_p)
-        roi = None
-        if liver.any():
-            tumour_p, roi = self._tumour(image, image_u8, liver, timings)
-        labels = liver.astype(np.uint8)
-        labels[(tumour_p > 0.5) & liver] = 2
-        timings["total"] = time.perf_counter() - start
-        return CascadeResult(
-            labels, liver_p.astype(np.float32), tumour_p.astype(np.float32), roi, timings
-        )
+        return self.tumour_stage(self.liver_stage(volume_hu))

@@ -1,7 +1,9 @@
 """Volume prediction with any head of a UNet++.
 
 :func:`predict_volume` runs a 2D model over the axial slices of a volume in batches and
-returns class probabilities; :func:`select_head` prunes and prepares a model for one head.
+returns class probabilities; :func:`prepare_model` prunes, optimises and moves a model
+for one head once (:func:`select_head` is its pruning step), so that many volumes can be
+predicted without preparing the model again.
 """
 
 from __future__ import annotations
@@ -14,22 +16,74 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from featsup._checks import check_ndim, check_positive
+from featsup._checks import check_ndim, check_positive, check_type, resolve_device
+from featsup.data.preprocess import Preprocessing, preprocess_volume
 from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
+    "PreparedModel",
     "predict_volume",
+    "prepare_model",
     "resolve_device",
     "select_head",
     "stack_context",
 ]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else CPU; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+class PreparedModel(nn.Module):
+    """A model ready to predict one head on one device: pruned, optimised, in eval mode.
+
+    Made by :func:`prepare_model`; :func:`predict_volume` uses it as it is, so a model
+    prepared once serves any number of volumes. Its forward returns the head's logits.
+
+    Attributes:
+        network: the pruned (and, on CPU, fused) network.
+        head: the head it computes (None: the deepest, or the model's only output).
+        device: where its parameters are.
+    """
+
+    def __init__(self, network: nn.Module, *, head: int | None, device: torch.device) -> None:
+        super().__init__()
+        self.network, self.head, self.device = network, head, device
+        self._pick = None if isinstance(network, UNetPlusPlus) else head
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image -> (B, K, H, W) logits of the prepared head."""
+        return _logits_of(self.network(image), self._pick)
+
+
+def prepare_model(
+    model: nn.Module, *, head: int | None = None, device: str | torch.device | None = "auto"
+) -> PreparedModel:
+    """Prune ``model`` to ``head``, optimise it for inference and move it to ``device``.
+
+    Do this once per (model, head, device) and pass the result to :func:`predict_volume`;
+    passing the raw model prepares it again on every call.
+
+    Args:
+        model: a 2D model returning logits or a list of them (a FeatureSupervisor
+            predicts with its student).
+        head: 1..4, the UNet++ head; None = the deepest.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+
+    Returns:
+        A :class:`PreparedModel` in eval mode.
+
+    Raises:
+        ValueError: if ``head`` is out of range for a UNet++ or the device is unknown.
+
+    Example:
+        >>> net = prepare_model(UNetPlusPlus(1, 2, widths=(4, 8)), head=1, device="cpu")
+        >>> predict_volume(net, np.zeros((2, 16, 16), np.float32)).shape
+        (2, 2, 16, 16)
+    """
+    if isinstance(model, PreparedModel):
+        raise TypeError(
+            "model: expected a model to prepare, got a PreparedModel; fix: use it as it is"
+        )
+    dev = resolve_device(device)
+    network = select_head(model, head, optimize=dev.type == "cpu").to(dev)
+    return PreparedModel(network, head=head, device=dev).eval()
 
 
 def select_head(model: nn.Module, head: int | None, *, optimize: bool = True) -> nn.Module:
@@ -93,26 +147,31 @@ def predict_volume(
     *,
     head: int | None = None,
     batch_size: int = 16,
-    device: str | torch.device | None = "auto",
+    device: str | torch.device | None = None,
     size: int | tuple[int, int] | None = None,
     tta: bool = False,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    preprocessing: Preprocessing | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Predict class probabilities of every axial slice of a volume.
 
     Args:
-        model: a 2D segmentation model returning logits (B, C, H, W) or a list of them
-            (deep supervision); a featsup UNet++ is pruned to ``head`` first.
+        model: a :class:`PreparedModel` (used as it is), or a 2D segmentation model
+            returning logits (B, C, H, W) or a list of them (deep supervision), which is
+            prepared (pruned to ``head``, optimised, moved) for this call only.
         volume: (D, H, W) or (D, C, H, W) float slices, already preprocessed the way the
-            model was trained (see :mod:`featsup.data.preprocess`).
-        head: 1..4, the UNet++ head to use; None = the deepest.
+            model was trained; with ``preprocessing``, (D, H, W) Hounsfield units.
+        head: 1..4, the UNet++ head to use; None = the deepest (or the prepared one).
         batch_size: slices per forward pass.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...; None is
+            ``"auto"``, or the device of a prepared model.
         size: if given, slices are resized (bilinear) to this size for the model and the
             probabilities resized back to (H, W).
         tta: also predict the left-right mirrored slices and average.
         transform: optional callable applied to each (B, C, H, W) batch on the device.
+        preprocessing: if given, ``volume`` is in HU and is preprocessed with it first:
+            pass the training dataset's ``.preprocessing`` (or a checkpoint's).
         progress: show a progress bar.
 
     Returns:
@@ -120,7 +179,8 @@ def predict_volume(
         model: background, foreground).
 
     Raises:
-        ValueError: if ``volume`` is not 3D or 4D or ``batch_size`` < 1.
+        ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing``),
+            ``batch_size`` < 1, or ``head`` / ``device`` contradict a prepared model.
 
     Example:
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
@@ -129,24 +189,48 @@ def predict_volume(
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
-    dev = resolve_device(device)
-    net = select_head(model, head, optimize=dev.type == "cpu").to(dev)
+    net = _prepared(model, head, device)
+    if preprocessing is not None:
+        check_type("preprocessing", preprocessing, Preprocessing)
+        check_ndim("volume", volume, 3, "(D, H, W) Hounsfield units with preprocessing")
+        hu = volume.cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        volume = preprocess_volume(hu, preprocessing=preprocessing)
     slices = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume)
     slices = slices.float()[:, None] if slices.ndim == 3 else slices.float()
     out_hw = tuple(slices.shape[-2:])
     probs: list[torch.Tensor] = []
     starts = range(0, slices.shape[0], batch_size)
     for start in tqdm(starts, desc="slices", disable=not progress, leave=False):
-        x = slices[start : start + batch_size].to(dev)
+        x = slices[start : start + batch_size].to(net.device)
         if size is not None:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         if transform is not None:
             x = transform(x)
-        p = _probabilities(_logits_of(net(x), None if isinstance(net, UNetPlusPlus) else head))
+        p = _probabilities(net(x))
         if tta:
-            flipped = _logits_of(net(x.flip(-1)), None if isinstance(net, UNetPlusPlus) else head)
-            p = 0.5 * (p + _probabilities(flipped).flip(-1))
+            p = 0.5 * (p + _probabilities(net(x.flip(-1))).flip(-1))
         if size is not None:
             p = F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False)
         probs.append(p.cpu())
     return torch.cat(probs).permute(1, 0, 2, 3).contiguous().numpy()
+
+
+def _prepared(
+    model: nn.Module, head: int | None, device: str | torch.device | None
+) -> PreparedModel:
+    """``model`` itself when prepared (checked against ``head`` and ``device``), else prepared."""
+    if not isinstance(model, PreparedModel):
+        return prepare_model(model, head=head, device="auto" if device is None else device)
+    if head is not None and head != model.head:
+        raise ValueError(
+            f"head: expected None or {model.head} for a model prepared for head {model.head}, "
+            f"got {head}; fix: prepare_model(model, head={head})"
+        )
+    if device is not None:
+        wanted = resolve_device(device)
+        if wanted.type != model.device.type or wanted.index not in (None, model.device.index):
+            raise ValueError(
+                f"device: expected None or {str(model.device)!r} for a model prepared there, "
+                f"got {str(device)!r}; fix: prepare_model(model, device={str(device)!r})"
+            )
+    return model

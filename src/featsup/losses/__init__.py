@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from featsup.losses._utils import one_hot
 from featsup.losses.compose import (
     DeepSupervisionLoss,
     SegLoss,
@@ -27,6 +28,7 @@ __all__ = [
     "dice_loss",
     "feature_loss",
     "focal_loss",
+    "one_hot",
     "seg_loss",
     "weighted_dice_loss",
 ]

@@ -1,4 +1,8 @@
-"""Private helpers shared by the losses: input checks, activations, one-hot targets."""
+"""Helpers shared by the losses: input checks, activations and one-hot targets.
+
+:func:`one_hot` is public (``featsup.losses.one_hot``): the supervision's teacher input
+uses it too.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def one_hot_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     holds 0/1 (bool or float accepted).
     """
     check_type("target", target, torch.Tensor)
-    num_classes, spatial = logits.shape[1], tuple(logits.shape[2:])
+    num_classes = logits.shape[1]
     is_int = not target.is_floating_point()
     if target.ndim == logits.ndim and target.shape[1] == 1 and num_classes > 1 and is_int:
         target = target[:, 0]
@@ -73,9 +77,41 @@ def one_hot_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             f"target: expected an integer label map, got {target.dtype}; fix: target.long()"
         )
+    # (B, 1, *spatial): one_hot squeezes the channel, never a spatial axis of size 1
+    return one_hot(target[:, None], num_classes, dtype=logits.dtype)
+
+
+def one_hot(
+    target: torch.Tensor, num_classes: int, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
+
+    A floating ``(B, K, *spatial)`` target (``K = num_classes``, 2 or more spatial axes)
+    is taken as one-hot already and only cast.
+
+    Args:
+        target: (B, *spatial) or (B, 1, *spatial) integer labels in [0, K).
+        num_classes: K.
+        dtype: dtype of the result.
+
+    Returns:
+        (B, K, *spatial) tensor of 0 and 1 on the target's device.
+
+    Raises:
+        ValueError: if labels fall outside ``[0, num_classes)``.
+
+    Example:
+        >>> one_hot(torch.tensor([[[0, 2]]]), 3)[0, :, 0].tolist()
+        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    """
+    if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
+        return target.to(dtype)
+    if target.ndim >= 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    target = target.long()
     _check_labels(target, num_classes)
-    hot = torch.nn.functional.one_hot(target.long(), num_classes)
-    return hot.movedim(-1, 1).to(logits.dtype).reshape(logits.shape[0], num_classes, *spatial)
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)
 
 
 def _check_spatial(target: torch.Tensor, logits: torch.Tensor, offset: int = 2) -> None:
@@ -92,8 +128,9 @@ def _check_labels(target: torch.Tensor, num_classes: int) -> None:
     low, high = target.min().item(), target.max().item()
     if low < 0 or high > num_classes - 1:
         raise ValueError(
-            f"target: expected labels in [0, {num_classes - 1}] for {num_classes} classes, "
-            f"got values in [{low}, {high}]"
+            f"target: expected labels in [0, {num_classes}) for {num_classes} classes "
+            f"(integer labels in [0, {num_classes - 1}]), got values in [{low}, {high}]; "
+            "fix: num_classes"
         )
 
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from featsup._checks import check_choice, check_positive
-from featsup._metric_ops import boundary
+from featsup._checks import check_choice, check_positive, check_spacing, import_cv2
+from featsup.metrics import boundary
 
 __all__ = ["boundary_weight_map"]
 
@@ -109,16 +109,9 @@ def _to_numpy(mask: Any) -> tuple[np.ndarray, torch.device | None]:
 def _check_spacing(
     spacing: Sequence[float] | None, ndim: int, slicewise: bool
 ) -> tuple[float, ...]:
-    dims = 2 if slicewise else ndim
-    if spacing is None:
-        return (1.0,) * dims
-    values = tuple(float(s) for s in spacing)
-    allowed = (2, 3) if slicewise else (ndim,)
-    if len(values) not in allowed or not all(s > 0 for s in values):
-        raise ValueError(
-            f"spacing: expected {' or '.join(map(str, allowed))} positive values, got {spacing!r}"
-        )
-    return values[-dims:]
+    """In-plane spacing (slicewise: 2 or 3 values given, the last 2 kept) or ``ndim`` values."""
+    values = check_spacing(spacing, (2, 3) if slicewise else ndim)
+    return values[-2:] if slicewise else values
 
 
 def _resolve_backend(backend: str, planar: bool, sampling: tuple[float, ...]) -> str:
@@ -137,26 +130,16 @@ def _resolve_backend(backend: str, planar: bool, sampling: tuple[float, ...]) ->
             f"backend: 'opencv' needs isotropic in-plane spacing, got {sampling}; "
             "fix: use backend='scipy'"
         )
-    _import_cv2()
+    import_cv2('backend="opencv"')
     return "opencv"
 
 
 def _has_opencv() -> bool:
     try:
-        _import_cv2()
+        import_cv2('backend="opencv"')
     except ImportError:
         return False
     return True
-
-
-def _import_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'backend="opencv" needs OpenCV; install it with: pip install "featsup[data]"'
-        ) from err
-    return cv2
 
 
 def _weight(
@@ -183,7 +166,7 @@ def _weight(
 
 def _distance_opencv(mask: np.ndarray, scale: float) -> np.ndarray | None:
     """float32 distance to the inner boundary of a 2D mask, or None without a boundary."""
-    cv2 = _import_cv2()
+    cv2 = import_cv2('backend="opencv"')
     src = mask.view(np.uint8)
     eroded = cv2.erode(src, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
     not_boundary = cv2.compare(src, eroded, cv2.CMP_EQ)  # the border counts as ROI in erode

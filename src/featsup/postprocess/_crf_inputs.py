@@ -1,25 +1,42 @@
-"""Input checks and conversions for the dense CRF (private helpers of ``crf.py``)."""
+"""Input checks, conversions and parameters shared by ``crf.py`` and both CRF backends."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from featsup._checks import check_ndim, check_positive, check_type
+from featsup._checks import check_ndim, check_positive, check_spacing, check_type
 
 __all__ = [
+    "PROB_CLIP",
+    "CRFParams",
     "as_tensor",
     "check_image",
     "check_mask",
     "check_params",
     "check_probs",
     "relative_spacing",
-    "resolve_device",
 ]
+
+#: probabilities are clipped to this value before the log (as ``unary_from_softmax``).
+PROB_CLIP = 1e-5
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Parameters of eq. 5 plus inference settings (already validated)."""
+
+    theta_alpha: float
+    theta_beta: float
+    theta_gamma: float
+    w1: float
+    w2: float
+    iterations: int
+
 
 _FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 #: tolerance of the [0, 1] range and of the sum over classes, per dtype.
@@ -122,17 +139,7 @@ def relative_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float,
     Raises:
         ValueError: if the length is not ``ndim`` or a value is not a positive number.
     """
-    if spacing is None:
-        return (1.0,) * ndim
-    values = tuple(spacing) if isinstance(spacing, Sequence | np.ndarray) else (spacing,)
-    if len(values) != ndim:
-        raise ValueError(
-            f"spacing: expected {ndim} values (one per spatial axis of probs), got {spacing!r}"
-        )
-    for value in values:
-        check_type("spacing", value, (int, float, np.floating, np.integer))
-        if not math.isfinite(float(value)) or float(value) <= 0:
-            raise ValueError(f"spacing: expected positive finite numbers, got {spacing!r}")
+    values = check_spacing(spacing, ndim)
     unit = min(float(v) for v in values[-2:])
     return tuple(float(v) / unit for v in values)
 
@@ -168,21 +175,3 @@ def check_params(
             raise TypeError(f"{name}: expected int, got {type(value).__name__}")
         if value < low:
             raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
-
-
-def resolve_device(device: str | torch.device | None, probs: torch.Tensor) -> torch.device:
-    """The computation device: ``device``, else the device of a tensor ``probs``.
-
-    Raises:
-        ValueError: if a CUDA device is asked for but none is available.
-    """
-    if device is None:
-        return probs.device
-    check_type("device", device, (str, torch.device))
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device: expected an available device, got {str(device)!r} but CUDA is not "
-            "available; use device='cpu'"
-        )
-    return resolved

@@ -6,7 +6,7 @@ from types import ModuleType
 
 import numpy as np
 
-from featsup.postprocess._crf_torch import PROB_CLIP, CRFParams
+from featsup.postprocess._crf_inputs import PROB_CLIP, CRFParams
 
 __all__ = ["import_pydensecrf", "mean_field_pydensecrf", "pydensecrf_available"]
 

@@ -20,10 +20,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from featsup.metrics import bounding_box
+from featsup.postprocess._crf_inputs import CRFParams
 from featsup.postprocess._crf_pydensecrf import mean_field_pydensecrf
-from featsup.postprocess._crf_torch import CRFParams, mean_field_torch
+from featsup.postprocess._crf_torch import mean_field_torch
 
-__all__ = ["BackendName", "cpu_threads", "crop_box", "run_field", "run_slices"]
+__all__ = ["BackendName", "cpu_threads", "run_field", "run_slices"]
 
 BackendName = Literal["torch", "pydensecrf"]
 #: voxels per torch batch of slices (bounds the sparse matrices' memory).
@@ -46,15 +48,6 @@ def cpu_threads(device: torch.device, threads: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def crop_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
-    """Bounding box of a mask as slices, or None if it is empty."""
-    nonzero = torch.nonzero(mask)
-    if nonzero.numel() == 0:
-        return None
-    low, high = nonzero.min(0).values, nonzero.max(0).values
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
 
 
 def run_field(
@@ -205,7 +198,7 @@ def run_slices(
     box: tuple[slice, ...] = (slice(None), slice(None))
     if mask is not None:  # crop to the mask's in-plane bounding box over all slices
         sub_mask = mask[index]
-        box = crop_box(sub_mask.any(0)) or box
+        box = bounding_box(sub_mask.any(0)) or box
         in_box = (slice(None), *box)
         all_box = (slice(None), *in_box)
         probs, image, sub_mask = probs[all_box], image[in_box], sub_mask[in_box]

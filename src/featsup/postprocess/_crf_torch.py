@@ -23,15 +23,14 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PROB_CLIP", "CRFParams", "mean_field_torch", "unary_from_probs"]
+from featsup.postprocess._crf_inputs import PROB_CLIP, CRFParams
 
-#: probabilities are clipped to this value before the log (as ``unary_from_softmax``).
-PROB_CLIP = 1e-5
+__all__ = ["mean_field_torch", "unary_from_probs"]
+
 #: bilateral-grid cell size in feature units (the kernel has standard deviation 1). One
 #: cell per standard deviation is the classic bilateral-grid sampling (Chen, Paris and
 #: Durand 2007); finer cells (1/2, 1/3) changed the agreement with pydensecrf by < 0.01 %
@@ -39,18 +38,6 @@ PROB_CLIP = 1e-5
 _GRID_STEP = 1.0
 #: Gaussian blurs are truncated at this many standard deviations.
 _TRUNCATE = 3.0
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Parameters of eq. 5 plus inference settings (already validated)."""
-
-    theta_alpha: float
-    theta_beta: float
-    theta_gamma: float
-    w1: float
-    w2: float
-    iterations: int
 
 
 def unary_from_probs(probs: torch.Tensor) -> torch.Tensor:

@@ -21,19 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from featsup._checks import check_choice
+from featsup._checks import check_choice, resolve_device
+from featsup.metrics import bounding_box
 from featsup.postprocess._crf_inputs import (
+    CRFParams,
     as_tensor,
     check_image,
     check_mask,
     check_params,
     check_probs,
     relative_spacing,
-    resolve_device,
 )
 from featsup.postprocess._crf_pydensecrf import import_pydensecrf, pydensecrf_available
-from featsup.postprocess._crf_run import BackendName, cpu_threads, crop_box, run_field, run_slices
-from featsup.postprocess._crf_torch import CRFParams
+from featsup.postprocess._crf_run import BackendName, cpu_threads, run_field, run_slices
 
 __all__ = [
     "CRF_PRESETS",
@@ -115,7 +115,7 @@ def dense_crf(
         probs: (K, H, W) or (K, D, H, W) class probabilities (K >= 2), float16/32/64, in
             [0, 1] and summing to 1 over axis 0; numpy array or tensor.
         image: (H, W) or (D, H, W) intensities on the scale of ``theta_beta``: the
-            HU-windowed CT (e.g. [-100, 400]) rescaled to 0..255.
+            HU-windowed CT (``featsup.data.hu_window``) rescaled to 0..255.
         mode: ``"2d"`` refines each slice on its own (a volume slice by slice), ``"3d"``
             runs one CRF over the volume; ``"auto"`` is 2d for a slice, 3d for a volume.
         spacing: voxel spacing per spatial axis ((sy, sx) or (sz, sy, sx)), folded into
@@ -176,7 +176,7 @@ def dense_crf(
         workers=workers,
     )
     run_mode = _resolve_mode(mode, probs_t)
-    run_device = resolve_device(device, probs_t)
+    run_device = probs_t.device if device is None else resolve_device(device)
     run_backend = _resolve_backend(backend, run_device)
     rel = relative_spacing(spacing, probs_t.ndim - 1)
     params = CRFParams(
@@ -209,7 +209,7 @@ def _run_whole(
     if mask is None:
         with cpu_threads(device):
             return run_field(backend, probs, image, None, rel, params, device)
-    box = crop_box(mask)
+    box = bounding_box(mask)
     out = probs.to(device, copy=True)
     if box is None:
         return out

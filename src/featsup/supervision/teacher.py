@@ -45,7 +45,8 @@ _log = logging.getLogger(__name__)
 def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
     """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
 
-    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast.
+    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast. This is
+    :func:`featsup.losses.one_hot`, the one implementation.
 
     Raises:
         ValueError: if labels fall outside ``[0, num_classes)``.
@@ -54,19 +55,9 @@ def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> to
         >>> one_hot(torch.tensor([[[0, 2]]]), 3, dtype=torch.float32)[0, :, 0].tolist()
         [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
-    if target.is_floating_point() and target.ndim >= 4 and target.shape[1] == num_classes:
-        return target.to(dtype)
-    if target.ndim >= 4 and target.shape[1] == 1:
-        target = target[:, 0]
-    target = target.long()
-    low, high = torch.aminmax(target)
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"target: expected labels in [0, {num_classes}), got [{int(low)}, {int(high)}]; "
-            "fix: num_classes"
-        )
-    shape = (target.shape[0], num_classes, *target.shape[1:])
-    return torch.zeros(shape, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1.0)
+    from featsup.losses import one_hot as shared_one_hot
+
+    return shared_one_hot(target, num_classes, dtype=dtype)
 
 
 # ---------------------------------------------------------------------- encoding teacher
@@ -85,13 +76,11 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         >>> reconstruction_dice(F.one_hot(labels, 2).movedim(-1, 1).float(), labels, 2)
         1.0
     """
+    from featsup.metrics import dice_score
+
     pred = logits.argmax(1)
-    scores = []
-    for c in range(1, num_classes):
-        a, b = pred == c, labels == c
-        denom = int(a.sum() + b.sum())
-        if denom:
-            scores.append(2.0 * int((a & b).sum()) / denom)
+    present = [c for c in range(1, num_classes) if bool(((pred == c) | (labels == c)).any())]
+    scores = [dice_score(pred == c, labels == c) for c in present]
     return float(np.mean(scores)) if scores else 1.0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsup import _checks
 from featsup._checks import check_choice
 from featsup.training.distributed import DistEnv
 
@@ -45,21 +46,9 @@ def resolve_device(device: str | torch.device, env: DistEnv) -> torch.device:
         >>> resolve_device("cpu", DistEnv())
         device(type='cpu')
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: expected an available device, got {device!r}; use 'cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", env.local_rank if env.distributed else 0)
-        if env.distributed:
-            torch.cuda.set_device(dev)
+    dev = _checks.resolve_device(device, local_rank=env.local_rank if env.distributed else 0)
+    if dev.type == "cuda" and env.distributed:
+        torch.cuda.set_device(dev)
     return dev
 
 

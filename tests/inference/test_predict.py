@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from featsup.inference import Cascade, predict_volume, select_head, stack_context
+from featsup.data import Preprocessing, preprocess_volume
+from featsup.inference import (
+    PreparedModel,
+    predict_volume,
+    prepare_model,
+    select_head,
+    stack_context,
+)
 from featsup.models import UNetPlusPlus
 
 
@@ -76,55 +83,41 @@ def test_stack_context_clamps_at_the_ends() -> None:
         stack_context(volume, -1)
 
 
-class _Oracle(torch.nn.Module):
-    """A 'model' whose logits favour class 1 where the input is bright."""
+def test_prepared_model_is_used_as_is_and_matches_the_raw_model(
+    model: UNetPlusPlus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = np.random.default_rng(4).random((3, 16, 16)).astype(np.float32)
+    prepared = prepare_model(model, head=1, device="cpu")
+    assert isinstance(prepared, PreparedModel) and prepared.head == 1 and not prepared.training
+    expected = predict_volume(model, volume, head=1, device="cpu")
 
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a prepared model was pruned again")
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        score = 20 * (image[:, :1] - self.threshold)
-        return torch.cat([-score, score], dim=1)
-
-
-def test_cascade_puts_labels_back_on_the_grid() -> None:
-    pytest.importorskip("cv2")
-    volume = np.full((6, 48, 40), -500, dtype=np.int16)
-    volume[1:5, 10:30, 8:32] = 60  # "liver"
-    volume[2:4, 15:20, 12:18] = 200  # "tumour" inside it
-    volume[0, 40:44, 2:6] = 60  # a stray blob the largest component removes
-    liver_model, tumour_model = _Oracle(0.3), _Oracle(0.8)
-    cascade = Cascade(liver_model, tumour_model, tumour_size=32, roi_margin=2, device="cpu",
-                      preprocess={"use_clahe": False})  # fmt: skip
-    result = cascade(volume)
-    assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
-    expected = np.zeros(volume.shape, np.uint8)
-    expected[1:5, 10:30, 8:32] = 1
-    expected[2:4, 15:20, 12:18] = 2
-    # resizing the ROI to 32x32 and back moves a boundary by at most a pixel
-    assert (result.labels != expected).mean() < 0.02
-    assert result.labels[0, 40:44, 2:6].max() == 0
-    assert set(result.timings) >= {"preprocess", "liver_model", "tumour_model", "total"}
+    monkeypatch.setattr(UNetPlusPlus, "pruned", fail)
+    for _ in range(2):
+        np.testing.assert_allclose(predict_volume(prepared, volume), expected, atol=1e-6)
+    np.testing.assert_allclose(predict_volume(prepared, volume, head=1, device="cpu"), expected)
 
 
-def test_cascade_without_liver_returns_background() -> None:
-    cascade = Cascade(_Oracle(2.0), _Oracle(2.0), tumour_size=16, device="cpu",
-                      preprocess={"use_clahe": False})  # fmt: skip
-    result = cascade(np.zeros((3, 16, 16), np.int16))
-    assert result.labels.max() == 0 and result.roi is None
+def test_prepared_model_rejects_another_head_or_device(model: UNetPlusPlus) -> None:
+    prepared = prepare_model(model, head=1, device="cpu")
+    volume = np.zeros((1, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="head: expected None or 1"):
+        predict_volume(prepared, volume, head=2)
+    with pytest.raises(ValueError, match="device"):
+        predict_volume(prepared, volume, device="meta")
+    with pytest.raises(TypeError, match="PreparedModel"):
+        prepare_model(prepared)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_predict_volume_and_cascade_on_cuda_match_cpu(model: UNetPlusPlus) -> None:
-    volume = np.random.default_rng(2).random((6, 32, 32)).astype(np.float32)
-    cpu = predict_volume(model, volume, head=2, batch_size=4, device="cpu")
-    gpu = predict_volume(model, volume, head=2, batch_size=4, device="cuda")
-    np.testing.assert_allclose(gpu, cpu, atol=2e-3)  # cuDNN may use TF32
-    hu = np.random.default_rng(3).integers(-200, 300, (4, 48, 48)).astype(np.int16)
-    options = {"liver_size": 32, "tumour_size": 32, "liver_crf": {"backend": "torch"}}
-    on_cpu = Cascade(model, model, device="cpu", **options)(hu)
-    on_gpu = Cascade(model, model, device="cuda", **options)(hu)
-    assert on_gpu.labels.shape == (4, 48, 48)
-    assert np.mean(on_gpu.labels != on_cpu.labels) < 0.01
+def test_predict_volume_preprocesses_hu_with_the_given_preprocessing(model: UNetPlusPlus) -> None:
+    hu = np.random.default_rng(5).integers(-300, 500, (3, 32, 32)).astype(np.int16)
+    settings = Preprocessing(hu_window=(-200.0, 300.0), clahe=False)
+    direct = predict_volume(model, hu, preprocessing=settings, device="cpu")
+    manual = predict_volume(model, preprocess_volume(hu, preprocessing=settings), device="cpu")
+    np.testing.assert_array_equal(direct, manual)
+    with pytest.raises(TypeError, match="preprocessing"):
+        predict_volume(model, hu, preprocessing={"clahe": False}, device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Hounsfield"):
+        predict_volume(model, hu[:, None], preprocessing=settings, device="cpu")

@@ -1,0 +1,125 @@
+"""The liver -> tumour cascade: labels on the grid, prepared models reused per head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featsup.data import Preprocessing
+from featsup.inference import Cascade, predict_volume
+from featsup.models import UNetPlusPlus
+
+
+@pytest.fixture
+def model() -> UNetPlusPlus:
+    net = UNetPlusPlus(1, 2, widths=(4, 8, 16))
+    net.train()
+    net(torch.randn(4, 1, 32, 32))
+    return net.eval()
+
+
+class _Oracle(torch.nn.Module):
+    """A 'model' whose logits favour class 1 where the input is bright."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        score = 20 * (image[:, :1] - self.threshold)
+        return torch.cat([-score, score], dim=1)
+
+
+def test_cascade_puts_labels_back_on_the_grid() -> None:
+    pytest.importorskip("cv2")
+    volume = np.full((6, 48, 40), -500, dtype=np.int16)
+    volume[1:5, 10:30, 8:32] = 60  # "liver"
+    volume[2:4, 15:20, 12:18] = 200  # "tumour" inside it
+    volume[0, 40:44, 2:6] = 60  # a stray blob the largest component removes
+    liver_model, tumour_model = _Oracle(0.3), _Oracle(0.8)
+    cascade = Cascade(liver_model, tumour_model, tumour_size=32, roi_margin=2, device="cpu",
+                      preprocessing=Preprocessing(clahe=False))  # fmt: skip
+    result = cascade(volume)
+    assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
+    expected = np.zeros(volume.shape, np.uint8)
+    expected[1:5, 10:30, 8:32] = 1
+    expected[2:4, 15:20, 12:18] = 2
+    # resizing the ROI to 32x32 and back moves a boundary by at most a pixel
+    assert (result.labels != expected).mean() < 0.02
+    assert result.labels[0, 40:44, 2:6].max() == 0
+    assert set(result.timings) >= {"preprocess", "liver_model", "tumour_model", "total"}
+
+
+def test_cascade_without_liver_returns_background() -> None:
+    cascade = Cascade(_Oracle(2.0), _Oracle(2.0), tumour_size=16, device="cpu",
+                      preprocessing=Preprocessing(clahe=False))  # fmt: skip
+    result = cascade(np.zeros((3, 16, 16), np.int16))
+    assert result.labels.max() == 0 and result.roi is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_predict_volume_and_cascade_on_cuda_match_cpu(model: UNetPlusPlus) -> None:
+    volume = np.random.default_rng(2).random((6, 32, 32)).astype(np.float32)
+    cpu = predict_volume(model, volume, head=2, batch_size=4, device="cpu")
+    gpu = predict_volume(model, volume, head=2, batch_size=4, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3)  # cuDNN may use TF32
+    hu = np.random.default_rng(3).integers(-200, 300, (4, 48, 48)).astype(np.int16)
+    options = {"liver_size": 32, "tumour_size": 32, "liver_crf": {"backend": "torch"}}
+    on_cpu = Cascade(model, model, device="cpu", **options)(hu)
+    on_gpu = Cascade(model, model, device="cuda", **options)(hu)
+    assert on_gpu.labels.shape == (4, 48, 48)
+    assert np.mean(on_gpu.labels != on_cpu.labels) < 0.01
+
+
+def test_cascade_prepares_each_head_once_across_volumes(
+    model: UNetPlusPlus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = UNetPlusPlus.pruned
+
+    def counting(self: UNetPlusPlus, head: int, **kwargs: object) -> UNetPlusPlus:
+        calls.append(head)
+        return original(self, head, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(UNetPlusPlus, "pruned", counting)
+    cascade = Cascade(model, model, liver_size=32, tumour_size=32, device="cpu")
+    hu = np.random.default_rng(6).integers(-200, 300, (3, 32, 32)).astype(np.int16)
+    hu[:, 8:24, 8:24] = 60
+    for _ in range(3):
+        cascade(hu)
+    assert calls == [2] or calls == [2, 2]  # liver head, and tumour head once if reached
+    liver = cascade.liver_stage(hu)
+    for head in (1, 2, 1):
+        cascade.liver_stage(hu, head=head)
+        result = cascade.tumour_stage(liver, head=head)
+        assert result.labels.shape == hu.shape
+    assert sorted(set(calls)) == [1, 2] and len(calls) == len(cascade._prepared)
+
+
+def test_liver_and_tumour_stages_compose_to_the_call() -> None:
+    volume = np.full((6, 48, 40), -500, dtype=np.int16)
+    volume[1:5, 10:30, 8:32] = 60
+    volume[2:4, 15:20, 12:18] = 200
+    cascade = Cascade(_Oracle(0.3), _Oracle(0.8), tumour_size=32, roi_margin=2, device="cpu",
+                      preprocessing=Preprocessing(clahe=False))  # fmt: skip
+    whole = cascade(volume)
+    liver = cascade.liver_stage(volume)
+    staged = cascade.tumour_stage(liver)
+    np.testing.assert_array_equal(staged.labels, whole.labels)
+    np.testing.assert_array_equal(liver.probability, whole.liver_probability)
+    assert liver.image_u8.dtype == np.uint8 and liver.mask.dtype == bool
+
+
+def test_cascade_window_comes_from_its_preprocessing() -> None:
+    # 150 HU is bright (> 0.3 of the range) in [-100, 400] but saturated to 1 in [-400, 100]
+    volume = np.full((2, 16, 16), -1000, dtype=np.int16)
+    volume[:, 4:12, 4:12] = 150
+    narrow = Preprocessing(hu_window=(-400.0, 100.0), clahe=False)
+    cascade = Cascade(_Oracle(0.3), _Oracle(2.0), tumour_size=16, device="cpu",
+                      preprocessing=narrow)  # fmt: skip
+    liver = cascade.liver_stage(volume)
+    assert liver.image_u8[0, 8, 8] == 255 and cascade.preprocessing is narrow
+    with pytest.raises(TypeError, match="preprocessing"):
+        Cascade(_Oracle(0.3), _Oracle(0.3), preprocessing={"clahe": False})  # type: ignore[arg-type]
