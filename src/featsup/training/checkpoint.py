@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
+from featsup._wrappers import supervised_student, unwrap
 from featsup.training.distributed import DistEnv
 
 __all__ = [
@@ -57,13 +58,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         >>> unwrap_model(nn.DataParallel(net)) is net
         True
     """
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
+    return unwrap(model)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -167,9 +162,9 @@ def model_spec(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
 
 
 def student_prefix(model: nn.Module) -> str | None:
-    """State-dict prefix of ``model.student`` (a FeatureSupervisor's student) or None."""
-    student = getattr(model, "student", None)
-    if not isinstance(student, nn.Module):
+    """State-dict prefix of a FeatureSupervisor's (unwrapped) student, or None."""
+    student = supervised_student(model)
+    if student is None:
         return None
     for name, child in model.named_modules():
         if child is student and name:
@@ -323,7 +318,7 @@ class TrainerCheckpointing:
         spec, prefix = model_spec(model), student_prefix(model)
         student = None
         if prefix is not None:
-            student_spec = model_spec(model.student)  # type: ignore[arg-type]
+            student_spec = model_spec(supervised_student(model))  # type: ignore[arg-type]
             student = {
                 "prefix": prefix,
                 "class": student_spec[0] if student_spec else None,

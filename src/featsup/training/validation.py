@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsup._wrappers import supervised_student
 from featsup.training.checkpoint import unwrap_model
 
 __all__ = ["dice_per_head"]
@@ -67,9 +68,7 @@ def dice_per_head(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes: expected >= 2 (background + foreground), got {num_classes}")
-    net = unwrap_model(model)
-    student = getattr(net, "student", None)
-    net = unwrap_model(student) if isinstance(student, nn.Module) else net
+    net = supervised_student(model) or unwrap_model(model)
     was_training, flag = net.training, getattr(net, "deep_supervision", None)
     device = next(net.parameters()).device
     counts: torch.Tensor | None = None  # (heads, 3, classes): intersection, pred, true
