@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from featsup.data.phantom import make_phantom
-from featsup.losses import deep_supervision_loss
+from featsup.losses import TotalLoss, deep_supervision_loss
 from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor, train_encoding_teacher
 from featsup.training import load_model
@@ -85,9 +85,8 @@ def train_variant(
     student = UNetPlusPlus(1, 2, widths=args.widths, deep_supervision=mode == "DS")
     sup = None
     if LEVELS[supervision] is not None:
-        sup = FeatureSupervisor(
-            student, teacher, levels=LEVELS[supervision], weight=args.feature_weight
-        )
+        sup = FeatureSupervisor(student, teacher, levels=LEVELS[supervision])
+    total = TotalLoss(seg=deep_supervision_loss, feature_weight=args.feature_weight)  # eq. 17
     params = sup.parameters() if sup is not None else student.parameters()
     optimizer = torch.optim.Adam(params, lr=args.lr)
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -100,7 +99,7 @@ def train_variant(
             loss = deep_supervision_loss(student(x), y)
         else:
             out = sup(x, y)
-            loss = deep_supervision_loss(out.output, y) + out.feature_loss
+            loss = total(out.output, y, feature=out.feature_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

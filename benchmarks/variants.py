@@ -32,12 +32,18 @@ import numpy as np
 import torch
 
 from featsup import data as fd
+from featsup.losses import FeatureLoss
 from featsup.supervision import train_encoding_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head
 from featsup.viz import load_history, plot_curves
 
-REMEDIES = {"early": {}, "w=0.3": {"feature_weight": 0.3}, "norm": {"feature_norm": "channel"}}
+# per remedy: (options of build_variant, options of segmentation_step)
+REMEDIES = {
+    "early": ({}, {}),
+    "w=0.3": ({}, {"feature_weight": 0.3}),
+    "norm": ({"loss": FeatureLoss(feature_norm="channel")}, {}),
+}
 BASELINE = "UN-DS"
 
 
@@ -89,13 +95,14 @@ def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, a
     variant, remedy = parse_config(config)
     teacher = teachers["early" if remedy == "early" else "converged"]["model"]
     torch.manual_seed(seed)
+    model_options, step_options = REMEDIES.get(remedy or "", ({}, {}))
     model = build_variant(
         variant, in_channels=1, num_classes=2, widths=args.widths,
-        teacher=None if variant.startswith("UN") else teacher, **REMEDIES.get(remedy or "", {}),
+        teacher=None if variant.startswith("UN") else teacher, **model_options,
     )  # fmt: skip
     folder = args.out / stage / f"{config.replace('@', '_').replace('=', '')}-seed{seed}"
     trainer = Trainer(
-        model, segmentation_step(), sets["train"], val_data=sets["val"],
+        model, segmentation_step(**step_options), sets["train"], val_data=sets["val"],
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
         lr=args.lr, max_steps=args.steps, batch_size=args.batch_size, seed=seed,
         val_every=args.val_every, log_every=max(5, args.steps // 30), checkpoint_dir=folder,

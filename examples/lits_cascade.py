@@ -41,7 +41,7 @@ from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
-from featsup.supervision import train_encoding_teacher
+from featsup.supervision import supervised_student, train_encoding_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
 from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_model
 from featsup.viz import load_history, plot_cascade_panels, plot_curves
@@ -322,8 +322,9 @@ def train_stage(
     )
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
-    part = "student" if hasattr(model, "student") else "model"
-    best = UNetPlusPlus.from_config(getattr(model, "student", model).config)
+    student = supervised_student(model)
+    part = "model" if student is None else "student"
+    best = UNetPlusPlus.from_config((student or model).config)
     load_model(folder / "best.pt", model=best, part=part)
     if hasattr(model, "close"):
         model.close()

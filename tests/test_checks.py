@@ -27,8 +27,8 @@ def test_resolve_device_rejects_absent_cuda_at_every_old_call_site() -> None:
     from featsup.inference import predict_volume
     from featsup.models import UNetPlusPlus
     from featsup.postprocess import dense_crf
-    from featsup.training.distributed import DistEnv
     from featsup.training.device import resolve_device as training_device
+    from featsup.training.distributed import DistEnv
 
     with pytest.raises(ValueError, match="expected an available device"):
         resolve_device("cuda")
@@ -42,8 +42,8 @@ def test_resolve_device_rejects_absent_cuda_at_every_old_call_site() -> None:
 
 
 def test_training_device_is_the_shared_one_on_cpu() -> None:
-    from featsup.training.distributed import DistEnv
     from featsup.training.device import resolve_device as training_device
+    from featsup.training.distributed import DistEnv
 
     assert training_device("cpu", DistEnv()) == resolve_device("cpu")
     assert training_device("auto", DistEnv()) == resolve_device("auto", local_rank=0)

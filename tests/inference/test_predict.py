@@ -13,6 +13,7 @@ from featsup.inference import (
     stack_context,
 )
 from featsup.models import UNetPlusPlus
+from featsup.supervision import FeatureSupervisor
 
 
 @pytest.fixture
@@ -54,12 +55,9 @@ def test_select_head_prunes_unetpp_and_unwraps_student(model: UNetPlusPlus) -> N
     pruned = select_head(model, 1)
     assert isinstance(pruned, UNetPlusPlus) and pruned.depth == 1 and not pruned.training
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.student = model
-
-    assert select_head(Wrapper(), None).depth == 2
+    teacher = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
+    with FeatureSupervisor(model, teacher) as sup:  # recognised as such, not by a .student
+        assert select_head(sup, None).depth == 2
 
 
 def test_predict_volume_rejects_bad_shapes(model: UNetPlusPlus) -> None:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featsup.losses import FeatureLoss, feature_loss
+from featsup.losses.feature import standardise_channels
 
 
 def eq16(x: np.ndarray, y: np.ndarray, beta: float) -> np.ndarray:
@@ -101,3 +102,51 @@ def test_errors():
         FeatureLoss(reduction="none")([torch.zeros(2)] * 2, [torch.zeros(2)] * 2)
     with pytest.raises(ValueError, match="weights"):
         FeatureLoss(weights=[-1.0])
+
+
+def test_channel_norm_standardises_both_sides_and_module_equals_function():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 5, 5, generator=g), torch.randn(2, 3, 5, 5, generator=g)
+    z = standardise_channels(t)
+    torch.testing.assert_close(z.mean((2, 3)), torch.zeros(2, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z.var((2, 3), unbiased=False), torch.ones(2, 3), rtol=1e-3, atol=0)
+    expected = F.smooth_l1_loss(standardise_channels(s), z)
+    torch.testing.assert_close(feature_loss(s, t, feature_norm="channel"), expected)
+    torch.testing.assert_close(FeatureLoss(feature_norm="channel")(s, t), expected)
+    # blind to a per-channel scale and offset of the teacher; without the norm it is not
+    scaled = t * torch.tensor([10.0, 0.1, 2.0])[None, :, None, None] + 3.0
+    torch.testing.assert_close(feature_loss(s, scaled, feature_norm="channel"), expected,
+                               rtol=1e-3, atol=1e-6)  # eps=1e-5 against var 0.01  # fmt: skip
+    assert abs(feature_loss(s, scaled) - feature_loss(s, t)) > 0.1
+    with pytest.raises(ValueError, match="feature_norm: expected one of"):
+        feature_loss(s, t, feature_norm="batch")  # type: ignore[arg-type]
+
+
+def test_terms_give_the_weighted_total_and_unweighted_levels():
+    students = [torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)]
+    teachers = [torch.full((1, 2, 4, 4), 3.0), torch.ones(1, 2, 2, 2)]
+    loss = FeatureLoss(kind="huber", beta=2.0, weights=[1.0, 3.0])
+    total, parts = loss.terms(students, teachers)
+    torch.testing.assert_close(parts[0], torch.tensor(2.0 * (3.0 - 1.0)))  # beta (|d| - beta/2)
+    torch.testing.assert_close(parts[1], torch.tensor(0.5))  # 0.5 d^2
+    torch.testing.assert_close(total, parts[0] + 3.0 * parts[1])
+    torch.testing.assert_close(loss(students, teachers), total)
+    assert loss.level_weights(2) == (1.0, 3.0) and FeatureLoss().level_weights(4) == (0.25,) * 4
+    with pytest.raises(ValueError, match=r"weights: expected one weight per level \(3\), got 2"):
+        loss.level_weights(3)
+
+
+def test_a_callable_kind_is_applied_per_level_after_the_norm():
+    seen = []
+
+    def l1(s, t):
+        seen.append(float(s.mean()))
+        return (s - t).abs().mean()
+
+    s, t = torch.full((1, 2, 3, 3), 5.0), torch.zeros(1, 2, 3, 3)
+    s[..., 0, 0] = 0.0
+    loss = FeatureLoss(kind=l1, feature_norm="channel")
+    expected = (standardise_channels(s) - standardise_channels(t)).abs().mean()
+    torch.testing.assert_close(loss(s, t), expected)
+    assert abs(seen[-1]) < 1e-5  # the callable saw the standardised student
+    assert "kind='l1'" in repr(loss) and "feature_norm='channel'" in repr(loss)

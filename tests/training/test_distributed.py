@@ -23,7 +23,7 @@ import torch
 from featsup.training import load_checkpoint
 from featsup.training.distributed import DistEnv, EpochBatchSampler
 
-WORKER = str(Path(__file__).parents[1] / "_ddp_worker.py")  # shared with supervision tests
+WORKER = str(Path(__file__).parent / "_ddp_worker.py")
 
 
 def run(out: Path, *worker_args: str, nproc: int | None) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from featsup._checks import check_ndim, check_positive, check_type, resolve_device
+from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import Preprocessing, preprocess_volume
 from featsup.models.unetpp import UNetPlusPlus
 
@@ -97,7 +98,7 @@ def select_head(model: nn.Module, head: int | None, *, optimize: bool = True) ->
     Raises:
         ValueError: if ``head`` is out of range for a UNet++.
     """
-    student = getattr(model, "student", model)  # a FeatureSupervisor predicts with its student
+    student = supervised_student(model) or unwrap(model)  # a supervisor: with its student
     if isinstance(student, UNetPlusPlus):
         return student.pruned(head=head or student.depth, optimize=optimize).eval()
     return student.eval()

@@ -7,10 +7,13 @@ One module per job: :mod:`~featsup.supervision.supervisor` (:class:`FeatureSuper
 :mod:`~featsup.supervision.match` (a teacher shaped like a given student),
 :mod:`~featsup.supervision.cache` (the teacher's features, predicted and saved once) and
 :mod:`~featsup.supervision.variants` (the paper's six training variants).
+:func:`supervised_student` tells whether a (wrapped) model is a :class:`FeatureSupervisor`
+and returns its student.
 """
 
 from __future__ import annotations
 
+from featsup._wrappers import supervised_student
 from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache
 from featsup.supervision.levels import EncoderLevel, encoder_levels
 from featsup.supervision.match import matching_teacher
@@ -41,5 +44,6 @@ __all__ = [
     "parse_variant",
     "reconstruction_dice",
     "segmentation_step",
+    "supervised_student",
     "train_encoding_teacher",
 ]

@@ -24,19 +24,11 @@ from typing import Literal
 
 from torch import nn
 
-__all__ = ["Candidates", "Kind", "recognise", "unwrap"]
+__all__ = ["Candidates", "Kind", "recognise"]
 
 Kind = Literal["protocol", "smp", "monai", "hooks"]
 # (kind, family, [(level name, (module path, index in the module's output list or None))])
 Candidates = tuple[Kind, str, list[tuple[str, tuple[str, int | None]]]]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
 
 
 def _family(cls: type) -> str:

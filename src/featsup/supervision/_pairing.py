@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
+from featsup._wrappers import wrapper_layers
 from featsup.supervision.levels import Levels
 
 __all__ = [
@@ -136,13 +137,18 @@ class _AdapterStack(nn.Module):
 def synchronised_adapters(student: nn.Module, adapters: nn.ModuleList) -> nn.Module | None:
     """A DDP wrapper of ``adapters`` in the process group of a DDP ``student``, else None.
 
+    ``student`` counts as DDP when a DDP wrapper is among its wrapper layers (for
+    example ``torch.compile(DDP(net))``).
+
     The adapters belong to the supervisor, not to the student that the user wrapped: this
     wrapper broadcasts their initial weights from rank 0 and averages their gradients,
     as DDP does for the student.
     """
     ddp = nn.parallel.DistributedDataParallel
-    if not isinstance(student, ddp) or not any(p.requires_grad for p in adapters.parameters()):
+    found = [layer for layer in wrapper_layers(student) if isinstance(layer, ddp)]
+    if not found or not any(p.requires_grad for p in adapters.parameters()):
         return None
+    student = found[0]
     return ddp(
         _AdapterStack(adapters), device_ids=student.device_ids,
         output_device=student.output_device, process_group=student.process_group,

@@ -31,15 +31,15 @@ class TeacherLevels:
     Args:
         teacher: the frozen network.
         teacher_input: ``teacher_input(image, target)``, or None for the one-hot target.
-        num_classes: classes of the one-hot target.
+        label_classes: classes of the label map, one-hot encoded as the teacher's input.
     """
 
     def __init__(
-        self, teacher: nn.Module, teacher_input: TeacherInput | None, num_classes: int | None
+        self, teacher: nn.Module, teacher_input: TeacherInput | None, label_classes: int | None
     ) -> None:
         self.teacher = teacher
         self.teacher_input = teacher_input
-        self.num_classes = num_classes
+        self.label_classes = label_classes
         self.levels: Levels | None = None
         self.picks: list[int] = []
         self.names: list[str] = []
@@ -49,14 +49,14 @@ class TeacherLevels:
         """The teacher's input: ``teacher_input(image, target)`` or the one-hot target."""
         if self.teacher_input is not None:
             return self.teacher_input(image, target)
-        assert target is not None and self.num_classes is not None
+        assert target is not None and self.label_classes is not None
         first = next(self.teacher.parameters())
-        return one_hot(target.to(first.device), self.num_classes, dtype=first.dtype)
+        return one_hot(target.to(first.device), self.label_classes, dtype=first.dtype)
 
     def measure(self, found: Levels, image: torch.Tensor) -> Levels:
         """Measure the teacher's levels ``found`` on a probe for the student's ``image``."""
         gen = torch.Generator().manual_seed(1)
-        target = torch.randint(0, self.num_classes or 1, (len(image), *image.shape[2:]),
+        target = torch.randint(0, self.label_classes or 1, (len(image), *image.shape[2:]),
                                generator=gen)  # fmt: skip
         return probe_levels(self.teacher, found, self.input_for(image, target), full=False)
 

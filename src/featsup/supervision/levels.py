@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from featsup.supervision._arch import Kind, recognise, unwrap
+from featsup._wrappers import unwrap
+from featsup.supervision._arch import Kind, recognise
 from featsup.supervision.taps import HookTap, frozen_modes, input_channels, resolve_module
 
 __all__ = [
@@ -206,7 +207,8 @@ def encoder_levels(
     Args:
         model: a featsup UNet++, an smp model, a MONAI ``UNet``, ``BasicUNet``,
             ``BasicUNetPlusPlus``, ``DynUNet`` or ``SegResNet`` (2D or 3D), possibly
-            wrapped in ``DistributedDataParallel``, or any model with ``layers``.
+            wrapped in ``DistributedDataParallel`` or :func:`torch.compile`, or any model
+            with ``layers``.
         layers: dotted module names to use as levels instead of the recognised ones.
         probe_size: spatial size of the probe: an int (each spatial dim) or a tuple.
         in_channels: input channels, if they cannot be inferred.

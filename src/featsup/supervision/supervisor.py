@@ -3,17 +3,18 @@
 A frozen *teacher* (the paper's encoding UNet++, trained label -> label) encodes the one-hot
 label map; its encoder features supervise the *student*'s encoder features at the
 bottleneck only (BS) or at every encoder level (ES), through the Smooth-L1 loss of
-eq. 15-16. The total training loss is eq. 17,
-``w1 * DS-Loss(output, target) + w2 * SL1-Loss(features)``: :class:`FeatureSupervisor`
-returns the student's output unchanged, so any segmentation or deep-supervision loss
-applies, together with the feature loss.
+eq. 15-16, computed by :class:`~featsup.losses.FeatureLoss`. The total training loss is
+eq. 17, ``w1 * DS-Loss(output, target) + w2 * SL1-Loss(features)``:
+:class:`FeatureSupervisor` returns the student's output unchanged and the unweighted
+feature loss, so any segmentation or deep-supervision loss applies, and w2 is set once,
+in :class:`~featsup.losses.TotalLoss` (``feature_weight``).
 
 ::
 
     image ──> student (runs once; hooks read its encoder levels) ──> output ─> Seg / DS loss
                         │ X(1,0) .. X(4,0)  [1x1 conv / resize if shapes differ]
                         v
-                  feature loss (smooth L1 per level, weighted) ──────────────> + w2 * ...
+                  FeatureLoss (smooth L1 per level, weighted) ───────────────> + w2 * ...
                         ^
     one-hot(target) ──> frozen teacher encoder (no grad, eval)   or   TeacherFeatureCache
 """
@@ -22,16 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from featsup._checks import check_choice, check_positive, check_type
-from featsup.losses.feature import feature_loss
-from featsup.supervision._arch import unwrap
+from featsup._checks import check_choice, check_type
+from featsup._wrappers import unwrap, wrapper_layers
+from featsup.losses.feature import FeatureLoss
 from featsup.supervision._pairing import (
     build_adapters,
     pair_levels,
@@ -46,22 +47,14 @@ from featsup.supervision.levels import (
     probe_input,
     probe_levels,
 )
-from featsup.supervision.taps import (
-    HookTap,
-    check_distinct,
-    input_channels,
-    level_weights_for,
-    resize_to,
-)
+from featsup.supervision.taps import HookTap, check_distinct, input_channels, resize_to
 
 __all__ = ["FeatureSupervisor", "SupervisedOutput"]
 
 _log = logging.getLogger(__name__)
-_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 
 LevelRef = int | str
 LevelSpec = Literal["all", "bottleneck"] | Sequence[LevelRef | tuple[LevelRef, LevelRef]]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -71,7 +64,9 @@ class SupervisedOutput:
     Attributes:
         output: the student's output, exactly as its ``forward`` returns it (a tensor or
             the list of deep-supervision heads).
-        feature_loss: scalar, ``weight * sum_l level_weight_l * loss_l``.
+        feature_loss: scalar, ``sum_l w_l * loss_l`` with the level weights of the
+            supervisor's :class:`~featsup.losses.FeatureLoss` (w2 is applied by
+            :class:`~featsup.losses.TotalLoss`).
         level_losses: the unweighted loss of each supervised level, keyed by the student's
             level name, for logging.
     """
@@ -92,34 +87,33 @@ class FeatureSupervisor(nn.Module):
     probe pass at construction measures each level's channels and reduction (stride);
     ``levels="all"`` pairs levels of equal reduction (two networks of one family, such as
     two featsup UNet++, level by level), leaves out those one side lacks and logs the
-    pairs. The student's forward runs once: hooks, registered here (inside a
-    ``DistributedDataParallel`` student), read its levels with their graph. The teacher
+    pairs. The student's forward runs once: hooks, registered here on the network's own
+    modules (inside a ``DistributedDataParallel`` or :func:`torch.compile` student; the
+    probe runs the network eagerly, where in-place updates of a tapped output are
+    caught), read its levels with their graph. The teacher
     is frozen for good (eval mode even after :meth:`train`, no gradients, run under
     ``torch.no_grad()``, skipped by a ``DistributedDataParallel`` around this module) and
     runs only its encoder where it has one; its parameters are not among
     :meth:`parameters`, the trainable adapters are.
 
     Args:
-        student: the network being trained (or its ``DistributedDataParallel`` wrapper).
+        student: the network being trained, or its ``DistributedDataParallel`` or
+            :func:`torch.compile` wrapper.
         teacher: the frozen encoding network; a different object from ``student``.
         levels: ``"all"`` (every level the two share, ES), ``"bottleneck"`` (the deepest
             shared level, BS), or a list of level names or indices valid for both
             networks, or of ``(student_level, teacher_level)`` pairs.
-        loss: ``"smooth_l1"`` (paper eq. 16 with ``beta``), ``"mse"`` or a callable
-            ``loss(student_features, teacher_features) -> scalar``.
-        beta: Smooth-L1 transition point, >= 0 (1.0 in the paper).
-        weight: w2 of eq. 17, multiplies the summed level losses.
-        level_weights: one weight per supervised level; default ``1 / n`` each (the mean
-            over levels, as the deep-supervision loss averages its heads).
+        loss: the feature loss of the supervised levels (eq. 16), given the student's
+            maps (after their adapters) and the teacher's (detached); default
+            ``FeatureLoss()``: Smooth-L1 with ``beta=1``, levels averaged. Its options
+            (``kind``, ``beta``, one weight per level, ``feature_norm``) are the only
+            feature-loss settings; w2 is ``TotalLoss(feature_weight=)``.
         adapters: ``"auto"`` adds a trainable 1x1 conv on the student side where the
             channels differ and resizes the student map where the sizes differ; ``None``
             requires equal shapes.
-        feature_norm: ``"none"``, or ``"channel"``: standardise each (B, C) map of the
-            student (after its adapter) and of the teacher (without gradient) to zero
-            mean and unit variance over space before the loss, a parameter-free
-            instance norm that makes the loss blind to the teacher's feature scale.
-        num_classes: classes of the default teacher input (the one-hot target); default
-            the teacher's input channels.
+        label_classes: classes of the label map, one-hot encoded as the teacher's input
+            (so equal to the teacher's input channels, the default); with
+            ``teacher_input``, the classes of the probe's random label map.
         teacher_input: ``teacher_input(image, target) -> tensor`` replacing the one-hot map.
         student_layers: module names to tap in the student instead of its recognised levels.
         teacher_layers: the same for the teacher.
@@ -130,10 +124,10 @@ class FeatureSupervisor(nn.Module):
 
     Raises:
         ValueError: on bad options, unknown levels, no level of equal reduction, levels of
-            two networks of one family that differ for ``levels="all"``, or
-            (``adapters=None``) unequal shapes, listing both.
-        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``, or the teacher
-            is wrapped in ``DistributedDataParallel``.
+            two networks of one family that differ for ``levels="all"``, level weights
+            of ``loss`` not one per level, or (``adapters=None``) unequal shapes.
+        TypeError: if ``student`` or ``teacher`` is not an ``nn.Module``, ``loss`` not a
+            ``FeatureLoss``, or the teacher is wrapped in ``DistributedDataParallel``.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -154,13 +148,9 @@ class FeatureSupervisor(nn.Module):
         teacher: nn.Module,
         *,
         levels: LevelSpec = "all",
-        loss: Literal["smooth_l1", "mse"] | LossFn = "smooth_l1",
-        beta: float = 1.0,
-        weight: float = 1.0,
-        level_weights: Sequence[float] | None = None,
+        loss: FeatureLoss | None = None,
         adapters: Literal["auto"] | None = "auto",
-        feature_norm: Literal["none", "channel"] = "none",
-        num_classes: int | None = None,
+        label_classes: int | None = None,
         teacher_input: TeacherInput | None = None,
         student_layers: Sequence[str] | None = None,
         teacher_layers: Sequence[str] | None = None,
@@ -170,32 +160,27 @@ class FeatureSupervisor(nn.Module):
         super().__init__()
         check_type("student", student, nn.Module)
         check_type("teacher", teacher, nn.Module)
-        if isinstance(teacher, _WRAPPERS):
+        if isinstance(teacher, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             raise TypeError(
                 f"teacher: expected the frozen network itself, got {type(teacher).__name__}; "
                 "fix: pass teacher.module (a frozen teacher has no gradients to synchronise)"
             )
         check_distinct(student, teacher)
-        if not callable(loss):
-            check_choice("loss", loss, ("smooth_l1", "mse"))
-        check_positive("beta", beta, strict=False)
-        check_positive("weight", weight, strict=False)
         check_choice("adapters", adapters, ("auto", None))
-        check_choice("feature_norm", feature_norm, ("none", "channel"))
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
-        self.loss, self.beta, self.weight, self.adapter_mode = loss, beta, weight, adapters
-        self.feature_norm = feature_norm
+        self.loss = _checked_loss(loss)
+        self.adapter_mode = adapters
         self.teacher_input = teacher_input
-        self.num_classes = self._resolve_num_classes(num_classes)
-        self._teacher_side = TeacherLevels(self.teacher, teacher_input, self.num_classes)
+        self.label_classes = self._resolve_label_classes(label_classes)
+        self._teacher_side = TeacherLevels(self.teacher, teacher_input, self.label_classes)
         self._measure_levels(student_layers, teacher_layers, probe_size, probe_channels)
         self._pairs = pair_levels(levels, self._student_levels, self._teacher_levels)
         self.level_names = [self._student_levels.names[s] for s, _ in self._pairs]
         self.teacher_level_names = [self._teacher_levels.names[t] for _, t in self._pairs]
-        self.level_weights = level_weights_for(level_weights, len(self._pairs))
+        self.level_weights = list(self.loss.level_weights(len(self._pairs)))
         s_sources = self._student_levels.sources
-        # hooks go on the network's own modules, inside a DistributedDataParallel wrapper
+        # hooks go on the network's own modules, inside DDP or torch.compile wrappers
         self._student_tap = HookTap(unwrap(student), [s_sources[s] for s, _ in self._pairs])
         try:
             self._teacher_side.select(self._teacher_levels, [t for _, t in self._pairs])
@@ -211,14 +196,14 @@ class FeatureSupervisor(nn.Module):
         _log.info("FeatureSupervisor: %s", self._pairing_text())
 
     # ------------------------------------------------------------------ construction helpers
-    def _resolve_num_classes(self, num_classes: int | None) -> int | None:
+    def _resolve_label_classes(self, label_classes: int | None) -> int | None:
         if self.teacher_input is not None:
-            return num_classes
+            return label_classes
         channels = input_channels(self.teacher)
-        if num_classes is not None and num_classes != channels:
+        if label_classes is not None and label_classes != channels:
             raise ValueError(
-                f"num_classes: expected the teacher's input channels ({channels}) for its "
-                f"one-hot input, got {num_classes}; fix: pass teacher_input=..."
+                f"label_classes: expected the teacher's input channels ({channels}) for its "
+                f"one-hot input, got {label_classes}; fix: pass teacher_input=..."
             )
         return channels
 
@@ -231,12 +216,12 @@ class FeatureSupervisor(nn.Module):
     ) -> None:
         """Find both networks' levels and measure them with one probe pass each."""
         inner = unwrap(self.student)
-        if student_layers is not None and inner is not self.student:  # DDP's "module." prefix
-            student_layers = [n.removeprefix("module.") for n in student_layers]
+        if student_layers is not None:  # names as seen from the wrappers: drop their prefixes
+            student_layers = [_inner_name(n, self.student) for n in student_layers]
         student = find_levels(inner, student_layers, "student")
         teacher = find_levels(self.teacher, teacher_layers, "teacher")
         image = probe_input(inner, probe_size, probe_channels)
-        # the student runs its whole forward: every tapped module must fire exactly once
+        # the whole forward, eagerly (even for a compiled student): every tap fires once, unchanged
         self._student_levels = probe_levels(inner, student, image, full=True)
         self._teacher_levels = self._teacher_side.measure(teacher, image)
 
@@ -271,7 +256,7 @@ class FeatureSupervisor(nn.Module):
                 yield name, param
 
     def student_state_dict(self) -> dict[str, Any]:
-        """The student's own ``state_dict`` (no teacher, no adapters, no DDP prefix)."""
+        """The student's own ``state_dict`` (no teacher, no adapters, no wrapper prefix)."""
         return unwrap(self.student).state_dict()
 
     # ------------------------------------------------------------------ forward
@@ -315,24 +300,16 @@ class FeatureSupervisor(nn.Module):
     def _compare(
         self, output: Any, student: list[torch.Tensor], teacher: list[torch.Tensor]
     ) -> SupervisedOutput:
-        level_losses: dict[str, torch.Tensor] = {}
-        parts = []
         if self._synced is not None:
             student = self._synced(student)
         else:
             student = [adapter(s) for adapter, s in zip(self.adapters, student, strict=True)]
-        for k, (s, t) in enumerate(zip(student, teacher, strict=True)):
-            s = self._resize(k, s, t)
-            t = t.to(device=s.device, dtype=s.dtype)
-            if self.feature_norm == "channel":
-                s = _standardise(s)
-                with torch.no_grad():
-                    t = _standardise(t)
-            part = self._level_loss(s, t)
-            level_losses[self.level_names[k]] = part
-            parts.append(self.level_weights[k] * part)
-        total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
-        return SupervisedOutput(output, self.weight * total, level_losses)
+        pairs = list(enumerate(zip(student, teacher, strict=True)))
+        student = [self._resize(k, s, t) for k, (s, t) in pairs]
+        # the teacher is frozen: no gradient flows to its side, even from given features
+        teacher = [t.detach().to(device=s.device, dtype=s.dtype) for _, (s, t) in pairs]
+        total, parts = self.loss.terms(student, teacher)
+        return SupervisedOutput(output, total, dict(zip(self.level_names, parts, strict=True)))
 
     def _resize(self, k: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if s.shape[2:] != t.shape[2:] and self.adapter_mode == "auto":
@@ -344,11 +321,6 @@ class FeatureSupervisor(nn.Module):
                 "fix: adapters='auto', or teacher features of this batch"
             )
         return s
-
-    def _level_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if callable(self.loss):
-            return self.loss(s, t)
-        return feature_loss(s, t, kind=self.loss, beta=self.beta)
 
     # ------------------------------------------------------------------ cache
     def cache_teacher_features(
@@ -403,15 +375,25 @@ class FeatureSupervisor(nn.Module):
             self.close()
 
     def extra_repr(self) -> str:  # noqa: D102
-        loss = getattr(self.loss, "__name__", self.loss)
-        return (
-            f"{self._pairing_text()},\nloss={loss!r}, beta={self.beta}, weight={self.weight}, "
-            f"feature_norm={self.feature_norm!r}"
+        return self._pairing_text()
+
+
+def _checked_loss(loss: FeatureLoss | None) -> FeatureLoss:
+    loss = FeatureLoss() if loss is None else loss
+    check_type("loss", loss, FeatureLoss)
+    if loss.reduction == "none":
+        raise ValueError(
+            "loss: expected a FeatureLoss reducing each level to a scalar, got "
+            "reduction='none'; fix: FeatureLoss(reduction='mean')"
         )
+    return loss
 
 
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) -> zero mean, unit variance over space per sample and channel."""
-    dims = tuple(range(2, x.ndim))
-    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-    return (x - mean) * torch.rsqrt(var + 1e-5)
+def _inner_name(name: str, student: nn.Module) -> str:
+    """A module name relative to the network, without the prefixes of its wrappers."""
+    for layer in wrapper_layers(student):
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix) and getattr(layer, prefix[:-1], None) is not None:
+                name = name.removeprefix(prefix)
+                break
+    return name

@@ -19,14 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featsup._checks import check_positive
-
 __all__ = [
     "HookTap",
     "check_distinct",
     "frozen_modes",
     "input_channels",
-    "level_weights_for",
     "resize_to",
     "resolve_module",
 ]
@@ -74,7 +71,10 @@ class HookTap:
 
     Hooks are registered once, here, and record only inside :meth:`run`; outputs are kept
     as they are (never detached). After the pass each hooked module must have fired exactly
-    once and its output must not have been modified in place.
+    once and its output must not have been modified in place. Inside a
+    :func:`torch.compile` graph the hooks are traced and replayed, but version counters
+    are not observable: there the in-place check is left to an eager pass of the same
+    network (the :class:`~featsup.supervision.FeatureSupervisor` probe).
 
     Args:
         model: the network to tap.
@@ -96,7 +96,7 @@ class HookTap:
         self.stop_early = stop_early
         self.modules = sorted({path for path, _ in self.sources})
         self._outputs: dict[str, Any] = {}
-        self._versions: dict[str, list[int]] = {}
+        self._versions: dict[str, list[int] | None] = {}
         self._counts = dict.fromkeys(self.modules, 0)
         self._armed = False
         self._handles = [
@@ -109,8 +109,7 @@ class HookTap:
             return
         self._counts[path] += 1
         self._outputs[path] = output
-        tensors = output if isinstance(output, (list, tuple)) else [output]
-        self._versions[path] = [t._version if torch.is_tensor(t) else -1 for t in tensors]
+        self._versions[path] = None if torch.compiler.is_compiling() else _versions(output)
         if self.stop_early and all(self._counts.values()):
             raise _StopForward
 
@@ -153,9 +152,8 @@ class HookTap:
                     "calls; fix: tap a module that runs exactly once (not a shared or unused one)"
                 )
         for path, output in self._outputs.items():
-            tensors = output if isinstance(output, (list, tuple)) else [output]
-            now = [t._version if torch.is_tensor(t) else -1 for t in tensors]
-            if now != self._versions[path]:
+            before = self._versions[path]
+            if before is not None and _versions(output) != before:
                 raise RuntimeError(
                     f"tap {path!r}: expected its output to stay unchanged, got an in-place "
                     "update later in the forward; fix: tap the module after the in-place op"
@@ -181,6 +179,12 @@ class HookTap:
 
 
 # ---------------------------------------------------------------------- helpers
+def _versions(output: Any) -> list[int]:
+    """In-place version counters of a module output (a tensor or a list of them)."""
+    tensors = output if isinstance(output, (list, tuple)) else [output]
+    return [t._version if torch.is_tensor(t) else -1 for t in tensors]
+
+
 def resize_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Resize (B, C, *spatial) ``x`` to ``size``: average pooling down, (bi/tri)linear up."""
     if all(a >= b for a, b in zip(x.shape[2:], size, strict=True)):
@@ -199,18 +203,6 @@ def check_distinct(student: nn.Module, teacher: nn.Module) -> None:
             "teacher: expected a network separate from the student, got shared parameters; "
             "fix: pass copy.deepcopy(student) as teacher"
         )
-
-
-def level_weights_for(weights: Sequence[float] | None, n: int) -> list[float]:
-    """Check per-level weights; default ``1 / n`` each."""
-    if weights is None:
-        return [1.0 / n] * n
-    values = [float(w) for w in weights]
-    if len(values) != n:
-        raise ValueError(f"level_weights: expected {n} weights (one per level), got {len(values)}")
-    for value in values:
-        check_positive("level_weights", value, strict=False)
-    return values
 
 
 @contextlib.contextmanager

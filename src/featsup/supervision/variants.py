@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
+from featsup._wrappers import supervised_student
 from featsup.losses import DeepSupervisionLoss, SegLoss, TotalLoss
 from featsup.models.unetpp import UNetPlusPlus
 from featsup.supervision.supervisor import FeatureSupervisor
@@ -53,11 +54,12 @@ def build_variant(
     widths: Sequence[int] = (32, 64, 128, 256, 512),
     teacher: nn.Module | None = None,
     student: UNetPlusPlus | None = None,
-    feature_weight: float = 1.0,
-    beta: float = 1.0,
     **supervisor_options: Any,
 ) -> nn.Module:
     """Build the network of a variant: a UNet++, or a FeatureSupervisor around one.
+
+    The feature-loss weight w2 of eq. 17 is not part of the network: it is
+    ``segmentation_step(feature_weight=...)``.
 
     Args:
         variant: one of :data:`VARIANTS`.
@@ -67,10 +69,8 @@ def build_variant(
         teacher: the trained encoding UNet++ (needed for BS and ES).
         student: an existing UNet++ to use (e.g. initialised from another task for
             transfer learning); its deep-supervision flag is set from the variant.
-        feature_weight: w2 of eq. 17 for the feature term.
-        beta: Smooth-L1 transition point (eq. 16).
         **supervisor_options: further keyword arguments of :class:`FeatureSupervisor`
-            (for example ``level_weights``), for BS and ES.
+            (for example ``loss=FeatureLoss(beta=0.5)``), for BS and ES.
 
     Returns:
         ``UNetPlusPlus`` for UN variants, else a :class:`FeatureSupervisor`.
@@ -87,35 +87,34 @@ def build_variant(
     if teacher is None:
         raise ValueError(f"teacher: expected a trained encoding UNet++ for {variant}, got None")
     levels = "bottleneck" if supervision == "BS" else "all"
-    return FeatureSupervisor(
-        student, teacher, levels=levels, weight=feature_weight, beta=beta, **supervisor_options
-    )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel
+    return FeatureSupervisor(student, teacher, levels=levels, **supervisor_options)
 
 
 def segmentation_step(
     loss: Callable[..., torch.Tensor] | None = None,
+    *,
+    feature_weight: float = 1.0,
 ) -> Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """Return a :class:`~featsup.training.Trainer` step for any variant's network.
 
-    The loss is eq. 17: the (deep-supervision) Seg-Loss of the heads plus, for a
-    :class:`FeatureSupervisor`, its weighted feature loss. Logged: ``seg``, ``feature``.
+    The loss is eq. 17, :class:`~featsup.losses.TotalLoss`: the (deep-supervision)
+    Seg-Loss of the heads plus, for a :class:`FeatureSupervisor` (also inside DDP or
+    :func:`torch.compile`), w2 times its feature loss. Logged (weighted): ``seg``,
+    ``feature``.
 
     Args:
         loss: segmentation loss of one head or the list of heads; default
             ``DeepSupervisionLoss(SegLoss())`` (Dice + CE, heads averaged).
+        feature_weight: w2 of eq. 17, ``TotalLoss(feature_weight=)``.
 
     Returns:
         ``step(model, batch) -> (loss, logs)`` for batches ``{"image", "target"}``.
     """
-    total = TotalLoss(seg=loss or DeepSupervisionLoss(SegLoss()))
+    total = TotalLoss(seg=loss or DeepSupervisionLoss(SegLoss()), feature_weight=feature_weight)
 
     def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, target = batch["image"], batch["target"]
-        if isinstance(_unwrap(model), FeatureSupervisor):
+        if supervised_student(model) is not None:
             out = model(image, target)
             parts = total.terms(out.output, target, feature=out.feature_loss)
             return parts["total"], {

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
+from featsup._wrappers import supervised_student
 from featsup.training.distributed import DistEnv, unwrap_model
 
 __all__ = [
@@ -145,9 +146,9 @@ def model_spec(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
 
 
 def student_prefix(model: nn.Module) -> str | None:
-    """State-dict prefix of ``model.student`` (a FeatureSupervisor's student) or None."""
-    student = getattr(model, "student", None)
-    if not isinstance(student, nn.Module):
+    """State-dict prefix of a FeatureSupervisor's (unwrapped) student, or None."""
+    student = supervised_student(model)
+    if student is None:
         return None
     for name, child in model.named_modules():
         if child is student and name:
@@ -173,7 +174,7 @@ def model_entries(model: nn.Module) -> dict[str, Any]:
     spec, prefix = model_spec(model), student_prefix(model)
     student = None
     if prefix is not None:
-        student_spec = model_spec(model.student)  # type: ignore[arg-type]
+        student_spec = model_spec(supervised_student(model))  # type: ignore[arg-type]
         student = {
             "prefix": prefix,
             "class": student_spec[0] if student_spec else None,

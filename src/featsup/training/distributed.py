@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler, Sampler
 
+from featsup._wrappers import unwrap
+
 __all__ = [
     "DistEnv",
     "EpochBatchSampler",
@@ -186,13 +188,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         >>> unwrap_model(nn.DataParallel(net)) is net
         True
     """
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
+    return unwrap(model)
 
 
 def _destroy_group() -> None:

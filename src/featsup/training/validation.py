@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsup._wrappers import supervised_student
 from featsup.training.checkpoint import unwrap_model
 
 __all__ = ["dice_per_head"]
@@ -40,8 +41,8 @@ def dice_per_head(
     Dice of class ``c`` is ``2 |P_c ∩ T_c| / (|P_c| + |T_c|)`` with ``P = argmax(logits)``,
     counted over all pixels of all batches (global Dice); a head's value is the mean over
     the foreground classes ``1..num_classes-1`` and 1.0 for a class absent from both.
-    The model runs in eval mode (restored afterwards); a FeatureSupervisor (a module with
-    a ``.student``) is evaluated through its student, and a model with a
+    The model runs in eval mode (restored afterwards); a FeatureSupervisor (wrapped
+    or not) is evaluated through its student, and a model with a
     ``deep_supervision`` flag is evaluated with it on, so that every head is scored.
 
     Args:
@@ -67,9 +68,7 @@ def dice_per_head(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes: expected >= 2 (background + foreground), got {num_classes}")
-    net = unwrap_model(model)
-    student = getattr(net, "student", None)
-    net = unwrap_model(student) if isinstance(student, nn.Module) else net
+    net = supervised_student(model) or unwrap_model(model)
     was_training, flag = net.training, getattr(net, "deep_supervision", None)
     device = next(net.parameters()).device
     counts: torch.Tensor | None = None  # (heads, 3, classes): intersection, pred, true

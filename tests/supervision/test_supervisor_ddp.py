@@ -13,6 +13,7 @@ per-rank batch statistics would differ by design).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,11 +30,11 @@ from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor
 
 pytest.importorskip("segmentation_models_pytorch")
-import _ddp_worker  # tests/ is on sys.path (pytest's default prepend import mode)
+import _supervision_worker  # tests/supervision/ is on sys.path (prepend import mode)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_thread")]
 
-WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
+WORKER = str(Path(__file__).with_name("_supervision_worker.py"))
 STAGES = [f"stage{i}" for i in range(1, 6)]
 
 
@@ -107,13 +108,13 @@ def test_two_gloo_processes_give_the_single_process_feature_loss(tmp_path: Path)
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-               "--standalone", WORKER, "--supervision", "--out", str(tmp_path)]  # fmt: skip
+               "--standalone", WORKER, "--case", "wrappers", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "supervision.json").read_text())
-    single = _ddp_worker.supervision_losses("single")
+    results = json.loads((tmp_path / "wrappers.json").read_text())
+    single = _supervision_worker.supervision_losses("single")
     assert single["levels"] == STAGES and single["losses"][-1] < single["losses"][0]
-    for mode in _ddp_worker.SUPERVISION_MODES:
+    for mode in _supervision_worker.SUPERVISION_MODES:
         run = results[mode]
         gap = max(abs(a - b) / b for a, b in zip(run["losses"], single["losses"], strict=True))
         print(f"{mode}: max relative gap to one process {gap:.2g}")
@@ -124,3 +125,22 @@ def test_two_gloo_processes_give_the_single_process_feature_loss(tmp_path: Path)
         assert run["teacher_unchanged"] and run["teacher_buffers_in_ddp"] == 0, mode
     supervisor = results["supervisor"]
     assert supervisor["ignored_by_ddp"] == supervisor["teacher_tensors"] > 0
+
+
+@pytest.mark.slow
+def test_a_compiled_student_under_two_gloo_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+               "--standalone", WORKER, "--case", "compiled", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = json.loads((tmp_path / "compiled.json").read_text())
+    single = _supervision_worker.compiled_losses()
+    assert run["levels"] == single["levels"] == ["x1_0", "x2_0"]
+    assert run["teacher_unchanged"] and single["teacher_unchanged"]
+    assert all(g > 0 for g in run["grads"]) and all(map(math.isfinite, run["losses"]))
+    torch.testing.assert_close(
+        torch.tensor(run["losses"]), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-6
+    )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featsup.losses import FeatureLoss
 from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor
 
@@ -174,7 +175,7 @@ def test_channel_norm_changes_the_loss_and_ignores_the_teacher_scale() -> None:
     student, teacher, _ = featsup_pair()
     image, target = data()
     plain = FeatureSupervisor(student, teacher)
-    normed = FeatureSupervisor(student, teacher, feature_norm="channel")
+    normed = FeatureSupervisor(student, teacher, loss=FeatureLoss(feature_norm="channel"))
     assert "feature_norm='channel'" in repr(normed)
     # teacher maps whose channels vary over space well above the 1e-5 of the denominator
     features = [torch.randn_like(f) for f in featsup_features(teacher, target)]
@@ -195,7 +196,9 @@ def test_channel_norm_changes_the_loss_and_ignores_the_teacher_scale() -> None:
 
 def test_channel_norm_by_hand_and_no_gradient_to_the_teacher_side() -> None:
     student, teacher, _ = featsup_pair()
-    sup = FeatureSupervisor(student, teacher, feature_norm="channel", levels=["x4_0"])
+    sup = FeatureSupervisor(
+        student, teacher, loss=FeatureLoss(feature_norm="channel"), levels=["x4_0"]
+    )
     image, target = data()
     given = [featsup_features(teacher, target)[-1].clone().requires_grad_(True)]
     out = sup(image, teacher_features=given)
@@ -215,8 +218,7 @@ def test_channel_norm_by_hand_and_no_gradient_to_the_teacher_side() -> None:
 
 
 def test_feature_norm_is_checked() -> None:
-    student, teacher, _ = featsup_pair()
     with pytest.raises(
         ValueError, match=r"feature_norm: expected one of .* did you mean 'channel'"
     ):
-        FeatureSupervisor(student, teacher, feature_norm="channels")  # type: ignore[arg-type]
+        FeatureLoss(feature_norm="channels")  # type: ignore[arg-type]

@@ -214,7 +214,7 @@ def test_bottleneck_pairs_the_deepest_shared_reduction() -> None:
 def test_pairs_are_logged_once_and_shown_in_repr(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="featsup.supervision"):
         sup = FeatureSupervisor(smp_student("Unet", "mit_b0"), featsup_teacher())
-    lines = [r.getMessage() for r in caplog.records if r.name == "featsup.supervision"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "featsup.supervision.supervisor"]
     expected = (
         "paired [stage2->x2_0 (1/4), stage3->x3_0 (1/8), stage4->x4_0 (1/16)], "
         "left out student ['stage5'] and teacher ['x1_0']"

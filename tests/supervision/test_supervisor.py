@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featsup.losses import FeatureLoss, TotalLoss
 from featsup.losses.feature import feature_loss
 from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor, SupervisedOutput, one_hot
@@ -104,17 +105,21 @@ def test_feature_loss_is_zero_for_same_weights_and_input() -> None:
 
 def test_loss_matches_manual_smooth_l1_with_weights() -> None:
     student, teacher = unetpp().eval(), encoding_teacher()
-    sup = FeatureSupervisor(
-        student, teacher, levels=["x2_0", -1], weight=0.5, level_weights=[1.0, 3.0], beta=0.5
-    ).eval()
+    loss = FeatureLoss(weights=[1.0, 3.0], beta=0.5)
+    sup = FeatureSupervisor(student, teacher, levels=["x2_0", -1], loss=loss).eval()
     image, target = batch()
     out = sup(image, target)
     s = student.encoder_features(image)
     t = teacher.encoder_features(one_hot(target, 2, dtype=torch.float32))
     parts = [F.smooth_l1_loss(s[i], t[i], beta=0.5) for i in (1, 3)]
     torch.testing.assert_close(out.level_losses["x2_0"], parts[0])
-    torch.testing.assert_close(out.feature_loss, 0.5 * (parts[0] + 3.0 * parts[1]))
-    mse = FeatureSupervisor(student, copy.deepcopy(teacher), levels=[-1], loss="mse").eval()
+    torch.testing.assert_close(out.feature_loss, parts[0] + 3.0 * parts[1])
+    # w2 = 0.5 of eq. 17 is set once, by TotalLoss
+    total = TotalLoss(seg=lambda heads, y: heads[0].sum() * 0, feature_weight=0.5)
+    weighted = total.terms(out.output, target, feature=out.feature_loss)["feature"]
+    torch.testing.assert_close(weighted, 0.5 * (parts[0] + 3.0 * parts[1]))
+    mse_loss = FeatureLoss(kind="mse")
+    mse = FeatureSupervisor(student, copy.deepcopy(teacher), levels=[-1], loss=mse_loss).eval()
     torch.testing.assert_close(mse(image, target).feature_loss, F.mse_loss(s[3], t[3]))
 
 
@@ -136,7 +141,8 @@ def test_custom_loss_and_teacher_input() -> None:
         return (s - t).abs().mean()
 
     teacher = UNetPlusPlus(1, 2, widths=WIDTHS, skip_connections=False)
-    sup = FeatureSupervisor(unetpp(), teacher, loss=l1, teacher_input=lambda im, _: im * 2)
+    loss = FeatureLoss(kind=l1)
+    sup = FeatureSupervisor(unetpp(), teacher, loss=loss, teacher_input=lambda im, _: im * 2)
     image, _ = batch()
     out = sup(image)  # no target needed: the teacher reads the image
     assert calls[-4:] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4), (2, 64, 2, 2)]
@@ -232,16 +238,44 @@ def test_auto_adapters_resize_and_project() -> None:
         ({"levels": "al"}, "did you mean 'all'"),
         ({"levels": ["x9_0"]}, "student level names"),
         ({"levels": []}, "non-empty list"),
-        ({"loss": "l1"}, "loss: expected one of"),
         ({"adapters": "on"}, "adapters"),
-        ({"level_weights": [1.0]}, "level_weights: expected 4"),
-        ({"num_classes": 3}, "num_classes"),
+        ({"loss": FeatureLoss(weights=[1.0])}, r"weights: expected one weight per level \(4\)"),
+        ({"loss": FeatureLoss(reduction="none")}, "loss: expected a FeatureLoss reducing"),
+        ({"label_classes": 3}, "label_classes: expected the teacher's input channels"),
         ({"student_layers": ["encoder.x1_O"]}, "did you mean"),
     ],
 )
 def test_bad_options_raise(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FeatureSupervisor(unetpp(), encoding_teacher(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_loss_must_be_a_feature_loss() -> None:
+    with pytest.raises(TypeError, match="loss: expected FeatureLoss"):
+        FeatureSupervisor(unetpp(), encoding_teacher(), loss="mse")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        {"weight": 0.5},
+        {"num_classes": 2},
+        {"beta": 0.5},
+        {"level_weights": [1.0] * 4},
+        {"feature_norm": "channel"},
+    ],
+)
+def test_removed_arguments_are_refused(removed: dict[str, object]) -> None:
+    # w2 is TotalLoss(feature_weight=); the loss options are FeatureLoss's; the teacher's
+    # input channels are label_classes
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{next(iter(removed))}'"):
+        FeatureSupervisor(unetpp(), encoding_teacher(), **removed)  # type: ignore[arg-type]
+
+
+def test_label_classes_default_to_the_teacher_input_channels() -> None:
+    sup = FeatureSupervisor(unetpp(), encoding_teacher(), label_classes=2)
+    assert sup.label_classes == 2
+    assert FeatureSupervisor(unetpp(), encoding_teacher()).label_classes == 2
 
 
 def test_a_shallower_teacher_pairs_the_levels_of_equal_reduction() -> None:
