@@ -71,7 +71,7 @@ def _nearest(points: np.ndarray, features: np.ndarray, sampling: tuple[float, ..
 
     Uses SciPy's exact Euclidean feature transform (the index half of
     ``distance_transform_edt``) and evaluates distances at ``points`` only, which skips
-    the full float64 distance volume (about twice as fast on CT-sized crops).
+    the full float64 distance volume.
     """
     from scipy.ndimage import distance_transform_edt
 

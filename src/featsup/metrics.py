@@ -123,7 +123,8 @@ def surface_distances(
     from SciPy's exact Euclidean distance (feature) transform with ``spacing``, computed
     only inside the bounding box of both masks plus a one-voxel margin and evaluated at
     the surface voxels only: the same values as on the full volume, at a fraction of the
-    cost (about 20x less on a 512 x 512 x 300 liver pair).
+    cost (15.3x less on a 512 x 512 x 300 liver pair on the 2-core development machine,
+    docs/benchmarks.md).
 
     Args:
         pred: (H, W) or (D, H, W) binary prediction (array or tensor).

@@ -210,11 +210,22 @@ def test_tumour_mask_dilation_shows_a_rim_of_tissue_up_to_the_radius(
 
 def test_tumour_dataset_sampling_and_size(phantom_folder: Path, loaded) -> None:
     ds = TumourSliceDataset(phantom_folder, size=(48, 48), empty_fraction=0.5)
-    with_tumour = sum(int((c.labels == 2).reshape(32, -1).any(1).sum()) for c in loaded)
-    targets = [ds[i]["target"] for i in range(len(ds))]
+    liver = {c.case_id: (c.labels > 0).reshape(32, -1).any(1) for c in loaded}
+    tumour = {c.case_id: (c.labels == 2).reshape(32, -1).any(1) for c in loaded}
+    with_tumour = sum(int(t.sum()) for t in tumour.values())
+    tumour_free = sum(int((liver[k] & ~tumour[k]).sum()) for k in liver)
+    items = [ds[i] for i in range(len(ds))]
+    targets = [item["target"] for item in items]
     assert sum(int(t.any()) for t in targets) == with_tumour
     assert all(t.shape == (48, 48) for t in targets)
     assert len(ds) - with_tumour == min(with_tumour, len(ds) - with_tumour)
+    # empty_fraction 0.5: as many tumour-free liver slices as tumour slices, as far as the
+    # cases have them (and these cases have some, so zero served would be a bug)
+    assert tumour_free > 0 and with_tumour > 0
+    assert len(ds) - with_tumour == min(with_tumour, tumour_free)
+    for item in items:  # every served slice shows liver; the tumour-free ones show no tumour
+        k, case = item["slice_index"], item["case_id"]
+        assert liver[case][k] and bool(item["target"].any()) == tumour[case][k]
 
 
 def test_dataset_errors(phantom_folder: Path) -> None:

@@ -66,6 +66,27 @@ def test_tiny_cascade_runs_end_to_end(
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
         assert (out / "figures" / f"case-{case_id}.png").stat().st_size > 0
     assert [c["case"] for c in saved["cases"]] == split["test"]  # scored: test cases only
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    # the recorded numbers are the ones the saved predictions score against the truth,
+    # recomputed here by hand from the files (per case, case mean and pooled voxels)
+    pooled = {"liver": [0, 0], "tumour": [0, 0]}
+    for record in saved["cases"]:
+        case_id = record["case"]
+        pred = np.asarray(nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz").dataobj)
+        truth = np.asarray(nib.load(out / "phantom" / f"segmentation-{case_id}.nii.gz").dataobj)
+        for stage, p, t in (("liver", pred > 0, truth > 0), ("tumour", pred == 2, truth == 2)):
+            inter, total = int((p & t).sum()), int(p.sum() + t.sum())
+            union = total - inter
+            pooled[stage][0] += inter
+            pooled[stage][1] += total
+            assert record[stage]["dice"] == pytest.approx(2 * inter / total if total else 1.0)
+            assert record[stage]["voe"] == pytest.approx(1 - inter / union if union else 0.0)
+        assert int((truth > 0).sum()) > 0  # every test case has a liver to score
+    for stage in ("liver", "tumour"):
+        per_case = [record[stage]["dice"] for record in saved["cases"]]
+        assert saved[stage]["dice_per_case"] == pytest.approx(np.mean(per_case))
+        inter, total = pooled[stage]
+        assert saved[stage]["dice_global"] == pytest.approx(2 * inter / total if total else 1.0)
     assert (out / "figures" / "curves_dice.png").exists()
     assert (out / "liver" / "best.pt").exists() and (out / "teachers" / "tumour.pt").exists()
     # the next run with the same data and recipe reuses the teachers

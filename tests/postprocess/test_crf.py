@@ -91,10 +91,28 @@ def test_mask_limits_the_crf(blob2d, backend):
 
 
 def test_mask_3d_crops_to_the_box_and_empty_mask_is_identity(blob3d, backend):
+    # the blob inside a sub-box: a mask that is not a box, with a bounding box inside the
+    # volume, so that cropping to the box and masking within it are both exercised
     mask = np.zeros(blob3d.image.shape, dtype=bool)
-    mask[2:7, 5:30, 6:35] = blob3d.truth[2:7, 5:30, 6:35] | True
+    mask[2:7, 5:30, 6:35] = blob3d.truth[2:7, 5:30, 6:35]
+    box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
+    assert (~mask[box]).sum() > 100 and mask[box].shape != mask.shape
     out = dense_crf(blob3d.probs, blob3d.image, mask=mask, backend=backend)
     np.testing.assert_array_equal(out[:, ~mask], blob3d.probs[:, ~mask])
+    assert not np.allclose(out[:, mask], blob3d.probs[:, mask], atol=1e-3)  # it did something
+    # the CRF of the volume is the CRF of its crop to the mask's box
+    in_box = (slice(None), *box)
+    crop = dense_crf(blob3d.probs[in_box], blob3d.image[box], mask=mask[box], backend=backend)
+    np.testing.assert_allclose(out[in_box], crop, atol=1e-6)
+    # only the masked voxels form the CRF: what lies outside the mask, even in its box,
+    # does not change the result inside
+    rng = np.random.default_rng(0)
+    image, probs = blob3d.image.copy(), blob3d.probs.copy()
+    image[~mask] = rng.uniform(0, 255, int((~mask).sum()))
+    probs[1, ~mask] = rng.uniform(0, 1, int((~mask).sum()))
+    probs[0, ~mask] = 1 - probs[1, ~mask]
+    moved = dense_crf(probs, image, mask=mask, backend=backend)
+    np.testing.assert_allclose(moved[:, mask], out[:, mask], atol=1e-6)
     empty = dense_crf(blob3d.probs, blob3d.image, mask=np.zeros_like(mask), backend=backend)
     np.testing.assert_array_equal(empty, blob3d.probs)
 

@@ -140,7 +140,7 @@ def paint_spine_and_vessels(grid: Grid, an: Anatomy, hu: np.ndarray, code: np.nd
 
 
 def code_in(code: np.ndarray, allowed: tuple[int, ...]) -> np.ndarray:
-    """``np.isin(code, allowed)`` for a few codes, several times faster."""
+    """``np.isin(code, allowed)`` for a few codes, by one comparison per code."""
     out = code == allowed[0]
     for c in allowed[1:]:
         out |= code == c

@@ -158,8 +158,8 @@ def face_neighbours(mask: np.ndarray, *, every: bool) -> np.ndarray:
     """Voxels whose six face neighbours are all (``every``) or any of them in ``mask``.
 
     Outside the array counts as not in ``mask``. ``every=True`` with ``& mask`` is a binary
-    erosion by the 6-connected cross and ``every=False`` with ``| mask`` a dilation, both
-    several times cheaper than ``scipy.ndimage`` on boolean arrays.
+    erosion by the 6-connected cross and ``every=False`` with ``| mask`` a dilation, with
+    shifted boolean comparisons instead of ``scipy.ndimage``.
     """
     out = np.full(mask.shape, every, dtype=bool)
     for axis in range(3):

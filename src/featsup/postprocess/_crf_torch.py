@@ -34,7 +34,7 @@ __all__ = ["mean_field_torch", "unary_from_probs"]
 #: bilateral-grid cell size in feature units (the kernel has standard deviation 1). One
 #: cell per standard deviation is the classic bilateral-grid sampling (Chen, Paris and
 #: Durand 2007); finer cells (1/2, 1/3) changed the agreement with pydensecrf by < 0.01 %
-#: of voxels on phantom slices but cost up to 16x more time at small thetas.
+#: of voxels on phantom slices but cost more time at small thetas.
 _GRID_STEP = 1.0
 #: Gaussian blurs are truncated at this many standard deviations.
 _TRUNCATE = 3.0
@@ -57,8 +57,8 @@ def _gaussian_taps(sigma: float, size: int, device: torch.device) -> torch.Tenso
 def _blur_axis(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
     """Zero-padded convolution of ``x`` along ``dim`` with symmetric ``taps``.
 
-    Written as shifted multiply-adds: on CPU this is several times faster than
-    ``conv1d`` / ``conv2d`` with single-channel inputs, and it works for any rank.
+    Written as shifted multiply-adds rather than ``conv1d`` / ``conv2d`` with
+    single-channel inputs: it works for any rank.
     """
     radius = taps.numel() // 2
     if radius == 0:
