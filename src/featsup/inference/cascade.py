@@ -7,9 +7,12 @@ on the original grid.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +20,9 @@ from torch import nn
 
 from featsup._checks import check_ndim, check_positive
 from featsup.inference.predict import predict_volume, stack_context
+
+if TYPE_CHECKING:
+    from featsup.inference.heads import HeadChoice
 
 __all__ = ["Cascade", "CascadeResult"]
 
@@ -186,3 +192,34 @@ class Cascade:
         return CascadeResult(
             labels, liver_p.astype(np.float32), tumour_p.astype(np.float32), roi, timings
         )
+
+    # -- saving, loading and head choice (featsup.inference.bundle / .heads) --------------
+
+    training_summary: dict[str, Any] | None = None
+    """Short summary of how the models were trained, kept by :meth:`save` / :meth:`load`."""
+
+    def save(self, path: str | os.PathLike[str], *, training: dict[str, Any] | None = None) -> Path:
+        """Write the cascade to one file; see :func:`featsup.inference.save_cascade`."""
+        from featsup.inference.bundle import save_cascade
+
+        return save_cascade(self, path, training=training)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device | None = "auto",
+        check_version: bool = True,
+    ) -> Cascade:  # fmt: skip
+        """Rebuild a saved cascade; see :func:`featsup.inference.load_cascade`."""
+        from featsup.inference.bundle import load_cascade
+
+        return load_cascade(path, device=device, check_version=check_version)
+
+    def choose_heads(self, cases: Sequence[Any], *, tolerance: float = 0.005) -> HeadChoice:
+        """Pick each stage's head on validation cases; see :func:`featsup.inference.choose_heads`.
+
+        The returned :class:`~featsup.inference.HeadChoice` holds the table and, as
+        ``cascade``, a copy of this cascade that uses the chosen heads.
+        """
+        from featsup.inference.heads import choose_heads
+
+        return choose_heads(self, cases, tolerance=tolerance)
