@@ -1,8 +1,20 @@
-"""Inference: volume prediction with any (pruned) head, and the liver -> tumour cascade."""
+"""Inference: volume prediction with any (pruned) head, and the liver -> tumour cascade.
+
+Also the cascade's saved form (:mod:`~featsup.inference.bundle`) and the choice of heads
+on validation cases (:mod:`~featsup.inference.heads`).
+"""
 
 from __future__ import annotations
 
+from featsup.inference.bundle import (
+    CASCADE_FORMAT,
+    LABELS,
+    load_cascade,
+    read_cascade_info,
+    save_cascade,
+)
 from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
+from featsup.inference.heads import HeadChoice, HeadScore, choose_heads, smallest_head_within
 from featsup.inference.predict import (
     PreparedModel,
     predict_volume,
@@ -13,13 +25,22 @@ from featsup.inference.predict import (
 )
 
 __all__ = [
+    "CASCADE_FORMAT",
+    "LABELS",
     "Cascade",
     "CascadeResult",
+    "HeadChoice",
+    "HeadScore",
     "LiverStage",
     "PreparedModel",
+    "choose_heads",
+    "load_cascade",
     "predict_volume",
     "prepare_model",
+    "read_cascade_info",
     "resolve_device",
+    "save_cascade",
     "select_head",
+    "smallest_head_within",
     "stack_context",
 ]

@@ -7,9 +7,12 @@ on the original grid.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from featsup.data.preprocess import (
     preprocess_volume,
 )
 from featsup.inference.predict import PreparedModel, predict_volume, prepare_model, stack_context
+
+if TYPE_CHECKING:
+    from featsup.inference.heads import HeadChoice
 
 __all__ = ["Cascade", "CascadeResult", "LiverStage"]
 
@@ -257,3 +263,34 @@ class Cascade:
             ValueError: if ``volume_hu`` is not 3D.
         """
         return self.tumour_stage(self.liver_stage(volume_hu))
+
+    # -- saving, loading and head choice (featsup.inference.bundle / .heads) --------------
+
+    training_summary: dict[str, Any] | None = None
+    """Short summary of how the models were trained, kept by :meth:`save` / :meth:`load`."""
+
+    def save(self, path: str | os.PathLike[str], *, training: dict[str, Any] | None = None) -> Path:
+        """Write the cascade to one file; see :func:`featsup.inference.save_cascade`."""
+        from featsup.inference.bundle import save_cascade
+
+        return save_cascade(self, path, training=training)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device | None = "auto",
+        check_version: bool = True,
+    ) -> Cascade:  # fmt: skip
+        """Rebuild a saved cascade; see :func:`featsup.inference.load_cascade`."""
+        from featsup.inference.bundle import load_cascade
+
+        return load_cascade(path, device=device, check_version=check_version)
+
+    def choose_heads(self, cases: Sequence[Any], *, tolerance: float = 0.005) -> HeadChoice:
+        """Pick each stage's head on validation cases; see :func:`featsup.inference.choose_heads`.
+
+        The returned :class:`~featsup.inference.HeadChoice` holds the table and, as
+        ``cascade``, a copy of this cascade that uses the chosen heads.
+        """
+        from featsup.inference.heads import choose_heads
+
+        return choose_heads(self, cases, tolerance=tolerance)

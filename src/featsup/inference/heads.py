@@ -1,0 +1,195 @@
+"""Choose each cascade stage's UNet++ head on validation cases (paper section 4.2.5).
+
+A shallower head computes fewer nodes, so it is faster; :func:`choose_heads` keeps, for
+each stage, the smallest head whose validation Dice per case is within ``tolerance`` of
+the best head's, and measures the model seconds per volume of every head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featsup._checks import check_in_range
+from featsup._wrappers import supervised_student, unwrap
+from featsup.inference.cascade import Cascade
+from featsup.metrics import dice_score
+from featsup.models.unetpp import UNetPlusPlus
+
+__all__ = ["HeadChoice", "HeadScore", "choose_heads", "smallest_head_within"]
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    """One row of the head table."""
+
+    stage: str
+    head: int
+    dice: float
+    """Validation Dice per case (liver: label >= 1; tumour: label 2)."""
+    seconds_per_volume: float
+    """Seconds of this stage's model per validation volume (CRF and I/O excluded)."""
+    speedup: float
+    """Seconds of the deepest head divided by this head's."""
+    chosen: bool
+
+
+@dataclass
+class HeadChoice:
+    """What :func:`choose_heads` returns."""
+
+    liver_head: int
+    tumour_head: int
+    tolerance: float
+    rows: list[HeadScore]
+    cascade: Cascade | None = field(default=None, repr=False)
+    """A copy of the cascade with the chosen heads."""
+
+    def table(self) -> str:
+        """The rows as a Markdown table (head, validation Dice, seconds per volume, speed-up)."""
+        lines = [
+            "| stage | head | validation Dice | s / volume | speed-up | chosen |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.stage} | X0,{r.head} | {r.dice:.4f} | {r.seconds_per_volume:.3f} | "
+                f"{r.speedup:.2f}x | {'yes' if r.chosen else ''} |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for a cascade file's training summary)."""
+        return {
+            "liver_head": self.liver_head,
+            "tumour_head": self.tumour_head,
+            "tolerance": self.tolerance,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def smallest_head_within(dice: Sequence[float], tolerance: float = 0.005) -> int:
+    """The smallest head (1-based) whose Dice is within ``tolerance`` of the best.
+
+    Args:
+        dice: Dice of heads 1, 2, ... in order.
+        tolerance: allowed Dice below the best (0.005 = 0.5 points).
+
+    Returns:
+        The head number.
+
+    Raises:
+        ValueError: if ``dice`` is empty or ``tolerance`` is outside [0, 1].
+
+    Example:
+        >>> smallest_head_within([0.90, 0.952, 0.955, 0.956])
+        2
+    """
+    check_in_range("tolerance", tolerance, 0.0, 1.0)
+    if len(dice) == 0:
+        raise ValueError("dice: expected one score per head, got none")
+    best = max(dice)
+    return next(k + 1 for k, d in enumerate(dice) if d >= best - tolerance)
+
+
+def _heads_of(model: Any) -> int:
+    student = supervised_student(model) or unwrap(model)
+    return student.depth if isinstance(student, UNetPlusPlus) else 1
+
+
+def _case_arrays(case: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(case, "volume") and hasattr(case, "labels"):
+        volume, labels = case.volume, case.labels
+    elif isinstance(case, (tuple, list)) and len(case) >= 2:
+        volume, labels = case[0], case[1]
+    else:
+        raise TypeError(
+            f"cases[{index}]: expected a LoadedCase or a (volume, labels) pair, "
+            f"got {type(case).__name__}"
+        )
+    if labels is None:
+        raise ValueError(f"cases[{index}]: expected labels, got None; fix: load with a truth")
+    return np.asarray(volume), np.asarray(labels)
+
+
+def _sweep(
+    cascade: Cascade, cases: list[tuple[np.ndarray, np.ndarray]], stage: str, liver_head: int | None
+) -> tuple[list[float], list[float]]:
+    """Validation Dice and model seconds per volume of every head of one stage.
+
+    The cascade's prepared models are reused across heads and cases; the tumour sweep
+    runs the liver stage once per case (with ``liver_head``) and every tumour head on it.
+    """
+    heads = range(
+        1, _heads_of(cascade.liver_model if stage == "liver" else cascade.tumour_model) + 1
+    )
+    scores: list[list[float]] = [[] for _ in heads]
+    times: list[list[float]] = [[] for _ in heads]
+    for volume, labels in cases:
+        if stage == "liver":
+            for k in heads:
+                liver = cascade.liver_stage(volume, head=k)
+                scores[k - 1].append(dice_score(liver.mask, labels >= 1))
+                times[k - 1].append(liver.timings["liver_model"])
+            continue
+        liver = cascade.liver_stage(volume, head=liver_head)
+        for k in heads:
+            result = cascade.tumour_stage(liver, head=k)
+            scores[k - 1].append(dice_score(result.labels == 2, labels == 2))
+            times[k - 1].append(result.timings.get("tumour_model", 0.0))
+    return [float(np.mean(v)) for v in scores], [float(np.mean(v)) for v in times]
+
+
+def choose_heads(cascade: Cascade, cases: Sequence[Any], *, tolerance: float = 0.005) -> HeadChoice:
+    """Choose each stage's head: the smallest within ``tolerance`` of the best on validation.
+
+    The liver heads are compared first (liver Dice through the whole cascade, with its
+    CRF and largest component, the tumour head as set), then the tumour heads with the
+    chosen liver head. Time is the stage model's seconds per volume
+    (``CascadeResult.timings``), so speed-ups show what pruning saves.
+
+    Args:
+        cascade: the trained cascade; it is not changed.
+        cases: validation cases, :class:`featsup.data.LoadedCase` or ``(volume_hu,
+            labels)`` pairs of (D, H, W) arrays in processing order. Never test cases.
+        tolerance: allowed validation Dice below the best head (0.005 = 0.5 points).
+
+    Returns:
+        A :class:`HeadChoice`: the heads, the table and a copy of the cascade using them.
+
+    Raises:
+        ValueError: if ``cases`` is empty, a case has no labels or ``tolerance`` is
+            outside [0, 1].
+        TypeError: if a case is neither a LoadedCase nor a pair.
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8, 16))
+        >>> cascade = Cascade(net, net, liver_size=32, tumour_size=32, device="cpu")
+        >>> case = (np.zeros((2, 32, 32), np.int16), np.zeros((2, 32, 32), np.uint8))
+        >>> [r.head for r in choose_heads(cascade, [case]).rows]
+        [1, 2, 1, 2]
+    """
+    from featsup.inference.bundle import cascade_arguments
+
+    check_in_range("tolerance", tolerance, 0.0, 1.0)
+    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    if not arrays:
+        raise ValueError("cases: expected at least one validation case, got none")
+    rows: list[HeadScore] = []
+    chosen: dict[str, int] = {}
+    for stage in ("liver", "tumour"):
+        dice, seconds = _sweep(cascade, arrays, stage, chosen.get("liver"))
+        chosen[f"{stage}"] = smallest_head_within(dice, tolerance)
+        for k, (d, s) in enumerate(zip(dice, seconds, strict=True)):
+            speedup = seconds[-1] / s if s > 0 else float("nan")
+            rows.append(HeadScore(stage, k + 1, d, s, speedup, k + 1 == chosen[stage]))
+    options = {**cascade_arguments(cascade), "liver_head": chosen["liver"]}
+    options["tumour_head"] = chosen["tumour"]
+    best = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+    choice = HeadChoice(chosen["liver"], chosen["tumour"], tolerance, rows, best)
+    best.training_summary = {**(cascade.training_summary or {}), "heads": choice.to_dict()}
+    return choice

@@ -1,0 +1,57 @@
+"""Cascades whose output is known: UNet++ weights set by hand to threshold the image.
+
+``threshold_unetpp`` passes the (preprocessed) input slice unchanged through X(0,0) and
+every top node X(0,j) (one channel, centre taps 1, batch norm at its identity statistics,
+ReLU of a non-negative image) and makes each head score ``slope * (image - threshold)``
+for class 1 (or its negative). Liver = bright soft tissue, tumour = dark inside the
+liver: every label appears on a phantom, at known places, with no training. Imported as
+``_cascades`` (tests/ is on sys.path in pytest's default prepend import mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from featsup.inference import Cascade
+from featsup.models import UNetPlusPlus
+
+WIDTHS = (4, 8, 16)  # two heads: X0,1 and X0,2
+
+
+def _pass_channel_zero(block: torch.nn.Module) -> None:
+    """ConvBlock -> identity on channel 0 (input channel 0 to output channel 0)."""
+    for unit in block:
+        conv = unit[0]
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+
+
+@torch.no_grad()
+def threshold_unetpp(
+    threshold: float | Sequence[float], *, bright: bool = True, slope: float = 40.0
+) -> UNetPlusPlus:
+    """A UNet++ whose head j scores class 1 where the image is above ``threshold[j - 1]``."""
+    net = UNetPlusPlus(1, 2, widths=WIDTHS)
+    cuts = [threshold] * net.depth if isinstance(threshold, (int, float)) else list(threshold)
+    _pass_channel_zero(net.encoder["x0_0"])
+    for j in range(1, net.depth + 1):
+        _pass_channel_zero(net.decoder[f"x0_{j}"].conv)
+        head = net.heads[f"x0_{j}"]
+        head.weight.zero_()
+        head.bias.zero_()
+        sign = 1.0 if bright else -1.0
+        head.weight[1, 0] = sign * slope
+        head.bias[1] = -sign * slope * cuts[j - 1]
+    return net.eval()
+
+
+def threshold_cascade(
+    liver: float | Sequence[float] = 0.35, tumour: float | Sequence[float] = 0.45, **options: object
+) -> Cascade:
+    """Liver: preprocessed image > ``liver``; tumour: < ``tumour`` inside the liver ROI."""
+    settings = {"liver_size": 32, "tumour_size": 32, "device": "cpu", "batch_size": 8}
+    liver_net = threshold_unetpp(liver)
+    tumour_net = threshold_unetpp(tumour, bright=False)
+    return Cascade(liver_net, tumour_net, **{**settings, **options})  # type: ignore[arg-type]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+
+from _cascades import threshold_cascade
+from featsup.data import make_phantom
+from featsup.inference import Cascade, choose_heads, smallest_head_within
+from featsup.metrics import dice_score
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    return [tuple(make_phantom(seed, (16, 64, 64))[:2]) for seed in (5, 6)]  # type: ignore[misc]
+
+
+def test_smallest_head_within_tolerance() -> None:
+    assert smallest_head_within([0.90, 0.952, 0.955, 0.956]) == 2  # 0.4 points below
+    assert smallest_head_within([0.90, 0.950, 0.955, 0.956]) == 3  # 0.6 points below
+    assert smallest_head_within([0.90, 0.950, 0.955, 0.956], tolerance=0.1) == 1
+    assert smallest_head_within([0.7, 0.7]) == 1  # ties go to the smaller head
+    with pytest.raises(ValueError, match="tolerance"):
+        smallest_head_within([0.5], tolerance=-0.1)
+    with pytest.raises(ValueError, match="dice"):
+        smallest_head_within([])
+
+
+def _liver_dice(cascade: Cascade, cases: list) -> float:
+    return float(np.mean([dice_score(cascade(v).labels >= 1, t >= 1) for v, t in cases]))
+
+
+def test_choice_follows_validation_dice_and_tolerance(cases: list) -> None:
+    # liver head 1 thresholds far too high (a poor mask), head 2 well: head 2 must win
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    choice = cascade.choose_heads(cases)
+    rows = {(r.stage, r.head): r for r in choice.rows}
+    assert [(r.stage, r.head) for r in choice.rows] == [
+        ("liver", 1), ("liver", 2), ("tumour", 1), ("tumour", 2)
+    ]  # fmt: skip
+    expected = _liver_dice(threshold_cascade(liver=(0.9, 0.35), liver_head=2), cases)
+    assert rows["liver", 2].dice == pytest.approx(expected)
+    assert rows["liver", 1].dice < rows["liver", 2].dice - 0.05
+    assert choice.liver_head == 2 and rows["liver", 2].chosen and not rows["liver", 1].chosen
+    # the tumour heads are identical: the smaller one is chosen, with the chosen liver head
+    assert rows["tumour", 1].dice == pytest.approx(rows["tumour", 2].dice)
+    assert choice.tumour_head == 1
+    for r in choice.rows:
+        assert r.seconds_per_volume > 0
+    assert rows["liver", 2].speedup == pytest.approx(1.0)
+    assert choice.cascade is not None and choice.cascade is not cascade
+    assert (choice.cascade.liver_head, choice.cascade.tumour_head) == (2, 1)
+    assert cascade.liver_head is None  # the original is untouched
+    assert choice.cascade.training_summary["heads"]["liver_head"] == 2
+    assert "| liver | X0,2 |" in choice.table()
+    # a loose tolerance takes the smallest head although it is worse
+    assert choose_heads(cascade, cases, tolerance=1.0).liver_head == 1
+
+
+def test_choose_heads_rejects_bad_cases(cases: list) -> None:
+    cascade = threshold_cascade()
+    with pytest.raises(ValueError, match="at least one"):
+        choose_heads(cascade, [])
+    with pytest.raises(ValueError, match="expected labels"):
+        choose_heads(cascade, [(cases[0][0], None)])
+    with pytest.raises(TypeError, match="cases\\[0\\]"):
+        choose_heads(cascade, [cases[0][0]])
