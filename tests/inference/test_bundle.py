@@ -67,7 +67,7 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
 
 def test_supervisor_is_saved_as_its_student_alone(tmp_path: Path, volume: np.ndarray) -> None:
     student = threshold_unetpp(0.35)
-    supervisor = FeatureSupervisor(student, UNetPlusPlus(2, 2, widths=(4, 8, 16)), num_classes=2)
+    supervisor = FeatureSupervisor(student, UNetPlusPlus(2, 2, widths=(4, 8, 16)), label_classes=2)
     cascade = Cascade(supervisor, threshold_unetpp(0.45, bright=False), liver_size=32,
                       tumour_size=32, device="cpu")  # fmt: skip
     path = cascade.save(tmp_path / "c.pt")
