@@ -25,7 +25,13 @@ from featsup.data.preprocess import (
     largest_connected_component,
     preprocess_volume,
 )
-from featsup.inference.predict import PreparedModel, predict_volume, prepare_model, stack_context
+from featsup.inference.predict import (
+    PreparedModel,
+    model_preprocessing,
+    predict_volume,
+    prepare_model,
+    stack_context,
+)
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -91,7 +97,8 @@ class Cascade:
         context: 2.5D neighbours on each side used by both models.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
         preprocessing: the :class:`~featsup.data.Preprocessing` both models were trained
-            with; None uses its defaults (the paper's).
+            with; None takes the one their checkpoints recorded (models rebuilt by
+            :func:`featsup.training.load_model`), else its defaults (the paper's).
         liver_crf: None for no CRF on the liver stage, else keyword arguments of
             :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults; the phantom-
             tuned ``CRF_PRESETS["liver"]`` differs from them), applied slice by slice.
@@ -100,6 +107,10 @@ class Cascade:
         batch_size: slices per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         tta: average with left-right mirrored predictions.
+
+    Raises:
+        ValueError: if ``preprocessing`` is None and the two models' checkpoints recorded
+            different preprocessings.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -138,7 +149,7 @@ class Cascade:
         )
         self.liver_head, self.tumour_head = liver_head, tumour_head
         self.context, self.roi_margin = context, roi_margin
-        self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
+        self.preprocessing = preprocessing or _recorded_preprocessing(liver_model, tumour_model)
         self.liver_crf, self.tumour_crf = liver_crf, tumour_crf
         self.predict_options: dict[str, Any] = {
             "batch_size": batch_size,
@@ -294,3 +305,14 @@ class Cascade:
         from featsup.inference.heads import choose_heads
 
         return choose_heads(self, cases, tolerance=tolerance)
+
+
+def _recorded_preprocessing(liver_model: nn.Module, tumour_model: nn.Module) -> Preprocessing:
+    """The preprocessing both models' checkpoints recorded; the default if neither did."""
+    liver, tumour = model_preprocessing(liver_model), model_preprocessing(tumour_model)
+    if liver is not None and tumour is not None and liver != tumour:
+        raise ValueError(
+            f"preprocessing: expected the liver and tumour models to be trained with the same "
+            f"preprocessing, got {liver} and {tumour}; fix: pass preprocessing= explicitly"
+        )
+    return liver or tumour or Preprocessing()

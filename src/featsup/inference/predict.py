@@ -9,6 +9,7 @@ predicted without preparing the model again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
     "PreparedModel",
+    "model_preprocessing",
     "predict_volume",
     "prepare_model",
     "resolve_device",
@@ -41,16 +43,54 @@ class PreparedModel(nn.Module):
         network: the pruned (and, on CPU, fused) network.
         head: the head it computes (None: the deepest, or the model's only output).
         device: where its parameters are.
+        preprocessing: the preprocessing the source model was trained with, when its
+            checkpoint recorded one (see :func:`model_preprocessing`), else None.
     """
 
-    def __init__(self, network: nn.Module, *, head: int | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        head: int | None,
+        device: torch.device,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
         super().__init__()
         self.network, self.head, self.device = network, head, device
+        self.preprocessing = preprocessing
         self._pick = None if isinstance(network, UNetPlusPlus) else head
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, K, H, W) logits of the prepared head."""
         return _logits_of(self.network(image), self._pick)
+
+
+def model_preprocessing(model: nn.Module) -> Preprocessing | None:
+    """The preprocessing ``model`` was trained with, if its checkpoint recorded one.
+
+    :func:`featsup.training.load_model` sets ``model.preprocessing`` from a checkpoint
+    whose training data had a :class:`~featsup.data.Preprocessing` (the slice datasets
+    do); a :class:`PreparedModel` keeps it. A FeatureSupervisor answers for its student.
+
+    Args:
+        model: a model, possibly wrapped (DDP, ``torch.compile``, FeatureSupervisor).
+
+    Returns:
+        The :class:`~featsup.data.Preprocessing`, or None when none was recorded.
+
+    Example:
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+        >>> model_preprocessing(net) is None
+        True
+        >>> net.preprocessing = Preprocessing(hu_window=(-50.0, 250.0))
+        >>> model_preprocessing(net).hu_window
+        (-50.0, 250.0)
+    """
+    for candidate in (model, supervised_student(model), unwrap(model)):
+        found = getattr(candidate, "preprocessing", None)
+        if isinstance(found, Preprocessing):
+            return found
+    return None
 
 
 def prepare_model(
@@ -84,7 +124,8 @@ def prepare_model(
         )
     dev = resolve_device(device)
     network = select_head(model, head, optimize=dev.type == "cpu").to(dev)
-    return PreparedModel(network, head=head, device=dev).eval()
+    prep = model_preprocessing(model)
+    return PreparedModel(network, head=head, device=dev, preprocessing=prep).eval()
 
 
 def select_head(model: nn.Module, head: int | None, *, optimize: bool = True) -> nn.Module:
@@ -152,7 +193,7 @@ def predict_volume(
     size: int | tuple[int, int] | None = None,
     tta: bool = False,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | Literal["model"] | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Predict class probabilities of every axial slice of a volume.
@@ -172,7 +213,8 @@ def predict_volume(
         tta: also predict the left-right mirrored slices and average.
         transform: optional callable applied to each (B, C, H, W) batch on the device.
         preprocessing: if given, ``volume`` is in HU and is preprocessed with it first:
-            pass the training dataset's ``.preprocessing`` (or a checkpoint's).
+            the training dataset's ``.preprocessing``, or ``"model"`` for the one the
+            model's checkpoint recorded (:func:`model_preprocessing`).
         progress: show a progress bar.
 
     Returns:
@@ -181,7 +223,8 @@ def predict_volume(
 
     Raises:
         ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing``),
-            ``batch_size`` < 1, or ``head`` / ``device`` contradict a prepared model.
+            ``batch_size`` < 1, ``head`` / ``device`` contradict a prepared model, or
+            ``preprocessing="model"`` and the model recorded none.
 
     Example:
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
@@ -191,6 +234,13 @@ def predict_volume(
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
     net = _prepared(model, head, device)
+    if preprocessing == "model":
+        preprocessing = net.preprocessing
+        if preprocessing is None:
+            raise ValueError(
+                "preprocessing: expected a model whose checkpoint recorded its preprocessing, "
+                "got none; fix: pass preprocessing=Preprocessing(...) as in training"
+            )
     if preprocessing is not None:
         check_type("preprocessing", preprocessing, Preprocessing)
         check_ndim("volume", volume, 3, "(D, H, W) Hounsfield units with preprocessing")

@@ -26,6 +26,7 @@ from torch import nn
 
 from featsup._checks import check_choice
 from featsup._wrappers import supervised_student
+from featsup.data.preprocess import Preprocessing
 from featsup.training.distributed import DistEnv, unwrap_model
 
 __all__ = [
@@ -188,6 +189,25 @@ def model_entries(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def recorded_preprocessing(data: Any) -> dict[str, Any] | None:
+    """What a checkpoint records of the training data's preprocessing, or None.
+
+    The slice datasets carry their :class:`~featsup.data.Preprocessing` as
+    ``.preprocessing``; recording it lets inference apply exactly what training applied.
+
+    Example:
+        >>> from featsup.data import Preprocessing
+        >>> class Data:
+        ...     preprocessing = Preprocessing(hu_window=(-50.0, 250.0))
+        >>> recorded_preprocessing(Data())["hu_window"]
+        [-50.0, 250.0]
+        >>> recorded_preprocessing([1, 2]) is None
+        True
+    """
+    found = getattr(data, "preprocessing", None)
+    return found.to_dict() if isinstance(found, Preprocessing) else None
+
+
 def _import_class(qualified: str) -> type:
     module_name, _, qualname = qualified.partition(":")
     obj: Any = importlib.import_module(module_name)
@@ -209,32 +229,36 @@ def load_model(
     """Rebuild a trained model from a Trainer checkpoint, or load its weights into ``model``.
 
     Args:
-            path: a checkpoint written by the Trainer (``last.pt`` or ``best.pt``).
-            model: if given, load the weights into this module (for example to initialise a
-                tumour model from a liver model) instead of rebuilding one from the stored
-                config; it is returned unchanged in mode and device.
-            part: ``"model"`` for the trained module as a whole, or ``"student"`` for the
-                student of a trained :class:`~featsup.FeatureSupervisor` (its weights only,
-                without teacher and adapters).
-            map_location: device of the loaded tensors.
-            strict: passed to :meth:`torch.nn.Module.load_state_dict`.
+        path: a checkpoint written by the Trainer (``last.pt`` or ``best.pt``).
+        model: if given, load the weights into this module (for example to initialise a
+            tumour model from a liver model) instead of rebuilding one from the stored
+            config; it is returned unchanged in mode and device.
+        part: ``"model"`` for the trained module as a whole, or ``"student"`` for the
+            student of a trained :class:`~featsup.FeatureSupervisor` (its weights only,
+            without teacher and adapters).
+        map_location: device of the loaded tensors.
+        strict: passed to :meth:`torch.nn.Module.load_state_dict`.
 
     Returns:
-            The model, rebuilt in eval mode on ``map_location``, or ``model``.
+        The model, rebuilt in eval mode on ``map_location``, or ``model``. When the
+        checkpoint recorded the training data's preprocessing (the slice datasets'), it
+        is set as ``model.preprocessing``, a :class:`~featsup.data.Preprocessing` that
+        :class:`~featsup.inference.Cascade` and ``predict_volume(preprocessing="model")``
+        apply.
 
     Raises:
-            ValueError: if ``part`` is unknown, the checkpoint holds no student, or it holds
-                no config to rebuild from and ``model`` is not given.
+        ValueError: if ``part`` is unknown, the checkpoint holds no student, or it holds
+            no config to rebuild from and ``model`` is not given.
 
     Example:
-            >>> import tempfile
-            >>> from featsup.models import UNetPlusPlus
-            >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
-            >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
-            >>> _ = save_checkpoint(p, {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
-            ...     "model_class": model_spec(net)[0], "model_config": model_spec(net)[1]})
-            >>> type(load_model(p)).__name__
-            'UNetPlusPlus'
+        >>> import tempfile
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
+        >>> _ = save_checkpoint(p, {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
+        ...     "model_class": model_spec(net)[0], "model_config": model_spec(net)[1]})
+        >>> type(load_model(p)).__name__
+        'UNetPlusPlus'
     """
     check_choice("part", part, ("model", "student"))
     state = load_checkpoint(path, map_location=map_location)
@@ -259,6 +283,8 @@ def load_model(
         cls: Any = _import_class(qualified)
         model = cls.from_config(config).to(map_location).eval()
     model.load_state_dict(weights, strict=strict)
+    if state.get("preprocessing") is not None:  # read by featsup.inference
+        model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
     return model
 
 

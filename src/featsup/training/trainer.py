@@ -34,6 +34,7 @@ from featsup.training.checkpoint import (
     CheckpointStore,
     get_rng_state,
     model_entries,
+    recorded_preprocessing,
     set_rng_state,
 )
 from featsup.training.device import Precision, move_to_device, resolve_device
@@ -182,6 +183,7 @@ class Trainer:
         self.optimizer = optimizer or torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
         )
+        self.preprocessing = recorded_preprocessing(train_data)
         self.data = Loaders(
             train_data, val_data, env=self.env, device=self.device, batch_size=batch_size,
             val_batch_size=val_batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
@@ -351,6 +353,7 @@ class Trainer:
             **self.progress.state_dict(),  # "history", "window"
             "best": self.stopping.state_dict(),
             "settings": {**self.data.settings(), "total_steps": self.total_steps},
+            "preprocessing": self.preprocessing,
             "torch_version": str(torch.__version__),
         }
 
