@@ -28,9 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from featsup.losses import deep_supervision_loss, feature_loss
+from featsup.losses import deep_supervision_loss, feature_loss, one_hot
 from featsup.models import UNetPlusPlus
-from featsup.supervision import FeatureSupervisor, one_hot
+from featsup.supervision import FeatureSupervisor
 
 FULL = (32, 64, 128, 256, 512)
 SMALL = (16, 32, 64, 128, 256)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from featsup import data as fd
-from featsup.supervision import one_hot, reconstruction_dice, train_encoding_teacher
+from featsup.losses import one_hot
+from featsup.supervision import reconstruction_dice, train_encoding_teacher
 
 
 def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:

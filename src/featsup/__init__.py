@@ -10,7 +10,8 @@ imported only by the functions that need them.
 
 from __future__ import annotations
 
-from featsup.inference import Cascade, CascadeResult, predict_volume
+from featsup.data import Preprocessing
+from featsup.inference import Cascade, CascadeResult, choose_heads, predict_volume, prepare_model
 from featsup.losses import (
     DeepSupervisionLoss,
     DiceLoss,
@@ -41,6 +42,7 @@ from featsup.supervision import (
     matching_teacher,
     parse_variant,
     segmentation_step,
+    supervised_student,
     train_encoding_teacher,
 )
 from featsup.training import Trainer, dice_per_head, load_model
@@ -61,6 +63,7 @@ __all__ = [
     "FeatureSupervisor",
     "FocalLoss",
     "MetricAccumulator",
+    "Preprocessing",
     "SegLoss",
     "SupervisedOutput",
     "TeacherFeatureCache",
@@ -72,6 +75,7 @@ __all__ = [
     "boundary_weight_map",
     "build_variant",
     "case_metrics",
+    "choose_heads",
     "crf_labels",
     "deep_supervision_loss",
     "dense_crf",
@@ -85,8 +89,10 @@ __all__ = [
     "matching_teacher",
     "parse_variant",
     "predict_volume",
+    "prepare_model",
     "seg_loss",
     "segmentation_step",
+    "supervised_student",
     "train_encoding_teacher",
     "weighted_dice_loss",
 ]

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featsup.losses import FeatureLoss, TotalLoss
+from featsup.losses import FeatureLoss, TotalLoss, one_hot
 from featsup.losses.feature import feature_loss
 from featsup.models import UNetPlusPlus
-from featsup.supervision import FeatureSupervisor, SupervisedOutput, one_hot
+from featsup.supervision import FeatureSupervisor, SupervisedOutput
 
 WIDTHS = (4, 8, 16, 32, 64)
 

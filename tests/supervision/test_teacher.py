@@ -167,7 +167,8 @@ def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
 
 
 def test_batch_norm_is_calibrated_on_whole_maps() -> None:
-    from featsup.supervision.teacher import _calibrate_batch_norm, one_hot
+    from featsup.losses import one_hot
+    from featsup.supervision.teacher import _calibrate_batch_norm
 
     model = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -19,7 +19,6 @@ from featsup.supervision.levels import EncoderLevel, encoder_levels
 from featsup.supervision.match import matching_teacher
 from featsup.supervision.supervisor import FeatureSupervisor, SupervisedOutput
 from featsup.supervision.teacher import (
-    one_hot,
     reconstruction_dice,
     train_encoding_teacher,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "build_variant",
     "encoder_levels",
     "matching_teacher",
-    "one_hot",
     "parse_variant",
     "reconstruction_dice",
     "segmentation_step",

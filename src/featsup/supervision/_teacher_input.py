@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsup.losses import one_hot
 from featsup.supervision.levels import Levels, probe_levels
 from featsup.supervision.taps import HookTap
-from featsup.supervision.teacher import TeacherFeatureCache, build_feature_cache, one_hot
+from featsup.supervision.teacher import TeacherFeatureCache, build_feature_cache
 
 __all__ = ["TeacherLevels"]
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from featsup._checks import check_choice, check_in_range, check_positive
+from featsup.losses import one_hot
 from featsup.models.unetpp import UNetPlusPlus
 from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache, label_maps
 from featsup.training.checkpoint import load_checkpoint, load_model, rng_preserved
@@ -34,30 +35,11 @@ from featsup.training.trainer import Trainer
 __all__ = [
     "TeacherFeatureCache",
     "build_feature_cache",
-    "one_hot",
     "reconstruction_dice",
     "train_encoding_teacher",
 ]
 
 _log = logging.getLogger(__name__)
-
-
-def one_hot(target: torch.Tensor, num_classes: int, *, dtype: torch.dtype) -> torch.Tensor:
-    """One-hot ``(B, K, *spatial)`` map of an integer ``(B, *spatial)`` or ``(B, 1, ...)`` target.
-
-    A floating ``(B, K, ...)`` target is taken as one-hot already and only cast. This is
-    :func:`featsup.losses.one_hot`, the one implementation.
-
-    Raises:
-        ValueError: if labels fall outside ``[0, num_classes)``.
-
-    Example:
-        >>> one_hot(torch.tensor([[[0, 2]]]), 3, dtype=torch.float32)[0, :, 0].tolist()
-        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
-    """
-    from featsup.losses import one_hot as shared_one_hot
-
-    return shared_one_hot(target, num_classes, dtype=dtype)
 
 
 # ---------------------------------------------------------------------- encoding teacher
