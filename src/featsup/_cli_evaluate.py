@@ -12,17 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from featsup.metrics import MetricAccumulator
+from featsup.metrics import UNDEFINED_CONVENTION, MetricAccumulator, json_safe, summary_table
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 _STAGES = {"liver": 1, "tumour": 2}  # foreground = label >= value
-_CONVENTIONS = (
-    "Tumour-free cases (no label 2 in the truth) count in Dice per case (1 when no tumour "
-    "is predicted, 0 otherwise) and in Dice global; RVD, ASSD and MSD are undefined when "
-    "the truth or the prediction is empty, and their means leave such cases out (the "
-    "counts are given). The LiTS challenge's script scores ASSD and MSD of such cases as 0 "
-    "instead, which would reward a missed or an invented tumour."
-)
 
 
 def _case_key(path: Path) -> str:
@@ -71,32 +64,11 @@ def _pair(pred_path: Path, truth_path: Path) -> tuple[np.ndarray, np.ndarray, tu
     return pred, truth, _spacing(truth_affine)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _summary(acc: MetricAccumulator) -> dict[str, Any]:
-    summary: dict[str, Any] = acc.compute()
-    for key in ("rvd", "assd", "msd") if acc.surface else ("rvd",):
-        values = [c[key] for c in acc.cases if math.isfinite(c[key])]
-        summary[key] = float(np.mean(values)) if values else float("nan")
-        summary[f"{key}_undefined_cases"] = len(acc.cases) - len(values)
-    summary["cases"] = len(acc.cases)
-    return summary
-
-
 def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _print_tables(records: list[dict[str, Any]], summaries: dict[str, dict[str, Any]]) -> None:
-    surface = "assd" in summaries["liver"]
     print("| case | liver Dice | liver ASSD mm | tumour Dice | tumour ASSD mm | note |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in records:
@@ -106,21 +78,7 @@ def _print_tables(records: list[dict[str, Any]], summaries: dict[str, dict[str, 
             f"| {r['case']} | {_fmt(liver['dice'])} | {_fmt(liver.get('assd', math.nan), 2)} | "
             f"{_fmt(tumour['dice'])} | {_fmt(tumour.get('assd', math.nan), 2)} | {note} |"
         )
-    print("\n| stage | Dice per case | Dice global | VOE | RVD | ASSD mm | MSD mm |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for stage, m in summaries.items():
-        a, d = (_fmt(m["assd"], 2), _fmt(m["msd"], 2)) if surface else ("-", "-")
-        print(
-            f"| {stage} | {_fmt(m['dice_per_case'])} | {_fmt(m['dice_global'])} | "
-            f"{_fmt(m['voe'])} | {_fmt(m['rvd'])} | {a} | {d} |"
-        )
-    for stage, m in summaries.items():
-        if m["rvd_undefined_cases"] or m.get("assd_undefined_cases"):
-            print(
-                f"{stage}: RVD undefined in {m['rvd_undefined_cases']} case(s), ASSD/MSD in "
-                f"{m.get('assd_undefined_cases', 0)} (an empty truth or prediction); "
-                "means over the rest"
-            )
+    print("\n" + summary_table(summaries))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -148,10 +106,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"featsup evaluate: skipped {key}: {why}", file=sys.stderr)
     if not records:
         raise ValueError("--prediction: expected at least one case paired with the truth, got none")
-    summaries = {stage: _summary(a) for stage, a in acc.items()}
+    summaries = {stage: a.compute(ignore_undefined=True) for stage, a in acc.items()}
     _print_tables(records, summaries)
     free = sum(r["tumour_free"] for r in records)
-    print(f"\n{free} of {len(records)} case(s) are tumour-free. {_CONVENTIONS}")
+    print(f"\n{free} of {len(records)} case(s) are tumour-free. {UNDEFINED_CONVENTION}")
     extra = sorted(set(predictions) - set(truth))
     if extra:
         print(f"ignored {len(extra)} prediction(s) without a truth: {', '.join(extra[:5])}")
@@ -160,9 +118,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "cases": records,
             **summaries,
             "failed": [{"case": k, "reason": w} for k, w in failed],
-            "conventions": _CONVENTIONS,
+            "conventions": UNDEFINED_CONVENTION,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_finite(report), indent=2))
+        args.json.write_text(json.dumps(json_safe(report), indent=2))
         print(f"wrote {args.json}")
     return 1 if failed else 0

@@ -8,8 +8,8 @@ zooms, given in the array's axis order); without ``spacing`` they are in voxels.
 Empty masks (P = prediction, G = target) give (Dice, VOE, RVD, ASSD, MSD) =
 ``(1, 0, 0, 0, 0)`` when both are empty, ``(0, 1, inf, inf, inf)`` when only G is empty
 and ``(0, 1, -1, inf, inf)`` when only P is empty (see docs/metrics.md).
-A distance to an empty surface is infinite; means over cases then are ``inf`` too, which
-shows that some case had an empty mask (per-case values stay available).
+A distance to an empty surface is infinite; :class:`~featsup.metrics.MetricAccumulator`
+keeps such means infinite, or leaves those cases out and counts them on request.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from featsup._checks import check_spacing
-from featsup._metric_ops import (
+from featsup.metrics._ops import (
     assd,
     binary_pair,
     boundary,
@@ -34,7 +34,6 @@ from featsup._metric_ops import (
 )
 
 __all__ = [
-    "MetricAccumulator",
     "average_symmetric_surface_distance",
     "boundary",
     "bounding_box",
@@ -45,8 +44,6 @@ __all__ = [
     "surface_distances",
     "volume_overlap_error",
 ]
-
-_SURFACE_KEYS = ("assd", "msd")
 
 
 def dice_score(pred: Any, target: Any) -> float:
@@ -244,103 +241,3 @@ def case_metrics(
         result["msd"] = msd(to_target, to_pred)
     result.update(intersection=inter, pred_voxels=n_pred, target_voxels=n_target)
     return result
-
-
-class MetricAccumulator:
-    """Streaming Dice per case, Dice global, VOE, RVD, ASSD and MSD over many cases.
-
-    ``update`` takes one case (a whole volume), computes its metrics and keeps only
-    numbers: per-case values and the voxel counts that Dice global pools. No volume is
-    held, so thousands of cases fit in memory. ``merge`` combines accumulators filled in
-    other processes.
-
-    Args:
-        surface: compute ASSD and MSD (needs distance transforms, about a second per
-            liver-sized case); ``False`` keeps only the overlap metrics.
-
-    Example:
-        >>> acc = MetricAccumulator(surface=False)
-        >>> _ = acc.update(np.array([1, 1, 0, 0]), np.array([1, 1, 0, 0]))
-        >>> _ = acc.update(np.array([1, 0, 0, 0]), np.array([0, 0, 1, 1]))
-        >>> summary = acc.compute()
-        >>> summary["dice_per_case"], round(summary["dice_global"], 4)
-        (0.5, 0.5714)
-    """
-
-    def __init__(self, *, surface: bool = True) -> None:
-        self.surface = surface
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all cases."""
-        self.cases: list[dict[str, Any]] = []
-        self._inter = self._pred = self._target = 0
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def update(
-        self,
-        pred: Any,
-        target: Any,
-        *,
-        spacing: Sequence[float] | None = None,
-        case_id: str | int | None = None,
-    ) -> dict[str, Any]:
-        """Add one case and return its metrics (see :func:`case_metrics`).
-
-        Args:
-            pred: binary prediction of the whole case (array or tensor).
-            target: binary ground truth of the same shape.
-            spacing: voxel size along each axis (mm).
-            case_id: optional name stored with the case's record.
-
-        Returns:
-            The case's record: :func:`case_metrics` plus ``"case"``.
-        """
-        record: dict[str, Any] = {"case": case_id if case_id is not None else len(self.cases)}
-        record.update(case_metrics(pred, target, spacing=spacing, surface=self.surface))
-        self._add(record)
-        return record
-
-    def merge(self, other: MetricAccumulator) -> MetricAccumulator:
-        """Add the cases of ``other`` (for example from another process) to this one."""
-        if not isinstance(other, MetricAccumulator):
-            raise TypeError(f"other: expected a MetricAccumulator, got {type(other).__name__}")
-        if other.surface != self.surface:
-            raise ValueError(
-                f"other: expected surface={self.surface} like this accumulator, got {other.surface}"
-            )
-        for record in other.cases:
-            self._add(dict(record))
-        return self
-
-    def compute(self) -> dict[str, float]:
-        """Summary over the cases so far.
-
-        Returns:
-            ``dice_per_case`` (mean of the case Dice scores, DPC), ``dice_global`` (Dice of
-            all voxels pooled, DG; 1.0 if all masks are empty), the case means of ``voe``,
-            ``rvd`` and, with ``surface``, ``assd`` and ``msd``, and ``cases``.
-
-        Raises:
-            ValueError: if no case was added.
-        """
-        if not self.cases:
-            raise ValueError("MetricAccumulator: expected at least one case, got none; call update")
-        keys = ("dice", "voe", "rvd") + (_SURFACE_KEYS if self.surface else ())
-        means = {key: float(np.mean([case[key] for case in self.cases])) for key in keys}
-        summary = {"dice_per_case": means.pop("dice")}
-        summary["dice_global"] = dice(self._inter, self._pred, self._target)
-        summary.update(means)
-        summary["cases"] = float(len(self.cases))
-        return summary
-
-    def _add(self, record: dict[str, Any]) -> None:
-        self.cases.append(record)
-        self._inter += int(record["intersection"])
-        self._pred += int(record["pred_voxels"])
-        self._target += int(record["target_voxels"])
-
-
-# ---------------------------------------------------------------------------- helpers
