@@ -150,3 +150,53 @@ def plot_curves(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_cascade_case(
+    path: str | os.PathLike[str],
+    volume_hu: np.ndarray,
+    result: Any,
+    *,
+    truth: np.ndarray | None = None,
+    tumour_size: tuple[int, int] = (128, 128),
+    hu_window: tuple[float, float] | None = None,
+    title: str = "",
+) -> Path:
+    """:func:`plot_cascade_panels` for the most telling slice of one cascade result.
+
+    The slice is the one with the most tumour in ``truth`` (else the most liver; without
+    ``truth``, in the prediction); the ROI panel is that slice's liver-masked crop,
+    resized as the tumour model saw it.
+
+    Args:
+        path: output PNG.
+        volume_hu: (D, H, W) CT in Hounsfield units.
+        result: the :class:`~featsup.inference.CascadeResult` of ``volume_hu``.
+        truth: (D, H, W) labels {0, 1, 2}, drawn as contours.
+        tumour_size: the tumour model's ROI size.
+        hu_window: display window (the model's ``preprocessing.hu_window``); None is
+            :data:`featsup.data.preprocess.HU_WINDOW`.
+        title: prefix of the figure title.
+
+    Returns:
+        The written path.
+    """
+    from featsup.data import hu_window as window
+    from featsup.data import resize
+    from featsup.data.preprocess import HU_WINDOW
+
+    low, high = hu_window or HU_WINDOW
+    labels = truth if truth is not None else result.labels
+    tumour_voxels = (labels == 2).sum(axis=(1, 2))
+    k = int(tumour_voxels.argmax() if tumour_voxels.any() else (labels > 0).sum((1, 2)).argmax())
+    image = window(volume_hu[k], low=low, high=high, output="uint8")
+    roi_image = None
+    if result.roi is not None:
+        _, rows, cols = result.roi.slices
+        crop = np.where(result.labels[k, rows, cols] > 0, image[rows, cols], 0)
+        roi_image = resize(crop.astype(np.float32), tuple(tumour_size))
+    return plot_cascade_panels(
+        path, image=image, liver=result.labels[k] > 0, roi_image=roi_image,
+        tumour=result.labels[k] == 2, truth=None if truth is None else truth[k],
+        title=f"{title}, slice {k}" if title else f"slice {k}",
+    )  # fmt: skip

@@ -41,6 +41,7 @@ from featsup.data.preprocess import (
     uncrop,
 )
 from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
+from featsup.data.splits import split_cases
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
@@ -72,6 +73,7 @@ __all__ = [
     "preprocess_volume",
     "resize",
     "save_prediction",
+    "split_cases",
     "uncrop",
     "validate_case",
     "write_phantom_dataset",

@@ -14,7 +14,14 @@ from featsup.inference.bundle import (
     save_cascade,
 )
 from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
-from featsup.inference.heads import HeadChoice, HeadScore, choose_heads, smallest_head_within
+from featsup.inference.heads import (
+    HeadChoice,
+    HeadScore,
+    choose_crf_stages,
+    choose_heads,
+    score_heads,
+    smallest_head_within,
+)
 from featsup.inference.predict import (
     PreparedModel,
     predict_volume,
@@ -33,6 +40,7 @@ __all__ = [
     "HeadScore",
     "LiverStage",
     "PreparedModel",
+    "choose_crf_stages",
     "choose_heads",
     "load_cascade",
     "predict_volume",
@@ -40,6 +48,7 @@ __all__ = [
     "read_cascade_info",
     "resolve_device",
     "save_cascade",
+    "score_heads",
     "select_head",
     "smallest_head_within",
     "stack_context",

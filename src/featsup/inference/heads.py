@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from featsup._checks import check_in_range
+from featsup._checks import check_choice, check_in_range
 from featsup._wrappers import supervised_student, unwrap
 from featsup.inference.cascade import Cascade
 from featsup.metrics import dice_score
 from featsup.models.unetpp import UNetPlusPlus
 
-__all__ = ["HeadChoice", "HeadScore", "choose_heads", "smallest_head_within"]
+__all__ = [
+    "HeadChoice",
+    "HeadScore",
+    "choose_crf_stages",
+    "choose_heads",
+    "score_heads",
+    "smallest_head_within",
+]
 
 
 @dataclass(frozen=True)
@@ -115,20 +122,48 @@ def _case_arrays(case: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(volume), np.asarray(labels)
 
 
-def _sweep(
-    cascade: Cascade, cases: list[tuple[np.ndarray, np.ndarray]], stage: str, liver_head: int | None
+def score_heads(
+    cascade: Cascade,
+    cases: Sequence[Any],
+    *,
+    stage: Literal["liver", "tumour"],
+    liver_head: int | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Validation Dice and model seconds per volume of every head of one stage.
+    """Dice per case and model seconds per volume of every head of one stage (Table 2).
 
-    The cascade's prepared models are reused across heads and cases; the tumour sweep
-    runs the liver stage once per case (with ``liver_head``) and every tumour head on it.
+    The cascade's prepared models are reused across heads and cases; the tumour heads
+    run on one liver stage per case (with ``liver_head``, None: the cascade's).
+
+    Args:
+        cascade: the trained cascade; it is not changed.
+        cases: :class:`featsup.data.LoadedCase` or ``(volume_hu, labels)`` pairs.
+        stage: which stage's heads to score.
+        liver_head: the liver head under the tumour heads.
+
+    Returns:
+        (Dice per case of heads 1..d, seconds per volume of heads 1..d).
+
+    Raises:
+        ValueError: if ``cases`` is empty or a case has no labels.
+        TypeError: if a case is neither a LoadedCase nor a pair.
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8, 16))
+        >>> cascade = Cascade(net, net, liver_size=32, tumour_size=32, device="cpu")
+        >>> case = (np.zeros((2, 32, 32), np.int16), np.zeros((2, 32, 32), np.uint8))
+        >>> len(score_heads(cascade, [case], stage="liver")[0])
+        2
     """
-    heads = range(
-        1, _heads_of(cascade.liver_model if stage == "liver" else cascade.tumour_model) + 1
-    )
+    check_choice("stage", stage, ("liver", "tumour"))
+    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    if not arrays:
+        raise ValueError("cases: expected at least one case, got none")
+    model = cascade.liver_model if stage == "liver" else cascade.tumour_model
+    heads = range(1, _heads_of(model) + 1)
     scores: list[list[float]] = [[] for _ in heads]
     times: list[list[float]] = [[] for _ in heads]
-    for volume, labels in cases:
+    for volume, labels in arrays:
         if stage == "liver":
             for k in heads:
                 liver = cascade.liver_stage(volume, head=k)
@@ -176,13 +211,10 @@ def choose_heads(cascade: Cascade, cases: Sequence[Any], *, tolerance: float = 0
     from featsup.inference.bundle import cascade_arguments
 
     check_in_range("tolerance", tolerance, 0.0, 1.0)
-    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
-    if not arrays:
-        raise ValueError("cases: expected at least one validation case, got none")
     rows: list[HeadScore] = []
     chosen: dict[str, int] = {}
     for stage in ("liver", "tumour"):
-        dice, seconds = _sweep(cascade, arrays, stage, chosen.get("liver"))
+        dice, seconds = score_heads(cascade, cases, stage=stage, liver_head=chosen.get("liver"))
         chosen[f"{stage}"] = smallest_head_within(dice, tolerance)
         for k, (d, s) in enumerate(zip(dice, seconds, strict=True)):
             speedup = seconds[-1] / s if s > 0 else float("nan")
@@ -193,3 +225,51 @@ def choose_heads(cascade: Cascade, cases: Sequence[Any], *, tolerance: float = 0
     choice = HeadChoice(chosen["liver"], chosen["tumour"], tolerance, rows, best)
     best.training_summary = {**(cascade.training_summary or {}), "heads": choice.to_dict()}
     return choice
+
+
+def choose_crf_stages(
+    cascade: Cascade,
+    cases: Sequence[Any],
+    *,
+    liver_crf: dict[str, Any],
+    tumour_crf: dict[str, Any],
+) -> tuple[Literal["none", "liver", "both"], dict[str, dict[str, float]]]:
+    """Choose the stages the dense CRF refines, on validation cases.
+
+    The liver CRF is kept only when it raises the validation liver Dice per case, and
+    the tumour CRF (after the liver one) only when it raises the tumour Dice per case.
+
+    Args:
+        cascade: the trained cascade with its heads set; it is not changed.
+        cases: validation cases, as for :func:`choose_heads`. Never test cases.
+        liver_crf: :func:`featsup.postprocess.dense_crf` options for the liver stage.
+        tumour_crf: the same for the tumour stage.
+
+    Returns:
+        (``"none"``, ``"liver"`` or ``"both"``; the liver and tumour Dice per case of each).
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+        >>> cascade = Cascade(net, net, liver_size=16, tumour_size=16, device="cpu")
+        >>> case = (np.zeros((2, 16, 16), np.int16), np.zeros((2, 16, 16), np.uint8))
+        >>> choose_crf_stages(cascade, [case], liver_crf={}, tumour_crf={})[0]
+        'none'
+    """
+    from featsup.inference.bundle import cascade_arguments
+
+    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    scores: dict[str, dict[str, float]] = {}
+    for stages, crfs in (
+        ("none", (None, None)), ("liver", (liver_crf, None)), ("both", (liver_crf, tumour_crf))
+    ):  # fmt: skip
+        options = {**cascade_arguments(cascade), "liver_crf": crfs[0], "tumour_crf": crfs[1]}
+        trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+        labels = [(trial(volume).labels, truth) for volume, truth in arrays]
+        scores[stages] = {
+            stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
+            for stage, k in (("liver", 1), ("tumour", 2))
+        }
+    use_liver = scores["liver"]["liver"] > scores["none"]["liver"]
+    use_tumour = use_liver and scores["both"]["tumour"] > scores["liver"]["tumour"]
+    return ("both" if use_tumour else "liver" if use_liver else "none"), scores
