@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from _trainer_toys import Blobs, deep_supervision_step, make_trainer, tiny_model
-from torch import nn
+from _trainer_toys import Blobs, make_trainer, tiny_model
 
 import featsup.training.checkpoint as ckpt_module
+from featsup.models import UNetPlusPlus
 from featsup.training import Trainer, load_checkpoint, load_model, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,17 +105,11 @@ def test_load_model_rebuilds_the_model_and_the_student(tmp_path: Path) -> None:
     into = load_model(tmp_path / "last.pt", model=tiny_model(seed=3))
     torch.testing.assert_close(into.state_dict(), trainer.model.state_dict())
 
-    class Supervised(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.student = tiny_model(seed=5)
-            self.adapter = nn.Conv2d(1, 1, 1)
+    from featsup.supervision import FeatureSupervisor, segmentation_step
 
-        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-            return self.student(self.adapter(x))
-
-    sup = Supervised()
-    Trainer(sup, deep_supervision_step, Blobs(), max_steps=1, progress=False,
+    teacher = UNetPlusPlus(2, 2, widths=(4, 8, 8), skip_connections=False)
+    sup = FeatureSupervisor(tiny_model(seed=5), teacher, label_classes=2)
+    Trainer(sup, segmentation_step(), Blobs(), max_steps=1, progress=False,
             checkpoint_dir=tmp_path / "sup").fit()  # fmt: skip
     student = load_model(tmp_path / "sup" / "last.pt", part="student")
     torch.testing.assert_close(student.state_dict(), sup.student.state_dict())

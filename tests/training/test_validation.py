@@ -42,15 +42,14 @@ def test_dice_per_head_is_global_over_the_loader() -> None:
 def test_dice_per_head_scores_every_head_of_the_student() -> None:
     student = UNetPlusPlus(1, 2, widths=(4, 8, 8), deep_supervision=False).train()
 
-    class Supervised(nn.Module):  # the shape of a FeatureSupervisor
-        def __init__(self) -> None:
-            super().__init__()
-            self.student = student
-            self.adapter = nn.Conv2d(8, 8, 1)
+    from featsup.supervision import FeatureSupervisor
+
+    teacher = UNetPlusPlus(2, 2, widths=(4, 8, 8), skip_connections=False)
+    supervised = FeatureSupervisor(student, teacher, label_classes=2)
 
     data = Blobs(n=3)
     loader = [{"image": data.images, "target": (data.images[:, 0] > 0.3).long()}]
-    dice = dice_per_head(Supervised(), loader, num_classes=2, head_names=["a", "b"])
+    dice = dice_per_head(supervised, loader, num_classes=2, head_names=["a", "b"])
     assert sorted(dice) == ["dice_a", "dice_b"]
     assert all(0.0 <= v <= 1.0 for v in dice.values())
     assert student.training and student.deep_supervision is False  # restored
