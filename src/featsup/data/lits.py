@@ -100,20 +100,10 @@ def _scan_folder(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 
 def _from_folder(folder: Path, require_segmentation: bool) -> list[LitsCase]:
-    volumes, segmentations = _scan_folder(folder)
-    if not volumes:
-        raise ValueError(
-            f"{folder}: expected files named volume-N.nii or volume-N.nii.gz, found none"
-        )
-    cases = []
-    for case_id in sorted(volumes, key=_sort_key):
-        seg = segmentations.get(case_id)
-        if seg is None and require_segmentation:
-            raise ValueError(
-                f"{volumes[case_id]}: expected a matching segmentation-{case_id}.nii[.gz], "
-                "found none; fix: add it or pass require_segmentation=False"
-            )
-        cases.append(LitsCase(case_id, volumes[case_id], seg))
+    problems, cases = _problems_in_folder(folder, require_segmentation)
+    stray = [p for p in problems if "expected a matching volume" not in p.message]
+    if stray:  # a missing volume is a stray file, reported by check_dataset only
+        raise ValueError(stray[0].message)
     return cases
 
 
@@ -287,22 +277,21 @@ def _problems_in_folder(
         return [CaseProblem("", folder, str(err))], []
     problems = []
     if not volumes:
-        problems.append(
-            CaseProblem("", folder, f"{folder}: expected volume-N.nii[.gz] files, found none")
-        )
+        msg = f"{folder}: expected files named volume-N.nii or volume-N.nii.gz, found none"
+        problems.append(CaseProblem("", folder, msg))
     for case_id in sorted(set(segmentations) - set(volumes), key=_sort_key):
         path = segmentations[case_id]
-        problems.append(
-            CaseProblem(
-                case_id, path, f"{path}: expected a matching volume-{case_id}.nii[.gz], found none"
-            )
-        )
+        msg = f"{path}: expected a matching volume-{case_id}.nii[.gz], found none"
+        problems.append(CaseProblem(case_id, path, msg))
     cases = []
     for case_id in sorted(volumes, key=_sort_key):
         seg = segmentations.get(case_id)
         if seg is None and require_segmentation:
             path = volumes[case_id]
-            msg = f"{path}: expected a matching segmentation-{case_id}.nii[.gz], found none"
+            msg = (
+                f"{path}: expected a matching segmentation-{case_id}.nii[.gz], found none; "
+                "fix: add it or pass require_segmentation=False"
+            )
             problems.append(CaseProblem(case_id, path, msg))
             continue
         cases.append(LitsCase(case_id, volumes[case_id], seg))

@@ -1,9 +1,8 @@
 """A small, model-agnostic training loop with exact resume, AMP and DistributedDataParallel.
 
 The :class:`Trainer` knows nothing about losses or models: a ``step_fn(model, batch)``
-returns the loss and the values to log, a ``val_fn(model, loader)`` returns metrics.
-:func:`dice_per_head` (from :mod:`featsup.training.validation`) is a ready ``val_fn`` body for
-deep-supervised segmentation models. The loop composes small parts, each with its own
+returns the loss and the values to log, a ``val_fn(model, loader)`` returns metrics
+(:func:`~featsup.training.validation.dice_per_head` is a ready one). The loop composes small parts, each with its own
 state in the checkpoint: :class:`~featsup.training.loaders.Loaders` (data order),
 :class:`~featsup.training.device.Precision` (autocast, gradient scaling),
 :class:`~featsup.training.progress.Progress` (history, bar or log lines),
