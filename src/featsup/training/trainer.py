@@ -2,8 +2,8 @@
 
 The :class:`Trainer` knows nothing about losses or models: a ``step_fn(model, batch)``
 returns the loss and the values to log, a ``val_fn(model, loader)`` returns metrics
-(:func:`~featsup.training.validation.dice_per_head` is a ready one). The loop composes small parts, each with its own
-state in the checkpoint: :class:`~featsup.training.loaders.Loaders` (data order),
+(:func:`~featsup.training.validation.dice_per_head` is a ready one). The loop composes
+parts with their own state in the checkpoint: :class:`~featsup.training.loaders.Loaders`,
 :class:`~featsup.training.device.Precision` (autocast, gradient scaling),
 :class:`~featsup.training.progress.Progress` (history, bar or log lines),
 :class:`~featsup.training.stopping.Stopping` (best model, early stop, ``stop_when``) and
