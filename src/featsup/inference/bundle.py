@@ -16,16 +16,15 @@ lists, tuples and dicts, never pickled code. It holds
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from featsup._io import atomic_torch_save
 from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import Preprocessing
 from featsup.inference.cascade import Cascade
@@ -134,18 +133,7 @@ def save_cascade(
         "labels": dict(LABELS),
         "training": dict(training if training is not None else cascade.training_summary or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(state, path)
 
 
 def _read(path: Path, *, check_version: bool) -> dict[str, Any]:

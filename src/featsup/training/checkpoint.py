@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
+from featsup._io import atomic_torch_save
 from featsup._wrappers import supervised_student
 from featsup.data.preprocess import Preprocessing
 from featsup.training.distributed import DistEnv, unwrap_model
@@ -46,51 +46,27 @@ CHECKPOINT_FORMAT = "featsup.trainer/1"
 """Value of the ``"format"`` key of every checkpoint the :class:`~featsup.Trainer` writes."""
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable; folders cannot be opened on Windows, where this is a no-op."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync folder).
 
-        If anything fails or the process is interrupted, ``path`` keeps its previous content
-        (or stays absent) and the temporary file is removed where Python still runs.
+    If anything fails or the process is interrupted, ``path`` keeps its previous content
+    (or stays absent) and the temporary file is removed where Python still runs.
 
     Args:
-            path: destination file; its folder is created if needed.
-            state: what to save, passed to :func:`torch.save`.
+        path: destination file; its folder is created if needed.
+        state: what to save, passed to :func:`torch.save`.
 
     Returns:
-            ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a :class:`~pathlib.Path`.
 
     Example:
-            >>> import tempfile
-            >>> folder = tempfile.mkdtemp()
-            >>> p = save_checkpoint(os.path.join(folder, "a.pt"), {"step": 3})
-            >>> torch.load(p)["step"]
-            3
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> p = save_checkpoint(os.path.join(folder, "a.pt"), {"step": 3})
+        >>> torch.load(p)["step"]
+        3
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_folder(path.parent)
-    return path
+    return atomic_torch_save(state, path)
 
 
 def load_checkpoint(
