@@ -242,6 +242,8 @@ class UNetPlusPlus(nn.Module):
         axes = "D, H, W" if dims == 3 else "H, W"
         if image.ndim != dims + 2:
             fix = "add a batch dimension with image[None]" if image.ndim == dims + 1 else ""
+            if fix and dims == 3:
+                fix += " for one volume, or use a spatial_dims=2 model for a batch of slices"
             if not fix:
                 other = image.ndim - 2
                 fix = f"use a spatial_dims={other} model" if other in (2, 3) else "reshape it"
