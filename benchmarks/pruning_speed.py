@@ -7,16 +7,23 @@ channels-last). The measured speed-up of head k over the full model is printed n
 its FLOP ratio. Optionally pruned L2 is compared with segmentation-models-pytorch's
 ``UnetPlusPlus(encoder_name="resnet18")``.
 
+With ``--dims 3`` the volumetric UNet++ (``spatial_dims=3``) is measured the same way at
+64^3 with widths (16, 32, 64, 128, 256) on CPU and, when a CUDA device is available, at
+128^3 with the default widths on it, each next to MONAI's ``BasicUNetPlusPlus``
+(``spatial_dims=3``, the same widths) timed in the same interleaved loop.
+
 All variants are timed in one run with interleaved repeats and medians, because this
 machine is shared and absolute times swing. Nothing here asserts on time.
 
     python benchmarks/pruning_speed.py --device cpu
     python benchmarks/pruning_speed.py --device cuda --amp bf16 --compile --json out.json
+    python benchmarks/pruning_speed.py --dims 3 --repeats 5 --json pruning3d.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -37,10 +44,10 @@ from featsup.models import UNetPlusPlus
 
 def gmacs(model: nn.Module, shape: tuple[int, ...]) -> float:
     """Multiply-accumulates (1e9) of one forward, counted on the meta device."""
-    meta = UNetPlusPlus.from_config(model.config).to("meta") if hasattr(model, "config") else None
-    net = meta if meta is not None else model
+    meta = UNetPlusPlus.from_config(model.config) if hasattr(model, "config") else model
+    meta = copy.deepcopy(meta).to("meta").eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.zeros(shape, device="meta" if meta is not None else "cpu"))
+        meta(torch.zeros(shape, device="meta"))
     return counter.get_total_flops() / 2e9
 
 
@@ -194,12 +201,107 @@ def print_table(results: dict) -> None:
                 )
 
 
+# ---------------------------------------------------------------------------- volumes (--dims 3)
+VOLUME_DEFAULTS = {"cpu": (64, (16, 32, 64, 128, 256)), "cuda": (128, (32, 64, 128, 256, 512))}
+
+
+def monai_unetpp(widths: tuple[int, ...]) -> nn.Module:
+    """MONAI's 3D BasicUNetPlusPlus with featsup's widths (the last up-sampling at w0)."""
+    from monai.networks.nets import BasicUNetPlusPlus
+
+    if len(widths) != 5:
+        raise SystemExit(f"--widths: MONAI's BasicUNetPlusPlus has depth 4, got {widths}")
+    return BasicUNetPlusPlus(
+        spatial_dims=3, in_channels=1, out_channels=2, features=(*widths, widths[0])
+    )
+
+
+def run_volume(args: argparse.Namespace, device: str) -> dict:
+    """Time featsup's pruned 3D heads and MONAI's BasicUNetPlusPlus, interleaved."""
+    size, widths = VOLUME_DEFAULTS[device]
+    size, widths = args.size or size, tuple(args.widths or widths)
+    torch.manual_seed(0)
+    model = UNetPlusPlus(1, 2, widths=widths, spatial_dims=3).to(device)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32, 32, device=device))  # realistic BN statistics
+    model.eval()
+    variants = build_variants(argparse.Namespace(**{**vars(args), "smp": False}), model)
+    variants["MONAI"] = monai_unetpp(widths).to(device).eval()
+    variants["MONAI (cl3d)"] = copy.deepcopy(variants["MONAI"]).to(
+        memory_format=torch.channels_last_3d
+    )
+    x = torch.randn(1, 1, size, size, size, device=device)
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    fns = {
+        name: (lambda m=m, inp=(x_cl if "(cl3d)" in name else x): m(inp))
+        for name, m in variants.items()
+    }
+    check_equal(model, variants, x)
+    amp = args.amp if device == "cuda" else None
+    times = interleaved(fns, make_timer(device, amp), args.repeats, args.warmup)
+    shape = (1, 1, size, size, size)
+    stats = {
+        name: {
+            "params": sum(p.numel() for p in variants[name].parameters()),
+            "gmacs": gmacs(variants[name], shape),
+        }
+        for name in [f"eager L{k}" for k in range(1, model.depth + 1)] + ["MONAI"]
+    }
+    return {"device": device, "machine": machine(device), "size": size, "widths": widths,
+            "times": times, "stats": stats}  # fmt: skip
+
+
+def print_volume_table(result: dict) -> None:
+    times, stats, size = result["times"], result["stats"], result["size"]
+    depth = sum(1 for name in stats if name.startswith("eager"))
+    full, monai = stats[f"eager L{depth}"]["gmacs"], stats["MONAI"]["gmacs"]
+    print(f"\n## 3D, {result['device']} ({result['machine']}), batch 1, {size}^3, "
+          f"widths {result['widths']} (median of repeats, ms)")  # fmt: skip
+    print("| model | params | GMACs | eager ms | featsup ms | FLOP ratio vs MONAI "
+          "| speed-up vs MONAI (featsup) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for k in range(1, depth + 1):
+        h = stats[f"eager L{k}"]
+        e, f = times[f"eager L{k}"], times[f"featsup L{k}"]
+        print(f"| featsup X0,{k} | {h['params'] / 1e6:.2f}M | {h['gmacs']:.1f} | "
+              f"{e * 1e3:.0f} | {f * 1e3:.0f} | {monai / h['gmacs']:.2f} | "
+              f"{times['MONAI'] / f:.2f}x |")  # fmt: skip
+    m, cl3d = stats["MONAI"], times["MONAI (cl3d)"]
+    print(f"| MONAI BasicUNetPlusPlus | {m['params'] / 1e6:.2f}M | {monai:.1f} | "
+          f"{times['MONAI'] * 1e3:.0f} | (cl3d: {cl3d * 1e3:.0f}) | 1.00 | 1.00x |")  # fmt: skip
+    f1, f2, f4 = (times[f"featsup L{k}"] for k in (1, min(2, depth), depth))
+    g1, g2 = stats["eager L1"]["gmacs"], stats[f"eager L{min(2, depth)}"]["gmacs"]
+    print(f"\n- latency ratio L{depth}/L1 {f4 / f1:.2f} vs FLOP ratio {full / g1:.2f}: "
+          f"{f4 / f1 / (full / g1):.2f} of it (target >= 0.85)")  # fmt: skip
+    print(f"- full featsup X0,{depth} vs MONAI: {times['MONAI'] / f4:.2f}x as fast (target >= 1)")
+    sp2 = times["MONAI"] / f2
+    print(f"- X0,2 vs MONAI: {sp2:.2f}x faster, FLOP ratio {monai / g2:.2f}: "
+          f"{sp2 / (monai / g2):.2f} of it (target >= 0.85)")  # fmt: skip
+
+
+def run_volumes(args: argparse.Namespace) -> dict:
+    devices = [args.device] if args.device else ["cpu"] + ["cuda"] * torch.cuda.is_available()
+    results: dict = {"settings": vars(args), "torch": torch.__version__, "volumes": []}
+    for device in devices:
+        result = run_volume(args, device)
+        print_volume_table(result)
+        results["volumes"].append(result)
+    return results
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D images or 3D volumes")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="default: cpu in 2D; in 3D cpu, then cuda when one is available",
+    )
+    p.add_argument("--size", type=int, default=None, help="default: 512 (2D), 64 / 128 (3D)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="2D only")
+    p.add_argument("--widths", type=int, nargs="+", default=None, help="default: see above")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="CUDA autocast dtype")
@@ -213,21 +315,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.dims == 2:
+        args.device = args.device or "cpu"
+        args.size = args.size or 512
+        args.widths = args.widths or [32, 64, 128, 256, 512]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available; use --device cpu")
-    if args.amp and args.device != "cuda":
+    if args.amp and args.device != "cuda" and args.dims == 2:
         p.error("--amp applies to --device cuda only")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda":
+    if args.device in ("cuda", None) and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = run(args)
-    print_table(results)
+    if args.dims == 3:
+        results = run_volumes(args)
+    else:
+        results = run(args)
+        print_table(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

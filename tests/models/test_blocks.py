@@ -73,3 +73,36 @@ def test_fuse_for_inference_matches_eval_and_replaces_units() -> None:
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(block(x_cl), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [(2, 2, 2), (1, 2, 2)])
+def test_upconv3d_is_trilinear_away_from_border(scale: tuple[int, int, int]) -> None:
+    from featsup.models import UpConv3d
+
+    up = UpConv3d(4, 3, scale=scale)
+    x = torch.randn(2, 4, 5, 6, 7)
+    y = up(x)
+    assert y.shape == (2, 3, 5 * scale[0], 12, 14)
+    ref = F.interpolate(x[:, :3], scale_factor=scale, mode="trilinear", align_corners=False)
+    inner = (slice(None), slice(None), *(slice(1, -1) if f == 2 else slice(None) for f in scale))
+    torch.testing.assert_close(y[inner], ref[inner])
+    assert not torch.allclose(y[..., 0], ref[..., 0])  # the zero-padded border differs
+    with pytest.raises(ValueError, match="each 1 or 2"):
+        UpConv3d(4, 3, scale=(2, 3, 2))
+
+
+def test_fuse_for_inference_in_3d_matches_eval() -> None:
+    from featsup.models import FusedConvReLU, fuse_for_inference
+
+    block = ConvBlock(3, 4, spatial_dims=3)
+    block.train()
+    block(torch.randn(2, 3, 4, 6, 6))
+    block.eval()
+    x = torch.randn(1, 3, 4, 6, 6)
+    expected = block(x)
+    fuse_for_inference(block)
+    assert all(isinstance(m, FusedConvReLU) for m in block.children())
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(block(x_cl), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        ConvBlock(3, 4, spatial_dims=1)

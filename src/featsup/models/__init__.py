@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from featsup.models._geometry import pooling_for_spacing
 from featsup.models.blocks import (
     ConvBlock,
     ConvBNReLU,
     FusedConvReLU,
     UpConv,
+    UpConv3d,
     bilinear_kernel,
     fold_batchnorm,
     fuse_for_inference,
@@ -20,7 +22,9 @@ __all__ = [
     "FusedConvReLU",
     "UNetPlusPlus",
     "UpConv",
+    "UpConv3d",
     "bilinear_kernel",
     "fold_batchnorm",
     "fuse_for_inference",
+    "pooling_for_spacing",
 ]

@@ -1,10 +1,12 @@
-"""Building blocks of the paper's UNet++ (Table 1).
+"""Building blocks of the paper's UNet++ (Table 1), in 2D and 3D.
 
 - :class:`ConvBNReLU`: one Conv3x3-BN-ReLU unit (the paper's Convolution_1, Convolution_2
-  and Convolution_SC are all of this kind).
+  and Convolution_SC are all of this kind); Conv3x3x3-BN-ReLU with ``spatial_dims=3``.
 - :class:`ConvBlock`: two units, ``in -> out -> out``; a node X(i, j) of the network.
 - :class:`UpConv`: ConvTranspose2d(kernel 4, stride 2, padding 1) whose weights start as
   bilinear 2x interpolation of each channel it keeps.
+- :class:`UpConv3d`: its 3D sibling, trilinear, with a factor of 2 or 1 per axis (1 along
+  an axis the encoder did not pool).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "ConvBlock",
     "FusedConvReLU",
     "UpConv",
+    "UpConv3d",
     "bilinear_kernel",
     "fold_batchnorm",
     "fuse_for_inference",
@@ -28,22 +31,38 @@ __all__ = [
 _ONEDNN_CONV_RELU = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
+def check_spatial_dims(spatial_dims: object) -> int:
+    """Return ``spatial_dims`` if it is 2 or 3.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims: expected 2 (images) or 3 (volumes), got {spatial_dims!r}")
+    return int(spatial_dims)  # type: ignore[call-overload]
+
+
 class ConvBNReLU(nn.Sequential):
     """Conv3x3 (no bias) -> BatchNorm -> ReLU, spatial size preserved.
 
     Args:
         in_channels: input channels.
         out_channels: output channels.
+        spatial_dims: 2 (Conv2d, BatchNorm2d) or 3 (Conv3d 3x3x3, BatchNorm3d).
 
     Example:
         >>> ConvBNReLU(3, 8)(torch.zeros(1, 3, 16, 16)).shape
         torch.Size([1, 8, 16, 16])
+        >>> ConvBNReLU(3, 8, spatial_dims=3)(torch.zeros(1, 3, 4, 16, 16)).shape
+        torch.Size([1, 8, 4, 16, 16])
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        conv = nn.Conv3d if check_spatial_dims(spatial_dims) == 3 else nn.Conv2d
+        norm = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
+        self.conv = conv(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn: nn.Module = norm(out_channels)
         self.act = nn.ReLU(inplace=True)
 
 
@@ -54,15 +73,20 @@ class ConvBlock(nn.Sequential):
     Convolution_2; in the decoder the first is Convolution_SC (fusing the up-sampled map
     with the row's skip inputs).
 
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        spatial_dims: 2 or 3, as for :class:`ConvBNReLU`.
+
     Example:
         >>> ConvBlock(96, 32)(torch.zeros(2, 96, 8, 8)).shape
         torch.Size([2, 32, 8, 8])
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = ConvBNReLU(in_channels, out_channels)
-        self.conv2 = ConvBNReLU(out_channels, out_channels)
+        self.conv1 = ConvBNReLU(in_channels, out_channels, spatial_dims=spatial_dims)
+        self.conv2 = ConvBNReLU(out_channels, out_channels, spatial_dims=spatial_dims)
 
 
 def bilinear_kernel(size: int = 4) -> torch.Tensor:
@@ -115,6 +139,59 @@ class UpConv(nn.ConvTranspose2d):
             self.bias.zero_()
 
 
+def _linear_1d(scale: int) -> torch.Tensor:
+    """Per-axis factor of the up-sampling kernel: linear for 2x, identity for 1x."""
+    return bilinear_kernel(4)[0] * 4 if scale == 2 else torch.ones(1)
+
+
+class UpConv3d(nn.ConvTranspose3d):
+    """Up-sampling of a volume by ConvTranspose3d, initialised as trilinear interpolation.
+
+    Along an axis of factor 2 the kernel is 4, stride 2, padding 1 (linear interpolation
+    away from the border, as :class:`UpConv`); along an axis of factor 1 (one the encoder
+    did not pool) it is 1, stride 1, which keeps the size. Output channel ``c`` starts as
+    the interpolation of input channel ``c`` (for ``c < min(in, out)``); all other weights
+    and the bias start at zero.
+
+    Args:
+        in_channels: input channels (the deeper node's width).
+        out_channels: output channels.
+        scale: up-sampling factor along (D, H, W), each 1 or 2.
+
+    Raises:
+        ValueError: if ``scale`` is not three factors of 1 or 2.
+
+    Example:
+        >>> up = UpConv3d(4, 2, scale=(1, 2, 2))
+        >>> up(torch.ones(1, 4, 3, 8, 8)).shape
+        torch.Size([1, 2, 3, 16, 16])
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, scale: tuple[int, ...] = (2, 2, 2)
+    ) -> None:
+        scale = tuple(scale)
+        if len(scale) != 3 or any(f not in (1, 2) for f in scale):
+            raise ValueError(f"scale: expected 3 factors (D, H, W), each 1 or 2, got {scale!r}")
+        d, h, w = scale
+        kernel = (d * 3 - 2, h * 3 - 2, w * 3 - 2)  # 4 where the factor is 2, else 1
+        padding = (d - 1, h - 1, w - 1)
+        super().__init__(in_channels, out_channels, kernel, stride=(d, h, w), padding=padding)
+        self.scale = scale
+        self.reset_trilinear()
+
+    @torch.no_grad()
+    def reset_trilinear(self) -> None:
+        """Reset the weights to channel-wise trilinear interpolation and the bias to zero."""
+        d, h, w = (_linear_1d(f) for f in self.scale)
+        kernel = (d[:, None, None] * h[None, :, None] * w[None, None, :]).to(self.weight)
+        self.weight.zero_()
+        for c in range(min(self.in_channels, self.out_channels)):
+            self.weight[c, c] = kernel
+        if self.bias is not None:
+            self.bias.zero_()
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every :class:`ConvBNReLU`'s batch norm into its convolution, in place.
 
@@ -130,7 +207,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     if module.training:
         raise ValueError("fold_batchnorm: expected a module in eval mode; call .eval() first")
     for unit in module.modules():
-        if isinstance(unit, ConvBNReLU) and isinstance(unit.bn, nn.BatchNorm2d):
+        if isinstance(unit, ConvBNReLU) and isinstance(unit.bn, (nn.BatchNorm2d, nn.BatchNorm3d)):
             unit.conv = fuse_conv_bn_eval(unit.conv, unit.bn)  # type: ignore[arg-type]
             unit.bn = nn.Identity()
     return module
@@ -147,12 +224,12 @@ class FusedConvReLU(nn.Module):
         conv: the convolution, with its bias holding the folded batch norm.
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d) -> None:
         super().__init__()
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in, H, W) -> (B, out, H, W)."""
+        """(B, in, *spatial) -> (B, out, *spatial), 2D or 3D."""
         c = self.conv
         if (
             _ONEDNN_CONV_RELU is not None
