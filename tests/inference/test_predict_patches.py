@@ -135,3 +135,13 @@ def test_invalid_arguments_raise(volume: np.ndarray, kwargs: dict, match: str) -
 def test_a_model_that_changes_the_window_size_is_rejected() -> None:
     with pytest.raises(ValueError, match="window size"):
         predict_patches(nn.Conv3d(1, 2, 2, stride=2), np.zeros((8, 16, 16)), patch=PATCH)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_accumulation_equals_cpu_and_leaves_the_volume_on_the_cpu() -> None:
+    net, volume = _conv_net(), torch.randn(20, 45, 40)
+    cpu = predict_patches(net, volume, patch=PATCH, device="cpu")
+    gpu = predict_patches(net, volume, patch=PATCH, device="cuda")
+    assert volume.device.type == "cpu"
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3)  # cuDNN may convolve in TF32
