@@ -24,6 +24,7 @@ from featsup.data.lits import (
     save_prediction,
     validate_case,
 )
+from featsup.data.patches import TumourPatchDataset
 from featsup.data.phantom import FIELD_OF_VIEW_MM, Phantom, make_phantom, write_phantom_dataset
 from featsup.data.preprocess import (
     HU_WINDOW,
@@ -55,6 +56,7 @@ __all__ = [
     "Preprocessing",
     "RoiCrop",
     "SliceAugment",
+    "TumourPatchDataset",
     "TumourSliceDataset",
     "apply_crop",
     "check_dataset",

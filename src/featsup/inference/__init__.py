@@ -1,5 +1,8 @@
 """Inference: volume prediction with any (pruned) head, and the liver -> tumour cascade.
 
+3D models predict a volume window by window with :func:`predict_patches`
+(:mod:`~featsup.inference.patches`).
+
 Also the cascade's saved form (:mod:`~featsup.inference.bundle`) and the choice of heads
 on validation cases (:mod:`~featsup.inference.heads`).
 """
@@ -22,6 +25,7 @@ from featsup.inference.heads import (
     score_heads,
     smallest_head_within,
 )
+from featsup.inference.patches import predict_patches
 from featsup.inference.predict import (
     PreparedModel,
     predict_volume,
@@ -43,6 +47,7 @@ __all__ = [
     "choose_crf_stages",
     "choose_heads",
     "load_cascade",
+    "predict_patches",
     "predict_volume",
     "prepare_model",
     "read_cascade_info",

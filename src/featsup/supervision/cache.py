@@ -1,7 +1,11 @@
 """Teacher features for a whole dataset (the paper's "predict and save" step).
 
 :class:`TeacherFeatureCache` holds a teacher's features for every sample of a dataset, in
-memory or as ``.npy`` memory maps on disk; :func:`build_feature_cache` fills one.
+memory or as ``.npy`` memory maps on disk; :func:`build_feature_cache` fills one. Both
+are agnostic of the spatial rank: 2D slices give (N, C, H, W) levels, 3D patches
+(N, C, D, H, W) ones. A cache is keyed by sample index, so it holds only while
+``dataset[i]`` stays the same: with a dataset that redraws its samples per epoch (the
+patch positions of :class:`~featsup.data.TumourPatchDataset`), keep one epoch.
 """
 
 from __future__ import annotations
@@ -27,9 +31,25 @@ _NP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 def unpack_item(item: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(image, target, ...)`` -> (image, target); a lone tensor is a target.
 
+    A mapping with a ``"target"`` (and usually an ``"image"``), as the featsup datasets
+    serve, is unpacked by key.
+
     Raises:
-        ValueError: for a tuple of fewer than two items.
+        ValueError: for a tuple of fewer than two items, or a mapping without "target".
+
+    Example:
+        >>> image, target = unpack_item({"image": torch.zeros(1, 2, 2), "target": torch.ones(2, 2)})
+        >>> tuple(image.shape), tuple(target.shape)
+        ((1, 2, 2), (2, 2))
     """
+    if isinstance(item, Mapping):
+        if "target" not in item:
+            raise ValueError(
+                f"dataset: expected items with a 'target' key, got keys {sorted(item)}; "
+                "fix: serve {'image': ..., 'target': ...} or (image, target) pairs"
+            )
+        image = item.get("image")
+        return (None if image is None else torch.as_tensor(image)), torch.as_tensor(item["target"])
     if isinstance(item, (tuple, list)):
         if len(item) < 2:
             raise ValueError(
@@ -57,11 +77,11 @@ class TeacherFeatureCache:
     Build one with :meth:`FeatureSupervisor.cache_teacher_features
     <featsup.supervision.FeatureSupervisor.cache_teacher_features>`; reopen one written
     to disk with :meth:`load`. Memory: ``N * sum_l C_l * H_l * W_l`` values per level set
-    (2 bytes each in float16).
+    (``* D_l`` for 3D levels; 2 bytes each in float16).
 
     Args:
-        features: level name -> (N, C, H, W) tensor or array (a memory map works), all
-            with the same N.
+        features: level name -> (N, C, H, W) or (N, C, D, H, W) tensor or array (a
+            memory map works), all with the same N.
 
     Example:
         >>> cache = TeacherFeatureCache({"x4_0": torch.arange(8.0).reshape(4, 2, 1, 1)})
@@ -92,7 +112,7 @@ class TeacherFeatureCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> dict[str, torch.Tensor]:
-        """Return the (B, C, H, W) features of samples ``index`` for every cached level.
+        """Return the (B, C, H, W) or (B, C, D, H, W) features of samples ``index`` per level.
 
         Raises:
             IndexError: if an index is outside ``[0, len(cache))``.
