@@ -239,6 +239,7 @@ def train_encoding_teacher(
     )  # fmt: skip
     with rng_preserved(trainer.device):
         history = trainer.fit()
+    model.zero_grad(set_to_none=True)  # a served teacher holds no gradients
     dice = next(r["val/dice"] for r in reversed(history) if "val/dice" in r)
     report = {"steps": trainer.step, "dice": dice, "dice_threshold": dice_threshold}
     report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
