@@ -263,13 +263,13 @@ def test_matching_teacher_with_narrow_widths_gets_adapters() -> None:
     assert [a.out_channels for a in sup.adapters] == [8, 8, 16, 16]  # type: ignore[union-attr]
 
 
-def test_matching_teacher_rejects_wrong_widths_and_3d() -> None:
+def test_matching_teacher_rejects_wrong_widths_and_2d_labels_for_3d() -> None:
     labels = torch.zeros(2, 64, 64, dtype=torch.long)
     with pytest.raises(ValueError, match=r"widths: expected 6 widths .* got 5"):
         matching_teacher(smp_student("Unet", "resnet18"), labels, num_classes=2,
                          widths=TEACHER_WIDTHS)  # fmt: skip
     student_3d = monai_3d()[0]
-    with pytest.raises(ValueError, match="expected a 2D network, got 3 spatial dims"):
+    with pytest.raises(ValueError, match=r"label maps \(N, D, H, W\) for spatial_dims=3"):
         matching_teacher(student_3d, labels, num_classes=2, probe_size=32)
 
 

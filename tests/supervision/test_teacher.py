@@ -151,7 +151,7 @@ def test_train_encoding_teacher_rejects_one_hot_and_bad_files(tmp_path: Path) ->
 
 # ---------------------------------------------------------------------- recipe parts
 def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
-    from featsup.supervision.teacher import _crop_size, _sample_batch
+    from featsup.supervision._label_crops import _crop_size, _sample_batch
 
     labels = discs(8, size=64)
     size = _crop_size(32, labels.shape, multiple=16)

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from featsup._checks import check_choice, check_in_range, check_positive
 from featsup.losses import one_hot
 from featsup.models.unetpp import UNetPlusPlus
-from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache, label_maps
+from featsup.supervision._label_crops import _crop_size, _LabelCrops, label_tensor
+from featsup.supervision.cache import TeacherFeatureCache, build_feature_cache
 from featsup.training.checkpoint import load_checkpoint, load_model, rng_preserved
-from featsup.training.distributed import epoch_seed
 from featsup.training.schedule import warmup_cosine
 from featsup.training.trainer import Trainer
 
@@ -49,8 +49,8 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     Sums run over the whole batch; a class absent from both is skipped (1.0 if all are).
 
     Args:
-        logits: (B, K, H, W) scores.
-        labels: (B, H, W) integer labels.
+        logits: (B, K, *spatial) scores, 2D or 3D.
+        labels: (B, *spatial) integer labels.
         num_classes: K.
 
     Example:
@@ -67,11 +67,11 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def _split_held_out(
-    data: torch.Tensor, val_labels: Any, gen: torch.Generator
+    data: torch.Tensor, val_labels: Any, gen: torch.Generator, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(training maps, held-out maps): up to 64 of ``val_labels``, or 10 % of ``data``."""
     if val_labels is not None:
-        held = label_maps(val_labels)
+        held = label_tensor(val_labels, data.ndim - 1, num_classes)
         return data, held[torch.randperm(len(held), generator=gen)[:64]]
     if len(data) < 2:
         raise ValueError(
@@ -83,39 +83,6 @@ def _split_held_out(
     return data[order[n_held:]], data[order[:n_held]]
 
 
-def _crop_size(crop: int | None, shape: torch.Size, multiple: int) -> tuple[int, int] | None:
-    """The (h, w) training crop, a multiple of ``multiple`` no larger than the maps; None: whole."""
-    if crop is None:
-        return None
-    h, w = (max(multiple, min(crop, n) // multiple * multiple) for n in shape[-2:])
-    return None if (h, w) == tuple(shape[-2:]) else (h, w)
-
-
-def _sample_batch(
-    data: torch.Tensor,
-    batch_size: int,
-    size: tuple[int, int] | None,
-    foreground_fraction: float,
-    gen: torch.Generator,
-) -> torch.Tensor:
-    """(B, h, w) label crops; ``foreground_fraction`` of them centred on a foreground pixel."""
-    maps = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
-    if size is None:
-        return maps
-    (h, w), (H, W) = size, maps.shape[-2:]
-    crops = []
-    for m in maps:
-        fg = (m > 0).nonzero()
-        if len(fg) and torch.rand((), generator=gen) < foreground_fraction:
-            cy, cx = fg[torch.randint(0, len(fg), (), generator=gen)].tolist()
-            top, left = min(max(cy - h // 2, 0), H - h), min(max(cx - w // 2, 0), W - w)
-        else:
-            top = int(torch.randint(0, H - h + 1, (), generator=gen))
-            left = int(torch.randint(0, W - w + 1, (), generator=gen))
-        crops.append(m[top : top + h, left : left + w])
-    return torch.stack(crops)
-
-
 def _reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Batch Dice of the foreground classes + cross-entropy, for one head (eq. 13)."""
     from featsup.losses.dice import dice_loss
@@ -123,33 +90,6 @@ def _reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     logits = logits.float()
     dice = dice_loss(logits, target, include_background=False, batch=True)
     return dice + F.cross_entropy(logits, target)
-
-
-class _LabelCrops(Dataset[torch.Tensor]):
-    """``length`` label crops (h, w); crop ``k`` is a pure function of ``(seed, k)``.
-
-    Sampling per index (rather than from one running generator) makes the crops a
-    map-style data set for the Trainer, so that a resumed run sees the same crops.
-    """
-
-    def __init__(
-        self,
-        maps: torch.Tensor,
-        size: tuple[int, int] | None,
-        foreground_fraction: float,
-        *,
-        seed: int,
-        length: int,
-    ) -> None:
-        self.maps, self.size, self.fraction = maps, size, foreground_fraction
-        self.seed, self.length = seed, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(epoch_seed(self.seed, k))
-        return _sample_batch(self.maps, 1, self.size, self.fraction, gen)[0]
 
 
 def train_encoding_teacher(
@@ -160,7 +100,9 @@ def train_encoding_teacher(
     steps: int = 2000,
     batch_size: int = 16,
     lr: float = 1e-2,
-    crop: int | None = 64,
+    crop: int | Sequence[int] | None = 64,
+    spatial_dims: Literal[2, 3] | None = None,
+    pooling: Sequence[Sequence[int]] | None = None,
     foreground_fraction: float = 0.67,
     val_labels: Any = None,
     dice_threshold: float = 0.98,
@@ -182,7 +124,8 @@ def train_encoding_teacher(
 
     - it trains on random ``crop`` x ``crop`` crops (``foreground_fraction`` of them
       centred on a foreground pixel, so that small lesions are seen often), a quarter of
-      the work of a 128 x 128 map per sample;
+      the work of a 128 x 128 map per sample; label volumes (N, D, H, W) train a 3D
+      teacher (``spatial_dims=3``) on ``crop``-sized 3D crops in the same way;
     - the Dice term pools the batch and leaves the background out, so that a lesion of a
       few pixels is not drowned by the background's Dice;
     - Adam at a high learning rate ``lr`` with a linear warm-up over 5 % of ``steps``
@@ -200,15 +143,24 @@ def train_encoding_teacher(
     saved in the checkpoint's ``"report"``.
 
     Args:
-        labels: (N, H, W) integer tensor or array, or a dataset whose items are label maps
-            or ``(image, target, ...)`` tuples (only the target is used).
+        labels: (N, H, W) integer label maps or (N, D, H, W) label volumes (tensor or
+            array), or a dataset whose items are label maps or volumes, ``(image, target,
+            ...)`` tuples or ``{"target": ...}`` dicts such as 3D patches (only the target
+            is used).
         num_classes: classes of the label maps (input and output channels).
         widths: UNet++ widths, as for the student it will supervise.
         steps: maximum optimisation steps.
         batch_size: label maps (crops) per step, sampled at random.
         lr: peak Adam learning rate.
-        crop: training crop size in pixels (rounded down to a multiple of
-            ``2 ** (len(widths) - 1)``); None trains on whole maps.
+        crop: training crop size in pixels, an int for every axis or one size per axis
+            ((h, w) or (d, h, w)), each rounded down to a multiple of the teacher's
+            deepest reduction along it (``2 ** (len(widths) - 1)`` in 2D); None trains
+            on whole maps.
+        spatial_dims: 2 (images) or 3 (volumes); None infers it from ``labels``' rank,
+            (N, H, W) or (N, 1, H, W) being 2D and (N, D, H, W) 3D.
+        pooling: 3D only: the teacher's max-pool factors per level along (D, H, W), as
+            for :class:`~featsup.models.UNetPlusPlus`; give the student's, so that
+            anisotropic levels pair. None pools by 2 along every axis.
         foreground_fraction: share of crops centred on a foreground pixel, in [0, 1].
         val_labels: held-out label maps, as ``labels``; None holds out 10 % of ``labels``.
         dice_threshold: stop once the reconstruction Dice is >= this, in (0, 1].
@@ -231,8 +183,8 @@ def train_encoding_teacher(
         ``held_out_maps``, and ``reused``: whether it was loaded from ``path``).
 
     Raises:
-        ValueError: for bad values, one-hot labels, or fewer than 2 maps without
-            ``val_labels``.
+        ValueError: for bad values, one-hot labels, ``pooling`` for 2D labels, or fewer
+            than 2 maps without ``val_labels``.
 
     Example:
         >>> labels = torch.zeros(8, 16, 16, dtype=torch.long)
@@ -241,6 +193,12 @@ def train_encoding_teacher(
         ...                                  dice_threshold=0.9, progress=False)
         >>> teacher.skip_connections, teacher.in_channels
         (False, 2)
+        >>> volumes = torch.zeros(4, 8, 16, 16, dtype=torch.long)
+        >>> volumes[:, 2:6, 4:12, 4:12] = 1
+        >>> teacher = train_encoding_teacher(volumes, num_classes=2, widths=(4, 8), steps=100,
+        ...                                  eval_every=10, dice_threshold=0.9, progress=False)
+        >>> teacher.spatial_dims
+        3
     """
     check_positive("steps", steps)
     check_positive("lr", lr)
@@ -249,29 +207,28 @@ def train_encoding_teacher(
     check_in_range("foreground_fraction", foreground_fraction, 0.0, 1.0)
     check_choice("amp", amp, ("bf16", None))
     gen = torch.Generator().manual_seed(seed)
-    train, held = _split_held_out(label_maps(labels), val_labels, gen)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = UNetPlusPlus(
-            num_classes, num_classes, widths=widths, deep_supervision=True, skip_connections=False
-        )
+    data = label_tensor(labels, spatial_dims, num_classes)
+    train, held = _split_held_out(data, val_labels, gen, num_classes)
+    model = _encoding_unetpp(num_classes, widths, data.ndim - 1, pooling, seed)
     recipe = {
         "num_classes": num_classes, "widths": list(widths), "steps": steps,
         "batch_size": batch_size, "lr": lr, "crop": crop, "eval_every": eval_every,
         "foreground_fraction": foreground_fraction, "dice_threshold": dice_threshold,
         "amp": amp, "seed": seed,
     }  # fmt: skip
+    if model.spatial_dims == 3:  # 2D recipes keep their digest, so saved teachers are reused
+        recipe.update(spatial_dims=3, pooling=model.config["pooling"])
     digest = _digest(train, held, recipe)
     if reuse and path is not None and os.path.exists(path):
         if _load_if_same(path, digest, model):
             return model.to(device).eval()
-    size = _crop_size(crop, train.shape, 2 ** (len(widths) - 1))
+    size = _crop_size(crop, train.shape, model.feature_info[-1].reduction_per_axis)
     calibration = train[torch.randperm(len(train), generator=gen)[:64]]
     trainer = Trainer(
         model, _reconstruction_step(num_classes),
         _LabelCrops(train, size, foreground_fraction, seed=seed, length=steps * batch_size),
         val_data=TensorDataset(held), val_fn=_evaluation(calibration, num_classes),
-        val_batch_size=16,
+        val_batch_size=_chunk(train),
         optimizer=torch.optim.Adam(model.parameters(), lr=lr),
         scheduler=lambda optimizer, total: torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(warmup=max(1, steps // 20), total=total, floor=0.05)
@@ -282,6 +239,7 @@ def train_encoding_teacher(
     )  # fmt: skip
     with rng_preserved(trainer.device):
         history = trainer.fit()
+    model.zero_grad(set_to_none=True)  # a served teacher holds no gradients
     dice = next(r["val/dice"] for r in reversed(history) if "val/dice" in r)
     report = {"steps": trainer.step, "dice": dice, "dice_threshold": dice_threshold}
     report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
@@ -291,6 +249,37 @@ def train_encoding_teacher(
         trainer.save(path, extra={"report": report, "recipe_digest": digest})
     model.training_report = report  # type: ignore[assignment]
     return model.eval()
+
+
+def _encoding_unetpp(
+    num_classes: int,
+    widths: Sequence[int],
+    spatial_dims: int,
+    pooling: Sequence[Sequence[int]] | None,
+    seed: int,
+) -> UNetPlusPlus:
+    """The untrained encoding UNet++ (no skips, deep supervision), seeded by ``seed``.
+
+    Raises:
+        ValueError: for ``pooling`` with 2D labels (or a bad ``pooling``).
+    """
+    if pooling is not None and spatial_dims == 2:
+        raise ValueError(
+            f"pooling: expected None for 2D label maps, got {pooling!r}; fix: pass label "
+            "volumes (N, D, H, W) or spatial_dims=3 for a 3D teacher"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNetPlusPlus(
+            num_classes, num_classes, widths=widths, deep_supervision=True,
+            skip_connections=False, spatial_dims=spatial_dims,  # type: ignore[arg-type]
+            pooling=pooling,
+        )  # fmt: skip
+
+
+def _chunk(maps: torch.Tensor) -> int:
+    """Whole maps per forward pass outside training: 16 images, or 2 volumes (memory)."""
+    return 16 if maps.ndim == 3 else 2
 
 
 def _digest(train: torch.Tensor, held: torch.Tensor, recipe: dict[str, Any]) -> str:
@@ -353,7 +342,7 @@ def _evaluation(
 
 @torch.no_grad()
 def _calibrate_batch_norm(model: UNetPlusPlus, maps: torch.Tensor, num_classes: int) -> None:
-    """Re-estimate every BatchNorm's running statistics on whole ``maps`` (B, H, W).
+    """Re-estimate every BatchNorm's running statistics on whole ``maps`` (B, *spatial).
 
     Training sees crops, most of them centred on foreground, but the teacher serves
     features in eval mode on whole label maps: statistics taken from crops would shift
@@ -365,7 +354,7 @@ def _calibrate_batch_norm(model: UNetPlusPlus, maps: torch.Tensor, num_classes: 
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     model.train()
-    for batch in maps.split(16):
+    for batch in maps.split(_chunk(maps)):
         model(one_hot(batch, num_classes, dtype=torch.float32))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
