@@ -6,7 +6,7 @@ One implementation for images and volumes: a label tensor is (N, *spatial) with 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,18 +18,6 @@ from featsup.supervision.cache import unpack_item
 from featsup.training.distributed import epoch_seed
 
 __all__ = ["_LabelCrops", "_crop_size", "_sample_batch", "label_tensor"]
-
-
-def _target(item: Any) -> torch.Tensor:
-    """The label map of a dataset item: a map, ``(image, target, ...)`` or ``{"target"}``."""
-    if isinstance(item, Mapping):
-        if "target" not in item:
-            raise ValueError(
-                f"labels: expected dataset items with a 'target' key, got keys {sorted(item)}; "
-                "fix: a dataset of label maps or (image, target) pairs"
-            )
-        return torch.as_tensor(item["target"])
-    return unpack_item(item)[1]
 
 
 def label_tensor(labels: Any, spatial_dims: int | None, num_classes: int) -> torch.Tensor:
@@ -55,7 +43,7 @@ def label_tensor(labels: Any, spatial_dims: int | None, num_classes: int) -> tor
     if isinstance(labels, torch.Tensor | np.ndarray):
         data = torch.as_tensor(labels)
     else:
-        data = torch.stack([_target(labels[i]) for i in range(len(labels))])
+        data = torch.stack([torch.as_tensor(unpack_item(labels[i])[1]) for i in range(len(labels))])
     dims = spatial_dims or (2 if data.ndim == 3 or (data.ndim == 4 and data.shape[1] == 1) else 3)
     if data.ndim == dims + 2 and data.shape[1] == 1:
         data = data[:, 0]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from featsup._checks import check_positive
 
-__all__ = ["TeacherFeatureCache", "build_feature_cache", "label_maps", "unpack_item"]
+__all__ = ["TeacherFeatureCache", "build_feature_cache", "unpack_item"]
 
 _NP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 
@@ -206,27 +206,3 @@ def _allocate(root: Path | None, k: int, shape: tuple[int, ...], dtype: torch.dt
     return np.lib.format.open_memmap(
         root / f"{k}.npy", mode="w+", dtype=_NP_DTYPES[dtype], shape=shape
     )
-
-
-def label_maps(labels: Any) -> torch.Tensor:
-    """All label maps of ``labels`` as one (N, H, W) int64 tensor.
-
-    Args:
-        labels: (N, H, W) or (N, 1, H, W) integer tensor or array, or a dataset whose items
-            are label maps or ``(image, target, ...)`` tuples.
-
-    Raises:
-        ValueError: for one-hot or floating maps, or none at all.
-    """
-    if isinstance(labels, torch.Tensor | np.ndarray):
-        data = torch.as_tensor(labels)
-    else:
-        data = torch.stack([unpack_item(labels[i])[1] for i in range(len(labels))])
-    if data.ndim == 4 and data.shape[1] == 1:
-        data = data[:, 0]
-    if data.ndim != 3 or data.is_floating_point() or len(data) == 0:
-        raise ValueError(
-            f"labels: expected integer label maps (N, H, W), got {tuple(data.shape)} "
-            f"{data.dtype}; fix: pass class indices, not one-hot"
-        )
-    return data.long()
