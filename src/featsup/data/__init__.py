@@ -37,6 +37,7 @@ from featsup.data.preprocess import (
     largest_connected_component,
     normalize,
     preprocess_volume,
+    preprocess_window,
     resize,
     uncrop,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "normalize",
     "prepare_volumes",
     "preprocess_volume",
+    "preprocess_window",
     "resize",
     "save_prediction",
     "uncrop",
