@@ -198,6 +198,8 @@ def largest_connected_component(mask: np.ndarray, *, connectivity: int = 1) -> n
     labelled, count = ndimage.label(array != 0, structure=structure)
     if count == 0:
         return np.zeros(array.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())
+    sizes = np.zeros(count + 1, dtype=np.intp)
+    for part in np.array_split(labelled.reshape(-1), max(1, labelled.size // 2**22)):
+        sizes += np.bincount(part, minlength=count + 1)  # bincount copies to intp: in parts
     sizes[0] = 0
     return labelled == int(sizes.argmax())
