@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Cascade", "CascadeResult", "LiverStage"]
 
+#: voxels per chunk of slices of the tumour model's input (16 MiB of float32).
+_CHUNK_VOXELS = 2**22
+
 
 @dataclass
 class CascadeResult:
@@ -244,13 +247,14 @@ class Cascade:
         """
         timings = dict(liver.timings)
         start = time.perf_counter()
-        tumour_p = np.zeros_like(liver.probability)
         roi = None
         if liver.mask.any():
             tumour_head = self.tumour_head if head is None else head
             tumour_p, roi = self._tumour(
                 liver.image, liver.image_u8, liver.mask, tumour_head, timings
             )
+        else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
+            tumour_p = np.zeros(liver.probability.shape, np.float32)
         labels = liver.mask.astype(np.uint8)
         labels[(tumour_p > 0.5) & liver.mask] = 2
         timings["total"] = liver.seconds + time.perf_counter() - start
@@ -321,8 +325,13 @@ def _masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) -
     (d0, d1), (h0, h1), (w0, w1) = roi.bbox
     offsets = np.arange(-context, context + 1)
     index = np.clip(np.arange(d0, d1)[:, None] + offsets[None, :], 0, image.shape[0] - 1)
-    box = (index, slice(h0, h1), slice(w0, w1))
-    masked = np.where(liver[box], image[box], np.float32(0)).transpose(1, 0, 2, 3)
-    if roi.size is not None:
-        masked = resize(masked, roi.size, mode="linear")
-    return masked.transpose(1, 0, 2, 3)
+    rows, cols = roi.size if roi.size is not None else (h1 - h0, w1 - w0)
+    out = np.empty((index.shape[1], d1 - d0, rows, cols), np.float32)  # (C, d, rows, cols)
+    step = max(1, _CHUNK_VOXELS // max(1, index.shape[1] * (h1 - h0) * (w1 - w0)))
+    for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
+        box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
+        masked = np.where(liver[box], image[box], np.float32(0)).transpose(1, 0, 2, 3)
+        if roi.size is not None:
+            masked = resize(masked, roi.size, mode="linear")
+        out[:, start : start + step] = masked
+    return out.transpose(1, 0, 2, 3)
