@@ -118,7 +118,7 @@ def _write(labels: Any, job: _Job) -> Path:
 def _read(job: _Job) -> Any:
     from featsup.data import load_volume
 
-    return load_volume(job.source)[0]
+    return load_volume(job.source, dtype=None)[0]  # int16 as stored: the cascade converts
 
 
 def _volumes(jobs: list[_Job], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from featsup.data import (
     make_phantom,
     normalize,
     preprocess_volume,
+    preprocess_window,
     resize,
     uncrop,
 )
@@ -284,3 +285,41 @@ def test_largest_component_keeps_the_phantom_liver_one_organ() -> None:
     # the phantom paints its liver through largest_connected_component (ex _keep_largest)
     liver = make_phantom(3, (24, 96, 96)).labels > 0
     np.testing.assert_array_equal(largest_connected_component(liver), liver)
+
+
+def test_preprocess_window_is_preprocess_volume_from_the_window(phantom) -> None:
+    for p in (Preprocessing(), Preprocessing(clahe=False, normalization="zscore")):
+        windowed = hu_window(phantom.volume, low=p.hu_window[0], high=p.hu_window[1])
+        expected = preprocess_volume(phantom.volume, preprocessing=p)
+        np.testing.assert_array_equal(preprocess_window(windowed, preprocessing=p), expected)
+
+
+def test_hu_window_in_chunks_equals_one_chunk(phantom, monkeypatch) -> None:
+    import featsup.data.preprocess as module
+
+    whole = {o: hu_window(phantom.volume, output=o) for o in ("uint8", "unit", "hu")}
+    monkeypatch.setattr(module, "_CHUNK_VOXELS", 5 * 128 * 128 + 7)  # uneven chunks
+    for output, expected in whole.items():
+        np.testing.assert_array_equal(hu_window(phantom.volume, output=output), expected)
+    np.testing.assert_array_equal(hu_window(phantom.volume[3], output="unit"), whole["unit"][3])
+
+
+def test_preprocessing_makes_no_volume_sized_float_temporaries() -> None:
+    """numpy reports its allocations to tracemalloc: the peak is the output plus chunks."""
+    import tracemalloc
+
+    hu = np.random.default_rng(0).integers(-1000, 1000, (64, 512, 512)).astype(np.int16)
+    float_bytes = hu.size * 4
+    p = Preprocessing(clahe=False)
+    peaks = []
+    for step in (
+        lambda: hu_window(hu),
+        lambda: preprocess_window(np.zeros(hu.shape, np.uint8), preprocessing=p),
+        lambda: normalize(hu),
+    ):
+        tracemalloc.start()
+        step()
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # whole-volume maths made 3 to 5 float32 volumes at once; chunked / in place, at most 1.5
+    assert max(peaks) < 1.5 * float_bytes, [round(p / float_bytes, 2) for p in peaks]

@@ -119,3 +119,35 @@ def test_predict_volume_preprocesses_hu_with_the_given_preprocessing(model: UNet
         predict_volume(model, hu, preprocessing={"clahe": False}, device="cpu")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Hounsfield"):
         predict_volume(model, hu[:, None], preprocessing=settings, device="cpu")
+
+
+def test_predict_volume_does_not_depend_on_the_batches(model: UNetPlusPlus) -> None:
+    """Batches are written into one output: any batch size gives the one-batch result."""
+    volume = np.random.default_rng(1).random((7, 24, 20)).astype(np.float32)
+    whole = predict_volume(model, volume, head=2, batch_size=7, size=16, device="cpu")
+    for batch_size in (1, 3):
+        parts = predict_volume(model, volume, head=2, batch_size=batch_size, size=16, device="cpu")
+        torch.testing.assert_close(torch.from_numpy(parts), torch.from_numpy(whole), rtol=0, atol=0)
+    assert whole.dtype == np.float32 and whole.flags.c_contiguous
+
+
+def test_predict_volume_context_and_classes_match_the_full_stack() -> None:
+    net = UNetPlusPlus(3, 2, widths=(4, 8)).eval()
+    volume = np.random.default_rng(2).random((6, 16, 16)).astype(np.float32)
+    full = predict_volume(net, stack_context(volume, 1), batch_size=6, device="cpu")
+    ours = predict_volume(net, volume, context=1, classes=[1], batch_size=4, device="cpu")
+    assert ours.shape == (1, 6, 16, 16)
+    np.testing.assert_array_equal(ours[0], full[1])
+    with pytest.raises(ValueError, match="classes"):
+        predict_volume(net, volume, context=1, classes=[2], device="cpu")
+    with pytest.raises(ValueError, match="context"):
+        predict_volume(net, stack_context(volume, 1), context=1, device="cpu")
+    with pytest.raises(ValueError, match="context"):
+        predict_volume(net, volume, context=-1, device="cpu")
+
+
+def test_stack_context_zero_is_a_view() -> None:
+    volume = np.zeros((3, 4, 5), np.float32)
+    stacked = stack_context(volume, 0)
+    assert stacked.shape == (3, 1, 4, 5) and np.shares_memory(stacked, volume)
+    assert not np.shares_memory(stack_context(volume, 1), volume)

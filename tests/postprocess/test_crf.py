@@ -221,3 +221,19 @@ def test_pydensecrf_backend_is_cpu_only():
     pytest.importorskip("pydensecrf.densecrf")
     with pytest.raises(ValueError, match="runs on the CPU only"):
         dense_crf(P, IMG, backend="pydensecrf", device=torch.device("meta"))
+
+
+def test_out_refines_in_place_with_the_same_result(blob3d, monkeypatch):
+    """Slice batches go from probs to out one by one: in place equals a new array."""
+    import featsup.postprocess._crf_run as run
+
+    monkeypatch.setitem(run._BATCH_VOXELS, "cpu", 3 * 40 * 44)  # three slices per batch
+    options = {"mode": "2d", "backend": "torch", **CRF_PRESETS["liver"]}
+    for mask in (None, blob3d.probs[1] > 0.3):
+        probs = blob3d.probs.astype(np.float32)
+        expected = dense_crf(probs, blob3d.image, mask=mask, **options)
+        refined = dense_crf(probs, blob3d.image, mask=mask, out=probs, **options)
+        assert refined is probs
+        np.testing.assert_array_equal(refined, expected)
+    with pytest.raises(ValueError, match="out: expected float32"):
+        dense_crf(blob3d.probs, blob3d.image, out=np.zeros((2, 1, 40, 44), np.float32))

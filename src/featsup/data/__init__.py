@@ -38,6 +38,7 @@ from featsup.data.preprocess import (
     largest_connected_component,
     normalize,
     preprocess_volume,
+    preprocess_window,
     resize,
     uncrop,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "normalize",
     "prepare_volumes",
     "preprocess_volume",
+    "preprocess_window",
     "resize",
     "save_prediction",
     "split_cases",

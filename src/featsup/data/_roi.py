@@ -12,6 +12,9 @@ from featsup._checks import check_choice, check_same_shape
 from featsup.data._arrays import ResizeMode, as_array, resize
 from featsup.metrics import bounding_box
 
+#: voxels per chunk of slices resized at once by :func:`uncrop` (16 MiB of float32).
+_CHUNK_VOXELS = 2**22
+
 
 class RoiCrop(NamedTuple):
     """Where a crop came from, so :func:`uncrop` can put it back."""
@@ -165,10 +168,16 @@ def uncrop(
             f"crop: expected (..., d, rows, columns) = {tuple(expected)} from the ROI, "
             f"got {array.shape}"
         )
-    back = array if roi.size is None else resize(array, (h, w), mode=mode)
-    out = np.full((*array.shape[:-3], *roi.original_shape), fill, dtype=back.dtype)
-    index = (Ellipsis, *roi.slices)
-    out[index] = back
+    dtype = array.dtype if roi.size is None or mode == "nearest" else np.dtype(np.float32)
+    out = np.full((*array.shape[:-3], *roi.original_shape), fill, dtype=dtype)
+    (d0, _), rows, cols = roi.bbox
+    step = max(1, _CHUNK_VOXELS // max(1, h * w))  # a few slices at a time: no box-sized copy
+    for start in range(0, d, step):
+        part = array[..., start : start + step, :, :]
+        back = part if roi.size is None else resize(part, (h, w), mode=mode)
+        out[..., d0 + start : d0 + start + back.shape[-3], rows[0] : rows[1], cols[0] : cols[1]] = (
+            back
+        )
     return out
 
 
@@ -198,6 +207,8 @@ def largest_connected_component(mask: np.ndarray, *, connectivity: int = 1) -> n
     labelled, count = ndimage.label(array != 0, structure=structure)
     if count == 0:
         return np.zeros(array.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())
+    sizes = np.zeros(count + 1, dtype=np.intp)
+    for part in np.array_split(labelled.reshape(-1), max(1, labelled.size // 2**22)):
+        sizes += np.bincount(part, minlength=count + 1)  # bincount copies to intp: in parts
     sizes[0] = 0
     return labelled == int(sizes.argmax())

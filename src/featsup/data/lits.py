@@ -186,15 +186,19 @@ def find_cases(source: CaseSource, *, require_segmentation: bool = True) -> list
     return _from_rows(list(source), None)
 
 
-def load_volume(path: PathLike) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+def load_volume(
+    path: PathLike, *, dtype: Any = np.float32
+) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """Read a CT volume in processing order, checking it.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        dtype: of the returned volume; None keeps the stored one (int16 for most CT:
+            half the memory of float32) unless wider than 32 bits, which gives float32.
 
     Returns:
-        ``(volume, spacing, affine)``: (D, H, W) float32 HU, spacing in mm along (D, H, W)
-        and the file's (4, 4) affine.
+        ``(volume, spacing, affine)``: (D, H, W) HU (float32 by default), spacing in mm
+        along (D, H, W) and the file's (4, 4) affine.
 
     Raises:
         ValueError: if the file is missing, unreadable, not 3D or has NaN/Inf voxels.
@@ -203,7 +207,9 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, tuple[float, float, float],
     image = open_nifti(path)
     data = read_voxels(image, path)
     check_finite(data, path)
-    volume = to_processing(data.astype(np.float32, copy=False), image.affine)
+    if dtype is None:
+        dtype = data.dtype if data.dtype.itemsize <= 4 else np.float32
+    volume = to_processing(data.astype(dtype, copy=False), image.affine)
     return volume, processing_spacing(image.header.get_zooms()[:3], image.affine), image.affine
 
 

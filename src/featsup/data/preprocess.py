@@ -36,6 +36,7 @@ __all__ = [
     "largest_connected_component",
     "normalize",
     "preprocess_volume",
+    "preprocess_window",
     "resize",
     "uncrop",
 ]
@@ -151,13 +152,28 @@ def hu_window(
     if not low < high:
         raise ValueError(f"low, high: expected low < high, got {low} and {high}")
     array = as_array("volume", volume, (2, 3))
-    clipped = np.clip(array.astype(np.float32, copy=False), low, high)
+    out = np.empty(array.shape, dtype=np.uint8 if output == "uint8" else np.float32)
+    step = max(1, _CHUNK_VOXELS // max(1, array[0].size))  # float temporaries stay small
+    for start in range(0, array.shape[0], step):
+        out[start : start + step] = _window_chunk(array[start : start + step], low, high, output)
+    return out
+
+
+#: voxels per chunk of the element-wise steps (float32 temporaries of 16 MiB).
+_CHUNK_VOXELS = 2**22
+
+
+def _window_chunk(chunk: np.ndarray, low: float, high: float, output: str) -> np.ndarray:
+    """:func:`hu_window` of one chunk of rows or slices, in place after the clip."""
+    clipped = np.clip(chunk.astype(np.float32, copy=False), low, high)  # a new array
     if output == "hu":
         return clipped
-    unit = (clipped - np.float32(low)) * np.float32(1.0 / (high - low))
+    clipped -= np.float32(low)
+    clipped *= np.float32(1.0 / (high - low))
     if output == "unit":
-        return unit
-    return np.rint(unit * np.float32(255.0)).astype(np.uint8)
+        return clipped
+    clipped *= np.float32(255.0)
+    return np.rint(clipped, out=clipped).astype(np.uint8)
 
 
 def clahe(
@@ -229,15 +245,17 @@ def normalize(
         [0.0, 0.5, 1.0]
     """
     check_choice("mode", mode, ("minmax", "zscore"))
-    array = np.asarray(image, dtype=np.float32)
-    values = array
+    out = np.array(image, dtype=np.float32)  # a new array, normalised in place
+    values = out
     if mask is not None:
-        check_same_shape("image", array, "mask", mask)
-        values = array[np.asarray(mask, dtype=bool)]
+        check_same_shape("image", out, "mask", mask)
+        values = out[np.asarray(mask, dtype=bool)]
         if values.size == 0:
             raise ValueError("mask: expected at least one True voxel, got an empty mask")
     offset, scale = _normalization_constants(values, mode, eps=eps)
-    return (array - np.float32(offset)) * np.float32(scale)
+    out -= np.float32(offset)
+    out *= np.float32(scale)
+    return out
 
 
 def _normalization_constants(
@@ -272,10 +290,31 @@ def preprocess_volume(
     return normalize(_equalized_uint8(volume, settings), mode=settings.normalization)
 
 
+def preprocess_window(windowed: np.ndarray, *, preprocessing: Preprocessing) -> np.ndarray:
+    """:func:`preprocess_volume` from its uint8 HU window on: CLAHE (when set), normalisation.
+
+    For a caller that keeps the window anyway (the cascade's CRF image), so that the
+    window is computed once; ``preprocess_volume(hu, preprocessing=p)`` equals
+    ``preprocess_window(hu_window(hu, low=.., high=..), preprocessing=p)`` bit for bit.
+
+    Args:
+        windowed: (H, W) or (D, H, W) uint8 from :func:`hu_window` with
+            ``preprocessing.hu_window``.
+        preprocessing: the settings.
+
+    Returns:
+        float32 array of the input's shape.
+    """
+    return normalize(_equalize(windowed, preprocessing), mode=preprocessing.normalization)
+
+
 def _equalized_uint8(volume: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """uint8 HU window, CLAHE-equalised when ``preprocessing.clahe``: the cached image."""
     low, high = preprocessing.hu_window
-    windowed = hu_window(volume, low=low, high=high, output="uint8")
+    return _equalize(hu_window(volume, low=low, high=high, output="uint8"), preprocessing)
+
+
+def _equalize(windowed: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     if not preprocessing.clahe:
         return windowed
     return clahe(

@@ -23,20 +23,23 @@ from featsup.data.preprocess import (
     Preprocessing,
     hu_window,
     largest_connected_component,
-    preprocess_volume,
+    preprocess_window,
+    resize,
 )
 from featsup.inference.predict import (
     PreparedModel,
     model_preprocessing,
     predict_volume,
     prepare_model,
-    stack_context,
 )
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
 
 __all__ = ["Cascade", "CascadeResult", "LiverStage"]
+
+#: voxels per chunk of slices of the tumour model's input (16 MiB of float32).
+_CHUNK_VOXELS = 2**22
 
 
 @dataclass
@@ -173,7 +176,9 @@ class Cascade:
     ) -> np.ndarray:
         from featsup.postprocess import dense_crf
 
-        return dense_crf(probs, image_u8, mask=mask, **{"mode": "2d", **options})
+        # in place on the CPU: ``probs`` is the cascade's own float32 array, used once
+        in_place = {"out": probs} if options.get("device") in (None, "cpu") else {}
+        return dense_crf(probs, image_u8, mask=mask, **{"mode": "2d", **options, **in_place})
 
     def liver_stage(self, volume_hu: np.ndarray, *, head: int | None = None) -> LiverStage:
         """Preprocess one CT volume and run the liver model (and its CRF when set).
@@ -191,22 +196,24 @@ class Cascade:
         check_ndim("volume_hu", volume_hu, 3, "(D, H, W)")
         t: dict[str, float] = {}
         begin = start = time.perf_counter()
-        hu = np.asarray(volume_hu)
-        image = preprocess_volume(hu, preprocessing=self.preprocessing)
-        low, high = self.preprocessing.hu_window
-        image_u8 = hu_window(hu, low=low, high=high, output="uint8")
+        low, high = self.preprocessing.hu_window  # the window once: CRF image and model input
+        image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
+        image = preprocess_window(image_u8, preprocessing=self.preprocessing)
         t["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
         model = self.prepared("liver", self.liver_head if head is None else head)
+        crf = self.liver_crf is not None  # the CRF needs both classes, the rest the liver only
         probs = predict_volume(
-            model, stack_context(image, self.context), size=self.liver_size, **self.predict_options
-        )
+            model, image, size=self.liver_size, context=self.context,
+            classes=None if crf else [1], **self.predict_options,
+        )  # fmt: skip
         t["liver_model"] = time.perf_counter() - start
+        liver_p = probs[0]
         if self.liver_crf is not None:
             start = time.perf_counter()
-            probs = self._crf(probs, image_u8, None, self.liver_crf)
+            liver_p = self._crf(probs, image_u8, None, self.liver_crf)[1].copy()  # background freed
             t["liver_crf"] = time.perf_counter() - start
-        liver_p = probs[1].astype(np.float32)
+        del probs
         mask = largest_connected_component(liver_p > 0.5)
         return LiverStage(image, image_u8, liver_p, mask, t, time.perf_counter() - begin)
 
@@ -218,24 +225,25 @@ class Cascade:
         head: int | None,
         t: dict[str, float],
     ) -> tuple[np.ndarray, Any]:
-        from featsup.data import apply_crop, find_roi, uncrop
+        from featsup.data import find_roi, uncrop
 
         roi = find_roi(liver, margin=(0, self.roi_margin, self.roi_margin), size=self.tumour_size)
-        stacked = stack_context(image, self.context)  # (D, C, H, W)
-        inside = stack_context(liver, self.context)
-        masked = np.where(inside, stacked, np.float32(0)).transpose(1, 0, 2, 3)
-        crop = apply_crop(masked, roi).transpose(1, 0, 2, 3)  # (d, C, rows, cols)
+        crop = _masked_crop(image, liver, roi, self.context)  # (d, C, rows, cols)
         start = time.perf_counter()
-        probs = predict_volume(self.prepared("tumour", head), crop, **self.predict_options)
+        crf = self.tumour_crf is not None  # the CRF needs both classes, the rest the tumour only
+        model = self.prepared("tumour", head)
+        probs = predict_volume(model, crop, classes=None if crf else [1], **self.predict_options)
         t["tumour_model"] = time.perf_counter() - start
-        full = uncrop(probs, roi, mode="linear")  # (2, D, H, W), zero outside the box
-        full[0][~liver] = 1.0
-        full[1][~liver] = 0.0
-        if self.tumour_crf is not None:
-            start = time.perf_counter()
-            full = self._crf(full, image_u8, liver, self.tumour_crf)
-            t["tumour_crf"] = time.perf_counter() - start
-        return full[1], roi
+        full = uncrop(probs, roi, mode="linear")  # (2 or 1, D, H, W), zero outside the box
+        outside = ~liver
+        full[-1][outside] = 0.0
+        if self.tumour_crf is None:
+            return full[0], roi
+        full[0][outside] = 1.0
+        start = time.perf_counter()
+        full = self._crf(full, image_u8, liver, self.tumour_crf)
+        t["tumour_crf"] = time.perf_counter() - start
+        return full[1].copy(), roi  # the background freed
 
     def tumour_stage(self, liver: LiverStage, *, head: int | None = None) -> CascadeResult:
         """Run the tumour stage on the output of :meth:`liver_stage` and label the volume.
@@ -249,17 +257,19 @@ class Cascade:
         """
         timings = dict(liver.timings)
         start = time.perf_counter()
-        tumour_p = np.zeros_like(liver.probability)
         roi = None
         if liver.mask.any():
             tumour_head = self.tumour_head if head is None else head
             tumour_p, roi = self._tumour(
                 liver.image, liver.image_u8, liver.mask, tumour_head, timings
             )
+        else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
+            tumour_p = np.zeros(liver.probability.shape, np.float32)
         labels = liver.mask.astype(np.uint8)
         labels[(tumour_p > 0.5) & liver.mask] = 2
         timings["total"] = liver.seconds + time.perf_counter() - start
-        return CascadeResult(labels, liver.probability, tumour_p.astype(np.float32), roi, timings)
+        tumour_p = tumour_p.astype(np.float32, copy=False)
+        return CascadeResult(labels, liver.probability, tumour_p, roi, timings)
 
     def __call__(self, volume_hu: np.ndarray) -> CascadeResult:
         """Segment one CT volume: :meth:`liver_stage`, then :meth:`tumour_stage`.
@@ -316,3 +326,33 @@ def _recorded_preprocessing(liver_model: nn.Module, tumour_model: nn.Module) -> 
             f"preprocessing, got {liver} and {tumour}; fix: pass preprocessing= explicitly"
         )
     return liver or tumour or Preprocessing()
+
+
+def _masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) -> np.ndarray:
+    """The tumour model's input: 2.5D slices zeroed outside ``liver``, cropped to ``roi``.
+
+    Only the box is stacked and masked (neighbours still come from the whole volume,
+    clamped at its ends), then resized in-plane as :func:`featsup.data.apply_crop` does.
+
+    Args:
+        image: (D, H, W) float32 preprocessed volume.
+        liver: (D, H, W) bool liver mask.
+        roi: its :class:`~featsup.data.RoiCrop`.
+        context: 2.5D neighbours on each side.
+
+    Returns:
+        (d, 2 * context + 1, rows, cols) float32.
+    """
+    (d0, d1), (h0, h1), (w0, w1) = roi.bbox
+    offsets = np.arange(-context, context + 1)
+    index = np.clip(np.arange(d0, d1)[:, None] + offsets[None, :], 0, image.shape[0] - 1)
+    rows, cols = roi.size if roi.size is not None else (h1 - h0, w1 - w0)
+    out = np.empty((index.shape[1], d1 - d0, rows, cols), np.float32)  # (C, d, rows, cols)
+    step = max(1, _CHUNK_VOXELS // max(1, index.shape[1] * (h1 - h0) * (w1 - w0)))
+    for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
+        box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
+        masked = np.where(liver[box], image[box], np.float32(0)).transpose(1, 0, 2, 3)
+        if roi.size is not None:
+            masked = resize(masked, roi.size, mode="linear")
+        out[:, start : start + step] = masked
+    return out.transpose(1, 0, 2, 3)

@@ -8,7 +8,7 @@ predicted without preparing the model again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -148,11 +148,13 @@ def select_head(model: nn.Module, head: int | None, *, optimize: bool = True) ->
 def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
     """Stack each slice with ``context`` neighbours on each side as channels (2.5D).
 
-    Indices are clamped at the ends of the volume, as in the slice datasets.
+    Indices are clamped at the ends of the volume, as in the slice datasets. The result
+    is a new array 2 * context + 1 times the volume's size; :func:`predict_volume`'s
+    ``context`` stacks batch by batch instead.
 
     Args:
         volume: (D, H, W) array.
-        context: neighbours on each side (0 gives one channel).
+        context: neighbours on each side (0 gives one channel: a view of ``volume``).
 
     Returns:
         (D, 2 * context + 1, H, W) array.
@@ -163,6 +165,8 @@ def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
     """
     if context < 0:
         raise ValueError(f"context: expected an int >= 0, got {context!r}")
+    if context == 0:
+        return volume[:, None]
     depth = volume.shape[0]
     offsets = np.arange(-context, context + 1)
     index = np.clip(np.arange(depth)[:, None] + offsets[None, :], 0, depth - 1)
@@ -194,18 +198,24 @@ def predict_volume(
     tta: bool = False,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     preprocessing: Preprocessing | Literal["model"] | None = None,
+    context: int = 0,
+    classes: Sequence[int] | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Predict class probabilities of every axial slice of a volume.
+
+    Batches are written into one preallocated output as they come, so the memory taken
+    is the output (``len(classes)`` x the float32 volume) plus one batch.
 
     Args:
         model: a :class:`PreparedModel` (used as it is), or a 2D segmentation model
             returning logits (B, C, H, W) or a list of them (deep supervision), which is
             prepared (pruned to ``head``, optimised, moved) for this call only.
-        volume: (D, H, W) or (D, C, H, W) float slices, already preprocessed the way the
-            model was trained; with ``preprocessing``, (D, H, W) Hounsfield units.
+        volume: (D, H, W) or (D, C, H, W) slices (any real dtype, converted to float32
+            batch by batch), already preprocessed the way the model was trained; with
+            ``preprocessing``, (D, H, W) Hounsfield units.
         head: 1..4, the UNet++ head to use; None = the deepest (or the prepared one).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (the result does not depend on it).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...; None is
             ``"auto"``, or the device of a prepared model.
         size: if given, slices are resized (bilinear) to this size for the model and the
@@ -215,24 +225,38 @@ def predict_volume(
         preprocessing: if given, ``volume`` is in HU and is preprocessed with it first:
             the training dataset's ``.preprocessing``, or ``"model"`` for the one the
             model's checkpoint recorded (:func:`model_preprocessing`).
+        context: 2.5D neighbours on each side stacked as channels, batch by batch, as
+            :func:`stack_context` does for the whole (D, H, W) volume (0: one channel).
+        classes: indices of the classes to return, e.g. ``[1]`` for the foreground of a
+            two-class model; None returns all K.
         progress: show a progress bar.
 
     Returns:
         (K, D, H, W) float32 probabilities summing to 1 over K (K = 2 for a one-logit
-        model: background, foreground).
+        model: background, foreground); with ``classes``, (len(classes), D, H, W).
 
     Raises:
-        ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing``),
-            ``batch_size`` < 1, ``head`` / ``device`` contradict a prepared model, or
+        ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing`` or
+            ``context``), has no slice, ``batch_size`` < 1, ``context`` < 0, ``classes``
+            is out of range, ``head`` / ``device`` contradict a prepared model, or
             ``preprocessing="model"`` and the model recorded none.
 
     Example:
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
         >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), device="cpu").shape
         (2, 3, 20, 20)
+        >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), classes=[1]).shape
+        (1, 3, 20, 20)
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
+    if context < 0:
+        raise ValueError(f"context: expected an int >= 0, got {context!r}")
+    if context and volume.ndim != 3:
+        raise ValueError(
+            f"volume: expected (D, H, W) slices with context={context}, got shape "
+            f"{tuple(volume.shape)}; fix: pass one channel per slice or context=0"
+        )
     net = _prepared(model, head, device)
     if preprocessing == "model":
         preprocessing = net.preprocessing
@@ -246,24 +270,65 @@ def predict_volume(
         check_ndim("volume", volume, 3, "(D, H, W) Hounsfield units with preprocessing")
         hu = volume.cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
         volume = preprocess_volume(hu, preprocessing=preprocessing)
-    slices = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume)
-    slices = slices.float()[:, None] if slices.ndim == 3 else slices.float()
-    out_hw = tuple(slices.shape[-2:])
-    probs: list[torch.Tensor] = []
+    slices = torch.as_tensor(volume) if torch.is_tensor(volume) else torch.from_numpy(volume)
+    if slices.shape[0] == 0:
+        raise ValueError(f"volume: expected at least one slice, got shape {tuple(slices.shape)}")
+    out: torch.Tensor | None = None
     starts = range(0, slices.shape[0], batch_size)
     for start in tqdm(starts, desc="slices", disable=not progress, leave=False):
-        x = slices[start : start + batch_size].to(net.device)
-        if size is not None:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        if transform is not None:
-            x = transform(x)
-        p = _probabilities(net(x))
-        if tta:
-            p = 0.5 * (p + _probabilities(net(x.flip(-1))).flip(-1))
-        if size is not None:
-            p = F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False)
-        probs.append(p.cpu())
-    return torch.cat(probs).permute(1, 0, 2, 3).contiguous().numpy()
+        stop = min(start + batch_size, slices.shape[0])
+        x = _batch(slices, start, stop, context).to(net.device)
+        p = _predict_batch(net, x, size=size, tta=tta, transform=transform)
+        if classes is not None:
+            p = p[:, _class_index(classes, p.shape[1])]
+        if out is None:
+            out = torch.empty((p.shape[1], slices.shape[0], *p.shape[2:]), dtype=torch.float32)
+        out[:, start:stop].copy_(p.transpose(0, 1))
+    assert out is not None  # at least one slice, checked above
+    return out.numpy()
+
+
+def _batch(slices: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
+    """Slices ``start:stop`` as a float32 (B, C, H, W) batch, with 2.5D context."""
+    if slices.ndim == 4:
+        return slices[start:stop].float()
+    if context == 0:
+        return slices[start:stop, None].float()
+    offsets = torch.arange(-context, context + 1)
+    index = (torch.arange(start, stop)[:, None] + offsets).clamp(0, slices.shape[0] - 1)
+    return slices[index].float()
+
+
+def _predict_batch(
+    net: PreparedModel,
+    x: torch.Tensor,
+    *,
+    size: int | tuple[int, int] | None,
+    tta: bool,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """(B, C, H, W) batch on the device -> (B, K, H, W) float32 probabilities on the CPU."""
+    out_hw = tuple(x.shape[-2:])
+    if size is not None:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if transform is not None:
+        x = transform(x)
+    p = _probabilities(net(x))
+    if tta:
+        p = 0.5 * (p + _probabilities(net(x.flip(-1))).flip(-1))
+    if size is not None:
+        p = F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False)
+    return p.cpu()
+
+
+def _class_index(classes: Sequence[int], count: int) -> list[int]:
+    index = [int(k) for k in classes]
+    if not index or any(not 0 <= k < count for k in index):
+        raise ValueError(
+            f"classes: expected class indices in [0, {count - 1}], got {list(classes)}; "
+            f"fix: pick among the model's {count} classes"
+        )
+    return index
 
 
 def _prepared(

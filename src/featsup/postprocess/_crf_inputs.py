@@ -78,22 +78,33 @@ def check_probs(probs: torch.Tensor) -> None:
         )
     if probs.numel() == 0:
         raise ValueError(f"probs: expected a non-empty array, got shape {tuple(probs.shape)}")
-    values = probs.double() if probs.dtype == torch.float64 else probs.float()
-    if not bool(torch.isfinite(values).all()):
+    finite, low, high, error = _prob_stats(probs)
+    if not finite:
         raise ValueError("probs: expected finite values, got NaN or inf; check the network output")
     tol = _TOLERANCE[probs.dtype]
-    low, high = float(values.min()), float(values.max())
     if low < -tol or high > 1 + tol:
         raise ValueError(
             f"probs: expected probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
             "apply a softmax over the class axis to the logits first"
         )
-    error = float((values.sum(0) - 1).abs().max())
     if error > tol:
         raise ValueError(
             f"probs: expected the classes on axis 0 to sum to 1 (tolerance {tol:g}), got a "
             f"largest deviation of {error:.3g}; apply a softmax over axis 0"
         )
+
+
+def _prob_stats(probs: torch.Tensor) -> tuple[bool, float, float, float]:
+    """(all finite, min, max, largest |sum over classes - 1|), a few slices at a time."""
+    finite, low, high, error = True, float("inf"), float("-inf"), 0.0
+    step = max(1, 2**22 // max(1, probs[0, 0].numel())) if probs.ndim == 4 else 1
+    parts = probs.split(step, dim=1) if probs.ndim == 4 else (probs,)
+    for part in parts:  # float temporaries of one part only
+        values = part.double() if part.dtype == torch.float64 else part.float()
+        finite &= bool(torch.isfinite(values).all())
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        error = max(error, float((values.sum(0) - 1).abs().max()))
+    return finite, low, high, error
 
 
 def check_image(image: torch.Tensor, probs: torch.Tensor) -> None:

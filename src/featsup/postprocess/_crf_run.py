@@ -72,7 +72,7 @@ def run_field(
         return torch.from_numpy(out).to(device)
     batch_mask = None if mask is None else mask.to(device)[None]
     refined = mean_field_torch(
-        probs.to(device)[None], image.to(device)[None], batch_mask, rel_spacing, params
+        probs.to(device)[None], image.to(device).float()[None], batch_mask, rel_spacing, params
     )
     return refined[0]
 
@@ -87,17 +87,22 @@ def _torch_slices(
 ) -> torch.Tensor:
     """Slices (K, n, H, W) in batches of whole slices on ``device``."""
     n, h, w = probs.shape[1:]
-    step = max(1, _BATCH_VOXELS.get(device.type, _BATCH_VOXELS["cpu"]) // (h * w))
+    step = _torch_step(h, w, device)
     out = []
     for start in range(0, n, step):
         part = slice(start, min(start + step, n))
         batch_probs = probs[:, part].to(device).transpose(0, 1)
         batch_mask = None if mask is None else mask[part].to(device)
         refined = mean_field_torch(
-            batch_probs, image[part].to(device), batch_mask, rel_spacing, params
+            batch_probs, image[part].to(device).float(), batch_mask, rel_spacing, params
         )
         out.append(refined.transpose(0, 1))
     return torch.cat(out, 1)
+
+
+def _torch_step(h: int, w: int, device: torch.device) -> int:
+    """Slices per batch of the torch backend (a function of the slice size only)."""
+    return max(1, _BATCH_VOXELS.get(device.type, _BATCH_VOXELS["cpu"]) // (h * w))
 
 
 def _run_chunk(
@@ -171,8 +176,12 @@ def run_slices(
     params: CRFParams,
     device: torch.device,
     workers: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Slice-wise CRF of a volume; slices with an empty mask are returned unchanged.
+
+    In this process (one worker, or a GPU) the slices go batch by batch from ``probs``
+    to the output, so no other volume-sized copy is made; ``out`` may be ``probs``.
 
     Args:
         backend: ``"torch"`` or ``"pydensecrf"``.
@@ -183,11 +192,15 @@ def run_slices(
         params: CRF parameters.
         device: computation device.
         workers: processes for CPU computation (1 runs in this process).
+        out: (K, D, H, W) float32 on ``device`` to write into (None: a new tensor).
 
     Returns:
-        (K, D, H, W) float32 on ``device``.
+        (K, D, H, W) float32 on ``device``: ``out`` when given.
     """
-    out = probs.to(device, copy=True)
+    if out is None:
+        out = probs.to(device, copy=True)
+    elif out.data_ptr() != probs.data_ptr():
+        out.copy_(probs)
     if mask is None:
         todo = list(range(probs.shape[1]))
     else:
@@ -203,15 +216,21 @@ def run_slices(
         in_box = (slice(None), *box)
         all_box = (slice(None), *in_box)
         probs, image, sub_mask = probs[all_box], image[in_box], sub_mask[in_box]
+    region = out[(slice(None), slice(None), box[0], box[1])]
     if workers == 1 or device.type != "cpu" or len(todo) == 1:
+        # batches as _torch_slices cuts them (the same results), each read before written
+        h, w = probs.shape[2:]
+        step = _torch_step(h, w, device) if backend == "torch" else 1
         with cpu_threads(device):
-            refined = _run_chunk(
-                backend, probs[:, index], image[index], sub_mask, rel_spacing, params, device
-            )
-    else:
-        refined = _pool_map(backend, probs, image, sub_mask, index, rel_spacing, params, workers)
-    out_box = (slice(None), slice(None), *box)
-    region = out[out_box]
+            for start in range(0, len(todo), step):
+                sel = index[start : start + step]
+                part_mask = None if sub_mask is None else sub_mask[start : start + step]
+                refined = _run_chunk(
+                    backend, probs[:, sel], image[sel], part_mask, rel_spacing, params, device
+                )
+                region[:, sel.to(device)] = refined.to(device)
+        return out
+    refined = _pool_map(backend, probs, image, sub_mask, index, rel_spacing, params, workers)
     region[:, index.to(device)] = refined.to(device)
     return out
 

@@ -15,7 +15,7 @@ See ``docs/crf.md`` for the model, the defaults and the measured agreement.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -108,6 +108,7 @@ def dense_crf(
     mask: np.ndarray | torch.Tensor | None = None,
     workers: int = 1,
     device: str | torch.device | None = None,
+    out: np.ndarray | torch.Tensor | None = None,
 ) -> ArrayT:
     """Refine class probabilities with a fully connected CRF (eq. 3-6).
 
@@ -138,10 +139,13 @@ def dense_crf(
             parallelism comes from here.
         device: computation device of the torch backend; None: the device of ``probs``
             (CPU for numpy). On CUDA, slices are batched and ``workers`` is not used.
+        out: float32 array (or tensor on the computation device) of ``probs``' shape to
+            write the result into; it may be ``probs`` itself, refined in place, which
+            in 2d mode with one worker spares a volume-sized copy. None: a new array.
 
     Returns:
         Refined probabilities of the shape, kind (numpy / torch), dtype and device of
-        ``probs``.
+        ``probs``; ``out`` itself when given.
 
     Raises:
         TypeError: if an input is neither a numpy array nor a tensor, or a count is not an int.
@@ -187,13 +191,34 @@ def dense_crf(
         float(w2),
         iterations,
     )
-    work = probs_t.float()
-    image_f = image_t.float()
+    work = probs_t.float()  # the image is made float batch by batch
+    target = None if out is None else _out_tensor(out, probs_t, run_device)
     if run_mode == "2d" and probs_t.ndim == 4:
-        out = run_slices(run_backend, work, image_f, mask_t, rel[-2:], params, run_device, workers)
+        args = (run_backend, work, image_t, mask_t, rel[-2:], params, run_device, workers)
+        result = run_slices(*args, out=target)
     else:
-        out = _run_whole(run_backend, work, image_f, mask_t, rel, params, run_device)
-    return _like(out, probs)
+        result = _run_whole(run_backend, work, image_t, mask_t, rel, params, run_device)
+        if target is not None:
+            target.copy_(result)
+    return _like(result, probs) if out is None else cast(ArrayT, out)
+
+
+def _out_tensor(
+    out: np.ndarray | torch.Tensor, probs: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """``out`` as a tensor sharing its memory, checked: float32, ``probs``' shape, on ``device``."""
+    target = as_tensor("out", out)
+    if target.dtype != torch.float32 or target.shape != probs.shape or target.device != device:
+        raise ValueError(
+            f"out: expected float32 of shape {tuple(probs.shape)} on {device}, got "
+            f"{target.dtype} {tuple(target.shape)} on {target.device}; fix: pass "
+            "np.empty_like(probs, dtype=np.float32), probs itself when float32, or None"
+        )
+    if isinstance(out, np.ndarray) and target.data_ptr() != out.__array_interface__["data"][0]:
+        raise ValueError(
+            "out: expected a C-contiguous array of native byte order; fix: np.ascontiguousarray"
+        )
+    return target
 
 
 def _run_whole(
