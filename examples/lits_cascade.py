@@ -32,7 +32,7 @@ import torch
 from featsup import data as fd
 from featsup.inference import Cascade, choose_crf_stages, choose_heads, resolve_device, score_heads
 from featsup.losses import DeepSupervisionLoss, SegLoss
-from featsup.metrics import MetricAccumulator, json_safe, summary_table
+from featsup.metrics import MetricAccumulator, head_table, json_safe, summary_table
 from featsup.models import UNetPlusPlus
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import train_encoding_teacher
@@ -181,21 +181,23 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     return load_model(folder / "best.pt", part=part, map_location=args.device)
 
 
+def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: Any) -> Cascade:
+    return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
+                   device=args.device, **options)  # fmt: skip
+
+
 def choose_on_validation(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> dict:
     """Heads (smallest within --head-tolerance of the best) and CRF stages, on validation."""
     loaded = [fd.load_case(case) for case in cases]
-    cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
-                      device=args.device)  # fmt: skip
-    heads = choose_heads(cascade, loaded, tolerance=args.head_tolerance)
+    heads = choose_heads(make_cascade(liver, tumour, args), loaded, tolerance=args.head_tolerance)
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{heads.table()}")
     chosen = {f"{s}_head": args.head or getattr(heads, f"{s}_head") for s in ("liver", "tumour")}
     crf, crf_scores = args.crf, {}
     if crf == "auto":
+        trial = make_cascade(liver, tumour, args, **chosen)
         crf, crf_scores = choose_crf_stages(
-            Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
-                    device=args.device, **chosen),
-            loaded, liver_crf=CRF["liver"], tumour_crf=CRF["tumour"],
-        )  # fmt: skip
+            trial, loaded, liver_crf=CRF["liver"], tumour_crf=CRF["tumour"]
+        )
     print(f"chosen on validation: {chosen}, CRF stages {crf}")
     dice = {s: [r.dice for r in heads.rows if r.stage == s] for s in ("liver", "tumour")}
     return {**chosen, "crf": crf, "val_dice_per_head": dice, "val_dice_by_crf": crf_scores,
@@ -225,8 +227,7 @@ def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
         print(f"case {case.case_id}: liver Dice {record['liver']['dice']:.3f}, tumour Dice "
               f"{record['tumour']['dice']:.3f}, {result.timings['total']:.1f} s")  # fmt: skip
     # Table 2 on the test cases: reported, never chosen on
-    plain = Cascade(cascade.liver_model, cascade.tumour_model, liver_size=args.size,
-                    tumour_size=args.tumour_size, device=args.device)  # fmt: skip
+    plain = make_cascade(cascade.liver_model, cascade.tumour_model, args)
     table = {s: score_heads(plain, loaded, stage=s)[0] for s in ("liver", "tumour")}
     return {
         "cases": records,
@@ -241,12 +242,9 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
     for name, keys in (("loss", ["train/loss", "train/seg", "train/feature"]),
                        ("dice", [f"val/dice_x0_{k}" for k in range(1, 5)])):  # fmt: skip
         plot_curves(args.out / "figures" / f"curves_{name}.png", runs, keys=keys, title=name)
-    heads = metrics["dice_per_head"]
-    cells = [f"{100 * v:.1f}%" for s in ("liver", "tumour") for v in heads[s].values()]
+    heads = {s: list(v.values()) for s, v in metrics["dice_per_head"].items()}
     print("\nTable 2 layout: Dice per case of each head (test cases)")
-    print("| | Liver X0,1 | X0,2 | X0,3 | X0,4 | Tumour X0,1 | X0,2 | X0,3 | X0,4 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {metrics['variant']} | " + " | ".join(cells) + " |")
+    print(head_table(heads, metrics["variant"]))
     print("\nCascade (chosen heads and CRF), over the test cases")
     print(summary_table({s: metrics[s] for s in ("liver", "tumour")}))
     print("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
@@ -271,9 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     choice = choose_on_validation(liver, tumour, cases["val"], args)
     crfs = {"liver_crf": CRF["liver"] if choice["crf"] != "none" else None,
             "tumour_crf": CRF["tumour"] if choice["crf"] == "both" else None}  # fmt: skip
-    cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
-                      liver_head=choice["liver_head"], tumour_head=choice["tumour_head"],
-                      device=args.device, **crfs)  # fmt: skip
+    heads = {k: choice[k] for k in ("liver_head", "tumour_head")}
+    cascade = make_cascade(liver, tumour, args, **heads, **crfs)
     lap("validation choices")
     metrics = evaluate(cascade, cases["test"], args)
     split = {k: [c.case_id for c in v] for k, v in cases.items()}

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from featsup.metrics.accumulator import MetricAccumulator
-from featsup.metrics.report import UNDEFINED_CONVENTION, json_safe, summary_table
+from featsup.metrics.report import UNDEFINED_CONVENTION, head_table, json_safe, summary_table
 from featsup.metrics.scores import (
     average_symmetric_surface_distance,
     boundary,
@@ -30,6 +30,7 @@ __all__ = [
     "bounding_box",
     "case_metrics",
     "dice_score",
+    "head_table",
     "json_safe",
     "maximum_symmetric_surface_distance",
     "relative_volume_difference",

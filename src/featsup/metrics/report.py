@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["UNDEFINED_CONVENTION", "json_safe", "summary_table"]
+__all__ = ["UNDEFINED_CONVENTION", "head_table", "json_safe", "summary_table"]
 
 UNDEFINED_CONVENTION = (
     "Tumour-free cases (no label 2 in the truth) count in Dice per case (1 when no tumour "
@@ -61,6 +61,32 @@ def summary_table(summaries: Mapping[str, Mapping[str, float]]) -> str:
                 "empty truth or prediction); means over the rest"
             )
     return "\n".join(lines + notes)
+
+
+def head_table(dice: Mapping[str, Sequence[float]], name: str) -> str:
+    """The paper's Table 2 row: Dice per case of every head of every stage, in percent.
+
+    Args:
+        dice: stage (for example ``"liver"``, ``"tumour"``) -> Dice of heads X0,1..X0,d.
+        name: the row's name (the variant, for example ``"ES-DS"``).
+
+    Returns:
+        A Markdown table with one header row and one row.
+
+    Example:
+        >>> print(head_table({"liver": [0.9, 0.95]}, "ES-DS"))
+        | | Liver X0,1 | X0,2 |
+        |---|---|---|
+        | ES-DS | 90.0% | 95.0% |
+    """
+    header, cells = [""], []
+    for stage, values in dice.items():
+        header += [f"{stage.capitalize()} X0,1"] + [f"X0,{k}" for k in range(2, len(values) + 1)]
+        cells += [f"{100 * v:.1f}%" for v in values]
+    return "\n".join(
+        ["| " + " | ".join(header).strip() + " |", "|" + "---|" * len(header),
+         f"| {name} | " + " | ".join(cells) + " |"]
+    )  # fmt: skip
 
 
 def json_safe(value: Any) -> Any:
