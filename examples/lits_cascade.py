@@ -56,9 +56,10 @@ PRESETS = {
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
              "phantom_shape": [100, 512, 512], "cases": 40},
 }  # fmt: skip
-# --dims 3: the tumour stage's patches (D, H, W), patches per step and steps (docs/cascade.md).
+# --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
+# that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
 PRESETS_3D = {
-    "cpu": {"patch": [16, 64, 64], "patch_batch_size": 2, "tumour_steps": 1000},
+    "cpu": {"patch": [16, 64, 64], "patch_batch_size": 2, "tumour_steps": 950},
     "cuda": {"patch": [32, 128, 128], "patch_batch_size": 4, "tumour_steps": 30000},
 }  # fmt: skip
 # Seg-Loss (eq. 13) per stage; the tumour Dice leaves the background out (tumours are small).
@@ -163,10 +164,10 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
     """The stage's encoding teacher, reused when the same label maps trained it before."""
     if parse_variant(args.variant)[0] == "UN":
         return None
-    if student.spatial_dims == 3:  # whole patches, 16 per case, pooled as the student
-        first = range(min(len(train), 16 * len(train.volumes)))
-        labels = {"labels": Subset(train, first), "val_labels": val, "crop": None,
-                  "pooling": student.pooling, "batch_size": args.patch_batch_size}  # fmt: skip
+    if student.spatial_dims == 3:  # 16 patches per case; crops half the patch in-plane
+        first, (d, h, w) = range(min(len(train), 16 * len(train.volumes))), args.patch
+        labels = {"labels": Subset(train, first), "val_labels": val, "crop": (d, h // 2, w // 2),
+                  "pooling": student.pooling, "batch_size": 2 * args.patch_batch_size}  # fmt: skip
     else:
         stack = [torch.stack([d[i]["target"] for i in range(len(d))]) for d in (train, val)]
         labels = {"labels": stack[0], "val_labels": stack[1]}
