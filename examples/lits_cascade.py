@@ -11,10 +11,15 @@ validation cases, then runs the cascade once on the test cases and writes, under
     metrics.json                        per case, aggregated, per head, the split and
                                         every choice made on validation
 
+With --dims 3 the tumour stage is a 3D UNet++ (pooling from the median voxel spacing)
+trained from scratch on --patch liver-ROI patches, with a 3D teacher, and the cascade
+predicts the masked liver box window by window (docs/cascade.md); the liver stage stays 2D.
+
 Cases are split by --seed into training, validation (--val-cases) and test: checkpoints,
 heads and CRF stages are chosen on validation; test cases are scored once, at the end.
 
     python examples/lits_cascade.py                       # phantom, CPU defaults
+    python examples/lits_cascade.py --dims 3              # the tumour stage in 3D
     python examples/lits_cascade.py --data /data/LiTS --device cuda --size 512
 """
 
@@ -28,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
 from featsup import data as fd
 from featsup.inference import Cascade, choose_crf_stages, choose_heads, resolve_device, score_heads
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, head_table, json_safe, summary_table
-from featsup.models import UNetPlusPlus
+from featsup.models import UNetPlusPlus, pooling_for_spacing
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import train_encoding_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
@@ -49,6 +55,12 @@ PRESETS = {
     "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512], "steps": 30000,
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
              "phantom_shape": [100, 512, 512], "cases": 40},
+}  # fmt: skip
+# --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
+# that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
+PRESETS_3D = {
+    "cpu": {"patch": [16, 64, 64], "patch_batch_size": 2, "tumour_steps": 950},
+    "cuda": {"patch": [32, 128, 128], "patch_batch_size": 4, "tumour_steps": 30000},
 }  # fmt: skip
 # Seg-Loss (eq. 13) per stage; the tumour Dice leaves the background out (tumours are small).
 STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
@@ -70,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--size", type=int, help="liver-stage slice size")
     add("--tumour-size", type=int, help="tumour-stage ROI size")
     add("--widths", type=int, nargs=5, help="UNet++ widths per depth")
+    add("--dims", type=int, choices=(2, 3), default=2, help="tumour stage in 2D or 3D")
+    add("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="--dims 3 tumour patch")
+    add("--patch-batch-size", type=int, help="--dims 3 tumour patches per step")
     add("--batch-size", type=int)
     add("--lr", type=float)
     add("--mask-dilation", type=int, default=6, help="grow training liver masks (0: paper)")
@@ -89,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.amp = "bf16" if args.device.startswith("cuda") or cpu_has_bf16_units() else "none"
     if args.steps is not None and args.tumour_steps is None:
         args.tumour_steps = args.steps
-    for key, value in PRESETS["cuda" if args.device.startswith("cuda") else "cpu"].items():
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    for key, value in {**PRESETS[kind], **(PRESETS_3D[kind] if args.dims == 3 else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.data is not None and not args.data.is_dir():
@@ -128,6 +144,13 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         train = fd.LiverSliceDataset(cases["train"], augment=fd.SliceAugment(flip_p=0.0),
                                      seed=args.seed, empty_fraction=0.2, **common)  # fmt: skip
         return train, fd.LiverSliceDataset(cases["val"], empty_fraction=0.2, **common)
+    if args.dims == 3:  # one epoch of patches covers the training: no patch seen twice
+        per_case = -(-args.tumour_steps * args.patch_batch_size // len(cases["train"]))
+        patches = {"patch": args.patch, "margin": (0, 8, 8), "tumour_fraction": 0.5, **common}
+        train = fd.TumourPatchDataset(cases["train"], patches_per_case=per_case, flip_axes=(1, 2),
+                                      mask_dilation=args.mask_dilation, seed=args.seed,
+                                      **patches)  # fmt: skip
+        return train, fd.TumourPatchDataset(cases["val"], patches_per_case=8, **patches)
     common["size"] = (args.tumour_size, args.tumour_size)
     train = fd.TumourSliceDataset(
         cases["train"], augment=fd.SliceAugment(), seed=args.seed, empty_fraction=0.3,
@@ -136,14 +159,20 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     return train, fd.TumourSliceDataset(cases["val"], empty_fraction=None, **common)
 
 
-def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace) -> UNetPlusPlus | None:
+def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
+            student: UNetPlusPlus) -> UNetPlusPlus | None:  # fmt: skip
     """The stage's encoding teacher, reused when the same label maps trained it before."""
     if parse_variant(args.variant)[0] == "UN":
         return None
+    if student.spatial_dims == 3:  # 16 patches per case; crops half the patch in-plane
+        first, (d, h, w) = range(min(len(train), 16 * len(train.volumes))), args.patch
+        labels = {"labels": Subset(train, first), "val_labels": val, "crop": (d, h // 2, w // 2),
+                  "pooling": student.pooling, "batch_size": 2 * args.patch_batch_size}  # fmt: skip
+    else:
+        stack = [torch.stack([d[i]["target"] for i in range(len(d))]) for d in (train, val)]
+        labels = {"labels": stack[0], "val_labels": stack[1]}
     model = train_encoding_teacher(
-        torch.stack([train[i]["target"] for i in range(len(train))]),
-        val_labels=torch.stack([val[i]["target"] for i in range(len(val))]),
-        num_classes=2, widths=args.widths, steps=args.teacher_steps, dice_threshold=0.97,
+        **labels, num_classes=2, widths=args.widths, steps=args.teacher_steps, dice_threshold=0.97,
         amp="bf16" if args.amp == "bf16" else None, device=args.device,
         path=args.out / "teachers" / f"{stage}.pt", seed=args.seed,
     )  # fmt: skip
@@ -152,22 +181,37 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace) -> UNetP
     return model
 
 
+def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) -> UNetPlusPlus:
+    """A 2D UNet++ (the tumour one from the liver model), or the 3D tumour UNet++."""
+    if stage == "tumour" and args.dims == 3:  # from scratch: 2D weights do not fit 3D kernels
+        spacing = torch.tensor([v.spacing for v in train.volumes]).median(0).values.tolist()
+        pooling = pooling_for_spacing(spacing, depth=len(args.widths) - 1)
+        student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
+        student.to(memory_format=torch.channels_last_3d)
+    else:
+        student = UNetPlusPlus(1, 2, widths=args.widths)
+        if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
+            student.load_state_dict(init.state_dict())
+        student.to(memory_format=torch.channels_last)
+    student.channels_last = True
+    return student
+
+
 def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
     """Train one stage's model (teacher first); return its best student in eval mode."""
     train, val = datasets(stage, cases, args)
-    print(f"\n== {stage} stage: {args.variant}, {len(train)} training slices ==")
-    student = UNetPlusPlus(1, 2, widths=args.widths)
-    if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
-        student.load_state_dict(init.state_dict())
-    student.to(memory_format=torch.channels_last)
-    student.channels_last = True
+    student = make_student(stage, train, args, init)
+    unit = "patches" if student.spatial_dims == 3 else "slices"
+    print(f"\n== {stage} stage: {args.variant}, {len(train)} training {unit} ==")
+    encoding_teacher = teacher(stage, train, val, args, student)
     model = build_variant(args.variant, in_channels=1, num_classes=2, widths=args.widths,
-                          teacher=teacher(stage, train, val, args), student=student)  # fmt: skip
+                          teacher=encoding_teacher, student=student)  # fmt: skip
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
+    batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
     trainer = Trainer(
         model, segmentation_step(DeepSupervisionLoss(STAGE_LOSS[stage])), train, val_data=val,
         val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2), lr=args.lr,
-        max_steps=steps, batch_size=args.batch_size,
+        max_steps=steps, batch_size=batch,
         val_every=max(25, steps // 8), checkpoint_dir=folder, keep_best_by="val/dice_x0_4",
         warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed, drop_last=True,
         amp="bf16" if args.amp == "bf16" else None,
@@ -182,8 +226,9 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
 
 
 def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: Any) -> Cascade:
+    patch = {"tumour_patch": args.patch} if args.dims == 3 else {}
     return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
-                   device=args.device, **options)  # fmt: skip
+                   device=args.device, **patch, **options)  # fmt: skip
 
 
 def choose_on_validation(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> dict:

@@ -1,6 +1,6 @@
 """Cascades whose output is known: UNet++ weights set by hand to threshold the image.
 
-``threshold_unetpp`` passes the (preprocessed) input slice unchanged through X(0,0) and
+``threshold_unetpp`` (2D or 3D) passes the (preprocessed) input unchanged through X(0,0) and
 every top node X(0,j) (one channel, centre taps 1, batch norm at its identity statistics,
 ReLU of a non-negative image) and makes each head score ``slope * (image - threshold)``
 for class 1 (or its negative). Liver = bright soft tissue, tumour = dark inside the
@@ -11,6 +11,7 @@ liver: every label appears on a phantom, at known places, with no training. Impo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -25,15 +26,19 @@ def _pass_channel_zero(block: torch.nn.Module) -> None:
     for unit in block:
         conv = unit[0]
         conv.weight.zero_()
-        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[(0, 0) + (1,) * (conv.weight.ndim - 2)] = 1.0  # the 3x3(x3) centre
 
 
 @torch.no_grad()
 def threshold_unetpp(
-    threshold: float | Sequence[float], *, bright: bool = True, slope: float = 40.0
+    threshold: float | Sequence[float],
+    *,
+    bright: bool = True,
+    slope: float = 40.0,
+    spatial_dims: Literal[2, 3] = 2,
 ) -> UNetPlusPlus:
     """A UNet++ whose head j scores class 1 where the image is above ``threshold[j - 1]``."""
-    net = UNetPlusPlus(1, 2, widths=WIDTHS)
+    net = UNetPlusPlus(1, 2, widths=WIDTHS, spatial_dims=spatial_dims)
     cuts = [threshold] * net.depth if isinstance(threshold, (int, float)) else list(threshold)
     _pass_channel_zero(net.encoder["x0_0"])
     for j in range(1, net.depth + 1):

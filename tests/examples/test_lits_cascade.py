@@ -32,6 +32,31 @@ def example() -> ModuleType:
     return module
 
 
+def _check_recorded_metrics(out: Path, saved: dict) -> None:
+    """The recorded numbers are the ones the saved predictions score against the truth."""
+    import nibabel as nib
+
+    # recomputed here by hand from the files (per case, case mean and pooled voxels)
+    pooled = {"liver": [0, 0], "tumour": [0, 0]}
+    for record in saved["cases"]:
+        case_id = record["case"]
+        pred = np.asarray(nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz").dataobj)
+        truth = np.asarray(nib.load(out / "phantom" / f"segmentation-{case_id}.nii.gz").dataobj)
+        for stage, p, t in (("liver", pred > 0, truth > 0), ("tumour", pred == 2, truth == 2)):
+            inter, total = int((p & t).sum()), int(p.sum() + t.sum())
+            union = total - inter
+            pooled[stage][0] += inter
+            pooled[stage][1] += total
+            assert record[stage]["dice"] == pytest.approx(2 * inter / total if total else 1.0)
+            assert record[stage]["voe"] == pytest.approx(1 - inter / union if union else 0.0)
+        assert int((truth > 0).sum()) > 0  # every test case has a liver to score
+    for stage in ("liver", "tumour"):
+        per_case = [record[stage]["dice"] for record in saved["cases"]]
+        assert saved[stage]["dice_per_case"] == pytest.approx(np.mean(per_case))
+        inter, total = pooled[stage]
+        assert saved[stage]["dice_global"] == pytest.approx(2 * inter / total if total else 1.0)
+
+
 @pytest.mark.slow
 def test_tiny_cascade_runs_end_to_end(
     example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -67,26 +92,7 @@ def test_tiny_cascade_runs_end_to_end(
         assert (out / "figures" / f"case-{case_id}.png").stat().st_size > 0
     assert [c["case"] for c in saved["cases"]] == split["test"]  # scored: test cases only
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
-    # the recorded numbers are the ones the saved predictions score against the truth,
-    # recomputed here by hand from the files (per case, case mean and pooled voxels)
-    pooled = {"liver": [0, 0], "tumour": [0, 0]}
-    for record in saved["cases"]:
-        case_id = record["case"]
-        pred = np.asarray(nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz").dataobj)
-        truth = np.asarray(nib.load(out / "phantom" / f"segmentation-{case_id}.nii.gz").dataobj)
-        for stage, p, t in (("liver", pred > 0, truth > 0), ("tumour", pred == 2, truth == 2)):
-            inter, total = int((p & t).sum()), int(p.sum() + t.sum())
-            union = total - inter
-            pooled[stage][0] += inter
-            pooled[stage][1] += total
-            assert record[stage]["dice"] == pytest.approx(2 * inter / total if total else 1.0)
-            assert record[stage]["voe"] == pytest.approx(1 - inter / union if union else 0.0)
-        assert int((truth > 0).sum()) > 0  # every test case has a liver to score
-    for stage in ("liver", "tumour"):
-        per_case = [record[stage]["dice"] for record in saved["cases"]]
-        assert saved[stage]["dice_per_case"] == pytest.approx(np.mean(per_case))
-        inter, total = pooled[stage]
-        assert saved[stage]["dice_global"] == pytest.approx(2 * inter / total if total else 1.0)
+    _check_recorded_metrics(out, saved)
     assert (out / "figures" / "curves_dice.png").exists()
     assert (out / "liver" / "best.pt").exists() and (out / "teachers" / "tumour.pt").exists()
     # the saved cascade, loaded with no training code, writes the same labels again
@@ -111,6 +117,41 @@ def test_tiny_cascade_runs_end_to_end(
     assert (again["liver_head"], again["tumour_head"], again["crf"]) == (2, 2, "none")
 
 
+@pytest.mark.slow
+def test_tiny_cascade_with_a_3d_tumour_stage(example: ModuleType, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from featsup.data import find_cases, load_case, save_prediction
+    from featsup.inference import Cascade
+    from featsup.training import load_model
+
+    out = tmp_path / "run3d"
+    example.main([*TINY, "--dims", "3", "--patch", "8", "32", "32", "--out", str(out)])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (saved["settings"]["dims"], saved["settings"]["patch"]) == (3, [8, 32, 32])
+    for stage in ("liver", "tumour"):
+        assert set(saved["dice_per_head"][stage]) == {"x0_1", "x0_2", "x0_3", "x0_4"}
+        assert len(saved["chosen_on_validation"]["val_dice_per_head"][stage]) == 4
+        for key in ("dice_per_case", "dice_global", "voe", "rvd"):
+            assert saved[stage][key] is None or np.isfinite(saved[stage][key])
+    assert saved["chosen_on_validation"]["crf"] in {"none", "liver", "both"}
+    _check_recorded_metrics(out, saved)
+    tumour = load_model(out / "tumour" / "best.pt", part="student")
+    teacher = load_model(out / "teachers" / "tumour.pt")
+    assert tumour.spatial_dims == teacher.spatial_dims == 3  # trained in 3D, with a 3D teacher
+    assert load_model(out / "liver" / "best.pt", part="student").spatial_dims == 2
+    # phantom spacing 5.2 x 1.4 x 1.4 mm: slices are kept whole at the first pooling
+    assert tumour.pooling[0] == (1, 2, 2) and tumour.pooling == teacher.pooling
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")
+    assert cascade.tumour_patch == (8, 32, 32) and cascade.tumour_model.spatial_dims == 3
+    case_id = saved["split"]["test"][0]
+    case = {c.case_id: c for c in find_cases(out / "phantom")}[case_id]
+    save_prediction(cascade(load_case(case).volume).labels, case, tmp_path / "again.nii.gz")
+    written = nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz")
+    again = nib.load(tmp_path / "again.nii.gz")
+    np.testing.assert_array_equal(np.asarray(again.dataobj), np.asarray(written.dataobj))
+
+
 def test_bad_flags_give_clear_messages(
     example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -131,6 +172,12 @@ def test_bad_flags_give_clear_messages(
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
+    two, three = (example.parse_args(["--dims", d, "--device", "cpu"]) for d in ("2", "3"))
+    preset = example.PRESETS_3D["cpu"]
+    assert (three.patch, three.patch_batch_size) == (preset["patch"], preset["patch_batch_size"])
+    assert (three.tumour_steps, three.steps) == (preset["tumour_steps"], two.steps)
+    assert (two.patch, two.tumour_steps) == (None, example.PRESETS["cpu"]["tumour_steps"])
+    assert example.parse_args(["--dims", "3", "--steps", "7"]).tumour_steps == 7
 
 
 def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -> None:

@@ -39,6 +39,18 @@ def test_dice_per_head_is_global_over_the_loader() -> None:
     assert dice == pytest.approx({"dice_x0_1": 6 / 9, "dice_x0_2": 1.0})
 
 
+def test_dice_per_head_of_3d_logits_with_class_index_targets() -> None:
+    """(B, D, H, W) class indices have the rank of 2D one-hot targets: not argmaxed."""
+    target = torch.tensor([[[[0, 1], [1, 0]], [[0, 0], [1, 1]]]])  # (1, D=2, 2, 2)
+    pred = torch.tensor([[[[0, 1], [0, 0]], [[0, 0], [1, 1]]]])
+    logits = F.one_hot(pred, 2).permute(0, 4, 1, 2, 3).float()  # (1, 2, 2, 2, 2)
+    model = FixedHeads([logits[None], F.one_hot(target, 2).permute(0, 4, 1, 2, 3).float()[None]])
+    loader = [{"image": torch.zeros(1, 1, 2, 2, 2), "target": target}]
+    dice = dice_per_head(model, loader, num_classes=2)
+    # intersection 3, |P| = 3, |T| = 4 -> 6 / 7; the exact head scores 1
+    assert dice == pytest.approx({"dice_x0_1": 6 / 7, "dice_x0_2": 1.0})
+
+
 def test_dice_per_head_scores_every_head_of_the_student() -> None:
     student = UNetPlusPlus(1, 2, widths=(4, 8, 8), deep_supervision=False).train()
 

@@ -7,7 +7,8 @@ lists, tuples and dicts, never pickled code. It holds
 - ``"format"``: ``"featsup.cascade/1"`` and ``"featsup_version"``, checked on loading;
 - ``"liver"`` / ``"tumour"``: each student's ``"class"`` (``"module:QualName"``),
   ``"config"`` (its constructor arguments) and ``"state_dict"`` (no teacher, no adapters);
-- ``"settings"``: sizes, heads, 2.5D context, ROI margin, batch size and TTA;
+- ``"settings"``: sizes, heads, 2.5D context, ROI margin, batch size, TTA and, for a 3D
+  tumour model, its window and overlap (files without them load as 2D);
 - ``"preprocessing"``: the preprocessing both students were trained with;
 - ``"crf"``: ``{"liver": ..., "tumour": ...}`` dense-CRF keyword arguments or None;
 - ``"labels"``: the label map ``{0: "background", 1: "liver", 2: "tumour"}``;
@@ -68,6 +69,8 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "batch_size": options["batch_size"],
         "device": options["device"],
         "tta": options["tta"],
+        "tumour_patch": cascade.tumour_patch,
+        "tumour_overlap": cascade.tumour_overlap,
     }
 
 
@@ -125,8 +128,7 @@ def save_cascade(
         "tumour": _student_record("tumour", cascade.tumour_model),
         "settings": {
             **{name: arguments[name] for name in _SETTINGS},
-            "batch_size": arguments["batch_size"],
-            "tta": arguments["tta"],
+            **{k: arguments[k] for k in ("batch_size", "tta", "tumour_patch", "tumour_overlap")},
         },
         "preprocessing": preprocessing_record(cascade),
         "crf": {"liver": arguments["liver_crf"], "tumour": arguments["tumour_crf"]},
@@ -225,6 +227,8 @@ def load_cascade(
         tumour_crf=state["crf"]["tumour"],
         batch_size=settings.get("batch_size", 16),
         tta=settings.get("tta", False),
+        tumour_patch=settings.get("tumour_patch"),
+        tumour_overlap=settings.get("tumour_overlap", 0.5),
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from featsup._checks import check_ndim, check_positive, check_type
+from featsup._checks import check_in_range, check_ndim, check_positive, check_type
 from featsup.data.preprocess import (
     Preprocessing,
     hu_window,
     largest_connected_component,
     preprocess_window,
-    resize,
 )
+from featsup.inference._tumour_input import check_tumour_patch, masked_crop, predict_box
 from featsup.inference.predict import (
     PreparedModel,
     model_preprocessing,
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
 
 __all__ = ["Cascade", "CascadeResult", "LiverStage"]
-
-#: voxels per chunk of slices of the tumour model's input (16 MiB of float32).
-_CHUNK_VOXELS = 2**22
 
 
 @dataclass
@@ -92,9 +89,10 @@ class Cascade:
 
     Args:
         liver_model: 2D model, liver (1) vs background (0) logits.
-        tumour_model: 2D model, tumour (1) vs rest (0) logits on liver-ROI crops.
+        tumour_model: 2D model, tumour (1) vs rest (0) logits on liver-ROI crops, or a
+            3D one on liver-ROI patches (with ``tumour_patch``).
         liver_size: in-plane size the liver model was trained at (slices are resized).
-        tumour_size: in-plane size of the tumour model's ROI crops.
+        tumour_size: in-plane size of the 2D tumour model's ROI crops.
         liver_head: UNet++ head of the liver model (None = deepest).
         tumour_head: UNet++ head of the tumour model (None = deepest).
         context: 2.5D neighbours on each side used by both models.
@@ -110,10 +108,17 @@ class Cascade:
         batch_size: slices per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         tta: average with left-right mirrored predictions.
+        tumour_patch: None for a 2D tumour model; for a 3D one, the (D, H, W) patch it
+            was trained on: the masked liver-ROI box is predicted at the volume's own
+            resolution (``tumour_size`` unused, no 2.5D context) with Gaussian-blended
+            windows of this size (:func:`~featsup.inference.predict_patches`,
+            ``batch_size`` windows per pass) and put back in place.
+        tumour_overlap: with ``tumour_patch``, share of a window its neighbours overlap.
 
     Raises:
         ValueError: if ``preprocessing`` is None and the two models' checkpoints recorded
-            different preprocessings.
+            different preprocessings, or if ``tumour_patch`` is missing for a 3D tumour
+            model or given for a 2D one.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -140,8 +145,12 @@ class Cascade:
         batch_size: int = 16,
         device: str | torch.device | None = "auto",
         tta: bool = False,
+        tumour_patch: Sequence[int] | None = None,
+        tumour_overlap: float = 0.5,
     ) -> None:
         check_positive("batch_size", batch_size)
+        self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
+        self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
         if preprocessing is not None:
             check_type("preprocessing", preprocessing, Preprocessing)
@@ -227,12 +236,21 @@ class Cascade:
     ) -> tuple[np.ndarray, Any]:
         from featsup.data import find_roi, uncrop
 
-        roi = find_roi(liver, margin=(0, self.roi_margin, self.roi_margin), size=self.tumour_size)
-        crop = _masked_crop(image, liver, roi, self.context)  # (d, C, rows, cols)
+        flat = self.tumour_patch is None  # 2D: slices resized in-plane; 3D: the box as it is
+        margin = (0, self.roi_margin, self.roi_margin)
+        roi = find_roi(liver, margin=margin, size=self.tumour_size if flat else None)
+        crop = masked_crop(image, liver, roi, self.context if flat else 0)  # (d, C, rows, cols)
         start = time.perf_counter()
-        crf = self.tumour_crf is not None  # the CRF needs both classes, the rest the tumour only
+        classes = None if self.tumour_crf is not None else [1]  # the CRF needs both classes
         model = self.prepared("tumour", head)
-        probs = predict_volume(model, crop, classes=None if crf else [1], **self.predict_options)
+        if self.tumour_patch is None:
+            probs = predict_volume(model, crop, classes=classes, **self.predict_options)
+        else:
+            probs = predict_box(
+                model, crop[:, 0], patch=self.tumour_patch, overlap=self.tumour_overlap,
+                classes=classes, batch_size=self.predict_options["batch_size"],
+                tta=self.predict_options["tta"],
+            )  # fmt: skip
         t["tumour_model"] = time.perf_counter() - start
         full = uncrop(probs, roi, mode="linear")  # (2 or 1, D, H, W), zero outside the box
         outside = ~liver
@@ -326,33 +344,3 @@ def _recorded_preprocessing(liver_model: nn.Module, tumour_model: nn.Module) -> 
             f"preprocessing, got {liver} and {tumour}; fix: pass preprocessing= explicitly"
         )
     return liver or tumour or Preprocessing()
-
-
-def _masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) -> np.ndarray:
-    """The tumour model's input: 2.5D slices zeroed outside ``liver``, cropped to ``roi``.
-
-    Only the box is stacked and masked (neighbours still come from the whole volume,
-    clamped at its ends), then resized in-plane as :func:`featsup.data.apply_crop` does.
-
-    Args:
-        image: (D, H, W) float32 preprocessed volume.
-        liver: (D, H, W) bool liver mask.
-        roi: its :class:`~featsup.data.RoiCrop`.
-        context: 2.5D neighbours on each side.
-
-    Returns:
-        (d, 2 * context + 1, rows, cols) float32.
-    """
-    (d0, d1), (h0, h1), (w0, w1) = roi.bbox
-    offsets = np.arange(-context, context + 1)
-    index = np.clip(np.arange(d0, d1)[:, None] + offsets[None, :], 0, image.shape[0] - 1)
-    rows, cols = roi.size if roi.size is not None else (h1 - h0, w1 - w0)
-    out = np.empty((index.shape[1], d1 - d0, rows, cols), np.float32)  # (C, d, rows, cols)
-    step = max(1, _CHUNK_VOXELS // max(1, index.shape[1] * (h1 - h0) * (w1 - w0)))
-    for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
-        box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
-        masked = np.where(liver[box], image[box], np.float32(0)).transpose(1, 0, 2, 3)
-        if roi.size is not None:
-            masked = resize(masked, roi.size, mode="linear")
-        out[:, start : start + step] = masked
-    return out.transpose(1, 0, 2, 3)

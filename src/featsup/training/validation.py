@@ -46,9 +46,11 @@ def dice_per_head(
     ``deep_supervision`` flag is evaluated with it on, so that every head is scored.
 
     Args:
-        model: returns a list of (B, C, H, W) head logits or one (B, C, H, W) tensor.
+        model: returns a list of (B, C, H, W) head logits or one (B, C, H, W) tensor
+            ((B, C, D, H, W) for a 3D model).
         loader: yields ``{"image": (B, C_in, H, W), "target": (B, H, W) int}`` dicts or
-            ``(image, target, ...)`` tuples.
+            ``(image, target, ...)`` tuples (3D: (B, C_in, D, H, W) and (B, D, H, W));
+            a one-hot target has the logits' shape.
         num_classes: C, the number of classes (>= 2).
         head_names: names of the heads; default ``x0_1 .. x0_K`` for K heads.
 
@@ -81,7 +83,9 @@ def dice_per_head(
             outputs = net(image.to(device))
             heads = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             target = target.to(device)
-            target = target.argmax(1) if target.ndim == 4 else target
+            # one-hot targets have the logits' rank: (B, C, H, W) in 2D; (B, D, H, W)
+            # class indices of a 3D model have the rank of one-hot 2D targets
+            target = target.argmax(1) if target.ndim == heads[0].ndim else target
             batch_counts = torch.stack([_class_counts(y, target, num_classes) for y in heads])
             counts = batch_counts if counts is None else counts + batch_counts
     finally:
