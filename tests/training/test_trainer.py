@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _trainer_toys import Blobs, make_trainer, metric_fn, tiny_model
+from _trainer_toys import Blobs, deep_supervision_step, make_trainer, metric_fn, tiny_model
 from torch import nn
 
 from featsup.training import Trainer, dice_per_head, load_checkpoint
@@ -286,3 +286,18 @@ def test_off_a_terminal_each_validation_is_one_log_line(capsys: pytest.CaptureFi
         assert fields[3].startswith("elapsed 0:00:") and ", remaining ~0:00:" in fields[3]
     make_trainer(None, max_steps=3, val_every=3, progress=False, val_data=Blobs(n=2)).fit()
     assert capsys.readouterr().err == ""  # progress=False: silent
+
+
+def test_the_trainer_tells_a_data_set_its_epoch(tmp_path: Path) -> None:
+    class EpochBlobs(Blobs):
+        def __init__(self) -> None:
+            super().__init__(n=8)
+            self.epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    data = EpochBlobs()
+    Trainer(tiny_model(), deep_supervision_step, data, max_steps=6, batch_size=4,
+            progress=False).fit()  # fmt: skip
+    assert data.epochs == [0, 1, 2]  # 2 batches per epoch: a new draw every epoch

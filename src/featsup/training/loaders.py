@@ -93,7 +93,14 @@ class Loaders:
             )  # fmt: skip
 
     def batches(self, *, epoch: int, start: int) -> Iterator[Any]:
-        """The batches of ``epoch`` on this rank, from batch ``start`` on."""
+        """The batches of ``epoch`` on this rank, from batch ``start`` on.
+
+        A data set with ``set_epoch`` (featsup's slice and patch datasets) is told the
+        epoch first, so that it redraws its random choices (augmentation, patches).
+        """
+        set_epoch = getattr(self._train.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
         self._sampler.set_position(epoch=epoch, start=start)
         self._generator.manual_seed(epoch_seed(self.seed, epoch))
         return iter(self._train)
