@@ -11,14 +11,6 @@ from featsup.inference import Cascade, predict_volume
 from featsup.models import UNetPlusPlus
 
 
-@pytest.fixture
-def model() -> UNetPlusPlus:
-    net = UNetPlusPlus(1, 2, widths=(4, 8, 16))
-    net.train()
-    net(torch.randn(4, 1, 32, 32))
-    return net.eval()
-
-
 class _Oracle(torch.nn.Module):
     """A 'model' whose logits favour class 1 where the input is bright."""
 

@@ -16,14 +16,6 @@ from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor
 
 
-@pytest.fixture
-def model() -> UNetPlusPlus:
-    net = UNetPlusPlus(1, 2, widths=(4, 8, 16))
-    net.train()
-    net(torch.randn(4, 1, 32, 32))
-    return net.eval()
-
-
 @pytest.mark.parametrize("head", [1, 2])
 def test_predict_volume_equals_softmax_of_head(model: UNetPlusPlus, head: int) -> None:
     volume = np.random.default_rng(0).random((5, 24, 20)).astype(np.float32)
