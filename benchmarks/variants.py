@@ -34,9 +34,9 @@ import torch
 from featsup import data as fd
 from featsup.losses import FeatureLoss
 from featsup.supervision import train_encoding_teacher
-from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
-from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head
-from featsup.viz import load_history, plot_curves
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
+from featsup.training import cpu_has_bf16_units, dice_per_head
+from featsup.viz import plot_training_curves
 
 # per remedy: (options of build_variant, options of segmentation_step)
 REMEDIES = {
@@ -101,15 +101,12 @@ def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, a
         teacher=None if variant.startswith("UN") else teacher, **model_options,
     )  # fmt: skip
     folder = args.out / stage / f"{config.replace('@', '_').replace('=', '')}-seed{seed}"
-    trainer = Trainer(
-        model, segmentation_step(**step_options), sets["train"], val_data=sets["val"],
-        val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2),
+    trainer = variant_trainer(
+        model, sets["train"], sets["val"], num_classes=2, **step_options,
         lr=args.lr, max_steps=args.steps, batch_size=args.batch_size, seed=seed,
         val_every=args.val_every, log_every=max(5, args.steps // 30), checkpoint_dir=folder,
-        warmup_steps=min(50, args.steps // 10), device=args.device, amp=args.amp,
-        drop_last=True, progress=False,
-        # NS trains the X0,4 head alone: DDP must be told the shallow heads get no gradient
-        find_unused_parameters=not parse_variant(variant)[1],
+        warmup_steps=min(50, args.steps // 10), device=args.device, amp=args.amp, progress=False,
+        keep_best_by=None,  # the test Dice below is the last step's model
     )  # fmt: skip
     start = time.perf_counter()
     history = trainer.fit()
@@ -195,13 +192,8 @@ def print_tables(summary: dict, teachers: dict, args: argparse.Namespace) -> Non
 def draw(results: dict, args: argparse.Namespace) -> None:
     seed = args.seeds[0]
     for stage, runs in results.items():
-        histories = {c: load_history(r[seed]["history"]) for c, r in runs.items()}
-        plot_curves(args.out / f"curves_{stage}_loss.png", histories,
-                    keys=["train/seg", "train/feature"],
-                    title=f"{stage}: training losses (seed {seed})")  # fmt: skip
-        plot_curves(args.out / f"curves_{stage}_dice.png", histories,
-                    keys=[f"val/dice_x0_{k}" for k in range(1, 5)],
-                    title=f"{stage}: validation Dice per head (seed {seed})")  # fmt: skip
+        histories = {c: r[seed]["history"] for c, r in runs.items()}
+        plot_training_curves(args.out / f"curves_{stage}", histories, title=f"{stage}, seed {seed}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,22 +1,12 @@
 """Train and evaluate the paper's liver -> tumour cascade of ES-UNet++ (sections 3.2.3, 4.2.5).
 
-With no arguments it writes a synthetic CT phantom in LiTS layout, trains the encoding
-UNet++ teachers (label -> label), the ES-DS liver model and the ES-DS tumour model
-(initialised from the liver model), chooses the heads and the CRF stages on the
-validation cases, then runs the cascade once on the test cases and writes, under --out:
-
-    cascade.pt                          the trained cascade (featsup predict --model ...)
-    predictions/segmentation-N.nii.gz   labels {0, 1, 2} with the source affine
-    figures/case-N.png, curves_*.png    Fig. 15-18 per test case; Fig. 11-14 curves
-    metrics.json                        per case, aggregated, per head, the split and
-                                        every choice made on validation
-
-With --dims 3 the tumour stage is a 3D UNet++ (pooling from the median voxel spacing)
-trained from scratch on --patch liver-ROI patches, with a 3D teacher, and the cascade
-predicts the masked liver box window by window (docs/cascade.md); the liver stage stays 2D.
-
-Cases are split by --seed into training, validation (--val-cases) and test: checkpoints,
-heads and CRF stages are chosen on validation; test cases are scored once, at the end.
+With no arguments: write a synthetic CT phantom in LiTS layout; train the encoding teachers
+(label -> label), the ES-DS liver model and the ES-DS tumour model (from the liver model);
+choose heads and CRF stages on the validation cases; run the cascade once on the test
+cases. Under --out: cascade.pt (for `featsup predict`), predictions/segmentation-N.nii.gz,
+figures/ (Fig. 15-18 per test case, Fig. 11-14 curves) and metrics.json (per case, per
+head, the split and every choice made on validation). --dims 3 trains the tumour stage as a
+3D UNet++ on liver-ROI patches (docs/cascade.md); the liver stage stays 2D.
 
     python examples/lits_cascade.py                       # phantom, CPU defaults
     python examples/lits_cascade.py --dims 3              # the tumour stage in 3D
@@ -36,15 +26,15 @@ import torch
 from torch.utils.data import Subset
 
 from featsup import data as fd
-from featsup.inference import Cascade, choose_crf_stages, choose_heads, resolve_device, score_heads
+from featsup.inference import Cascade, Tuning, resolve_device, score_heads, tune_on_validation
 from featsup.losses import DeepSupervisionLoss, SegLoss
-from featsup.metrics import MetricAccumulator, head_table, json_safe, summary_table
+from featsup.metrics import LitsMetrics, head_table, json_safe, summary_table
 from featsup.models import UNetPlusPlus, pooling_for_spacing
 from featsup.postprocess import CRF_PRESETS
-from featsup.supervision import train_encoding_teacher
-from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, segmentation_step
-from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_model
-from featsup.viz import load_history, plot_cascade_case, plot_curves
+from featsup.supervision import matching_teacher
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
+from featsup.training import cpu_has_bf16_units, load_model
+from featsup.viz import plot_cascade_case, plot_training_curves
 
 # A 2-core CPU default (1320 s on a quiet Intel Xeon with AMX; docs/cascade.md), and the
 # paper-scale recipe for CUDA.
@@ -110,24 +100,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data: expected a LiTS folder, got {args.data} (not a directory)")
-    if args.mask_dilation < 0:
-        p.error(f"--mask-dilation: expected pixels >= 0, got {args.mask_dilation}")
-    for name, low in (("val_cases", 1), ("cases", args.val_cases + 2)):
-        if getattr(args, name) < low:
-            p.error(
-                f"--{name.replace('_', '-')}: expected at least {low}, got {getattr(args, name)}"
-            )
+    dilation, val, cases = args.mask_dilation, args.val_cases, args.cases
+    for wrong, message in (
+        (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
+        (val < 1, f"--val-cases: expected at least 1, got {val}"),
+        (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
+    ):  # fmt: skip
+        if wrong:
+            p.error(message)
     return args
 
 
 def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
     """Train / validation / test cases (the phantom is written first when no --data)."""
     source = args.data or args.out / "phantom"
-    if args.data is None and not sorted(source.glob("volume-*.nii.gz")):
-        print(f"writing {args.cases} phantom cases {tuple(args.phantom_shape)} to {source}")
-        fd.write_phantom_dataset(
-            source, args.cases, shape=tuple(args.phantom_shape), seed=args.seed
-        )
+    if args.data is None:  # kept when the same settings wrote it before
+        fd.write_phantom_dataset(source, args.cases, shape=args.phantom_shape, seed=args.seed,
+                                 reuse=True)  # fmt: skip
     try:
         return fd.split_cases(
             fd.find_cases(source), val_cases=args.val_cases, test_fraction=args.test_fraction,
@@ -164,17 +153,15 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
     """The stage's encoding teacher, reused when the same label maps trained it before."""
     if parse_variant(args.variant)[0] == "UN":
         return None
+    recipe: dict[str, Any] = {}
     if student.spatial_dims == 3:  # 16 patches per case; crops half the patch in-plane
-        first, (d, h, w) = range(min(len(train), 16 * len(train.volumes))), args.patch
-        labels = {"labels": Subset(train, first), "val_labels": val, "crop": (d, h // 2, w // 2),
-                  "pooling": student.pooling, "batch_size": 2 * args.patch_batch_size}  # fmt: skip
-    else:
-        stack = [torch.stack([d[i]["target"] for i in range(len(d))]) for d in (train, val)]
-        labels = {"labels": stack[0], "val_labels": stack[1]}
-    model = train_encoding_teacher(
-        **labels, num_classes=2, widths=args.widths, steps=args.teacher_steps, dice_threshold=0.97,
-        amp="bf16" if args.amp == "bf16" else None, device=args.device,
-        path=args.out / "teachers" / f"{stage}.pt", seed=args.seed,
+        (d, h, w), first = args.patch, range(min(len(train), 16 * len(train.volumes)))
+        train, recipe = Subset(train, first), {"crop": (d, h // 2, w // 2), "probe_size": (d, h, w)}
+        recipe["batch_size"] = 2 * args.patch_batch_size
+    model = matching_teacher(
+        student, train, val_labels=val, num_classes=2, steps=args.teacher_steps,
+        dice_threshold=0.97, amp="bf16" if args.amp == "bf16" else None, device=args.device,
+        seed=args.seed, path=args.out / "teachers" / f"{stage}.pt", **recipe,
     )  # fmt: skip
     if model.training_report["reused"]:
         print(f"reusing the {stage} teacher (same label maps and recipe)")
@@ -184,8 +171,7 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
 def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) -> UNetPlusPlus:
     """A 2D UNet++ (the tumour one from the liver model), or the 3D tumour UNet++."""
     if stage == "tumour" and args.dims == 3:  # from scratch: 2D weights do not fit 3D kernels
-        spacing = torch.tensor([v.spacing for v in train.volumes]).median(0).values.tolist()
-        pooling = pooling_for_spacing(spacing, depth=len(args.widths) - 1)
+        pooling = pooling_for_spacing(train.spacing, depth=len(args.widths) - 1)
         student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
         student.to(memory_format=torch.channels_last_3d)
     else:
@@ -208,14 +194,11 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
                           teacher=encoding_teacher, student=student)  # fmt: skip
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
     batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
-    trainer = Trainer(
-        model, segmentation_step(DeepSupervisionLoss(STAGE_LOSS[stage])), train, val_data=val,
-        val_fn=lambda m, loader: dice_per_head(m, loader, num_classes=2), lr=args.lr,
-        max_steps=steps, batch_size=batch,
-        val_every=max(25, steps // 8), checkpoint_dir=folder, keep_best_by="val/dice_x0_4",
-        warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed, drop_last=True,
+    trainer = variant_trainer(
+        model, train, val, num_classes=2, loss=DeepSupervisionLoss(STAGE_LOSS[stage]), lr=args.lr,
+        max_steps=steps, batch_size=batch, val_every=max(25, steps // 8), checkpoint_dir=folder,
+        warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed,
         amp="bf16" if args.amp == "bf16" else None,
-        find_unused_parameters=not parse_variant(args.variant)[1],  # NS: one head trains
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
@@ -231,39 +214,29 @@ def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: A
                    device=args.device, **patch, **options)  # fmt: skip
 
 
-def choose_on_validation(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> dict:
+def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuning:
     """Heads (smallest within --head-tolerance of the best) and CRF stages, on validation."""
-    loaded = [fd.load_case(case) for case in cases]
-    heads = choose_heads(make_cascade(liver, tumour, args), loaded, tolerance=args.head_tolerance)
-    print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{heads.table()}")
-    chosen = {f"{s}_head": args.head or getattr(heads, f"{s}_head") for s in ("liver", "tumour")}
-    crf, crf_scores = args.crf, {}
-    if crf == "auto":
-        trial = make_cascade(liver, tumour, args, **chosen)
-        crf, crf_scores = choose_crf_stages(
-            trial, loaded, liver_crf=CRF["liver"], tumour_crf=CRF["tumour"]
-        )
-    print(f"chosen on validation: {chosen}, CRF stages {crf}")
-    dice = {s: [r.dice for r in heads.rows if r.stage == s] for s in ("liver", "tumour")}
-    return {**chosen, "crf": crf, "val_dice_per_head": dice, "val_dice_by_crf": crf_scores,
-            "head_table": heads.to_dict()["rows"]}  # fmt: skip
+    tuning = tune_on_validation(
+        make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
+        tolerance=args.head_tolerance, heads=args.head and (args.head, args.head), crf=args.crf,
+        liver_crf=CRF["liver"], tumour_crf=CRF["tumour"],
+    )  # fmt: skip
+    print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
+    print(f"chosen on validation: {tuning.to_dict()}")
+    return tuning
 
 
 def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     """Score the test cases once, with the choices made on validation."""
-    acc = {"liver": MetricAccumulator(), "tumour": MetricAccumulator()}
-    records, loaded = [], []
+    scores, records, loaded = LitsMetrics(), [], []
     for case in cases:
         loaded.append(fd.load_case(case))
         volume, truth, spacing = loaded[-1].volume, loaded[-1].labels, loaded[-1].spacing
         result = cascade(volume)
         out = args.out / "predictions" / f"segmentation-{case.case_id}.nii.gz"
         fd.save_prediction(result.labels, case, out)
-        record = {"case": case.case_id, "timings": result.timings}
-        for stage, k in (("liver", 1), ("tumour", 2)):
-            record[stage] = acc[stage].update(result.labels >= k, truth >= k, spacing=spacing,
-                                              case_id=case.case_id)  # fmt: skip
-        records.append(record)
+        record = scores.update(result.labels, truth, spacing=spacing, case_id=case.case_id)
+        records.append({**record, "timings": result.timings})
         plot_cascade_case(
             args.out / "figures" / f"case-{case.case_id}.png", volume, result, truth=truth,
             tumour_size=cascade.tumour_size, hu_window=cascade.preprocessing.hu_window,
@@ -276,17 +249,15 @@ def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     table = {s: score_heads(plain, loaded, stage=s)[0] for s in ("liver", "tumour")}
     return {
         "cases": records,
-        **{s: a.compute(ignore_undefined=True) for s, a in acc.items()},
+        **scores.compute(),
         "dice_per_head": {s: {f"x0_{k + 1}": v for k, v in enumerate(d)} for s, d in table.items()},
         "seconds_per_case": sum(r["timings"]["total"] for r in records) / len(records),
     }
 
 
 def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -> None:
-    runs = {s: load_history(args.out / s / "history.jsonl") for s in ("liver", "tumour")}
-    for name, keys in (("loss", ["train/loss", "train/seg", "train/feature"]),
-                       ("dice", [f"val/dice_x0_{k}" for k in range(1, 5)])):  # fmt: skip
-        plot_curves(args.out / "figures" / f"curves_{name}.png", runs, keys=keys, title=name)
+    runs = {s: args.out / s / "history.jsonl" for s in ("liver", "tumour")}
+    plot_training_curves(args.out / "figures" / "curves", runs)
     heads = {s: list(v.values()) for s, v in metrics["dice_per_head"].items()}
     print("\nTable 2 layout: Dice per case of each head (test cases)")
     print(head_table(heads, metrics["variant"]))
@@ -311,23 +282,18 @@ def main(argv: list[str] | None = None) -> dict:
     lap("liver training")
     tumour = train_stage("tumour", cases, args, init=liver)
     lap("tumour training")
-    choice = choose_on_validation(liver, tumour, cases["val"], args)
-    crfs = {"liver_crf": CRF["liver"] if choice["crf"] != "none" else None,
-            "tumour_crf": CRF["tumour"] if choice["crf"] == "both" else None}  # fmt: skip
-    heads = {k: choice[k] for k in ("liver_head", "tumour_head")}
-    cascade = make_cascade(liver, tumour, args, **heads, **crfs)
+    tuning = tune(liver, tumour, cases["val"], args)
     lap("validation choices")
-    metrics = evaluate(cascade, cases["test"], args)
+    metrics = evaluate(tuning.cascade, cases["test"], args)
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
-    cascade.save(args.out / "cascade.pt", training={
+    tuning.cascade.save(args.out / "cascade.pt", training={
         "data": str(args.data or "phantom"), "split": split, "variant": args.variant,
-        "chosen_on_validation": {k: v for k, v in choice.items() if k != "head_table"},
     })  # fmt: skip
     lap("test evaluation")
     seconds["total"] = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metrics.update(variant=args.variant, settings=settings, seconds=seconds, split=split,
-                   chosen_on_validation=choice)  # fmt: skip
+                   chosen_on_validation=tuning.to_dict())  # fmt: skip
     (args.out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, default=str))
     report(metrics, seconds, args)
     print(f"\nwrote {args.out}/cascade.pt, metrics.json, predictions/, figures/")

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from featsup.metrics import UNDEFINED_CONVENTION, MetricAccumulator, json_safe, summary_table
+from featsup.metrics import UNDEFINED_CONVENTION, LitsMetrics, json_safe, summary_table
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
-_STAGES = {"liver": 1, "tumour": 2}  # foreground = label >= value
 
 
 def _case_key(path: Path) -> str:
@@ -85,7 +84,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``featsup evaluate``: returns 0, or 1 when a case could not be scored."""
     truth = _index(args.truth, "truth")
     predictions = _index(args.prediction, "prediction")
-    acc = {stage: MetricAccumulator(surface=not args.no_surface) for stage in _STAGES}
+    scores = LitsMetrics(surface=not args.no_surface)
     records: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     for key, truth_path in sorted(truth.items()):
@@ -97,16 +96,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except ValueError as err:
             failed.append((key, str(err).splitlines()[0]))
             continue
-        record: dict[str, Any] = {"case": key, "spacing_mm": list(spacing)}
-        for stage, label in _STAGES.items():
-            record[stage] = acc[stage].update(pred >= label, gt >= label, spacing=spacing)
+        record = scores.update(pred, gt, spacing=spacing, case_id=key)
+        record["spacing_mm"] = list(spacing)
         record["tumour_free"] = record["tumour"]["target_voxels"] == 0
         records.append(record)
     for key, why in failed:
         print(f"featsup evaluate: skipped {key}: {why}", file=sys.stderr)
     if not records:
         raise ValueError("--prediction: expected at least one case paired with the truth, got none")
-    summaries = {stage: a.compute(ignore_undefined=True) for stage, a in acc.items()}
+    summaries = scores.compute()
     _print_tables(records, summaries)
     free = sum(r["tumour_free"] for r in records)
     print(f"\n{free} of {len(records)} case(s) are tumour-free. {UNDEFINED_CONVENTION}")

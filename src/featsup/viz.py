@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_history", "plot_cascade_panels", "plot_curves"]
+__all__ = [
+    "load_history",
+    "plot_cascade_case",
+    "plot_cascade_panels",
+    "plot_curves",
+    "plot_training_curves",
+]
 
 _LIVER, _TUMOUR, _TRUTH = (0.1, 0.8, 0.2), (0.95, 0.15, 0.1), (1.0, 0.9, 0.0)
 
@@ -150,6 +156,39 @@ def plot_curves(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_training_curves(
+    prefix: str | os.PathLike[str],
+    histories: Mapping[str, str | os.PathLike[str] | Iterable[Mapping[str, Any]]],
+    *,
+    title: str = "",
+) -> tuple[Path, Path]:
+    """The paper's Fig. 11-14 for Trainer runs: losses and validation Dice per head.
+
+    Writes ``{prefix}_loss.png`` (``train/loss``, ``train/seg``, ``train/feature``, those
+    logged) and ``{prefix}_dice.png`` (``val/dice_x0_k`` of every head logged).
+
+    Args:
+        prefix: path and file-name start of the two PNGs.
+        histories: run name -> its ``history.jsonl`` path or its records.
+        title: prepended to each figure's title.
+
+    Returns:
+        The two paths written.
+    """
+    runs = {
+        name: load_history(h) if isinstance(h, (str, os.PathLike)) else list(h)
+        for name, h in histories.items()
+    }
+    logged = {key for records in runs.values() for r in records for key in r}
+    losses = [k for k in ("train/loss", "train/seg", "train/feature") if k in logged]
+    heads = sorted((k for k in logged if k.startswith("val/dice_x0_")), key=lambda k: int(k[12:]))
+    lead = f"{title}: " if title else ""
+    return (
+        plot_curves(f"{prefix}_loss.png", runs, keys=losses, title=f"{lead}training losses"),
+        plot_curves(f"{prefix}_dice.png", runs, keys=heads, title=f"{lead}validation Dice"),
+    )
 
 
 def plot_cascade_case(

@@ -151,6 +151,15 @@ class TumourPatchDataset(Dataset[dict[str, Any]]):
                 "fix: check that the segmentations contain label 1 or 2"
             )
 
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Median voxel size (D, H, W) in mm over the volumes.
+
+        What a 3D model's pooling is chosen from (:func:`featsup.models.pooling_for_spacing`).
+        """
+        median = np.median(np.array([v.spacing for v in self.volumes], dtype=float), axis=0)
+        return float(median[0]), float(median[1]), float(median[2])
+
     def roi(self, volume: PreparedVolume) -> Box:
         """(start, stop) along (D, H, W) of a volume's liver box plus the margin."""
         if volume.liver_bbox is None:

@@ -32,6 +32,7 @@ Labels follow LiTS: 0 background, 1 liver, 2 tumour.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +54,9 @@ __all__ = ["FIELD_OF_VIEW_MM", "Phantom", "make_phantom", "write_phantom_dataset
 FIELD_OF_VIEW_MM = (250.0, 360.0, 360.0)
 _BLUR_SIGMA = (0.45, 0.7, 0.7)  # partial-volume blur, in voxels (D, H, W)
 _TRUNCATE = 3.0
+# Recorded in a dataset's phantom.json: bump it whenever make_phantom's output changes, so
+# that write_phantom_dataset(reuse=True) does not keep cases of an older phantom.
+PHANTOM_VERSION = 2
 
 
 class Phantom(NamedTuple):
@@ -212,6 +216,7 @@ def write_phantom_dataset(
     compress: bool = True,
     start_index: int = 0,
     num_workers: int = 0,
+    reuse: bool = False,
 ) -> list[tuple[Path, Path]]:
     """Write ``n_cases`` phantoms in LiTS layout: ``volume-N.nii.gz``, ``segmentation-N.nii.gz``.
 
@@ -231,6 +236,8 @@ def write_phantom_dataset(
         compress: write ``.nii.gz`` (True) or ``.nii``.
         start_index: number ``N`` of the first case.
         num_workers: processes to use (0 = this process).
+        reuse: keep the cases already in ``folder`` when ``phantom.json`` there records
+            these very settings (it is written with every dataset); write otherwise.
 
     Returns:
         The ``(volume_path, segmentation_path)`` pairs, in case order.
@@ -253,7 +260,18 @@ def write_phantom_dataset(
     shp = _check_shape(shape)
     ext = ".nii.gz" if compress else ".nii"
     jobs = [(out, start_index + i, seed + i, shp, spacing, codes, ext) for i in range(n_cases)]
+    settings = json.dumps([n_cases, seed, shp, spacing, codes, ext, start_index, PHANTOM_VERSION],
+                          default=list)  # fmt: skip
+    record = out / "phantom.json"
+    pairs = [(out / f"volume-{j[1]}{ext}", out / f"segmentation-{j[1]}{ext}") for j in jobs]
+    if reuse and record.is_file() and record.read_text() == settings:
+        if all(a.is_file() and b.is_file() for a, b in pairs):
+            return pairs
+    record.unlink(missing_ok=True)  # no record of a half-written dataset
     if num_workers > 0:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            return list(pool.map(_write_case, *zip(*jobs, strict=True)))
-    return [_write_case(*job) for job in jobs]
+            written = list(pool.map(_write_case, *zip(*jobs, strict=True)))
+    else:
+        written = [_write_case(*job) for job in jobs]
+    record.write_text(settings)
+    return written

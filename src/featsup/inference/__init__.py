@@ -20,10 +20,12 @@ from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
 from featsup.inference.heads import (
     HeadChoice,
     HeadScore,
+    Tuning,
     choose_crf_stages,
     choose_heads,
     score_heads,
     smallest_head_within,
+    tune_on_validation,
 )
 from featsup.inference.patches import predict_patches
 from featsup.inference.predict import (
@@ -44,6 +46,7 @@ __all__ = [
     "HeadScore",
     "LiverStage",
     "PreparedModel",
+    "Tuning",
     "choose_crf_stages",
     "choose_heads",
     "load_cascade",
@@ -57,4 +60,5 @@ __all__ = [
     "select_head",
     "smallest_head_within",
     "stack_context",
+    "tune_on_validation",
 ]

@@ -3,6 +3,7 @@
 A shallower head computes fewer nodes, so it is faster; :func:`choose_heads` keeps, for
 each stage, the smallest head whose validation Dice per case is within ``tolerance`` of
 the best head's, and measures the model seconds per volume of every head.
+:func:`tune_on_validation` chooses the heads and then the CRF stages, in one call.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import numpy as np
 from featsup._checks import check_choice, check_in_range
 from featsup._wrappers import supervised_student, unwrap
 from featsup.inference.cascade import Cascade
-from featsup.metrics import dice_score
+from featsup.metrics import LITS_STAGES, dice_score
 from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
     "HeadChoice",
     "HeadScore",
+    "Tuning",
     "choose_crf_stages",
     "choose_heads",
     "score_heads",
     "smallest_head_within",
+    "tune_on_validation",
 ]
 
 
@@ -268,8 +271,96 @@ def choose_crf_stages(
         labels = [(trial(volume).labels, truth) for volume, truth in arrays]
         scores[stages] = {
             stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
-            for stage, k in (("liver", 1), ("tumour", 2))
+            for stage, k in LITS_STAGES.items()
         }
     use_liver = scores["liver"]["liver"] > scores["none"]["liver"]
     use_tumour = use_liver and scores["both"]["tumour"] > scores["liver"]["tumour"]
     return ("both" if use_tumour else "liver" if use_liver else "none"), scores
+
+
+@dataclass
+class Tuning:
+    """What :func:`tune_on_validation` returns: the choices, their evidence, the cascade."""
+
+    heads: HeadChoice
+    """The head table (measured even when the heads were fixed)."""
+    crf: Literal["none", "liver", "both"]
+    crf_scores: dict[str, dict[str, float]]
+    """Validation Dice per case of each CRF choice (empty when ``crf`` was given)."""
+    cascade: Cascade = field(repr=False)
+    """A copy of the cascade with the chosen heads and CRF stages."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the heads, the CRF stages and the validation Dice they were chosen by."""
+        rows = [asdict(r) for r in self.heads.rows]
+        dice = {s: [r["dice"] for r in rows if r["stage"] == s] for s in LITS_STAGES}
+        return {
+            "liver_head": self.cascade.liver_head,
+            "tumour_head": self.cascade.tumour_head,
+            "crf": self.crf,
+            "tolerance": self.heads.tolerance,
+            "val_dice_per_head": dice,
+            "val_dice_by_crf": self.crf_scores,
+            "head_table": rows,
+        }
+
+
+def tune_on_validation(
+    cascade: Cascade,
+    cases: Sequence[Any],
+    *,
+    tolerance: float = 0.005,
+    heads: tuple[int, int] | None = None,
+    crf: Literal["auto", "none", "liver", "both"] = "auto",
+    liver_crf: dict[str, Any] | None = None,
+    tumour_crf: dict[str, Any] | None = None,
+) -> Tuning:
+    """Choose a cascade's heads, then its CRF stages, on validation cases.
+
+    The heads as :func:`choose_heads` (the table is always measured; ``heads`` fixes the
+    choice), then, with those heads, the CRF stages as :func:`choose_crf_stages` unless
+    ``crf`` names them. Each case is loaded once.
+
+    Args:
+        cascade: the trained cascade; it is not changed.
+        cases: validation cases, as for :func:`choose_heads`. Never test cases.
+        tolerance: allowed validation Dice below the best head.
+        heads: ``(liver_head, tumour_head)`` to use whatever the table says.
+        crf: ``"auto"`` (choose on validation) or the stages to refine.
+        liver_crf: the liver stage's CRF options (default ``CRF_PRESETS["liver"]``).
+        tumour_crf: the tumour stage's (default ``CRF_PRESETS["tumour"]``).
+
+    Returns:
+        A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+        >>> cascade = Cascade(net, net, liver_size=16, tumour_size=16, device="cpu")
+        >>> case = (np.zeros((2, 16, 16), np.int16), np.zeros((2, 16, 16), np.uint8))
+        >>> tuning = tune_on_validation(cascade, [case], crf="none")
+        >>> tuning.to_dict()["liver_head"], tuning.cascade.liver_crf
+        (1, None)
+    """
+    from featsup.inference.bundle import cascade_arguments
+    from featsup.postprocess import CRF_PRESETS
+
+    check_choice("crf", crf, ("auto", "none", "liver", "both"))
+    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    choice = choose_heads(cascade, arrays, tolerance=tolerance)
+    liver_head, tumour_head = heads or (choice.liver_head, choice.tumour_head)
+    options = {**cascade_arguments(cascade), "liver_head": liver_head, "tumour_head": tumour_head}
+    crfs = {"liver": liver_crf or dict(CRF_PRESETS["liver"]),
+            "tumour": tumour_crf or dict(CRF_PRESETS["tumour"])}  # fmt: skip
+    scores: dict[str, dict[str, float]] = {}
+    if crf == "auto":
+        trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+        crf, scores = choose_crf_stages(
+            trial, arrays, liver_crf=crfs["liver"], tumour_crf=crfs["tumour"]
+        )
+    options["liver_crf"] = crfs["liver"] if crf != "none" else None
+    options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
+    tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+    tuning = Tuning(choice, crf, scores, tuned)
+    tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
+    return tuning

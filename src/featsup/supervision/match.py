@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from featsup.models.unetpp import UNetPlusPlus
@@ -112,17 +110,10 @@ def matching_teacher(
     *,
     num_classes: int,
     widths: Sequence[int] | None = None,
-    steps: int = 2000,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    dice_threshold: float = 0.98,
-    device: torch.device | str = "cpu",
-    path: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    progress: bool = True,
     student_layers: Sequence[str] | None = None,
     probe_size: int | Sequence[int] = 64,
     probe_channels: int | None = None,
+    **recipe: Any,
 ) -> UNetPlusPlus:
     """Build and train an encoding UNet++ whose levels have the student's reductions.
 
@@ -144,18 +135,13 @@ def matching_teacher(
         widths: teacher channels for depth 0..d (``d + 1`` values); default the
             student's channels, so that no adapter is needed. Smaller widths train a
             cheaper teacher; 1x1 adapters then make up the channels.
-        steps: maximum optimisation steps.
-        batch_size: label maps per step.
-        lr: Adam learning rate.
-        dice_threshold: stop once the reconstruction Dice reaches this, in (0, 1].
-        device: where to train.
-        path: if given, where to save the teacher's checkpoint (reload it with
-            :func:`featsup.training.load_model`).
-        seed: seeds the teacher's initial weights and batch order.
-        progress: show a tqdm bar.
         student_layers: module names to use as the student's levels.
         probe_size: spatial size of the probe: an int (each spatial dim) or a tuple.
         probe_channels: the student's input channels, if they cannot be inferred.
+        **recipe: the other options of
+            :func:`~featsup.supervision.train_encoding_teacher` (``steps``, ``lr``,
+            ``val_labels``, ``crop``, ``amp``, ``device``, ``path``, ``seed`` ...), with
+            its defaults; ``spatial_dims`` and ``pooling`` come from the student.
 
     Returns:
         The trained :class:`~featsup.models.UNetPlusPlus`, in eval mode.
@@ -191,9 +177,10 @@ def matching_teacher(
         )
     _log.info("matching teacher: widths %s for student levels %s", tuple(widths),
               [(lv.name, lv.channels, lv.reduction) for lv in levels])  # fmt: skip
+    for name in ("spatial_dims", "pooling"):
+        if name in recipe:
+            raise TypeError(f"{name}: set by the student's levels; fix: leave it out")
     return train_encoding_teacher(
-        labels, num_classes=num_classes, widths=tuple(widths), steps=steps,
-        batch_size=batch_size, lr=lr, dice_threshold=dice_threshold, device=device,
-        path=path, seed=seed, progress=progress, spatial_dims=spatial_dims,  # type: ignore[arg-type]
-        pooling=pooling,
+        labels, num_classes=num_classes, widths=tuple(widths), spatial_dims=spatial_dims,  # type: ignore[arg-type]
+        pooling=pooling, **recipe,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The paper's six training variants (section 4.3) and a Trainer step for any of them.
+"""The paper's six training variants (section 4.3), a Trainer step and a Trainer for them.
 
 A variant is ``"{UN|BS|ES}-{NS|DS}"``: plain UNet++ (UN), bottleneck feature supervision
 (BS) or encoding feature supervision at every encoder level (ES), each with normal (NS,
@@ -24,12 +24,14 @@ import torch
 from torch import nn
 
 from featsup._checks import check_choice
-from featsup._wrappers import supervised_student
+from featsup._wrappers import supervised_student, unwrap
 from featsup.losses import DeepSupervisionLoss, SegLoss, TotalLoss
 from featsup.models.unetpp import UNetPlusPlus
 from featsup.supervision.supervisor import FeatureSupervisor
+from featsup.training.trainer import Trainer
+from featsup.training.validation import dice_per_head
 
-__all__ = ["VARIANTS", "build_variant", "parse_variant", "segmentation_step"]
+__all__ = ["VARIANTS", "build_variant", "parse_variant", "segmentation_step", "variant_trainer"]
 
 VARIANTS = ("UN-NS", "UN-DS", "BS-NS", "BS-DS", "ES-NS", "ES-DS")
 Supervision = Literal["UN", "BS", "ES"]
@@ -125,3 +127,50 @@ def segmentation_step(
         return parts["total"], {"seg": parts["seg"].detach()}
 
     return step
+
+
+def variant_trainer(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any = None,
+    *,
+    num_classes: int,
+    loss: Callable[..., torch.Tensor] | None = None,
+    feature_weight: float = 1.0,
+    **trainer_options: Any,
+) -> Trainer:
+    """A :class:`~featsup.training.Trainer` for a network of :func:`build_variant`.
+
+    What follows from the variant is filled in: the step (:func:`segmentation_step`,
+    eq. 17), the validation Dice of every head (``val/dice_x0_k``), the best checkpoint
+    by the deepest head's, whole batches only, and, for NS (one head trains),
+    ``find_unused_parameters`` for DDP. ``trainer_options`` may override any of them.
+
+    Args:
+        model: a UNet++ or a FeatureSupervisor around one (or any model of one head).
+        train_data: dataset of ``{"image", "target"}`` items.
+        val_data: validation dataset, or None.
+        num_classes: classes of the targets, for the validation Dice.
+        loss: segmentation loss, as for :func:`segmentation_step`.
+        feature_weight: w2 of eq. 17.
+        **trainer_options: the Trainer's other options (``max_steps``, ``lr``, ...).
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> data = [{"image": torch.randn(1, 16, 16), "target": torch.zeros(16, 16).long()}] * 4
+        >>> model = build_variant("UN-NS", in_channels=1, num_classes=2, widths=(4, 8, 16))
+        >>> trainer = variant_trainer(model, data, data, num_classes=2, max_steps=2,
+        ...                           batch_size=2, progress=False)
+        >>> trainer.find_unused_parameters, sorted(trainer.fit()[-1])[-2:]
+        (True, ['val/dice_x0_1', 'val/dice_x0_2'])
+    """
+    student = supervised_student(model) or unwrap(model)
+    deep = bool(getattr(student, "deep_supervision", True))
+    options: dict[str, Any] = {"drop_last": True, "find_unused_parameters": not deep}
+    if val_data is not None:
+        options["val_fn"] = lambda m, loader: dice_per_head(m, loader, num_classes=num_classes)
+        options["keep_best_by"] = f"val/dice_x0_{getattr(student, 'depth', 1)}"
+    return Trainer(
+        model, segmentation_step(loss, feature_weight=feature_weight), train_data,
+        val_data=val_data, **{**options, **trainer_options},
+    )  # fmt: skip
