@@ -252,3 +252,25 @@ def test_boundary_is_public_and_drives_the_weight_map():
     assert ring.sum() == 8 and not ring[3, 3]
     weights = boundary_weight_map(square, backend="scipy")
     assert weights[3, 3] < weights[2, 2]  # inner boundary: the weight map's maximum
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_lits_metrics_score_liver_as_label_ge_1_and_tumour_as_label_2(seed: int) -> None:
+    from featsup.metrics import LitsMetrics
+
+    rng = np.random.default_rng(seed)
+    scores, accs = LitsMetrics(surface=False), [MetricAccumulator(surface=False) for _ in "lt"]
+    for case in range(3):
+        pred, truth = rng.integers(0, 3, (2, 4, 5, 6))
+        record = scores.update(pred, truth, case_id=f"c{case}")
+        assert record["case"] == f"c{case}"
+        for acc, stage, label in zip(accs, ("liver", "tumour"), (1, 2), strict=True):
+            expected = acc.update(pred >= label, truth >= label, case_id=f"c{case}")
+            assert record[stage] == expected
+    summary = scores.compute()
+    assert summary["liver"] == accs[0].compute(ignore_undefined=True)
+    assert summary["tumour"] == accs[1].compute(ignore_undefined=True)
+    assert len(scores) == 3
+    with pytest.raises(ValueError, match="shape"):
+        scores.update(pred[:1], truth)

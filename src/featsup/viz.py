@@ -163,11 +163,12 @@ def plot_training_curves(
     histories: Mapping[str, str | os.PathLike[str] | Iterable[Mapping[str, Any]]],
     *,
     title: str = "",
-) -> tuple[Path, Path]:
+) -> list[Path]:
     """The paper's Fig. 11-14 for Trainer runs: losses and validation Dice per head.
 
     Writes ``{prefix}_loss.png`` (``train/loss``, ``train/seg``, ``train/feature``, those
-    logged) and ``{prefix}_dice.png`` (``val/dice_x0_k`` of every head logged).
+    logged) and ``{prefix}_dice.png`` (``val/dice_x0_k`` of every head logged), each only
+    when something of it was logged.
 
     Args:
         prefix: path and file-name start of the two PNGs.
@@ -175,7 +176,10 @@ def plot_training_curves(
         title: prepended to each figure's title.
 
     Returns:
-        The two paths written.
+        The paths written.
+
+    Raises:
+        ValueError: if the runs logged none of these values.
     """
     runs = {
         name: load_history(h) if isinstance(h, (str, os.PathLike)) else list(h)
@@ -184,11 +188,18 @@ def plot_training_curves(
     logged = {key for records in runs.values() for r in records for key in r}
     losses = [k for k in ("train/loss", "train/seg", "train/feature") if k in logged]
     heads = sorted((k for k in logged if k.startswith("val/dice_x0_")), key=lambda k: int(k[12:]))
+    if not losses and not heads:
+        raise ValueError(
+            f"histories: expected records with train/loss, train/seg, train/feature or "
+            f"val/dice_x0_k, got only {sorted(logged)}"
+        )
     lead = f"{title}: " if title else ""
-    return (
-        plot_curves(f"{prefix}_loss.png", runs, keys=losses, title=f"{lead}training losses"),
-        plot_curves(f"{prefix}_dice.png", runs, keys=heads, title=f"{lead}validation Dice"),
-    )
+    figures = (("loss", losses, "training losses"), ("dice", heads, "validation Dice"))
+    return [
+        plot_curves(f"{prefix}_{name}.png", runs, keys=keys, title=lead + what)
+        for name, keys, what in figures
+        if keys
+    ]
 
 
 def plot_cascade_case(

@@ -165,3 +165,8 @@ def test_invalid_options_raise(phantom_folder: Path, kwargs: dict, match: str) -
 def test_preprocessing_type_is_checked(phantom_folder: Path) -> None:
     with pytest.raises(TypeError, match=r"Preprocessing\.from_dict"):
         TumourPatchDataset(phantom_folder, patch=PATCH, preprocessing={"hu_window": (0, 1)})
+
+
+def test_spacing_is_the_median_over_the_volumes(dataset: TumourPatchDataset, loaded) -> None:
+    expected = np.median(np.array([c.spacing for c in loaded]), axis=0)
+    assert dataset.spacing == pytest.approx(tuple(expected))

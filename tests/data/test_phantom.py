@@ -235,3 +235,20 @@ def test_write_uncompressed_with_a_pool(tmp_path) -> None:
 def test_write_rejects_bad_axcodes(tmp_path) -> None:
     with pytest.raises(ValueError, match="axcodes"):
         write_phantom_dataset(tmp_path, 1, shape=(16, 32, 32), axcodes="XYZ")
+
+
+def test_reuse_keeps_a_dataset_only_when_its_settings_match(tmp_path) -> None:
+    first = write_phantom_dataset(tmp_path, 2, seed=3, shape=(16, 32, 32))
+    stamps = [p.stat().st_mtime_ns for pair in first for p in pair]
+    again = write_phantom_dataset(tmp_path, 2, seed=3, shape=(16, 32, 32), reuse=True)
+    assert again == first and [p.stat().st_mtime_ns for pair in again for p in pair] == stamps
+    # another seed rewrites the cases, and they hold the new phantoms
+    other = write_phantom_dataset(tmp_path, 2, seed=4, shape=(16, 32, 32), reuse=True)
+    np.testing.assert_array_equal(load_case(other[0]).labels, make_phantom(4, (16, 32, 32)).labels)
+    # a missing file is written again although the record matches
+    other[1][1].unlink()
+    write_phantom_dataset(tmp_path, 2, seed=4, shape=(16, 32, 32), reuse=True)
+    assert other[1][1].is_file()
+    # without reuse the cases are always written
+    write_phantom_dataset(tmp_path, 2, seed=4, shape=(16, 32, 32))
+    assert other[0][0].stat().st_mtime_ns > stamps[0]

@@ -66,3 +66,29 @@ def test_choose_heads_rejects_bad_cases(cases: list) -> None:
         choose_heads(cascade, [(cases[0][0], None)])
     with pytest.raises(TypeError, match="cases\\[0\\]"):
         choose_heads(cascade, [cases[0][0]])
+
+
+def test_tune_on_validation_chooses_heads_then_crf_stages(cases: list) -> None:
+    from featsup.inference import tune_on_validation
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    crf = {"iterations": 2, "workers": 1}
+    tuning = tune_on_validation(cascade, cases, liver_crf=crf, tumour_crf=crf)
+    assert (tuning.cascade.liver_head, tuning.cascade.tumour_head) == (2, 1)  # as choose_heads
+    assert set(tuning.crf_scores) == {"none", "liver", "both"}
+    scores = tuning.crf_scores
+    liver_helps = scores["liver"]["liver"] > scores["none"]["liver"]
+    assert (tuning.crf != "none") == liver_helps  # the CRF is kept only where it raised Dice
+    assert (tuning.cascade.liver_crf is not None) == (tuning.crf != "none")
+    assert (tuning.cascade.tumour_crf is not None) == (tuning.crf == "both")
+    record = tuning.to_dict()
+    assert record["val_dice_per_head"]["liver"] == [r.dice for r in tuning.heads.rows[:2]]
+    assert len(record["head_table"]) == 4 and record["crf"] == tuning.crf
+    assert cascade.liver_head is None and cascade.liver_crf is None  # the original untouched
+    # fixed heads and CRF stages: the table is still measured, nothing else is tried
+    fixed = tune_on_validation(cascade, cases, heads=(1, 2), crf="liver", liver_crf=crf)
+    assert (fixed.cascade.liver_head, fixed.cascade.tumour_head) == (1, 2)
+    assert fixed.crf_scores == {} and fixed.cascade.liver_crf == crf
+    assert fixed.cascade.tumour_crf is None and len(fixed.heads.rows) == 4
+    with pytest.raises(ValueError, match="crf"):
+        tune_on_validation(cascade, cases, crf="tumour")  # type: ignore[arg-type]
