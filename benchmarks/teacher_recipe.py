@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--crop", type=int, default=64, help="0: whole maps")
+    p.add_argument("--foreground-fraction", type=float, default=0.67)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--amp", choices=("bf16", "none"), default="none")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -54,18 +56,25 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = train_encoding_teacher(
         train, val_labels=held, num_classes=2, widths=args.widths, steps=args.steps,
         lr=args.lr, crop=args.crop or None, dice_threshold=1.0, eval_every=args.steps,
+        foreground_fraction=args.foreground_fraction, batch_size=args.batch_size,
         amp=None if args.amp == "none" else args.amp, progress=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     result: dict = {"settings": vars(args), "seconds": seconds}
     print(f"\n{args.stage}: {len(train)} training maps, {len(held)} held out, {seconds:.0f} s")
-    print("| maps | X0,1 | X0,2 | X0,3 | X0,4 |\n|---|---|---|---|---|")
+    print("| maps | X0,1 | X0,2 | X0,3 | X0,4 | X0,4 false pos. | X0,4 false neg. |")
+    print("|---|---|---|---|---|---|---|")
     with torch.no_grad():
         for name, maps in (("training", train[:128]), ("held-out", held)):
             outs = [teacher(one_hot(m, 2, dtype=torch.float32)) for m in maps.split(16)]
             heads = [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
             result[name] = [reconstruction_dice(h, maps, 2) for h in heads]
-            print(f"| {name} | " + " | ".join(f"{d:.3f}" for d in result[name]) + " |")
+            pred, truth = heads[-1].argmax(1) > 0, maps > 0
+            errors = {"false_positives": int((pred & ~truth).sum()),
+                      "false_negatives": int((~pred & truth).sum())}  # fmt: skip
+            result[f"{name}_x0_4_errors"] = errors
+            print(f"| {name} | " + " | ".join(f"{d:.3f}" for d in result[name])
+                  + f" | {errors['false_positives']} | {errors['false_negatives']} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -166,6 +166,23 @@ def test_crops_have_the_size_and_mostly_hold_foreground() -> None:
     assert sum(bool(c.any()) for c in never) < 64  # uniform crops miss the small discs
 
 
+def test_foreground_share_follows_its_schedule() -> None:
+    from featsup.supervision._label_crops import _LabelCrops
+
+    labels = torch.zeros(4, 64, 64, dtype=torch.long)
+    labels[:, 60:, 60:] = 1  # a corner that uniform 16 x 16 crops hold about 6 % of the time
+    crops = _LabelCrops(labels, (16, 16), (1.0, 0.0), seed=0, length=400)
+    first = [bool(crops[k].any()) for k in range(40)]
+    last = [bool(crops[k].any()) for k in range(360, 400)]
+    assert all(first) and sum(last) < 12  # share 1.0 -> 0.9 first; 0.1 -> 0 last (seeded)
+    constant = _LabelCrops(labels, (16, 16), 0.5, seed=0, length=400)
+    assert constant.fraction == (0.5, 0.5)
+    with pytest.raises(ValueError, match="foreground_fraction"):
+        train_encoding_teacher(labels, num_classes=2, foreground_fraction=(0.5, 0.2, 0.1))
+    with pytest.raises(ValueError, match="foreground_fraction"):
+        train_encoding_teacher(labels, num_classes=2, foreground_fraction=(0.5, 1.5))
+
+
 def test_batch_norm_is_calibrated_on_whole_maps() -> None:
     from featsup.losses import one_hot
     from featsup.supervision.teacher import _calibrate_batch_norm

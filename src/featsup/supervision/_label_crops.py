@@ -125,6 +125,9 @@ def _sample_batch(
 class _LabelCrops(Dataset[torch.Tensor]):
     """``length`` label crops (*size); crop ``k`` is a pure function of ``(seed, k)``.
 
+    ``foreground_fraction`` is a share, or ``(start, end)`` shares that crop ``k`` of
+    ``length`` interpolates linearly (crops are drawn in index order, one pass).
+
     Sampling per index (rather than from one running generator) makes the crops a
     map-style data set for the Trainer, so that a resumed run sees the same crops.
     """
@@ -133,12 +136,14 @@ class _LabelCrops(Dataset[torch.Tensor]):
         self,
         maps: torch.Tensor,
         size: tuple[int, ...] | None,
-        foreground_fraction: float,
+        foreground_fraction: float | tuple[float, float],
         *,
         seed: int,
         length: int,
     ) -> None:
-        self.maps, self.size, self.fraction = maps, size, foreground_fraction
+        fraction = foreground_fraction
+        self.maps, self.size = maps, size
+        self.fraction = (fraction, fraction) if isinstance(fraction, (int, float)) else fraction
         self.seed, self.length = seed, length
 
     def __len__(self) -> int:
@@ -146,4 +151,6 @@ class _LabelCrops(Dataset[torch.Tensor]):
 
     def __getitem__(self, k: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, k))
-        return _sample_batch(self.maps, 1, self.size, self.fraction, gen)[0]
+        start, end = self.fraction
+        fraction = start + (end - start) * k / max(1, self.length - 1)
+        return _sample_batch(self.maps, 1, self.size, fraction, gen)[0]

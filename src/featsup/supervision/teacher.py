@@ -103,7 +103,7 @@ def train_encoding_teacher(
     crop: int | Sequence[int] | None = 64,
     spatial_dims: Literal[2, 3] | None = None,
     pooling: Sequence[Sequence[int]] | None = None,
-    foreground_fraction: float = 0.67,
+    foreground_fraction: float | tuple[float, float] = 0.67,
     val_labels: Any = None,
     dice_threshold: float = 0.98,
     eval_every: int = 25,
@@ -161,7 +161,9 @@ def train_encoding_teacher(
         pooling: 3D only: the teacher's max-pool factors per level along (D, H, W), as
             for :class:`~featsup.models.UNetPlusPlus`; give the student's, so that
             anisotropic levels pair. None pools by 2 along every axis.
-        foreground_fraction: share of crops centred on a foreground pixel, in [0, 1].
+        foreground_fraction: share of crops centred on a foreground pixel, in [0, 1], or
+            ``(start, end)``: the share goes linearly from ``start`` to ``end`` over the
+            training, so that late crops are drawn as the whole maps are (``end=0``).
         val_labels: held-out label maps, as ``labels``; None holds out 10 % of ``labels``.
         dice_threshold: stop once the reconstruction Dice is >= this, in (0, 1].
         eval_every: steps between Dice measurements.
@@ -204,7 +206,17 @@ def train_encoding_teacher(
     check_positive("lr", lr)
     check_positive("batch_size", batch_size)
     check_in_range("dice_threshold", dice_threshold, 1e-6, 1.0)
-    check_in_range("foreground_fraction", foreground_fraction, 0.0, 1.0)
+    fractions = (
+        (foreground_fraction,) * 2
+        if isinstance(foreground_fraction, (int, float))
+        else tuple(foreground_fraction)
+    )
+    if len(fractions) != 2:
+        raise ValueError(
+            f"foreground_fraction: expected a share or (start, end), got {foreground_fraction!r}"
+        )
+    for fraction in fractions:
+        check_in_range("foreground_fraction", fraction, 0.0, 1.0)
     check_choice("amp", amp, ("bf16", None))
     gen = torch.Generator().manual_seed(seed)
     data = label_tensor(labels, spatial_dims, num_classes)
@@ -213,7 +225,8 @@ def train_encoding_teacher(
     recipe = {
         "num_classes": num_classes, "widths": list(widths), "steps": steps,
         "batch_size": batch_size, "lr": lr, "crop": crop, "eval_every": eval_every,
-        "foreground_fraction": foreground_fraction, "dice_threshold": dice_threshold,
+        "foreground_fraction": fractions[0] if fractions[0] == fractions[1] else list(fractions),
+        "dice_threshold": dice_threshold,
         "amp": amp, "seed": seed,
     }  # fmt: skip
     if model.spatial_dims == 3:  # 2D recipes keep their digest, so saved teachers are reused
@@ -224,9 +237,11 @@ def train_encoding_teacher(
             return model.to(device).eval()
     size = _crop_size(crop, train.shape, model.feature_info[-1].reduction_per_axis)
     calibration = train[torch.randperm(len(train), generator=gen)[:64]]
+    crops = _LabelCrops(
+        train, size, (fractions[0], fractions[1]), seed=seed, length=steps * batch_size
+    )
     trainer = Trainer(
-        model, _reconstruction_step(num_classes),
-        _LabelCrops(train, size, foreground_fraction, seed=seed, length=steps * batch_size),
+        model, _reconstruction_step(num_classes), crops,
         val_data=TensorDataset(held), val_fn=_evaluation(calibration, num_classes),
         val_batch_size=_chunk(train),
         optimizer=torch.optim.Adam(model.parameters(), lr=lr),
