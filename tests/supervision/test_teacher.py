@@ -119,6 +119,7 @@ def test_train_encoding_teacher_reaches_threshold_saves_and_loads(tmp_path: Path
     assert not teacher.training and not teacher.skip_connections and teacher.deep_supervision
     report = torch.load(path, weights_only=True)["report"]
     assert report["reached_threshold"] and report["dice"] >= 0.9 and report["steps"] < 300
+    assert report["seconds"] > 0  # its wall time, to weigh against the student's
     loaded = load_model(path)
     x = torch.nn.functional.one_hot(labels[:4], 2).movedim(-1, 1).float()
     torch.testing.assert_close(loaded(x)[-1], teacher(x)[-1])

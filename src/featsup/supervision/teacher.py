@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -252,11 +253,13 @@ def train_encoding_teacher(
         val_every=eval_every, stop_when=lambda metrics: metrics["val/dice"] >= dice_threshold,
         amp=amp, device=device, seed=seed, progress=None if progress else False,
     )  # fmt: skip
+    start = time.perf_counter()
     with rng_preserved(trainer.device):
         history = trainer.fit()
     model.zero_grad(set_to_none=True)  # a served teacher holds no gradients
     dice = next(r["val/dice"] for r in reversed(history) if "val/dice" in r)
     report = {"steps": trainer.step, "dice": dice, "dice_threshold": dice_threshold}
+    report["seconds"] = time.perf_counter() - start
     report.update(reached_threshold=dice >= dice_threshold, held_out_maps=len(held))
     _report(report)
     report["reused"] = False
@@ -378,8 +381,8 @@ def _calibrate_batch_norm(model: UNetPlusPlus, maps: torch.Tensor, num_classes: 
 def _report(report: dict[str, Any]) -> None:
     text = (
         f"encoding teacher: reconstruction Dice {report['dice']:.4f} on "
-        f"{report['held_out_maps']} held-out maps after {report['steps']} steps "
-        f"(threshold {report['dice_threshold']})"
+        f"{report['held_out_maps']} held-out maps after {report['steps']} steps, "
+        f"{report['seconds']:.0f} s (threshold {report['dice_threshold']})"
     )
     if report["reached_threshold"]:
         _log.info("%s: threshold reached", text)
