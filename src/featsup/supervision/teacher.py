@@ -104,7 +104,7 @@ def train_encoding_teacher(
     crop: int | Sequence[int] | None = 64,
     spatial_dims: Literal[2, 3] | None = None,
     pooling: Sequence[Sequence[int]] | None = None,
-    foreground_fraction: float | tuple[float, float] = 0.67,
+    foreground_fraction: float | tuple[float, float] = (0.67, 0.0),
     val_labels: Any = None,
     dice_threshold: float = 0.98,
     eval_every: int = 25,
@@ -123,9 +123,11 @@ def train_encoding_teacher(
     (eq. 13-14) to output the labels again. The recipe makes that cheap, because the
     network is fully convolutional and sees only label maps:
 
-    - it trains on random ``crop`` x ``crop`` crops (``foreground_fraction`` of them
-      centred on a foreground pixel, so that small lesions are seen often), a quarter of
-      the work of a 128 x 128 map per sample; label volumes (N, D, H, W) train a 3D
+    - it trains on random ``crop`` x ``crop`` crops, a quarter of the work of a 128 x 128
+      map per sample; early crops are mostly centred on a foreground pixel, so that small
+      lesions are seen often, and the share falls to none by the end
+      (``foreground_fraction``), because a teacher trained on foreground-centred crops
+      over-segments the whole maps it serves on; label volumes (N, D, H, W) train a 3D
       teacher (``spatial_dims=3``) on ``crop``-sized 3D crops in the same way;
     - the Dice term pools the batch and leaves the background out, so that a lesion of a
       few pixels is not drowned by the background's Dice;
