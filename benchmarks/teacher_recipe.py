@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--crop", type=int, default=64, help="0: whole maps")
-    p.add_argument("--foreground-fraction", type=float, default=0.67)
+    p.add_argument("--foreground-fraction", type=float, nargs="+", default=[0.67, 0.0],
+                   help="share of foreground-centred crops, or START END")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--amp", choices=("bf16", "none"), default="none")
     p.add_argument("--json", type=Path)
@@ -52,11 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     cases = fd.find_cases(args.data)
     train = label_maps(args.stage, cases[: args.train_cases], args.data / "cache", args.size)
     held = label_maps(args.stage, cases[args.train_cases : n], args.data / "cache", args.size)
+    shares = args.foreground_fraction
     start = time.perf_counter()
     teacher = train_encoding_teacher(
         train, val_labels=held, num_classes=2, widths=args.widths, steps=args.steps,
         lr=args.lr, crop=args.crop or None, dice_threshold=1.0, eval_every=args.steps,
-        foreground_fraction=args.foreground_fraction, batch_size=args.batch_size,
+        foreground_fraction=shares[0] if len(shares) == 1 else tuple(shares),
+        batch_size=args.batch_size,
         amp=None if args.amp == "none" else args.amp, progress=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
