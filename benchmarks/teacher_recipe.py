@@ -24,8 +24,9 @@ from featsup.supervision import reconstruction_dice, train_encoding_teacher
 
 def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:
     make = fd.LiverSliceDataset if stage == "liver" else fd.TumourSliceDataset
-    empty = 0.2 if stage == "liver" else 0.3
-    ds = make(cases, size=(size, size), empty_fraction=empty, cache_dir=cache)
+    ds = make(
+        cases, size=(size, size), empty_fraction=fd.STAGE_EMPTY_FRACTION[stage], cache_dir=cache
+    )
     return torch.stack([ds[i]["target"] for i in range(len(ds))]).long()
 
 

@@ -57,18 +57,14 @@ def parse_config(config: str) -> tuple[str, str | None]:
 
 def stage_data(stage: str, folder: Path, ids: dict[str, list[str]], size: int) -> dict:
     cases = {c.case_id: c for c in fd.find_cases(folder)}
-    common = {"size": (size, size), "cache_dir": folder / "cache"}
+    train, val = fd.stage_datasets(
+        stage, [cases[i] for i in ids["train"]], [cases[i] for i in ids["val"]], size=size,
+        val_empty_fraction=fd.STAGE_EMPTY_FRACTION[stage], cache_dir=folder / "cache",
+    )  # fmt: skip
     make = fd.LiverSliceDataset if stage == "liver" else fd.TumourSliceDataset
-    empty = 0.2 if stage == "liver" else 0.3
-    # no left-right flips for whole slices: the liver's side of the body is a cue
-    augment = fd.SliceAugment(flip_p=0.0) if stage == "liver" else fd.SliceAugment()
-    return {
-        "train": make(
-            [cases[i] for i in ids["train"]], augment=augment, empty_fraction=empty, **common
-        ),
-        "val": make([cases[i] for i in ids["val"]], empty_fraction=empty, **common),
-        "test": make([cases[i] for i in ids["test"]], empty_fraction=None, **common),
-    }
+    test = make([cases[i] for i in ids["test"]], size=(size, size), empty_fraction=None,
+                cache_dir=folder / "cache")  # fmt: skip
+    return {"train": train, "val": val, "test": test}
 
 
 def train_teachers(sets: dict, args: argparse.Namespace) -> dict[str, Any]:

@@ -128,24 +128,19 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
 
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
     common = {"cache_dir": args.out / "cache", "preprocessing": PREPROCESSING}
-    if stage == "liver":  # no flips: the side of the body the liver is on is a cue
-        common["size"] = (args.size, args.size)
-        train = fd.LiverSliceDataset(cases["train"], augment=fd.SliceAugment(flip_p=0.0),
-                                     seed=args.seed, empty_fraction=0.2, **common)  # fmt: skip
-        return train, fd.LiverSliceDataset(cases["val"], empty_fraction=0.2, **common)
-    if args.dims == 3:  # one epoch of patches covers the training: no patch seen twice
+    if stage == "tumour" and args.dims == 3:  # one epoch of patches covers the training
         per_case = -(-args.tumour_steps * args.patch_batch_size // len(cases["train"]))
         patches = {"patch": args.patch, "margin": (0, 8, 8), "tumour_fraction": 0.5, **common}
         train = fd.TumourPatchDataset(cases["train"], patches_per_case=per_case, flip_axes=(1, 2),
                                       mask_dilation=args.mask_dilation, seed=args.seed,
                                       **patches)  # fmt: skip
         return train, fd.TumourPatchDataset(cases["val"], patches_per_case=8, **patches)
-    common["size"] = (args.tumour_size, args.tumour_size)
-    train = fd.TumourSliceDataset(
-        cases["train"], augment=fd.SliceAugment(), seed=args.seed, empty_fraction=0.3,
-        mask_dilation=args.mask_dilation, mask_fill_holes=args.mask_dilation > 0, **common,
+    liver = stage == "liver"  # liver validation: a fifth liver-free; tumour: every ROI slice
+    return fd.stage_datasets(
+        stage, cases["train"], cases["val"], size=args.size if liver else args.tumour_size,
+        seed=args.seed, mask_dilation=args.mask_dilation,
+        val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None, **common,
     )  # fmt: skip
-    return train, fd.TumourSliceDataset(cases["val"], empty_fraction=None, **common)
 
 
 def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,

@@ -286,3 +286,23 @@ def test_dataset_window_is_the_one_predict_volume_uses(phantom_folder: Path) -> 
 def test_datasets_reject_a_preprocessing_dict(phantom_folder: Path) -> None:
     with pytest.raises(TypeError, match=r"Preprocessing\.from_dict"):
         LiverSliceDataset(phantom_folder, preprocessing={"clahe": False})  # type: ignore[arg-type]
+
+
+def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
+    from featsup.data import STAGE_EMPTY_FRACTION, stage_datasets
+
+    first, second, third = find_cases(phantom_folder)
+    liver, liver_val = stage_datasets("liver", [first, second], [third], size=32, seed=4)
+    assert isinstance(liver, LiverSliceDataset) and liver.augment.flip_p == 0.0
+    assert liver.empty_fraction == STAGE_EMPTY_FRACTION["liver"] and liver.seed == 4
+    assert liver_val.empty_fraction is None and liver_val.augment is None
+    assert liver[0]["image"].shape == (1, 32, 32)
+    tumour, tumour_val = stage_datasets(
+        "tumour", [first], [third], size=24, mask_dilation=3, val_empty_fraction=0.5
+    )
+    assert isinstance(tumour, TumourSliceDataset) and tumour.augment.flip_p > 0
+    assert tumour.empty_fraction == STAGE_EMPTY_FRACTION["tumour"]
+    assert tumour.mask_dilation == 3 and tumour.mask_fill_holes
+    assert tumour_val.empty_fraction == 0.5 and tumour_val.mask_dilation == 0
+    with pytest.raises(ValueError, match="stage"):
+        stage_datasets("kidney", [first], [third], size=24)  # type: ignore[arg-type]

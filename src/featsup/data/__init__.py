@@ -44,10 +44,12 @@ from featsup.data.preprocess import (
 )
 from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
 from featsup.data.splits import split_cases
+from featsup.data.stages import STAGE_EMPTY_FRACTION, stage_datasets
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
     "HU_WINDOW",
+    "STAGE_EMPTY_FRACTION",
     "CaseProblem",
     "LitsCase",
     "LiverSliceDataset",
@@ -78,6 +80,7 @@ __all__ = [
     "resize",
     "save_prediction",
     "split_cases",
+    "stage_datasets",
     "uncrop",
     "validate_case",
     "write_phantom_dataset",

@@ -1,0 +1,85 @@
+"""The slice datasets of a cascade stage, as featsup's example and benchmarks train them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from featsup._checks import check_choice
+from featsup.data.augment import SliceAugment
+from featsup.data.lits import LitsCase
+from featsup.data.preprocess import Preprocessing
+from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
+
+__all__ = ["STAGE_EMPTY_FRACTION", "stage_datasets"]
+
+#: Share of slices without foreground drawn into each stage's training set.
+STAGE_EMPTY_FRACTION = {"liver": 0.2, "tumour": 0.3}
+
+
+def stage_datasets(
+    stage: Literal["liver", "tumour"],
+    train_cases: Sequence[LitsCase],
+    val_cases: Sequence[LitsCase],
+    *,
+    size: int,
+    seed: int = 0,
+    mask_dilation: int = 0,
+    val_empty_fraction: float | None = None,
+    preprocessing: Preprocessing | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[LiverSliceDataset | TumourSliceDataset, LiverSliceDataset | TumourSliceDataset]:
+    """Training and validation slice datasets of one cascade stage.
+
+    - liver: whole slices, ``size`` x ``size``, augmented without left-right flips (the
+      side of the body the liver is on is a cue), with
+      ``STAGE_EMPTY_FRACTION["liver"]`` of the slices liver-free;
+    - tumour: liver-ROI crops, ``size`` x ``size``, augmented with flips, with
+      ``STAGE_EMPTY_FRACTION["tumour"]`` tumour-free; the training liver masks are grown
+      by a random 0..``mask_dilation`` pixels and hole-filled (the predicted mask the
+      tumour model sees at test time holds a rim of neighbouring tissue).
+
+    Args:
+        stage: ``"liver"`` or ``"tumour"``.
+        train_cases: the training cases.
+        val_cases: the validation cases.
+        size: in-plane size of every item.
+        seed: augmentation and sampling seed of the training set.
+        mask_dilation: tumour stage only: largest growth of the training liver masks.
+        val_empty_fraction: the validation set's share of empty slices; None keeps every
+            slice.
+        preprocessing: HU window, CLAHE and normalisation (None: the paper's).
+        cache_dir: where the preprocessed volumes are cached.
+
+    Returns:
+        ``(train, val)``; items ``{"image": (1, size, size), "target": (size, size)}``.
+
+    Example:
+        >>> import tempfile
+        >>> from featsup.data import find_cases, write_phantom_dataset
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_phantom_dataset(folder, 2, shape=(12, 64, 64))
+        >>> first, second = find_cases(folder)
+        >>> train, val = stage_datasets("liver", [first], [second], size=32)
+        >>> tuple(train[0]["image"].shape), train.augment.flip_p
+        ((1, 32, 32), 0.0)
+    """
+    check_choice("stage", stage, ("liver", "tumour"))
+    common: dict[str, Any] = {
+        "size": (size, size), "cache_dir": cache_dir, "preprocessing": preprocessing
+    }  # fmt: skip
+    if stage == "liver":
+        train = LiverSliceDataset(
+            list(train_cases), augment=SliceAugment(flip_p=0.0), seed=seed,
+            empty_fraction=STAGE_EMPTY_FRACTION["liver"], **common,
+        )  # fmt: skip
+        return train, LiverSliceDataset(
+            list(val_cases), empty_fraction=val_empty_fraction, **common
+        )
+    tumour = TumourSliceDataset(
+        list(train_cases), augment=SliceAugment(), seed=seed,
+        empty_fraction=STAGE_EMPTY_FRACTION["tumour"], mask_dilation=mask_dilation,
+        mask_fill_holes=mask_dilation > 0, **common,
+    )  # fmt: skip
+    return tumour, TumourSliceDataset(list(val_cases), empty_fraction=val_empty_fraction, **common)
