@@ -26,15 +26,22 @@ import torch
 from torch.utils.data import Subset
 
 from featsup import data as fd
-from featsup.inference import Cascade, Tuning, resolve_device, score_heads, tune_on_validation
+from featsup.inference import (
+    Cascade,
+    Tuning,
+    evaluate_cases,
+    resolve_device,
+    score_heads,
+    tune_on_validation,
+)
 from featsup.losses import DeepSupervisionLoss, SegLoss
-from featsup.metrics import LitsMetrics, head_table, json_safe, summary_table
+from featsup.metrics import head_table, json_safe, summary_table
 from featsup.models import UNetPlusPlus, pooling_for_spacing
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
-from featsup.viz import plot_cascade_case, plot_training_curves
+from featsup.viz import plot_training_curves
 
 # A 2-core CPU default (1320 s on a quiet Intel Xeon with AMX; docs/cascade.md), and the
 # paper-scale recipe for CUDA.
@@ -226,31 +233,14 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
 
 def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     """Score the test cases once, with the choices made on validation."""
-    scores, records, loaded = LitsMetrics(), [], []
-    for case in cases:
-        loaded.append(fd.load_case(case))
-        volume, truth, spacing = loaded[-1].volume, loaded[-1].labels, loaded[-1].spacing
-        result = cascade(volume)
-        out = args.out / "predictions" / f"segmentation-{case.case_id}.nii.gz"
-        fd.save_prediction(result.labels, case, out)
-        record = scores.update(result.labels, truth, spacing=spacing, case_id=case.case_id)
-        records.append({**record, "timings": result.timings})
-        plot_cascade_case(
-            args.out / "figures" / f"case-{case.case_id}.png", volume, result, truth=truth,
-            tumour_size=cascade.tumour_size, hu_window=cascade.preprocessing.hu_window,
-            title=f"case {case.case_id}",
-        )  # fmt: skip
-        print(f"case {case.case_id}: liver Dice {record['liver']['dice']:.3f}, tumour Dice "
-              f"{record['tumour']['dice']:.3f}, {result.timings['total']:.1f} s")  # fmt: skip
+    done = evaluate_cases(cascade, cases, out=args.out)
     # Table 2 on the test cases: reported, never chosen on
     plain = make_cascade(cascade.liver_model, cascade.tumour_model, args)
-    table = {s: score_heads(plain, loaded, stage=s)[0] for s in ("liver", "tumour")}
+    table = {s: score_heads(plain, done.loaded, stage=s)[0] for s in ("liver", "tumour")}
     return {
-        "cases": records,
-        **scores.compute(),
+        "cases": done.records, **done.summary, "seconds_per_case": done.seconds_per_case,
         "dice_per_head": {s: {f"x0_{k + 1}": v for k, v in enumerate(d)} for s, d in table.items()},
-        "seconds_per_case": sum(r["timings"]["total"] for r in records) / len(records),
-    }
+    }  # fmt: skip
 
 
 def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -> None:

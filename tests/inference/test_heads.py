@@ -92,3 +92,26 @@ def test_tune_on_validation_chooses_heads_then_crf_stages(cases: list) -> None:
     assert fixed.cascade.tumour_crf is None and len(fixed.heads.rows) == 4
     with pytest.raises(ValueError, match="crf"):
         tune_on_validation(cascade, cases, crf="tumour")  # type: ignore[arg-type]
+
+
+def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> None:
+    from featsup.data import find_cases, load_segmentation, write_phantom_dataset
+    from featsup.inference import evaluate_cases
+    from featsup.metrics import LitsMetrics
+
+    write_phantom_dataset(tmp_path / "data", 2, seed=5, shape=(16, 64, 64))
+    cases = find_cases(tmp_path / "data")
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2)
+    done = evaluate_cases(cascade, cases, out=tmp_path / "out", figures=False, verbose=False)
+    assert [r["case"] for r in done.records] == ["0", "1"] and len(done.loaded) == 2
+    expected, from_files = LitsMetrics(), LitsMetrics(surface=False)
+    for case, loaded, record in zip(cases, done.loaded, done.records, strict=True):
+        assert record["timings"]["total"] > 0
+        expected.update(cascade(loaded.volume).labels, loaded.labels, spacing=loaded.spacing)
+        written = tmp_path / "out" / "predictions" / f"segmentation-{case.case_id}.nii.gz"
+        again = from_files.update(load_segmentation(written)[0],
+                                  load_segmentation(case.segmentation_path)[0])  # fmt: skip
+        assert again["tumour"]["dice"] == pytest.approx(record["tumour"]["dice"])
+    assert done.summary == expected.compute() and done.seconds_per_case > 0
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_cases(cascade, [])

@@ -4,7 +4,8 @@
 (:mod:`~featsup.inference.patches`).
 
 Also the cascade's saved form (:mod:`~featsup.inference.bundle`) and the choice of heads
-on validation cases (:mod:`~featsup.inference.heads`).
+on validation cases (:mod:`~featsup.inference.heads`); :func:`evaluate_cases` runs a
+cascade once on test cases and scores it (:mod:`~featsup.inference.evaluate`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from featsup.inference.bundle import (
     save_cascade,
 )
 from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
+from featsup.inference.evaluate import CaseEvaluation, evaluate_cases
 from featsup.inference.heads import (
     HeadChoice,
     HeadScore,
@@ -42,6 +44,7 @@ __all__ = [
     "LABELS",
     "Cascade",
     "CascadeResult",
+    "CaseEvaluation",
     "HeadChoice",
     "HeadScore",
     "LiverStage",
@@ -49,6 +52,7 @@ __all__ = [
     "Tuning",
     "choose_crf_stages",
     "choose_heads",
+    "evaluate_cases",
     "load_cascade",
     "predict_patches",
     "predict_volume",
