@@ -44,14 +44,11 @@ def oracle_liver(cascade: Cascade, volume: np.ndarray, labels: np.ndarray) -> Li
 
 
 def datasets(dims: int, split: dict, args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
-    common = {"cache_dir": args.data / "cache"}
-    if dims == 2:
-        return fd.stage_datasets("tumour", split["train"], split["val"], size=args.roi, seed=seed,
-                                 val_empty_fraction=0.3, **common)  # fmt: skip
-    patches = {"patch": args.patch, "margin": (0, 8, 8), "tumour_fraction": 0.5, **common}
-    train = fd.TumourPatchDataset(split["train"], patches_per_case=400, flip_axes=(1, 2),
-                                  seed=seed, **patches)  # fmt: skip
-    return train, fd.TumourPatchDataset(split["val"], patches_per_case=8, **patches)
+    return fd.stage_datasets(
+        "tumour", split["train"], split["val"], size=args.roi, seed=seed, val_empty_fraction=0.3,
+        patch=args.patch if dims == 3 else None, patches_per_case=400,
+        cache_dir=args.data / "cache",
+    )  # fmt: skip
 
 
 def run(dims: int, seed: int, split: dict, loaded: dict, args: argparse.Namespace) -> dict:

@@ -134,19 +134,14 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
 
 
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
-    common = {"cache_dir": args.out / "cache", "preprocessing": PREPROCESSING}
-    if stage == "tumour" and args.dims == 3:  # one epoch of patches covers the training
-        per_case = -(-args.tumour_steps * args.patch_batch_size // len(cases["train"]))
-        patches = {"patch": args.patch, "margin": (0, 8, 8), "tumour_fraction": 0.5, **common}
-        train = fd.TumourPatchDataset(cases["train"], patches_per_case=per_case, flip_axes=(1, 2),
-                                      mask_dilation=args.mask_dilation, seed=args.seed,
-                                      **patches)  # fmt: skip
-        return train, fd.TumourPatchDataset(cases["val"], patches_per_case=8, **patches)
-    liver = stage == "liver"  # liver validation: a fifth liver-free; tumour: every ROI slice
-    return fd.stage_datasets(
+    liver, patch = stage == "liver", args.patch if stage == "tumour" and args.dims == 3 else None
+    patches = args.tumour_steps * (args.patch_batch_size or 1)  # 3D: no patch seen twice
+    return fd.stage_datasets(  # liver validation: a fifth liver-free; tumour: every ROI slice
         stage, cases["train"], cases["val"], size=args.size if liver else args.tumour_size,
-        seed=args.seed, mask_dilation=args.mask_dilation,
-        val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None, **common,
+        seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
+        patches_per_case=-(-patches // len(cases["train"])),
+        val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
+        cache_dir=args.out / "cache", preprocessing=PREPROCESSING,
     )  # fmt: skip
 
 

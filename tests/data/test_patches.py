@@ -170,3 +170,18 @@ def test_preprocessing_type_is_checked(phantom_folder: Path) -> None:
 def test_spacing_is_the_median_over_the_volumes(dataset: TumourPatchDataset, loaded) -> None:
     expected = np.median(np.array([c.spacing for c in loaded]), axis=0)
     assert dataset.spacing == pytest.approx(tuple(expected))
+
+
+def test_stage_datasets_give_the_3d_tumour_stage_patches(phantom_folder: Path) -> None:
+    from featsup.data import stage_datasets
+
+    first, second, third = find_cases(phantom_folder)
+    train, val = stage_datasets("tumour", [first, second], [third], size=32, patch=PATCH,
+                                patches_per_case=5, mask_dilation=2, seed=3)  # fmt: skip
+    assert isinstance(train, TumourPatchDataset) and isinstance(val, TumourPatchDataset)
+    assert (len(train), len(val)) == (2 * 5, 8)
+    assert train.flip_axes == (1, 2) and train.mask_dilation == 2 and train.seed == 3
+    assert val.flip_axes == () and val.mask_dilation == 0 and train.tumour_fraction == 0.5
+    assert train[0]["image"].shape == (1, *PATCH)
+    with pytest.raises(ValueError, match="patch"):
+        stage_datasets("liver", [first], [third], size=32, patch=PATCH)

@@ -1,4 +1,4 @@
-"""The slice datasets of a cascade stage, as featsup's example and benchmarks train them."""
+"""The datasets of a cascade stage, as featsup's example and benchmarks train them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Literal
 from featsup._checks import check_choice
 from featsup.data.augment import SliceAugment
 from featsup.data.lits import LitsCase
+from featsup.data.patches import TumourPatchDataset
 from featsup.data.preprocess import Preprocessing
 from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
 
@@ -27,10 +28,12 @@ def stage_datasets(
     seed: int = 0,
     mask_dilation: int = 0,
     val_empty_fraction: float | None = None,
+    patch: Sequence[int] | None = None,
+    patches_per_case: int = 16,
     preprocessing: Preprocessing | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[LiverSliceDataset | TumourSliceDataset, LiverSliceDataset | TumourSliceDataset]:
-    """Training and validation slice datasets of one cascade stage.
+) -> tuple[Any, Any]:
+    """Training and validation datasets of one cascade stage.
 
     - liver: whole slices, ``size`` x ``size``, augmented without left-right flips (the
       side of the body the liver is on is a cue), with
@@ -38,7 +41,11 @@ def stage_datasets(
     - tumour: liver-ROI crops, ``size`` x ``size``, augmented with flips, with
       ``STAGE_EMPTY_FRACTION["tumour"]`` tumour-free; the training liver masks are grown
       by a random 0..``mask_dilation`` pixels and hole-filled (the predicted mask the
-      tumour model sees at test time holds a rim of neighbouring tissue).
+      tumour model sees at test time holds a rim of neighbouring tissue);
+    - tumour with ``patch`` (a 3D tumour stage): :class:`TumourPatchDataset` patches of
+      the liver box (8 pixels of in-plane margin), half of them centred on tumour,
+      flipped in-plane, ``patches_per_case`` per training case and 8 per validation case
+      (``size`` and ``val_empty_fraction`` unused).
 
     Args:
         stage: ``"liver"`` or ``"tumour"``.
@@ -49,11 +56,14 @@ def stage_datasets(
         mask_dilation: tumour stage only: largest growth of the training liver masks.
         val_empty_fraction: the validation set's share of empty slices; None keeps every
             slice.
+        patch: (D, H, W) for 3D tumour patches instead of slices.
+        patches_per_case: with ``patch``, training patches per case and epoch.
         preprocessing: HU window, CLAHE and normalisation (None: the paper's).
         cache_dir: where the preprocessed volumes are cached.
 
     Returns:
-        ``(train, val)``; items ``{"image": (1, size, size), "target": (size, size)}``.
+        ``(train, val)``; items ``{"image": (1, size, size), "target": (size, size)}``, or
+        ``(1, D, H, W)`` and ``(D, H, W)`` with ``patch``.
 
     Example:
         >>> import tempfile
@@ -66,6 +76,18 @@ def stage_datasets(
         ((1, 32, 32), 0.0)
     """
     check_choice("stage", stage, ("liver", "tumour"))
+    if patch is not None:
+        if stage != "tumour":
+            raise ValueError(f"patch: expected None for the {stage} stage (it is 2D), got {patch}")
+        patches: dict[str, Any] = {
+            "patch": patch, "margin": (0, 8, 8), "tumour_fraction": 0.5,
+            "cache_dir": cache_dir, "preprocessing": preprocessing,
+        }  # fmt: skip
+        train_patches = TumourPatchDataset(
+            list(train_cases), patches_per_case=patches_per_case, flip_axes=(1, 2),
+            mask_dilation=mask_dilation, seed=seed, **patches,
+        )  # fmt: skip
+        return train_patches, TumourPatchDataset(list(val_cases), patches_per_case=8, **patches)
     common: dict[str, Any] = {
         "size": (size, size), "cache_dir": cache_dir, "preprocessing": preprocessing
     }  # fmt: skip
