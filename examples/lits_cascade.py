@@ -228,7 +228,7 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
 
 def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     """Score the test cases once, with the choices made on validation."""
-    done = evaluate_cases(cascade, cases, out=args.out)
+    done = evaluate_cases(cascade, cases, out=args.out, keep_loaded=True)
     # Table 2 on the test cases: reported, never chosen on
     plain = make_cascade(cascade.liver_model, cascade.tumour_model, args)
     table = {s: score_heads(plain, done.loaded, stage=s)[0] for s in ("liver", "tumour")}

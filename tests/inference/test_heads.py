@@ -102,7 +102,8 @@ def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> No
     write_phantom_dataset(tmp_path / "data", 2, seed=5, shape=(16, 64, 64))
     cases = find_cases(tmp_path / "data")
     cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2)
-    done = evaluate_cases(cascade, cases, out=tmp_path / "out", figures=False, verbose=False)
+    done = evaluate_cases(cascade, cases, out=tmp_path / "out", figures=False, verbose=False,
+                          keep_loaded=True)  # fmt: skip
     assert [r["case"] for r in done.records] == ["0", "1"] and len(done.loaded) == 2
     expected, from_files = LitsMetrics(), LitsMetrics(surface=False)
     for case, loaded, record in zip(cases, done.loaded, done.records, strict=True):
@@ -113,5 +114,7 @@ def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> No
                                   load_segmentation(case.segmentation_path)[0])  # fmt: skip
         assert again["tumour"]["dice"] == pytest.approx(record["tumour"]["dice"])
     assert done.summary == expected.compute() and done.seconds_per_case > 0
+    lean = evaluate_cases(cascade, cases[:1], figures=False, verbose=False)  # writes nothing
+    assert lean.loaded == [] and lean.records[0]["tumour"] == done.records[0]["tumour"]
     with pytest.raises(ValueError, match="at least one"):
         evaluate_cases(cascade, [])

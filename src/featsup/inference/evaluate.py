@@ -24,7 +24,8 @@ class CaseEvaluation:
     summary: dict[str, dict[str, float]]
     """Per stage: :meth:`featsup.metrics.LitsMetrics.compute` over the cases."""
     loaded: list[LoadedCase] = field(repr=False)
-    """The cases as loaded, to score other heads on without reading them again."""
+    """With ``keep_loaded``, the cases as loaded (to score other heads on without reading
+    them again); else empty."""
 
     @property
     def seconds_per_case(self) -> float:
@@ -39,6 +40,7 @@ def evaluate_cases(
     out: str | os.PathLike[str] | None = None,
     figures: bool = True,
     surface: bool = True,
+    keep_loaded: bool = False,
     verbose: bool = True,
 ) -> CaseEvaluation:
     """Run ``cascade`` on every case once and score it against the case's labels.
@@ -54,6 +56,7 @@ def evaluate_cases(
         out: output folder, or None to write nothing.
         figures: with ``out``, draw one figure per case.
         surface: compute ASSD and MSD as well.
+        keep_loaded: keep every loaded case in the result (memory: all the volumes).
         verbose: print one line per case.
 
     Returns:
@@ -66,12 +69,11 @@ def evaluate_cases(
         raise ValueError("cases: expected at least one case, got none")
     scores, records, loaded = LitsMetrics(surface=surface), [], []
     for case in cases:
-        loaded.append(load_case(case))
-        volume, truth = loaded[-1].volume, loaded[-1].labels
+        this = load_case(case)
+        loaded += [this] if keep_loaded else []
+        volume, truth = this.volume, this.labels
         result = cascade(volume)
-        record = scores.update(
-            result.labels, truth, spacing=loaded[-1].spacing, case_id=case.case_id
-        )
+        record = scores.update(result.labels, truth, spacing=this.spacing, case_id=case.case_id)
         records.append({**record, "timings": result.timings})
         if out is not None:
             folder = Path(out)
