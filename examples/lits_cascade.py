@@ -43,8 +43,8 @@ from featsup.supervision.variants import VARIANTS, build_variant, parse_variant,
 from featsup.training import cpu_has_bf16_units, load_model
 from featsup.viz import plot_training_curves
 
-# A 2-core CPU default (1320 s on a quiet Intel Xeon with AMX; docs/cascade.md), and the
-# paper-scale recipe for CUDA.
+# A 2-core CPU default (1805 s on an Intel Xeon with AMX, run 4 of docs/cascade.md), and
+# the paper-scale recipe for CUDA.
 PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
             "tumour_steps": 1250, "teacher_steps": 2000, "batch_size": 8, "lr": 3e-3,
@@ -173,14 +173,13 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
     if stage == "tumour" and args.dims == 3:  # from scratch: 2D weights do not fit 3D kernels
         pooling = pooling_for_spacing(train.spacing, depth=len(args.widths) - 1)
         student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
-        student.to(memory_format=torch.channels_last_3d)
     else:
         student = UNetPlusPlus(1, 2, widths=args.widths)
         if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
             student.load_state_dict(init.state_dict())
-        student.to(memory_format=torch.channels_last)
-    student.channels_last = True
-    return student
+    student.channels_last = True  # weights and inputs channels-last: faster convolutions
+    three_d = student.spatial_dims == 3
+    return student.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
 
 
 def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
@@ -222,7 +221,8 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"],
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
-    print(f"chosen on validation: {tuning.to_dict()}")
+    heads = tuning.cascade.liver_head, tuning.cascade.tumour_head
+    print(f"chosen on validation: heads X0,{heads[0]} (liver), X0,{heads[1]}, CRF {tuning.crf}")
     return tuning
 
 
@@ -242,10 +242,9 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
     runs = {s: args.out / s / "history.jsonl" for s in ("liver", "tumour")}
     plot_training_curves(args.out / "figures" / "curves", runs)
     heads = {s: list(v.values()) for s, v in metrics["dice_per_head"].items()}
-    print("\nTable 2 layout: Dice per case of each head (test cases)")
-    print(head_table(heads, metrics["variant"]))
-    print("\nCascade (chosen heads and CRF), over the test cases")
-    print(summary_table({s: metrics[s] for s in ("liver", "tumour")}))
+    stages = {s: metrics[s] for s in ("liver", "tumour")}
+    print(f"\nTable 2 layout: test Dice per case of each head\n{head_table(heads, args.variant)}")
+    print(f"\nCascade (chosen heads and CRF), over the test cases\n{summary_table(stages)}")
     print("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; cascade {metrics['seconds_per_case']:.1f} s per test case")  # fmt: skip
 
