@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one go: the CUDA tests, the CUDA benchmarks (pruned-head
-# speed in fp32 and bf16, supervision overhead, the torch CRF backend) and a short cascade
+# speed in fp32 and bf16, 3D at 128^3 against MONAI, supervision overhead, the torch CRF backend) and a short cascade
 # run on the GPU. Each step has its own time limit so that one slow step cannot eat the rest.
 #
 #   bash scripts/cuda_checks.sh [OUT_DIR]        # logs and JSON land in OUT_DIR
@@ -29,6 +29,8 @@ step pruning_fp32 75 "$py" benchmarks/pruning_speed.py --device cuda --batch 1 8
     --repeats 30 --warmup 5 --json "$out/pruning_fp32.json"
 step pruning_bf16 75 "$py" benchmarks/pruning_speed.py --device cuda --amp bf16 --batch 1 8 \
     --repeats 30 --warmup 5 --json "$out/pruning_bf16.json"
+step pruning_3d 90 "$py" benchmarks/pruning_speed.py --dims 3 --device cuda --repeats 20 \
+    --warmup 3 --json "$out/pruning_3d.json"
 step supervision 75 "$py" benchmarks/supervision_overhead.py --device cuda --rounds 15 \
     --warmup 3 --json "$out/supervision.json"
 step crf 75 "$py" benchmarks/crf_speed.py --device cuda --repeats 5 --json "$out/crf.json"
