@@ -25,22 +25,12 @@ import numpy as np
 import torch
 
 from featsup import data as fd
-from featsup.data import hu_window, preprocess_window
-from featsup.inference import Cascade, LiverStage, smallest_head_within
+from featsup.inference import Cascade, smallest_head_within
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import MetricAccumulator, dice_score
 from featsup.models import UNetPlusPlus, pooling_for_spacing
 from featsup.supervision.variants import variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
-
-
-def oracle_liver(cascade: Cascade, volume: np.ndarray, labels: np.ndarray) -> LiverStage:
-    """The cascade's liver stage with the true liver (label >= 1) as its mask."""
-    low, high = cascade.preprocessing.hu_window
-    image_u8 = hu_window(volume, low=low, high=high, output="uint8")
-    image = preprocess_window(image_u8, preprocessing=cascade.preprocessing)
-    mask = labels >= 1
-    return LiverStage(image, image_u8, mask.astype(np.float32), mask)
 
 
 def datasets(dims: int, split: dict, args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
@@ -74,7 +64,9 @@ def run(dims: int, seed: int, split: dict, loaded: dict, args: argparse.Namespac
     best = load_model(folder / "best.pt", map_location="cpu")
     patch = {"tumour_patch": tuple(args.patch)} if dims == 3 else {}
     cascade = Cascade(best, best, liver_size=args.roi, tumour_size=args.roi, device="cpu", **patch)
-    livers = {k: [oracle_liver(cascade, c.volume, c.labels) for c in v] for k, v in loaded.items()}
+    livers = {  # the true liver: only the tumour stage differs
+        k: [cascade.liver_stage(c.volume, mask=c.labels >= 1) for c in v] for k, v in loaded.items()
+    }
     val_dice = [
         float(np.mean([dice_score(cascade.tumour_stage(lv, head=k).labels == 2, c.labels == 2)
                        for lv, c in zip(livers["val"], loaded["val"], strict=True)]))

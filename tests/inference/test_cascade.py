@@ -102,6 +102,17 @@ def test_liver_and_tumour_stages_compose_to_the_call() -> None:
     np.testing.assert_array_equal(staged.labels, whole.labels)
     np.testing.assert_array_equal(liver.probability, whole.liver_probability)
     assert liver.image_u8.dtype == np.uint8 and liver.mask.dtype == bool
+    # a known liver mask replaces the liver model: with the model's own mask, the same labels
+    known = cascade.liver_stage(volume, mask=liver.mask)
+    assert "liver_model" not in known.timings and known.mask.dtype == bool
+    np.testing.assert_array_equal(known.image, liver.image)
+    np.testing.assert_array_equal(cascade.tumour_stage(known).labels, whole.labels)
+    smaller = np.zeros_like(liver.mask)
+    smaller[2:4] = liver.mask[2:4]
+    labels = cascade.tumour_stage(cascade.liver_stage(volume, mask=smaller)).labels
+    assert not labels[[0, 1, 4, 5]].any() and (labels[2:4] > 0).sum() == smaller.sum()
+    with pytest.raises(ValueError, match="mask"):
+        cascade.liver_stage(volume, mask=liver.mask[:3])
 
 
 def test_cascade_window_comes_from_its_preprocessing() -> None:

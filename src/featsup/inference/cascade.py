@@ -189,12 +189,17 @@ class Cascade:
         in_place = {"out": probs} if options.get("device") in (None, "cpu") else {}
         return dense_crf(probs, image_u8, mask=mask, **{"mode": "2d", **options, **in_place})
 
-    def liver_stage(self, volume_hu: np.ndarray, *, head: int | None = None) -> LiverStage:
+    def liver_stage(
+        self, volume_hu: np.ndarray, *, head: int | None = None, mask: np.ndarray | None = None
+    ) -> LiverStage:
         """Preprocess one CT volume and run the liver model (and its CRF when set).
 
         Args:
             volume_hu: (D, H, W) Hounsfield units in featsup's processing order.
             head: liver head for this call; None uses the cascade's ``liver_head``.
+            mask: a known (D, H, W) liver mask (for example the reference, or another
+                tool's) to use instead of the liver model, so that only the tumour stage
+                runs; it is taken as it is (no largest component).
 
         Returns:
             A :class:`LiverStage` to pass to :meth:`tumour_stage`.
@@ -209,6 +214,14 @@ class Cascade:
         image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
         image = preprocess_window(image_u8, preprocessing=self.preprocessing)
         t["preprocess"] = time.perf_counter() - start
+        if mask is not None:
+            if np.shape(mask) != np.shape(volume_hu):
+                raise ValueError(
+                    f"mask: expected the volume's shape {np.shape(volume_hu)}, got {np.shape(mask)}"
+                )
+            known = np.asarray(mask, dtype=bool)
+            return LiverStage(image, image_u8, known.astype(np.float32), known, t,
+                              time.perf_counter() - begin)  # fmt: skip
         start = time.perf_counter()
         model = self.prepared("liver", self.liver_head if head is None else head)
         crf = self.liver_crf is not None  # the CRF needs both classes, the rest the liver only
