@@ -151,6 +151,7 @@ def matching_teacher(
             does not fit the student's spatial dims, or ``widths`` of the wrong length.
 
     Example:
+        >>> import torch
         >>> from featsup.models import UNetPlusPlus
         >>> student = UNetPlusPlus(1, 2, widths=(4, 8, 16))
         >>> labels = torch.zeros(4, 16, 16, dtype=torch.long)
