@@ -354,7 +354,9 @@ def tune_on_validation(
             "tumour": tumour_crf or dict(CRF_PRESETS["tumour"])}  # fmt: skip
     scores: dict[str, dict[str, float]] = {}
     if crf == "auto":
-        trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+        trial = choice.cascade  # prepared with the chosen heads: reused, not rebuilt
+        if heads is not None or trial is None:
+            trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
         crf, scores = choose_crf_stages(
             trial, arrays, liver_crf=crfs["liver"], tumour_crf=crfs["tumour"]
         )
