@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from featsup.data import Preprocessing
+from _cascades import threshold_cascade
+from featsup.data import Preprocessing, make_phantom
 from featsup.inference import Cascade, predict_volume
 from featsup.models import UNetPlusPlus
 
@@ -126,3 +127,17 @@ def test_cascade_window_comes_from_its_preprocessing() -> None:
     assert liver.image_u8[0, 8, 8] == 255 and cascade.preprocessing is narrow
     with pytest.raises(TypeError, match="preprocessing"):
         Cascade(_Oracle(0.3), _Oracle(0.3), preprocessing={"clahe": False})  # type: ignore[arg-type]
+
+
+def test_tumour_components_below_min_voxels_become_liver() -> None:
+    from scipy import ndimage
+
+    volume = make_phantom(5, (16, 64, 64)).volume
+    every = threshold_cascade(tumour=0.45)(volume).labels
+    sizes = np.bincount(ndimage.label(every == 2, structure=np.ones((3, 3, 3)))[0].ravel())[1:]
+    assert len(sizes) > 1  # several components of different sizes: the check can fail
+    cut = int(np.sort(sizes)[-1])  # keep only the largest
+    kept = threshold_cascade(tumour=0.45, tumour_min_voxels=cut)(volume).labels
+    assert (kept == 2).sum() == sizes.max() and ((kept >= 1) == (every >= 1)).all()
+    with pytest.raises(ValueError, match="tumour_min_voxels"):
+        threshold_cascade(tumour_min_voxels=-1)

@@ -94,6 +94,30 @@ def test_tune_on_validation_chooses_heads_then_crf_stages(cases: list) -> None:
         tune_on_validation(cascade, cases, crf="tumour")  # type: ignore[arg-type]
 
 
+def test_tune_on_validation_chooses_the_smallest_tumour_on_the_crf_runs(cases: list) -> None:
+    from featsup.inference import tune_on_validation
+    from featsup.postprocess import TUMOUR_MIN_VOXELS, tumour_dice_by_min_voxels
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3))  # noisy tumours
+    tuning = tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=(0, 5, 10_000))
+    scores = tuning.min_voxels_scores
+    plain = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3), liver_head=2)
+    swept = [tumour_dice_by_min_voxels(plain(v).labels, t, (0, 5, 10_000)) for v, t in cases]
+    assert scores == pytest.approx(dict(zip((0, 5, 10_000), np.mean(swept, 0), strict=True)))
+    best = max(scores.values())
+    assert tuning.tumour_min_voxels == min(m for m, d in scores.items() if d == best)
+    assert tuning.cascade.tumour_min_voxels == tuning.tumour_min_voxels
+    assert tuning.to_dict()["tumour_min_voxels"] == tuning.tumour_min_voxels
+    kept = tuning.cascade(cases[0][0]).labels == 2
+    assert not kept.any() or tuning.tumour_min_voxels < 10_000
+    # one size and fixed CRF stages: nothing to choose, nothing run
+    fixed = tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=7)
+    assert fixed.tumour_min_voxels == 7 and fixed.min_voxels_scores == {}
+    assert 0 in TUMOUR_MIN_VOXELS  # keeping every tumour is always a candidate
+    with pytest.raises(ValueError, match="tumour_min_voxels"):
+        tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=(-1, 5))
+
+
 def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> None:
     from featsup.data import find_cases, load_segmentation, write_phantom_dataset
     from featsup.inference import evaluate_cases

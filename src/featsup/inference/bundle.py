@@ -71,6 +71,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "tta": options["tta"],
         "tumour_patch": cascade.tumour_patch,
         "tumour_overlap": cascade.tumour_overlap,
+        "tumour_min_voxels": cascade.tumour_min_voxels,
     }
 
 
@@ -129,6 +130,7 @@ def save_cascade(
         "settings": {
             **{name: arguments[name] for name in _SETTINGS},
             **{k: arguments[k] for k in ("batch_size", "tta", "tumour_patch", "tumour_overlap")},
+            "tumour_min_voxels": arguments["tumour_min_voxels"],
         },
         "preprocessing": preprocessing_record(cascade),
         "crf": {"liver": arguments["liver_crf"], "tumour": arguments["tumour_crf"]},
@@ -229,6 +231,7 @@ def load_cascade(
         tta=settings.get("tta", False),
         tumour_patch=settings.get("tumour_patch"),
         tumour_overlap=settings.get("tumour_overlap", 0.5),
+        tumour_min_voxels=settings.get("tumour_min_voxels", 0),
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

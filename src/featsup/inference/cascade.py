@@ -32,6 +32,7 @@ from featsup.inference.predict import (
     predict_volume,
     prepare_model,
 )
+from featsup.postprocess.components import drop_small_tumours
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -114,6 +115,9 @@ class Cascade:
             windows of this size (:func:`~featsup.inference.predict_patches`,
             ``batch_size`` windows per pass) and put back in place.
         tumour_overlap: with ``tumour_patch``, share of a window its neighbours overlap.
+        tumour_min_voxels: tumour components (26-connected, in 3D) of fewer voxels are
+            relabelled liver; 0 keeps all. :func:`~featsup.inference.tune_on_validation`
+            chooses it on validation cases.
 
     Raises:
         ValueError: if ``preprocessing`` is None and the two models' checkpoints recorded
@@ -147,8 +151,11 @@ class Cascade:
         tta: bool = False,
         tumour_patch: Sequence[int] | None = None,
         tumour_overlap: float = 0.5,
+        tumour_min_voxels: int = 0,
     ) -> None:
         check_positive("batch_size", batch_size)
+        check_positive("tumour_min_voxels", tumour_min_voxels, strict=False)
+        self.tumour_min_voxels = int(tumour_min_voxels)
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
@@ -298,6 +305,7 @@ class Cascade:
             tumour_p = np.zeros(liver.probability.shape, np.float32)
         labels = liver.mask.astype(np.uint8)
         labels[(tumour_p > 0.5) & liver.mask] = 2
+        drop_small_tumours(labels, self.tumour_min_voxels)
         timings["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, roi, timings)

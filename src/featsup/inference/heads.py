@@ -3,7 +3,8 @@
 A shallower head computes fewer nodes, so it is faster; :func:`choose_heads` keeps, for
 each stage, the smallest head whose validation Dice per case is within ``tolerance`` of
 the best head's, and measures the model seconds per volume of every head.
-:func:`tune_on_validation` chooses the heads and then the CRF stages, in one call.
+:func:`tune_on_validation` chooses the heads, then the CRF stages and the smallest tumour
+component, in one call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from featsup._wrappers import supervised_student, unwrap
 from featsup.inference.cascade import Cascade
 from featsup.metrics import LITS_STAGES, dice_score
 from featsup.models.unetpp import UNetPlusPlus
+from featsup.postprocess.components import TUMOUR_MIN_VOXELS, tumour_dice_by_min_voxels
 
 __all__ = [
     "HeadChoice",
@@ -259,23 +261,52 @@ def choose_crf_stages(
         >>> choose_crf_stages(cascade, [case], liver_crf={}, tumour_crf={})[0]
         'none'
     """
+    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    trials = _crf_trials(cascade, arrays, liver_crf, tumour_crf, sizes=(0,))
+    return _crf_choice(trials), {stages: trial["dice"] for stages, trial in trials.items()}
+
+
+def _crf_trials(
+    cascade: Cascade,
+    arrays: Sequence[tuple[np.ndarray, np.ndarray]],
+    liver_crf: dict[str, Any] | None,
+    tumour_crf: dict[str, Any] | None,
+    *,
+    sizes: Sequence[int],
+    stages: Sequence[str] = ("none", "liver", "both"),
+) -> dict[str, dict[str, Any]]:
+    """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
+
+    Returns, per choice: ``"dice"`` (liver and tumour Dice per case, every tumour kept)
+    and ``"by_min_voxels"`` (tumour Dice per case after dropping components under each
+    of ``sizes``), so that the smallest tumour is chosen without running it again.
+    """
     from featsup.inference.bundle import cascade_arguments
 
-    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
-    scores: dict[str, dict[str, float]] = {}
-    for stages, crfs in (
-        ("none", (None, None)), ("liver", (liver_crf, None)), ("both", (liver_crf, tumour_crf))
-    ):  # fmt: skip
-        options = {**cascade_arguments(cascade), "liver_crf": crfs[0], "tumour_crf": crfs[1]}
+    crfs = {"none": (None, None), "liver": (liver_crf, None), "both": (liver_crf, tumour_crf)}
+    trials: dict[str, dict[str, Any]] = {}
+    for choice in stages:
+        options = {**cascade_arguments(cascade), "tumour_min_voxels": 0}
+        options.update(liver_crf=crfs[choice][0], tumour_crf=crfs[choice][1])
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
         labels = [(trial(volume).labels, truth) for volume, truth in arrays]
-        scores[stages] = {
-            stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
-            for stage, k in LITS_STAGES.items()
+        by_size = np.mean([tumour_dice_by_min_voxels(p, t, sizes) for p, t in labels], axis=0)
+        trials[choice] = {
+            "dice": {
+                stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
+                for stage, k in LITS_STAGES.items()
+            },
+            "by_min_voxels": {int(m): float(d) for m, d in zip(sizes, by_size, strict=True)},
         }
-    use_liver = scores["liver"]["liver"] > scores["none"]["liver"]
-    use_tumour = use_liver and scores["both"]["tumour"] > scores["liver"]["tumour"]
-    return ("both" if use_tumour else "liver" if use_liver else "none"), scores
+    return trials
+
+
+def _crf_choice(trials: dict[str, dict[str, Any]]) -> Literal["none", "liver", "both"]:
+    """The liver CRF if it raises the liver Dice; the tumour one if it then raises the tumour's."""
+    dice = {stages: trial["dice"] for stages, trial in trials.items()}
+    use_liver = dice["liver"]["liver"] > dice["none"]["liver"]
+    use_tumour = use_liver and dice["both"]["tumour"] > dice["liver"]["tumour"]
+    return "both" if use_tumour else "liver" if use_liver else "none"
 
 
 @dataclass
@@ -287,8 +318,11 @@ class Tuning:
     crf: Literal["none", "liver", "both"]
     crf_scores: dict[str, dict[str, float]]
     """Validation Dice per case of each CRF choice (empty when ``crf`` was given)."""
+    tumour_min_voxels: int
+    min_voxels_scores: dict[int, float]
+    """Validation tumour Dice per case for each smallest tumour component tried."""
     cascade: Cascade = field(repr=False)
-    """A copy of the cascade with the chosen heads and CRF stages."""
+    """A copy of the cascade with the chosen heads, CRF stages and smallest tumour."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the heads, the CRF stages and the validation Dice they were chosen by."""
@@ -301,6 +335,8 @@ class Tuning:
             "tolerance": self.heads.tolerance,
             "val_dice_per_head": dice,
             "val_dice_by_crf": self.crf_scores,
+            "tumour_min_voxels": self.tumour_min_voxels,
+            "val_tumour_dice_by_min_voxels": self.min_voxels_scores,
             "head_table": rows,
         }
 
@@ -314,12 +350,15 @@ def tune_on_validation(
     crf: Literal["auto", "none", "liver", "both"] = "auto",
     liver_crf: dict[str, Any] | None = None,
     tumour_crf: dict[str, Any] | None = None,
+    tumour_min_voxels: int | Sequence[int] = TUMOUR_MIN_VOXELS,
 ) -> Tuning:
-    """Choose a cascade's heads, then its CRF stages, on validation cases.
+    """Choose a cascade's heads, its CRF stages and its smallest tumour, on validation cases.
 
     The heads as :func:`choose_heads` (the table is always measured; ``heads`` fixes the
     choice), then, with those heads, the CRF stages as :func:`choose_crf_stages` unless
-    ``crf`` names them. Each case is loaded once.
+    ``crf`` names them, then, with those, the cascade's ``tumour_min_voxels``: of the
+    candidates, the one with the best validation tumour Dice per case (the smallest on a
+    tie), measured on the same runs as the CRF stages. Each case is loaded once.
 
     Args:
         cascade: the trained cascade; it is not changed.
@@ -329,9 +368,14 @@ def tune_on_validation(
         crf: ``"auto"`` (choose on validation) or the stages to refine.
         liver_crf: the liver stage's CRF options (default ``CRF_PRESETS["liver"]``).
         tumour_crf: the tumour stage's (default ``CRF_PRESETS["tumour"]``).
+        tumour_min_voxels: candidate smallest tumour components (voxels), or one to use.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
+
+    Raises:
+        ValueError: for a bad ``crf``, ``tolerance`` or ``tumour_min_voxels``, or cases
+            as :func:`choose_heads` refuses them.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -346,23 +390,37 @@ def tune_on_validation(
     from featsup.postprocess import CRF_PRESETS
 
     check_choice("crf", crf, ("auto", "none", "liver", "both"))
+    sizes = [tumour_min_voxels] if isinstance(tumour_min_voxels, int) else list(tumour_min_voxels)
+    if not sizes or min(sizes) < 0:
+        raise ValueError(
+            f"tumour_min_voxels: expected voxel counts >= 0, got {tumour_min_voxels!r}"
+        )
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
     choice = choose_heads(cascade, arrays, tolerance=tolerance)
     liver_head, tumour_head = heads or (choice.liver_head, choice.tumour_head)
     options = {**cascade_arguments(cascade), "liver_head": liver_head, "tumour_head": tumour_head}
     crfs = {"liver": liver_crf or dict(CRF_PRESETS["liver"]),
             "tumour": tumour_crf or dict(CRF_PRESETS["tumour"])}  # fmt: skip
+    trial = choice.cascade  # prepared with the chosen heads: reused, not rebuilt
+    if heads is not None or trial is None:
+        trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     scores: dict[str, dict[str, float]] = {}
-    if crf == "auto":
-        trial = choice.cascade  # prepared with the chosen heads: reused, not rebuilt
-        if heads is not None or trial is None:
-            trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-        crf, scores = choose_crf_stages(
-            trial, arrays, liver_crf=crfs["liver"], tumour_crf=crfs["tumour"]
-        )
+    by_size: dict[int, float] = {}
+    min_voxels = sizes[0]
+    if crf == "auto" or len(sizes) > 1:  # else nothing is left to choose
+        stages = ("none", "liver", "both") if crf == "auto" else (crf,)
+        trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"], sizes=sizes,
+                             stages=stages)  # fmt: skip
+        if crf == "auto":
+            scores = {s: t["dice"] for s, t in trials.items()}
+            crf = _crf_choice(trials)
+        by_size = trials[crf]["by_min_voxels"]
+        best = max(by_size.values())
+        min_voxels = min(m for m, d in by_size.items() if d == best)  # ties: keep more
     options["liver_crf"] = crfs["liver"] if crf != "none" else None
     options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
+    options["tumour_min_voxels"] = min_voxels
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-    tuning = Tuning(choice, crf, scores, tuned)
+    tuning = Tuning(choice, crf, scores, min_voxels, by_size, tuned)
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+
+from featsup.metrics import dice_score
+from featsup.postprocess import drop_small_tumours, tumour_dice_by_min_voxels
+
+labels_3d = arrays(np.uint8, st.tuples(*(st.integers(1, 6),) * 3), elements=st.integers(0, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels_3d, st.integers(0, 12))
+def test_drop_small_tumours_keeps_exactly_the_large_components(labels, min_voxels) -> None:
+    out = drop_small_tumours(labels.copy(), min_voxels)
+    assert ((out == 0) == (labels == 0)).all()  # the liver (label > 0) never changes
+    assert ((out == 2) <= (labels == 2)).all()  # tumour only shrinks
+    components, count = ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))
+    for k in range(1, count + 1):
+        part = components == k
+        kept = (out[part] == 2).all()
+        assert kept == (part.sum() >= min_voxels or min_voxels <= 1)
+        assert kept or (out[part] == 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels_3d, labels_3d, st.lists(st.integers(0, 12), min_size=1, max_size=4))
+def test_dice_by_min_voxels_is_the_dice_after_dropping(pred, truth, sizes) -> None:
+    truth = np.resize(truth, pred.shape)
+    swept = tumour_dice_by_min_voxels(pred, truth, sizes)
+    for size, dice in zip(sizes, swept, strict=True):
+        dropped = drop_small_tumours(pred.copy(), size)
+        assert dice == pytest.approx(dice_score(dropped == 2, truth == 2))
+
+
+def test_diagonal_neighbours_are_one_component_and_shapes_must_match() -> None:
+    labels = np.ones((2, 4, 4), np.uint8)
+    labels[0, 0, 0] = labels[1, 1, 1] = 2  # touching at a corner only
+    assert (drop_small_tumours(labels.copy(), 2) == 2).sum() == 2
+    assert (drop_small_tumours(labels.copy(), 3) == 2).sum() == 0
+    with pytest.raises(ValueError, match="shape"):
+        tumour_dice_by_min_voxels(labels, labels[:1])
