@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--patch-batch-size", type=int, help="--dims 3 tumour patches per step")
     add("--batch-size", type=int)
     add("--lr", type=float)
-    add("--mask-dilation", type=int, default=6, help="grow training liver masks (0: paper)")
+    add("--mask-dilation", type=int, default=0, help="grow training liver masks (0: paper;"
+        " chosen on validation, docs/cascade.md)")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")

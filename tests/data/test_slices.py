@@ -304,5 +304,7 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     assert tumour.empty_fraction == STAGE_EMPTY_FRACTION["tumour"]
     assert tumour.mask_dilation == 3 and tumour.mask_fill_holes
     assert tumour_val.empty_fraction == 0.5 and tumour_val.mask_dilation == 0
+    chosen, _ = stage_datasets("tumour", [first], [third], size=24, empty_fraction=0.6)
+    assert chosen.empty_fraction == 0.6  # another share, as a validation sweep chooses it
     with pytest.raises(ValueError, match="stage"):
         stage_datasets("kidney", [first], [third], size=24)  # type: ignore[arg-type]

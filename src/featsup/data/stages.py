@@ -27,6 +27,7 @@ def stage_datasets(
     size: int,
     seed: int = 0,
     mask_dilation: int = 0,
+    empty_fraction: float | None = None,
     val_empty_fraction: float | None = None,
     patch: Sequence[int] | None = None,
     patches_per_case: int = 16,
@@ -36,16 +37,15 @@ def stage_datasets(
     """Training and validation datasets of one cascade stage.
 
     - liver: whole slices, ``size`` x ``size``, augmented without left-right flips (the
-      side of the body the liver is on is a cue), with
-      ``STAGE_EMPTY_FRACTION["liver"]`` of the slices liver-free;
-    - tumour: liver-ROI crops, ``size`` x ``size``, augmented with flips, with
-      ``STAGE_EMPTY_FRACTION["tumour"]`` tumour-free; the training liver masks are grown
+      side of the body the liver is on is a cue), ``empty_fraction`` of them liver-free;
+    - tumour: liver-ROI crops, ``size`` x ``size``, augmented with flips,
+      ``empty_fraction`` of them tumour-free; the training liver masks are grown
       by a random 0..``mask_dilation`` pixels and hole-filled (the predicted mask the
       tumour model sees at test time holds a rim of neighbouring tissue);
     - tumour with ``patch`` (a 3D tumour stage): :class:`TumourPatchDataset` patches of
       the liver box (8 pixels of in-plane margin), half of them centred on tumour,
       flipped in-plane, ``patches_per_case`` per training case and 8 per validation case
-      (``size`` and ``val_empty_fraction`` unused).
+      (``size`` and the empty fractions unused).
 
     Args:
         stage: ``"liver"`` or ``"tumour"``.
@@ -54,6 +54,8 @@ def stage_datasets(
         size: in-plane size of every item.
         seed: augmentation and sampling seed of the training set.
         mask_dilation: tumour stage only: largest growth of the training liver masks.
+        empty_fraction: the training set's share of slices without the stage's
+            foreground; None takes ``STAGE_EMPTY_FRACTION[stage]``.
         val_empty_fraction: the validation set's share of empty slices; None keeps every
             slice.
         patch: (D, H, W) for 3D tumour patches instead of slices.
@@ -76,6 +78,7 @@ def stage_datasets(
         ((1, 32, 32), 0.0)
     """
     check_choice("stage", stage, ("liver", "tumour"))
+    empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
         if stage != "tumour":
             raise ValueError(f"patch: expected None for the {stage} stage (it is 2D), got {patch}")
@@ -94,14 +97,14 @@ def stage_datasets(
     if stage == "liver":
         train = LiverSliceDataset(
             list(train_cases), augment=SliceAugment(flip_p=0.0), seed=seed,
-            empty_fraction=STAGE_EMPTY_FRACTION["liver"], **common,
+            empty_fraction=empty, **common,
         )  # fmt: skip
         return train, LiverSliceDataset(
             list(val_cases), empty_fraction=val_empty_fraction, **common
         )
     tumour = TumourSliceDataset(
         list(train_cases), augment=SliceAugment(), seed=seed,
-        empty_fraction=STAGE_EMPTY_FRACTION["tumour"], mask_dilation=mask_dilation,
+        empty_fraction=empty, mask_dilation=mask_dilation,
         mask_fill_holes=mask_dilation > 0, **common,
     )  # fmt: skip
     return tumour, TumourSliceDataset(list(val_cases), empty_fraction=val_empty_fraction, **common)

@@ -1,0 +1,154 @@
+"""Choose the tumour stage's data settings on the example's validation cases, over seeds.
+
+The cascade example's tumour stage has settings that were once picked on test cases:
+the ROI size, how far the training liver masks are grown (``--mask-dilation``) and the
+share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``). This
+script re-chooses them where choices belong: it trains the tumour stage of the example
+(2D UNet++ from the example's liver model, as UN-DS: no teacher, which is the same for
+every setting) once per setting and seed, for a fixed number of steps, and scores it on
+the example's **validation** cases only, through the cascade with the example's own
+liver model (so that grown masks meet the predicted liver mask they exist for). The test
+cases are never loaded.
+
+Per run: the validation tumour Dice per case of every head, and the Dice once the head
+and the smallest tumour component are chosen (``tune_on_validation``, no CRF); then per
+setting the mean and range over seeds, and the paired difference to the first setting.
+
+Run the example first (its phantom, split and liver model are reused):
+
+    python examples/lits_cascade.py --out outputs/run5
+    python benchmarks/tumour_sweep.py --example outputs/run5 --steps 600 --seeds 0 1 \\
+        --settings 128,6,0.3 128,6,0.6 128,0,0.3 96,6,0.3 --json tumour_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featsup import data as fd
+from featsup.inference import Cascade, tune_on_validation
+from featsup.losses import DeepSupervisionLoss, SegLoss
+from featsup.models import UNetPlusPlus
+from featsup.supervision.variants import build_variant, variant_trainer
+from featsup.training import cpu_has_bf16_units, load_model
+
+
+def parse_setting(text: str) -> tuple[int, int, float]:
+    """``ROI,DILATION,EMPTY`` -> (ROI size, mask dilation, empty-slice share)."""
+    try:
+        roi, dilation, empty = text.split(",")
+        return int(roi), int(dilation), float(empty)
+    except ValueError:
+        message = f"expected ROI,DILATION,EMPTY such as 128,6,0.3, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
+    """The example's training and validation cases, read from its metrics.json."""
+    split = json.loads((folder / "metrics.json").read_text())["split"]
+    cases = {c.case_id: c for c in fd.find_cases(folder / "phantom")}
+    return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
+
+
+def run(setting: tuple[int, int, float], seed: int, split: dict, val: list, liver: Any,
+        args: argparse.Namespace) -> dict:  # fmt: skip
+    roi, dilation, empty = setting
+    train, val_slices = fd.stage_datasets(
+        "tumour", split["train"], split["val"], size=roi, seed=seed, mask_dilation=dilation,
+        empty_fraction=empty, cache_dir=args.example / "cache",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    student = UNetPlusPlus(1, 2, widths=args.widths)
+    student.load_state_dict(liver.state_dict())  # transfer learning, as the example
+    model = build_variant("UN-DS", in_channels=1, num_classes=2, student=student)
+    folder = args.out / f"roi{roi}-dil{dilation}-empty{empty}-seed{seed}"
+    trainer = variant_trainer(
+        model, train, val_slices, num_classes=2,
+        loss=DeepSupervisionLoss(SegLoss(include_background=False)), lr=args.lr,
+        max_steps=args.steps, batch_size=args.batch_size, val_every=max(25, args.steps // 8),
+        warmup_steps=min(50, args.steps // 10), checkpoint_dir=folder, seed=seed,
+        amp=args.amp, device="cpu", progress=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    tumour = load_model(folder / "best.pt", map_location="cpu")
+    cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=roi, device="cpu")
+    tuning = tune_on_validation(cascade, val, crf="none")  # heads and smallest tumour
+    heads = [r.dice for r in tuning.heads.rows if r.stage == "tumour"]
+    best_size = tuning.tumour_min_voxels
+    record = {
+        "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "seed": seed,
+        "seconds": seconds, "val_dice_per_head": heads,
+        "head": tuning.cascade.tumour_head, "min_voxels": best_size,
+        "val_dice_by_min_voxels": tuning.min_voxels_scores,
+        "val_dice": tuning.min_voxels_scores[best_size],
+    }  # fmt: skip
+    print(f"ROI {roi}, dilation {dilation}, empty {empty}, seed {seed}: heads "
+          + ", ".join(f"{d:.3f}" for d in heads)
+          + f"; X0,{tuning.cascade.tumour_head}, tumours >= {best_size} voxels: "
+          f"{record['val_dice']:.3f} "
+          f"({seconds:.0f} s)", flush=True)  # fmt: skip
+    return record
+
+
+def summary(records: list[dict], settings: list[tuple], seeds: list[int]) -> dict:
+    key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"])  # noqa: E731
+    by = {(key(r), r["seed"]): r for r in records}
+    out = {}
+    print("\nValidation tumour Dice per case (head and smallest tumour chosen), over seeds")
+    print("| ROI | dilation | empty share | mean | range | paired - first (per seed) |")
+    print("|---|---|---|---|---|---|")
+    for setting in settings:
+        values = np.array([by[setting, s]["val_dice"] for s in seeds])
+        diffs = values - np.array([by[settings[0], s]["val_dice"] for s in seeds])
+        out[",".join(map(str, setting))] = {"mean": values.mean(), "values": values.tolist(),
+                                            "diffs": diffs.tolist()}  # fmt: skip
+        print(f"| {setting[0]} | {setting[1]} | {setting[2]} | {values.mean():.3f} | "
+              f"{values.min():.3f}-{values.max():.3f} | "
+              + ", ".join(f"{d:+.3f}" for d in diffs) + " |")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--example", type=Path, default=Path("outputs/lits_cascade"),
+                   help="an example run's --out: phantom/, metrics.json, liver/")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("outputs/tumour_sweep"))
+    p.add_argument("--settings", nargs="+", type=parse_setting,
+                   default=[(128, 6, 0.3), (128, 6, 0.6), (128, 0, 0.3), (96, 6, 0.3)],
+                   help="ROI,DILATION,EMPTY per setting; the first is the baseline")  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--size", type=int, default=128, help="the example's liver slice size")
+    p.add_argument("--widths", type=int, nargs=5, default=[8, 16, 32, 64, 128])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not (args.example / "metrics.json").exists():
+        p.error(f"--example: expected a finished example run, found no {args.example}/metrics.json")
+    args.amp = "bf16" if cpu_has_bf16_units() else None
+    split = example_split(args.example)
+    val = [fd.load_case(c) for c in split["val"]]
+    liver = load_model(args.example / "liver" / "best.pt", part="student", map_location="cpu")
+    print(f"validation cases {[c.case_id for c in split['val']]}; amp {args.amp}", flush=True)
+    records = [
+        run(st, seed, split, val, liver, args) for seed in args.seeds for st in args.settings
+    ]
+    result = {"settings": vars(args), "runs": records,
+              "summary": summary(records, args.settings, args.seeds)}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
