@@ -39,6 +39,7 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 """The label map of the cascade's output (and of LiTS segmentations)."""
 
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "roi_margin")
+_PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels")
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 
 
@@ -129,8 +130,7 @@ def save_cascade(
         "tumour": _student_record("tumour", cascade.tumour_model),
         "settings": {
             **{name: arguments[name] for name in _SETTINGS},
-            **{k: arguments[k] for k in ("batch_size", "tta", "tumour_patch", "tumour_overlap")},
-            "tumour_min_voxels": arguments["tumour_min_voxels"],
+            **{k: arguments[k] for k in _PREDICT_SETTINGS},
         },
         "preprocessing": preprocessing_record(cascade),
         "crf": {"liver": arguments["liver_crf"], "tumour": arguments["tumour_crf"]},
