@@ -198,7 +198,7 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         model, train, val, num_classes=2, loss=DeepSupervisionLoss(STAGE_LOSS[stage]), lr=args.lr,
         max_steps=steps, batch_size=batch, val_every=max(25, steps // 8), checkpoint_dir=folder,
         warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed,
-        amp="bf16" if args.amp == "bf16" else None,
+        amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {args.variant}",
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)

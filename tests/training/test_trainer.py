@@ -288,6 +288,15 @@ def test_off_a_terminal_each_validation_is_one_log_line(capsys: pytest.CaptureFi
     assert capsys.readouterr().err == ""  # progress=False: silent
 
 
+def test_a_named_run_says_whose_log_lines_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    make_trainer(None, max_steps=2, val_every=2, progress=None, val_data=Blobs(n=2),
+                 name="liver ES-DS").fit()  # fmt: skip
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("liver ES-DS: step 2/2 (epoch ")
+    with pytest.raises(TypeError, match="name"):
+        make_trainer(None, max_steps=2, name=3)
+
+
 def test_the_trainer_tells_a_data_set_its_epoch(tmp_path: Path) -> None:
     class EpochBlobs(Blobs):
         def __init__(self) -> None:

@@ -254,6 +254,7 @@ def train_encoding_teacher(
         max_steps=steps, batch_size=batch_size, shuffle=False, log_every=eval_every,
         val_every=eval_every, stop_when=lambda metrics: metrics["val/dice"] >= dice_threshold,
         amp=amp, device=device, seed=seed, progress=None if progress else False,
+        name="encoding teacher",
     )  # fmt: skip
     start = time.perf_counter()
     with rng_preserved(trainer.device):

@@ -99,6 +99,7 @@ def check_options(o: dict[str, Any]) -> None:
     for name in ("warmup_steps", "num_workers", "seed"):
         check_count(name, o[name], low=0)
     check_type("progress", o["progress"], (bool, type(None)))
+    check_type("name", o["name"], (str, type(None)))
     check_positive("lr", o["lr"])
     check_positive("weight_decay", o["weight_decay"], strict=False)
     check_positive("min_delta", o["min_delta"], strict=False)

@@ -44,6 +44,9 @@ class Progress:
         show: True: a tqdm bar; None: a bar on a terminal, else one line on stderr per
             validation; False: neither.
         total_steps: steps of the whole run (for the bar and the remaining time).
+        name: what is training (``"encoding teacher"``, ``"liver ES-DS"``): the bar's
+            label and the start of each log line, so that a log of several runs says
+            which line is whose; None labels the bar ``"train"`` and leaves lines bare.
 
     Attributes:
         history: one dict per logged event (``"step"``, ``"epoch"``, ``"train/..."`` or
@@ -61,10 +64,16 @@ class Progress:
     """
 
     def __init__(
-        self, *, history_path: Path | None, env: DistEnv, show: bool | None, total_steps: int
+        self,
+        *,
+        history_path: Path | None,
+        env: DistEnv,
+        show: bool | None,
+        total_steps: int,
+        name: str | None = None,
     ) -> None:
         self.history_path, self.env, self.show = history_path, env, show
-        self.total_steps = total_steps
+        self.total_steps, self.name = total_steps, name
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
@@ -82,7 +91,11 @@ class Progress:
         bar = self.env.main and (self.show or (self.show is None and terminal))
         self._lines = self.env.main and self.show is None and not terminal
         self._bar = tqdm(
-            total=self.total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not bar
+            total=self.total_steps,
+            initial=step,
+            desc=self.name or "train",
+            dynamic_ncols=True,
+            disable=not bar,
         )
         self._started = (time.monotonic(), step)
 
@@ -143,8 +156,13 @@ class Progress:
             >>> p = Progress(history_path=None, env=DistEnv(), show=False, total_steps=10)
             >>> p.line({"val/dice_x0_1": 0.5}, step=5, epoch=0).split(" | ")[:2]
             ['step 5/10 (epoch 0)', 'val dice_x0_1 0.5']
+            >>> p.name = "liver teacher"
+            >>> p.line({"val/dice": 0.9}, step=5, epoch=0).split(" | ")[0]
+            'liver teacher: step 5/10 (epoch 0)'
         """
         parts = [f"step {step}/{self.total_steps} (epoch {epoch})"]
+        if self.name:
+            parts[0] = f"{self.name}: {parts[0]}"
         train = next((r for r in reversed(self.history) if "train/loss" in r), None)
         if train is not None:
             parts.append("train " + _values(train, "train/"))

@@ -112,6 +112,8 @@ class Trainer:
         progress: what rank 0 shows: None, a tqdm bar on a terminal and otherwise one
             line per validation on stderr (step, training losses, validation values,
             elapsed and remaining time); True, always a bar; False, nothing.
+        name: what is training, shown as the bar's label and at the start of each log
+            line (``"encoding teacher"``, ``"liver ES-DS"``); None: no name.
         find_unused_parameters: passed to DistributedDataParallel; needed when some
             trainable parameters get no gradient (for example unused heads).
 
@@ -168,6 +170,7 @@ class Trainer:
         device: str | torch.device = "auto",
         seed: int = 0,
         progress: bool | None = None,
+        name: str | None = None,
         find_unused_parameters: bool = False,
     ) -> None:
         check_options(locals())
@@ -202,7 +205,7 @@ class Trainer:
             history_path = self.store.directory / "history.jsonl"
         self.progress = Progress(
             history_path=Path(history_path) if history_path is not None else None,
-            env=self.env, show=progress, total_steps=self.total_steps,
+            env=self.env, show=progress, total_steps=self.total_steps, name=name,
         )  # fmt: skip
         self.stopping = Stopping(
             keep_best_by=keep_best_by, mode=mode, min_delta=min_delta,
