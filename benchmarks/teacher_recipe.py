@@ -5,7 +5,15 @@ label maps of the first ``--train-cases`` cases (liver slices, or tumour ROI cro
 prints the reconstruction Dice of every head X0,1..X0,4 on training maps and on the
 held-out maps of the next ``--held-cases`` cases, with the wall time.
 
+With ``--example DIR`` (a finished cascade example's ``--out``) it trains instead on the
+maps the example's teacher of that stage saw: the label maps of the example's training
+set, built as the example builds them (``stage_datasets`` with the example's seed, ROI
+size and mask growth, read from its metrics.json), held out against its validation
+cases' maps, of which the teacher's own evaluation uses 64. Test cases are not loaded.
+
     python benchmarks/teacher_recipe.py --stage liver --steps 300 --json teacher.json
+    python benchmarks/teacher_recipe.py --example outputs/run6 --stage tumour --steps 600 \\
+        --lr 3e-3 --amp bf16
 """
 
 from __future__ import annotations
@@ -30,9 +38,28 @@ def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:
     return torch.stack([ds[i]["target"] for i in range(len(ds))]).long()
 
 
+def example_maps(folder: Path, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training maps, validation maps) of an example run's ``stage``, as its teacher saw them."""
+    from tumour_sweep import example_split  # the sibling script (benchmarks/ is on sys.path)
+
+    from featsup.supervision._label_crops import label_tensor
+
+    settings = json.loads((folder / "metrics.json").read_text())["settings"]
+    split = example_split(folder)
+    train, val = fd.stage_datasets(
+        stage, split["train"], split["val"], seed=settings["seed"],
+        size=settings["size" if stage == "liver" else "tumour_size"],
+        mask_dilation=settings.get("mask_dilation", 0),
+        val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if stage == "liver" else None,
+        cache_dir=folder / "cache",
+    )  # fmt: skip
+    return label_tensor(train, 2, 2), label_tensor(val, 2, 2)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("outputs/teacher_recipe/phantom"))
+    p.add_argument("--example", type=Path, help="train on this example run's maps instead")
     p.add_argument("--stage", choices=("liver", "tumour"), default="liver")
     p.add_argument("--train-cases", type=int, default=6)
     p.add_argument("--held-cases", type=int, default=3)
@@ -48,12 +75,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--amp", choices=("bf16", "none"), default="none")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    n = args.train_cases + args.held_cases
-    if len(list(args.data.glob("volume-*.nii.gz"))) < n:
-        fd.write_phantom_dataset(args.data, n, shape=tuple(args.shape), seed=7000)
-    cases = fd.find_cases(args.data)
-    train = label_maps(args.stage, cases[: args.train_cases], args.data / "cache", args.size)
-    held = label_maps(args.stage, cases[args.train_cases : n], args.data / "cache", args.size)
+    if args.example is not None:
+        if not (args.example / "metrics.json").exists():
+            p.error(f"--example: expected a finished example run, no {args.example}/metrics.json")
+        train, held = example_maps(args.example, args.stage)
+    else:
+        n = args.train_cases + args.held_cases
+        if len(list(args.data.glob("volume-*.nii.gz"))) < n:
+            fd.write_phantom_dataset(args.data, n, shape=tuple(args.shape), seed=7000)
+        cases = fd.find_cases(args.data)
+        train = label_maps(args.stage, cases[: args.train_cases], args.data / "cache", args.size)
+        held = label_maps(args.stage, cases[args.train_cases : n], args.data / "cache", args.size)
     shares = args.foreground_fraction
     start = time.perf_counter()
     teacher = train_encoding_teacher(
