@@ -273,7 +273,8 @@ def test_teacher_progress_off_a_terminal_is_one_line_per_evaluation(
         train_encoding_teacher(discs(4, size=16), num_classes=2, widths=(4, 8), steps=4,
                                eval_every=2, dice_threshold=1.0)  # fmt: skip
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(" | ")[0] for line in lines] == ["step 2/4 (epoch 0)", "step 4/4 (epoch 0)"]
+    steps = ["step 2/4 (epoch 0)", "step 4/4 (epoch 0)"]  # named: a log also holds students'
+    assert [line.split(" | ")[0] for line in lines] == [f"encoding teacher: {s}" for s in steps]
     assert all(" | val dice " in line and "remaining" in line for line in lines)
 
 
