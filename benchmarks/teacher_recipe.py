@@ -7,9 +7,9 @@ held-out maps of the next ``--held-cases`` cases, with the wall time.
 
 With ``--example DIR`` (a finished cascade example's ``--out``) it trains instead on the
 maps the example's teacher of that stage saw: the label maps of the example's training
-set, built as the example builds them (``stage_datasets`` with the example's seed, ROI
-size and mask growth, read from its metrics.json), held out against its validation
-cases' maps, of which the teacher's own evaluation uses 64. Test cases are not loaded.
+set, built by the example's own functions with the settings its metrics.json records,
+held out against its validation cases' maps, of which the teacher's own evaluation
+uses 64. Test cases are not loaded.
 
     python benchmarks/teacher_recipe.py --stage liver --steps 300 --json teacher.json
     python benchmarks/teacher_recipe.py --example outputs/run6 --stage tumour --steps 600 \\
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,20 +40,20 @@ def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:
 
 
 def example_maps(folder: Path, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training maps, validation maps) of an example run's ``stage``, as its teacher saw them."""
-    from tumour_sweep import example_split  # the sibling script (benchmarks/ is on sys.path)
+    """(training maps, validation maps) of an example run's ``stage``, as its teacher saw them.
+
+    Built by the example's own ``split_cases`` and ``datasets``, with the settings its
+    metrics.json records, so that they cannot drift from what the example does.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import lits_cascade
 
     from featsup.supervision._label_crops import label_tensor
 
     settings = json.loads((folder / "metrics.json").read_text())["settings"]
-    split = example_split(folder)
-    train, val = fd.stage_datasets(
-        stage, split["train"], split["val"], seed=settings["seed"],
-        size=settings["size" if stage == "liver" else "tumour_size"],
-        mask_dilation=settings.get("mask_dilation", 0),
-        val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if stage == "liver" else None,
-        cache_dir=folder / "cache",
-    )  # fmt: skip
+    data = settings["data"] and Path(settings["data"])
+    args = argparse.Namespace(**{**settings, "out": folder, "data": data})
+    train, val = lits_cascade.datasets(stage, lits_cascade.split_cases(args), args)
     return label_tensor(train, 2, 2), label_tensor(val, 2, 2)
 
 

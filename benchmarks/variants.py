@@ -62,8 +62,10 @@ def _remedy(remedy: str) -> tuple[dict, dict] | None:
     """(options of build_variant, options of segmentation_step) of a remedy, or None."""
     if remedy in REMEDIES:
         return REMEDIES[remedy]
+    if not remedy.startswith("w="):
+        return None
     try:
-        weight = float(remedy.removeprefix("w=")) if remedy.startswith("w=") else -1.0
+        weight = float(remedy[2:])
     except ValueError:
         return None
     return ({}, {"feature_weight": weight}) if weight > 0 else None
@@ -174,14 +176,14 @@ def summarize(results: dict, configs: list[str], partial: dict[str, list[int]]) 
                 heads[key]["val_mean"] = float(np.mean([by_seed[s]["val"][key] for s in seeds]))
                 # the same, for each run's best-by-validation checkpoint
                 best[key] = _stats(
-                    [_best(by_seed[s])[key] for s in seeds],
-                    [_best(runs[BASELINE][s])[key] for s in seeds],
+                    [by_seed[s]["test_best"][key] for s in seeds],
+                    [runs[BASELINE][s]["test_best"][key] for s in seeds],
                 )
             reached = [by_seed[s]["steps_to_reach"] for s in seeds]
             summary[stage][config] = {
                 "heads": heads,
                 "best": best,
-                "best_steps": [by_seed[s].get("best_step") for s in seeds],
+                "best_steps": [by_seed[s]["best_step"] for s in seeds],
                 "steps_to_reach": reached,
                 "student_seconds": float(np.mean([by_seed[s]["seconds"] for s in seeds])),
             }
@@ -196,11 +198,6 @@ def _stats(test: list[float], base: list[float]) -> dict:
         "test_mean": float(test_.mean()), "test_sd": sd(test_), "diff_mean": float(diff.mean()),
         "diff_sd": sd(diff), "diff_positive": int((diff > 0).sum()), "diffs": diff.tolist(),
     }  # fmt: skip
-
-
-def _best(run: dict) -> dict:
-    """Test Dice per head of a run's best-by-validation checkpoint (older runs: none)."""
-    return run.get("test_best") or {k: float("nan") for k in run["test"]}
 
 
 def _paired(d: dict, n: int) -> str:
