@@ -20,6 +20,7 @@ cost (teacher and student wall time). Every run is tested twice: its last step's
 on validation would keep), with paired differences for both.
 
     python benchmarks/variants.py --seeds 0 1 2 --json variants.json
+    python benchmarks/variants.py --tables variants.json    # its tables again, no training
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ REMEDIES = {
     "norm": ({"loss": FeatureLoss(feature_norm="channel")}, {}),
 }
 BASELINE = "UN-DS"
+NS_BASELINE = "UN-NS"  # NS configs are also paired with it, on X0,4 (their only trained head)
 
 
 def parse_config(config: str) -> tuple[str, str | None]:
@@ -180,6 +182,13 @@ def summarize(results: dict, configs: list[str], partial: dict[str, list[int]]) 
                     [runs[BASELINE][s]["test_best"][key] for s in seeds],
                 )
             reached = [by_seed[s]["steps_to_reach"] for s in seeds]
+            if config.endswith("-NS") and config != NS_BASELINE and NS_BASELINE in runs:
+                # an NS model trains X0,4 only: judge it against the plain NS UNet++ too
+                key = "dice_x0_4"
+                heads[key]["minus_un_ns"] = _stats(
+                    [by_seed[s]["test"][key] for s in seeds],
+                    [runs[NS_BASELINE][s]["test"][key] for s in seeds],
+                )
             summary[stage][config] = {
                 "heads": heads,
                 "best": best,
@@ -231,6 +240,15 @@ def print_tables(summary: dict, teachers: dict, args: argparse.Namespace) -> Non
                 continue
             cells = [_paired(d, n) for d in row["heads"].values()]
             print(f"| {config} | " + " | ".join(cells) + " |")
+        ns = {c: r["heads"]["dice_x0_4"]["minus_un_ns"] for c, r in configs.items()
+              if "minus_un_ns" in r["heads"]["dice_x0_4"]}  # fmt: skip
+        if ns:
+            print(f"\n{stage}: NS configs, paired test X0,4 difference minus {NS_BASELINE}")
+            print("| config | X0,4 minus UN-NS | per seed |")
+            print("|---|---|---|")
+            for config, d in ns.items():
+                seeds = ", ".join(f"{100 * x:+.1f}" for x in d["diffs"])
+                print(f"| {config} | {_paired(d, n)} | {seeds} |")
         print(f"\n{stage}: the checkpoint of best validation Dice of X0,4, test Dice per head "
               f"(mean +- sd) and paired X0,4 difference minus {BASELINE}")  # fmt: skip
         print("| config | X0,1 | X0,2 | X0,3 | X0,4 | best steps | X0,4 minus UN-DS |")
@@ -277,6 +295,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--tables", type=Path, default=None, metavar="JSON",
+        help="print the tables of a finished run's --json file; train nothing",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if BASELINE not in args.configs:
         p.error(f"--configs: expected {BASELINE} among them (differences are paired with it)")
@@ -291,6 +313,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.tables:
+        record = json.loads(args.tables.read_text())
+        args.reach = record["settings"]["reach"]
+        summary = summarize(record["runs"], record["settings"]["configs"], {})
+        print_tables(summary, record["teachers"], args)
+        return summary
     folder = args.out / "phantom"
     if not sorted(folder.glob("volume-*.nii.gz")):
         # phantom seeds 1000+: none of them is a case of the cascade example (seeds 0..)
