@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")
     add("--resume", action="store_true", help="continue from checkpoints in --out")
-    add("--seed", type=int, default=0)
+    add("--seed", type=int, default=0, help="seeds the phantom (its own cases per seed), the "
+        "split and training")  # fmt: skip
     add("--cases", type=int, help="phantom cases (train + val + test)")
     add("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     add("--test-cases", nargs="+", help="case ids to test on (default: drawn by --seed)")
@@ -113,18 +114,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
+        (args.seed < 0, f"--seed: expected >= 0, got {args.seed}"),
+        (args.data is None and cases > PHANTOM_SEED_STRIDE,
+         f"--cases: expected at most {PHANTOM_SEED_STRIDE} phantom cases, got {cases}"),
     ):  # fmt: skip
         if wrong:
             p.error(message)
     return args
 
 
+# --seed S writes phantom cases S * 10000, S * 10000 + 1, ...: each seed its own phantom.
+# (It once wrote cases S, S + 1, ...: --seed 1 repeated 19 of --seed 0's 20 cases.)
+PHANTOM_SEED_STRIDE = 10_000
+
+
+def phantom_seed(seed: int) -> int:
+    """The phantom seed of case 0 for ``--seed``; the cases of two seeds never overlap."""
+    return seed * PHANTOM_SEED_STRIDE
+
+
 def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
     """Train / validation / test cases (the phantom is written first when no --data)."""
     source = args.data or args.out / "phantom"
     if args.data is None:  # kept when the same settings wrote it before
-        fd.write_phantom_dataset(source, args.cases, shape=args.phantom_shape, seed=args.seed,
-                                 reuse=True)  # fmt: skip
+        fd.write_phantom_dataset(source, args.cases, shape=args.phantom_shape,
+                                 seed=phantom_seed(args.seed), reuse=True)  # fmt: skip
     try:
         return fd.split_cases(
             fd.find_cases(source), val_cases=args.val_cases, test_fraction=args.test_fraction,
@@ -278,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metrics.update(variant=args.variant, settings=settings, seconds=seconds, split=split,
                    chosen_on_validation=tuning.to_dict())  # fmt: skip
+    if args.data is None:  # which phantom: case N is make_phantom(phantom_seed + N)
+        metrics["phantom_seed"] = phantom_seed(args.seed)
     (args.out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, default=str))
     report(metrics, seconds, args)
     print(f"\nwrote {args.out}/cascade.pt, metrics.json, predictions/, figures/")

@@ -67,6 +67,7 @@ def test_tiny_cascade_runs_end_to_end(
     metrics = example.main([*TINY, "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["variant"] == "ES-DS"
+    assert saved["phantom_seed"] == 0  # the default --seed 0: phantom seeds 0..cases-1
     assert set(saved["dice_per_head"]["liver"]) == {"x0_1", "x0_2", "x0_3", "x0_4"}
     for key in ("dice_per_case", "dice_global", "voe", "rvd", "assd", "msd"):
         assert key in saved["liver"] and key in saved["tumour"]
@@ -169,6 +170,9 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--mask-dilation", "-1"])
     assert "--mask-dilation: expected pixels >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--seed", "-1"])
+    assert "--seed: expected >= 0" in capsys.readouterr().err
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
@@ -178,6 +182,21 @@ def test_bad_flags_give_clear_messages(
     assert (three.tumour_steps, three.steps) == (preset["tumour_steps"], two.steps)
     assert (two.patch, two.tumour_steps) == (None, example.PRESETS["cpu"]["tumour_steps"])
     assert example.parse_args(["--dims", "3", "--steps", "7"]).tumour_steps == 7
+
+
+def test_each_seed_writes_its_own_phantom(example: ModuleType, tmp_path: Path) -> None:
+    # --seed 1 once wrote phantom cases 1..N: all but one of them --seed 0's cases 0..N-1
+    volumes = {}
+    for seed in (0, 1):
+        args = example.parse_args(
+            [*TINY, "--phantom-shape", "8", "32", "32", "--seed", str(seed),
+             "--out", str(tmp_path / f"seed{seed}")]
+        )  # fmt: skip
+        example.split_cases(args)
+        folder = tmp_path / f"seed{seed}" / "phantom"
+        volumes[seed] = [(folder / f"volume-{i}.nii.gz").read_bytes() for i in range(args.cases)]
+    assert not set(volumes[0]) & set(volumes[1])
+    assert json.loads((tmp_path / "seed1" / "phantom" / "phantom.json").read_text())[1] == 10_000
 
 
 def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -> None:
