@@ -229,7 +229,7 @@ def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: A
 
 
 def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuning:
-    """Heads (smallest within --head-tolerance of the best), CRF stages, smallest tumour."""
+    """On validation: heads (within --head-tolerance), CRF stages, tumour threshold, smallest."""
     tuning = tune_on_validation(
         make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
         tolerance=args.head_tolerance, heads=args.head and (args.head, args.head), crf=args.crf,
@@ -238,7 +238,8 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head
     print(f"chosen on validation: heads X0,{heads[0]} (liver), X0,{heads[1]}, CRF {tuning.crf}, "
-          f"tumours of >= {tuning.tumour_min_voxels} voxels")  # fmt: skip
+          f"tumour probability > {tuning.tumour_threshold:g}, tumours of >= "
+          f"{tuning.tumour_min_voxels} voxels")  # fmt: skip
     return tuning
 
 

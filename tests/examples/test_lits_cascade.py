@@ -109,6 +109,11 @@ def test_tiny_cascade_runs_end_to_end(
         np.asarray(nib.load(written).dataobj),
     )
     assert len(saved["chosen_on_validation"]["head_table"]) == 8  # 4 heads x 2 stages
+    assert cascade.tumour_threshold == choice["tumour_threshold"]  # as chosen, so stored
+    grid = choice["val_tumour_dice_by_threshold"]
+    row = grid[str(choice["tumour_threshold"])]
+    assert row[str(choice["tumour_min_voxels"])] == max(row.values())
+    assert max(row.values()) >= max(d for r in grid.values() for d in r.values()) - 0.005
     # the next run with the same data and recipe reuses the teachers
     capsys.readouterr()
     example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2"])

@@ -37,11 +37,11 @@ def test_round_trip_gives_identical_labels_and_probabilities(
     tmp_path: Path, volume: np.ndarray
 ) -> None:
     cascade, path = _saved(tmp_path, liver_head=1, tumour_head=2, roi_margin=4,
-                           tumour_min_voxels=20)  # fmt: skip
+                           tumour_min_voxels=20, tumour_threshold=0.7)  # fmt: skip
     before = cascade(volume)
     assert set(np.unique(before.labels)) == {0, 1, 2}  # every label: the check can fail
     loaded = Cascade.load(path, device="cpu")
-    assert loaded.tumour_min_voxels == 20
+    assert loaded.tumour_min_voxels == 20 and loaded.tumour_threshold == 0.7
     after = loaded(volume)
     np.testing.assert_array_equal(after.labels, before.labels)
     np.testing.assert_array_equal(after.liver_probability, before.liver_probability)
@@ -59,6 +59,7 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     loaded = load_cascade(path, device="cpu")
     assert loaded.liver_size == (48, 40) and loaded.tumour_size == (24, 24)
     assert loaded.tumour_min_voxels == 0  # the default, as for files written before it
+    assert loaded.tumour_threshold == 0.5  # the same
     assert loaded.liver_crf == crf and loaded.tumour_crf is None
     assert loaded.preprocessing == Preprocessing(hu_window=(-50.0, 300.0), clahe=False)
     assert loaded.predict_options == {"batch_size": 3, "device": "cpu", "tta": True}

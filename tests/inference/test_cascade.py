@@ -141,3 +141,17 @@ def test_tumour_components_below_min_voxels_become_liver() -> None:
     assert (kept == 2).sum() == sizes.max() and ((kept >= 1) == (every >= 1)).all()
     with pytest.raises(ValueError, match="tumour_min_voxels"):
         threshold_cascade(tumour_min_voxels=-1)
+
+
+def test_tumour_threshold_labels_only_the_more_probable_voxels() -> None:
+    volume = make_phantom(5, (16, 64, 64)).volume
+    argmax = threshold_cascade(tumour=0.45)(volume)
+    strict = threshold_cascade(tumour=0.45, tumour_threshold=0.9)(volume)
+    np.testing.assert_array_equal(strict.tumour_probability, argmax.tumour_probability)
+    inside = argmax.labels > 0
+    assert ((argmax.labels == 2) == (inside & (argmax.tumour_probability > 0.5))).all()
+    assert ((strict.labels == 2) == (inside & (strict.tumour_probability > 0.9))).all()
+    assert 0 < (strict.labels == 2).sum() < (argmax.labels == 2).sum()  # the check can fail
+    assert ((strict.labels > 0) == inside).all()
+    with pytest.raises(ValueError, match="tumour_threshold"):
+        threshold_cascade(tumour_threshold=1.5)

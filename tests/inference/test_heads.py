@@ -99,7 +99,8 @@ def test_tune_on_validation_chooses_the_smallest_tumour_on_the_crf_runs(cases: l
     from featsup.postprocess import TUMOUR_MIN_VOXELS, tumour_dice_by_min_voxels
 
     cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3))  # noisy tumours
-    tuning = tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=(0, 5, 10_000))
+    tuning = tune_on_validation(cascade, cases, crf="none", tumour_threshold=0.5,
+                                tumour_min_voxels=(0, 5, 10_000))  # fmt: skip
     scores = tuning.min_voxels_scores
     plain = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3), liver_head=2)
     swept = [tumour_dice_by_min_voxels(plain(v).labels, t, (0, 5, 10_000)) for v, t in cases]
@@ -111,11 +112,60 @@ def test_tune_on_validation_chooses_the_smallest_tumour_on_the_crf_runs(cases: l
     kept = tuning.cascade(cases[0][0]).labels == 2
     assert not kept.any() or tuning.tumour_min_voxels < 10_000
     # one size and fixed CRF stages: nothing to choose, nothing run
-    fixed = tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=7)
+    fixed = tune_on_validation(cascade, cases, crf="none", tumour_threshold=0.6,
+                               tumour_min_voxels=7)  # fmt: skip
     assert fixed.tumour_min_voxels == 7 and fixed.min_voxels_scores == {}
+    assert fixed.cascade.tumour_threshold == 0.6
     assert 0 in TUMOUR_MIN_VOXELS  # keeping every tumour is always a candidate
     with pytest.raises(ValueError, match="tumour_min_voxels"):
         tune_on_validation(cascade, cases, crf="none", tumour_min_voxels=(-1, 5))
+
+
+def test_tune_on_validation_chooses_the_tumour_threshold_with_the_smallest_tumour(
+    cases: list,
+) -> None:
+    from featsup.inference import tune_on_validation
+    from featsup.postprocess import TUMOUR_THRESHOLDS, label_tumours, tumour_dice_by_min_voxels
+
+    # tumour = image below 0.45 after preprocessing: more than the phantom's lesions, so
+    # that thresholds above 0.5 (darker voxels only) score differently
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    thresholds, sizes = (0.5, 0.9, 0.99), (0, 25)
+    tuning = tune_on_validation(cascade, cases, crf="none", tumour_threshold=thresholds,
+                                tumour_min_voxels=sizes)  # fmt: skip
+    plain = [threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2)(v)
+             for v, _ in cases]  # fmt: skip
+    for t in thresholds:  # each row: the labels that threshold gives, swept over the sizes
+        swept = [tumour_dice_by_min_voxels(label_tumours(r.labels > 0, r.tumour_probability,
+                                                         threshold=t), truth, sizes)
+                 for r, (_, truth) in zip(plain, cases, strict=True)]  # fmt: skip
+        expected = dict(zip(sizes, np.mean(swept, 0), strict=True))
+        assert tuning.threshold_scores[t] == pytest.approx(expected)
+    grid = tuning.threshold_scores
+    assert len({round(row[0], 6) for row in grid.values()}) > 1  # the choice matters
+    best = max(d for row in grid.values() for d in row.values())
+    row = grid[tuning.tumour_threshold]
+    assert max(row.values()) >= best - 0.005  # within the tolerance of the best
+    nearer = [t for t in thresholds if abs(t - 0.5) < abs(tuning.tumour_threshold - 0.5)]
+    assert all(max(grid[t].values()) < best - 0.005 for t in nearer)
+    assert row[tuning.tumour_min_voxels] == max(row.values())
+    assert tuning.min_voxels_scores == grid[tuning.tumour_threshold]
+    assert tuning.cascade.tumour_threshold == tuning.tumour_threshold
+    record = tuning.to_dict()
+    assert record["tumour_threshold"] == tuning.tumour_threshold
+    assert (
+        record["val_tumour_dice_by_threshold"][str(tuning.tumour_threshold)]
+        == grid[tuning.tumour_threshold]
+    )
+    chosen = tuning.cascade(cases[0][0])
+    expected_labels = label_tumours(chosen.labels > 0, chosen.tumour_probability,
+                                    threshold=tuning.tumour_threshold,
+                                    min_voxels=tuning.tumour_min_voxels)  # fmt: skip
+    np.testing.assert_array_equal(chosen.labels, expected_labels)
+    assert 0.5 in TUMOUR_THRESHOLDS  # argmax is always a candidate
+    for bad in (1.5, (0.5, -0.1), ()):
+        with pytest.raises(ValueError, match="tumour_threshold"):
+            tune_on_validation(cascade, cases, crf="none", tumour_threshold=bad)
 
 
 def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> None:
@@ -142,3 +192,13 @@ def test_evaluate_cases_writes_scores_and_keeps_the_loaded_cases(tmp_path) -> No
     assert lean.loaded == [] and lean.records[0]["tumour"] == done.records[0]["tumour"]
     with pytest.raises(ValueError, match="at least one"):
         evaluate_cases(cascade, [])
+
+
+def test_the_threshold_moves_off_argmax_only_for_more_than_the_tolerance() -> None:
+    from featsup.inference.heads import _best_postprocessing
+
+    grid = {0.5: {0: 0.300, 25: 0.310}, 0.6: {0: 0.313, 25: 0.314}, 0.9: {0: 0.2, 25: 0.2}}
+    assert _best_postprocessing(grid, 0.005) == (0.5, 25)  # 0.314 is within 0.005 of 0.310
+    assert _best_postprocessing(grid, 0.001) == (0.6, 25)
+    tied = {0.4: {0: 0.3, 25: 0.3}, 0.6: {0: 0.3, 25: 0.3}}
+    assert _best_postprocessing(tied, 0.0) == (0.4, 0)  # equally near 0.5: the lower

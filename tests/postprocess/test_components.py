@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from featsup.metrics import dice_score
-from featsup.postprocess import drop_small_tumours, tumour_dice_by_min_voxels
+from featsup.postprocess import drop_small_tumours, label_tumours, tumour_dice_by_min_voxels
 
 labels_3d = arrays(np.uint8, st.tuples(*(st.integers(1, 6),) * 3), elements=st.integers(0, 2))
 
@@ -44,3 +44,25 @@ def test_diagonal_neighbours_are_one_component_and_shapes_must_match() -> None:
     assert (drop_small_tumours(labels.copy(), 3) == 2).sum() == 0
     with pytest.raises(ValueError, match="shape"):
         tumour_dice_by_min_voxels(labels, labels[:1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.integers(0, 5),
+)
+def test_label_tumours_thresholds_inside_the_liver(prob, low, high, min_voxels) -> None:
+    low, high = sorted((low, high))
+    liver = prob > 0.1  # a mask that cuts some tumour probability off
+    labels = label_tumours(liver, prob, threshold=low)
+    assert ((labels > 0) == liver).all()  # the liver never changes
+    assert ((labels == 2) == (liver & (prob > low))).all()
+    higher = label_tumours(liver, prob, threshold=high, min_voxels=min_voxels)
+    assert ((higher == 2) <= (labels == 2)).all()  # a higher threshold only shrinks tumours
+    np.testing.assert_array_equal(
+        higher, drop_small_tumours(label_tumours(liver, prob, threshold=high), min_voxels)
+    )
+    with pytest.raises(ValueError, match="shape"):
+        label_tumours(liver, prob[:0])

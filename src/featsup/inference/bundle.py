@@ -39,7 +39,8 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 """The label map of the cascade's output (and of LiTS segmentations)."""
 
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "roi_margin")
-_PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels")
+_PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels",
+                     "tumour_threshold")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 
 
@@ -73,6 +74,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "tumour_patch": cascade.tumour_patch,
         "tumour_overlap": cascade.tumour_overlap,
         "tumour_min_voxels": cascade.tumour_min_voxels,
+        "tumour_threshold": cascade.tumour_threshold,
     }
 
 
@@ -232,6 +234,7 @@ def load_cascade(
         tumour_patch=settings.get("tumour_patch"),
         tumour_overlap=settings.get("tumour_overlap", 0.5),
         tumour_min_voxels=settings.get("tumour_min_voxels", 0),
+        tumour_threshold=settings.get("tumour_threshold", 0.5),
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

@@ -32,7 +32,7 @@ from featsup.inference.predict import (
     predict_volume,
     prepare_model,
 )
-from featsup.postprocess.components import drop_small_tumours
+from featsup.postprocess.components import label_tumours
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -118,6 +118,9 @@ class Cascade:
         tumour_min_voxels: tumour components (26-connected, in 3D) of fewer voxels are
             relabelled liver; 0 keeps all. :func:`~featsup.inference.tune_on_validation`
             chooses it on validation cases.
+        tumour_threshold: a voxel inside the liver mask is tumour when its tumour
+            probability is above this (0.5: the two-class argmax);
+            :func:`~featsup.inference.tune_on_validation` chooses it on validation cases.
 
     Raises:
         ValueError: if ``preprocessing`` is None and the two models' checkpoints recorded
@@ -152,10 +155,12 @@ class Cascade:
         tumour_patch: Sequence[int] | None = None,
         tumour_overlap: float = 0.5,
         tumour_min_voxels: int = 0,
+        tumour_threshold: float = 0.5,
     ) -> None:
         check_positive("batch_size", batch_size)
         check_positive("tumour_min_voxels", tumour_min_voxels, strict=False)
         self.tumour_min_voxels = int(tumour_min_voxels)
+        self.tumour_threshold = float(check_in_range("tumour_threshold", tumour_threshold, 0, 1))
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
@@ -303,9 +308,8 @@ class Cascade:
             )
         else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
             tumour_p = np.zeros(liver.probability.shape, np.float32)
-        labels = liver.mask.astype(np.uint8)
-        labels[(tumour_p > 0.5) & liver.mask] = 2
-        drop_small_tumours(labels, self.tumour_min_voxels)
+        labels = label_tumours(liver.mask, tumour_p, threshold=self.tumour_threshold,
+                               min_voxels=self.tumour_min_voxels)  # fmt: skip
         timings["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, roi, timings)

@@ -3,14 +3,15 @@
 A shallower head computes fewer nodes, so it is faster; :func:`choose_heads` keeps, for
 each stage, the smallest head whose validation Dice per case is within ``tolerance`` of
 the best head's, and measures the model seconds per volume of every head.
-:func:`tune_on_validation` chooses the heads, then the CRF stages and the smallest tumour
-component, in one call.
+:func:`tune_on_validation` chooses the heads, then the CRF stages, the tumour threshold and
+the smallest tumour component, in one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Any, Literal
 
 import numpy as np
@@ -20,7 +21,12 @@ from featsup._wrappers import supervised_student, unwrap
 from featsup.inference.cascade import Cascade
 from featsup.metrics import LITS_STAGES, dice_score
 from featsup.models.unetpp import UNetPlusPlus
-from featsup.postprocess.components import TUMOUR_MIN_VOXELS, tumour_dice_by_min_voxels
+from featsup.postprocess.components import (
+    TUMOUR_MIN_VOXELS,
+    TUMOUR_THRESHOLDS,
+    label_tumours,
+    tumour_dice_by_min_voxels,
+)
 
 __all__ = [
     "HeadChoice",
@@ -262,7 +268,7 @@ def choose_crf_stages(
         'none'
     """
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
-    trials = _crf_trials(cascade, arrays, liver_crf, tumour_crf, sizes=(0,))
+    trials = _crf_trials(cascade, arrays, liver_crf, tumour_crf, thresholds=(0.5,), sizes=(0,))
     return _crf_choice(trials), {stages: trial["dice"] for stages, trial in trials.items()}
 
 
@@ -272,14 +278,16 @@ def _crf_trials(
     liver_crf: dict[str, Any] | None,
     tumour_crf: dict[str, Any] | None,
     *,
+    thresholds: Sequence[float],
     sizes: Sequence[int],
     stages: Sequence[str] = ("none", "liver", "both"),
 ) -> dict[str, dict[str, Any]]:
     """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
 
-    Returns, per choice: ``"dice"`` (liver and tumour Dice per case, every tumour kept)
-    and ``"by_min_voxels"`` (tumour Dice per case after dropping components under each
-    of ``sizes``), so that the smallest tumour is chosen without running it again.
+    Returns, per choice: ``"dice"`` (liver and tumour Dice per case, the cascade's
+    threshold, every tumour kept) and ``"by_threshold"`` (tumour Dice per case for each
+    of ``thresholds``, then each of ``sizes`` as the smallest component kept), so that
+    the threshold and the smallest tumour are chosen without running the models again.
     """
     from featsup.inference.bundle import cascade_arguments
 
@@ -289,14 +297,24 @@ def _crf_trials(
         options = {**cascade_arguments(cascade), "tumour_min_voxels": 0}
         options.update(liver_crf=crfs[choice][0], tumour_crf=crfs[choice][1])
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-        labels = [(trial(volume).labels, truth) for volume, truth in arrays]
-        by_size = np.mean([tumour_dice_by_min_voxels(p, t, sizes) for p, t in labels], axis=0)
+        labels, grid = [], np.zeros((len(thresholds), len(sizes)))
+        for volume, truth in arrays:
+            result = trial(volume)
+            labels.append((result.labels, truth))
+            liver = result.labels > 0
+            for i, threshold in enumerate(thresholds):
+                pred = label_tumours(liver, result.tumour_probability, threshold=threshold)
+                grid[i] += tumour_dice_by_min_voxels(pred, truth, sizes)
+        grid /= max(len(arrays), 1)
         trials[choice] = {
             "dice": {
                 stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
                 for stage, k in LITS_STAGES.items()
             },
-            "by_min_voxels": {int(m): float(d) for m, d in zip(sizes, by_size, strict=True)},
+            "by_threshold": {
+                float(t): {int(m): float(d) for m, d in zip(sizes, row, strict=True)}
+                for t, row in zip(thresholds, grid, strict=True)
+            },
         }
     return trials
 
@@ -318,11 +336,18 @@ class Tuning:
     crf: Literal["none", "liver", "both"]
     crf_scores: dict[str, dict[str, float]]
     """Validation Dice per case of each CRF choice (empty when ``crf`` was given)."""
+    tumour_threshold: float
     tumour_min_voxels: int
-    min_voxels_scores: dict[int, float]
-    """Validation tumour Dice per case for each smallest tumour component tried."""
+    threshold_scores: dict[float, dict[int, float]]
+    """Validation tumour Dice per case for each threshold, then smallest component, tried
+    (empty when both were given)."""
     cascade: Cascade = field(repr=False)
-    """A copy of the cascade with the chosen heads, CRF stages and smallest tumour."""
+    """A copy of the cascade with the chosen heads, CRF stages, threshold and smallest tumour."""
+
+    @property
+    def min_voxels_scores(self) -> dict[int, float]:
+        """Validation tumour Dice per smallest component, at the chosen threshold."""
+        return self.threshold_scores.get(self.tumour_threshold, {})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the heads, the CRF stages and the validation Dice they were chosen by."""
@@ -335,10 +360,37 @@ class Tuning:
             "tolerance": self.heads.tolerance,
             "val_dice_per_head": dice,
             "val_dice_by_crf": self.crf_scores,
+            "tumour_threshold": self.tumour_threshold,
             "tumour_min_voxels": self.tumour_min_voxels,
             "val_tumour_dice_by_min_voxels": self.min_voxels_scores,
+            "val_tumour_dice_by_threshold": {
+                str(t): row for t, row in self.threshold_scores.items()
+            },
             "head_table": rows,
         }
+
+
+def _candidates(name: str, value: Any, kind: type, low: float, high: float) -> list[Any]:
+    """One value or a sequence of them, as a non-empty list within [low, high]."""
+    values = [float(value)] if isinstance(value, Real) else [float(v) for v in value]
+    if not values or any(not low <= v <= high for v in values):
+        raise ValueError(f"{name}: expected one or more numbers in [{low}, {high}], got {value!r}")
+    return [kind(v) for v in values]
+
+
+def _best_postprocessing(
+    grid: dict[float, dict[int, float]], tolerance: float
+) -> tuple[float, int]:
+    """The threshold and smallest tumour chosen from a grid of validation Dice.
+
+    The threshold nearest 0.5 whose best Dice is within ``tolerance`` of the grid's best,
+    then its smallest tumour of best Dice (the smallest on a tie).
+    """
+    best = max(d for row in grid.values() for d in row.values())
+    near = [t for t, row in grid.items() if max(row.values()) >= best - tolerance]
+    threshold = min(near, key=lambda t: (abs(t - 0.5), t))
+    row = grid[threshold]
+    return threshold, min(m for m, d in row.items() if d == max(row.values()))
 
 
 def tune_on_validation(
@@ -350,51 +402,54 @@ def tune_on_validation(
     crf: Literal["auto", "none", "liver", "both"] = "auto",
     liver_crf: dict[str, Any] | None = None,
     tumour_crf: dict[str, Any] | None = None,
+    tumour_threshold: float | Sequence[float] = TUMOUR_THRESHOLDS,
     tumour_min_voxels: int | Sequence[int] = TUMOUR_MIN_VOXELS,
 ) -> Tuning:
-    """Choose a cascade's heads, its CRF stages and its smallest tumour, on validation cases.
+    """Choose a cascade's heads, CRF stages, tumour threshold and smallest tumour, on validation.
 
     The heads as :func:`choose_heads` (the table is always measured; ``heads`` fixes the
     choice), then, with those heads, the CRF stages as :func:`choose_crf_stages` unless
-    ``crf`` names them, then, with those, the cascade's ``tumour_min_voxels``: of the
-    candidates, the one with the best validation tumour Dice per case (the smallest on a
-    tie), measured on the same runs as the CRF stages. Each case is loaded once.
+    ``crf`` names them, then, with those, the cascade's ``tumour_threshold`` and
+    ``tumour_min_voxels``: the threshold nearest 0.5 (the argmax) whose validation tumour
+    Dice per case is within ``tolerance`` of the best pair's, so that a gain of noise size
+    does not move it, then that threshold's smallest tumour of best Dice (the smallest
+    on a tie); both measured on the same runs as the CRF stages. Each case is loaded once
+    and each model runs once per CRF choice.
 
     Args:
         cascade: the trained cascade; it is not changed.
         cases: validation cases, as for :func:`choose_heads`. Never test cases.
-        tolerance: allowed validation Dice below the best head.
+        tolerance: allowed validation Dice below the best head, and below the best
+            threshold for one nearer 0.5.
         heads: ``(liver_head, tumour_head)`` to use whatever the table says.
         crf: ``"auto"`` (choose on validation) or the stages to refine.
         liver_crf: the liver stage's CRF options (default ``CRF_PRESETS["liver"]``).
         tumour_crf: the tumour stage's (default ``CRF_PRESETS["tumour"]``).
+        tumour_threshold: candidate tumour probability thresholds, or one to use.
         tumour_min_voxels: candidate smallest tumour components (voxels), or one to use.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
 
     Raises:
-        ValueError: for a bad ``crf``, ``tolerance`` or ``tumour_min_voxels``, or cases
-            as :func:`choose_heads` refuses them.
+        ValueError: for a bad ``crf``, ``tolerance``, ``tumour_threshold`` or
+            ``tumour_min_voxels``, or cases as :func:`choose_heads` refuses them.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
         >>> cascade = Cascade(net, net, liver_size=16, tumour_size=16, device="cpu")
         >>> case = (np.zeros((2, 16, 16), np.int16), np.zeros((2, 16, 16), np.uint8))
-        >>> tuning = tune_on_validation(cascade, [case], crf="none")
-        >>> tuning.to_dict()["liver_head"], tuning.cascade.liver_crf
-        (1, None)
+        >>> tuning = tune_on_validation(cascade, [case], crf="none", tumour_threshold=0.7)
+        >>> tuning.to_dict()["liver_head"], tuning.cascade.tumour_threshold
+        (1, 0.7)
     """
     from featsup.inference.bundle import cascade_arguments
     from featsup.postprocess import CRF_PRESETS
 
     check_choice("crf", crf, ("auto", "none", "liver", "both"))
-    sizes = [tumour_min_voxels] if isinstance(tumour_min_voxels, int) else list(tumour_min_voxels)
-    if not sizes or min(sizes) < 0:
-        raise ValueError(
-            f"tumour_min_voxels: expected voxel counts >= 0, got {tumour_min_voxels!r}"
-        )
+    thresholds = _candidates("tumour_threshold", tumour_threshold, float, 0.0, 1.0)
+    sizes = _candidates("tumour_min_voxels", tumour_min_voxels, int, 0, float("inf"))
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
     choice = choose_heads(cascade, arrays, tolerance=tolerance)
     liver_head, tumour_head = heads or (choice.liver_head, choice.tumour_head)
@@ -405,22 +460,21 @@ def tune_on_validation(
     if heads is not None or trial is None:
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     scores: dict[str, dict[str, float]] = {}
-    by_size: dict[int, float] = {}
-    min_voxels = sizes[0]
-    if crf == "auto" or len(sizes) > 1:  # else nothing is left to choose
+    grid: dict[float, dict[int, float]] = {}
+    threshold, min_voxels = thresholds[0], sizes[0]
+    if crf == "auto" or len(thresholds) * len(sizes) > 1:  # else nothing is left to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
-        trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"], sizes=sizes,
-                             stages=stages)  # fmt: skip
+        trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
+                             thresholds=thresholds, sizes=sizes, stages=stages)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
-        by_size = trials[crf]["by_min_voxels"]
-        best = max(by_size.values())
-        min_voxels = min(m for m, d in by_size.items() if d == best)  # ties: keep more
+        grid = trials[crf]["by_threshold"]
+        threshold, min_voxels = _best_postprocessing(grid, tolerance)
     options["liver_crf"] = crfs["liver"] if crf != "none" else None
     options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
-    options["tumour_min_voxels"] = min_voxels
+    options["tumour_threshold"], options["tumour_min_voxels"] = threshold, min_voxels
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-    tuning = Tuning(choice, crf, scores, min_voxels, by_size, tuned)
+    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned)
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

@@ -9,10 +9,24 @@ from scipy import ndimage
 
 from featsup.metrics._ops import dice
 
-__all__ = ["TUMOUR_MIN_VOXELS", "drop_small_tumours", "tumour_dice_by_min_voxels"]
+__all__ = [
+    "TUMOUR_MIN_VOXELS",
+    "TUMOUR_THRESHOLDS",
+    "drop_small_tumours",
+    "label_tumours",
+    "tumour_dice_by_min_voxels",
+]
 
 TUMOUR_MIN_VOXELS = (0, 25, 50, 100, 200)
 """Candidate smallest tumour components :func:`~featsup.inference.tune_on_validation` tries."""
+
+TUMOUR_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Candidate tumour probability thresholds :func:`~featsup.inference.tune_on_validation` tries.
+
+0.5 is the argmax of a two-class model. A model trained with a Dice loss on slices that
+mostly hold a lesion can be over- or under-confident on whole volumes, so the threshold
+is chosen on validation cases like the smallest component.
+"""
 
 
 def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +62,44 @@ def drop_small_tumours(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     small[0] = False
     labels[small[components]] = 1
     return labels
+
+
+def label_tumours(
+    liver_mask: np.ndarray,
+    tumour_probability: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    min_voxels: int = 0,
+) -> np.ndarray:
+    """Labels {0, 1, 2}: liver where ``liver_mask``, tumour inside it above ``threshold``.
+
+    Args:
+        liver_mask: (D, H, W) boolean liver mask (or any shape, matching the next).
+        tumour_probability: tumour probabilities, the same shape.
+        threshold: a voxel is tumour when its probability is above this (0.5: argmax).
+        min_voxels: then :func:`drop_small_tumours` with this size (0 keeps all).
+
+    Returns:
+        A new uint8 array.
+
+    Raises:
+        ValueError: if the shapes differ.
+
+    Example:
+        >>> mask = np.ones((1, 2, 2), bool)
+        >>> prob = np.array([[[0.2, 0.55], [0.7, 0.9]]], np.float32)
+        >>> label_tumours(mask, prob, threshold=0.6).tolist()
+        [[[1, 1], [2, 2]]]
+    """
+    if np.shape(liver_mask) != np.shape(tumour_probability):
+        raise ValueError(
+            f"liver_mask, tumour_probability: expected one shape, got {np.shape(liver_mask)}"
+            f" and {np.shape(tumour_probability)}"
+        )
+    mask = np.asarray(liver_mask, dtype=bool)
+    labels = mask.astype(np.uint8)
+    labels[(tumour_probability > threshold) & mask] = 2
+    return drop_small_tumours(labels, min_voxels)
 
 
 def tumour_dice_by_min_voxels(
