@@ -172,33 +172,21 @@ def summarize(results: dict, configs: list[str], partial: dict[str, list[int]]) 
             heads, best = {}, {}
             for k in range(1, 5):
                 key = f"dice_x0_{k}"
-                heads[key] = _stats(
-                    [by_seed[s]["test"][key] for s in seeds],
-                    [runs[BASELINE][s]["test"][key] for s in seeds],
-                )
+                heads[key] = _versus(runs, seeds, config, BASELINE, key)
                 heads[key]["val_mean"] = float(np.mean([by_seed[s]["val"][key] for s in seeds]))
                 # the same, for each run's best-by-validation checkpoint
-                best[key] = _stats(
-                    [by_seed[s]["test_best"][key] for s in seeds],
-                    [runs[BASELINE][s]["test_best"][key] for s in seeds],
-                )
+                best[key] = _versus(runs, seeds, config, BASELINE, key, "test_best")
             reached = [by_seed[s]["steps_to_reach"] for s in seeds]
             if config.endswith("-NS") and config != NS_BASELINE and NS_BASELINE in runs:
                 # an NS model trains X0,4 only: judge it against the plain NS UNet++ too
-                key = "dice_x0_4"
-                heads[key]["minus_un_ns"] = _stats(
-                    [by_seed[s]["test"][key] for s in seeds],
-                    [runs[NS_BASELINE][s]["test"][key] for s in seeds],
+                heads["dice_x0_4"]["minus_un_ns"] = _versus(
+                    runs, seeds, config, NS_BASELINE, "dice_x0_4"
                 )
             base = parse_config(config)[0]
             if base != config and base in runs:
                 # a remedy (@early, @w=...) against the same variant as the paper has it
-                for k in range(1, 5):
-                    key = f"dice_x0_{k}"
-                    heads[key]["minus_base"] = _stats(
-                        [by_seed[s]["test"][key] for s in seeds],
-                        [runs[base][s]["test"][key] for s in seeds],
-                    )
+                for key in heads:
+                    heads[key]["minus_base"] = _versus(runs, seeds, config, base, key)
             summary[stage][config] = {
                 "heads": heads,
                 "best": best,
@@ -207,6 +195,12 @@ def summarize(results: dict, configs: list[str], partial: dict[str, list[int]]) 
                 "student_seconds": float(np.mean([by_seed[s]["seconds"] for s in seeds])),
             }
     return summary
+
+
+def _versus(runs: dict, seeds: list, config: str, other: str, key: str, part: str = "test") -> dict:
+    """``config`` against ``other`` on one head (``key``) of ``part``, paired per seed."""
+    return _stats([runs[config][s][part][key] for s in seeds],
+                  [runs[other][s][part][key] for s in seeds])  # fmt: skip
 
 
 def _stats(test: list[float], base: list[float]) -> dict:
