@@ -69,6 +69,18 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert info["liver"]["config"]["widths"] == [4, 8, 16] and "state_dict" not in info["liver"]
 
 
+def test_each_stage_keeps_its_own_preprocessing(tmp_path: Path, volume: np.ndarray) -> None:
+    window = Preprocessing(clahe=False)  # the tumour stage without CLAHE, the liver with it
+    cascade, path = _saved(tmp_path, tumour_preprocessing=window)
+    loaded = load_cascade(path, device="cpu")
+    assert loaded.preprocessing == Preprocessing() and loaded.tumour_preprocessing == window
+    np.testing.assert_array_equal(loaded(volume).labels, cascade(volume).labels)
+    state = torch.load(path, weights_only=True)
+    del state["tumour_preprocessing"]  # a file written before the key existed
+    torch.save(state, path)
+    assert load_cascade(path, device="cpu").tumour_preprocessing == Preprocessing()
+
+
 def test_supervisor_is_saved_as_its_student_alone(tmp_path: Path, volume: np.ndarray) -> None:
     student = threshold_unetpp(0.35)
     supervisor = FeatureSupervisor(student, UNetPlusPlus(2, 2, widths=(4, 8, 16)), label_classes=2)

@@ -76,10 +76,36 @@ def test_cascade_from_checkpoints_alone_equals_the_explicit_window(
     assert np.abs(result.liver_probability - default.liver_probability).max() > 1e-4
 
 
+def test_cascade_feeds_each_model_its_own_recorded_preprocessing(
+    trained: tuple[Path, np.ndarray],
+) -> None:
+    path, volume = trained
+    liver, tumour = load_model(path), load_model(path)
+    contrast = Preprocessing(hu_window=WINDOW.hu_window, clahe=True)  # the same window
+    tumour.preprocessing = contrast
+    options = {"liver_size": 32, "tumour_size": 32, "device": "cpu"}
+    mask = load_case(find_cases(path.parent / "data")[0]).labels > 0  # the tumour stage runs
+
+    def tumour_probability(cascade: Cascade) -> np.ndarray:
+        return cascade.tumour_stage(cascade.liver_stage(volume, mask=mask)).tumour_probability
+
+    cascade = Cascade(liver, tumour, **options)
+    assert (cascade.preprocessing, cascade.tumour_preprocessing) == (WINDOW, contrast)
+    stage = cascade.liver_stage(volume, mask=mask)
+    assert stage.tumour_image is not None and np.abs(stage.tumour_image - stage.image).max() > 0.01
+    explicit = Cascade(liver, tumour, preprocessing=WINDOW, tumour_preprocessing=contrast,
+                       **options)  # fmt: skip
+    same = Cascade(liver, tumour, preprocessing=WINDOW, **options)  # explicit: both stages
+    assert same.tumour_preprocessing == WINDOW and same.liver_stage(volume).tumour_image is None
+    result = tumour_probability(cascade)
+    np.testing.assert_array_equal(result, tumour_probability(explicit))
+    assert np.abs(result - tumour_probability(same)).max() > 1e-4
+
+
 def test_cascade_refuses_models_trained_with_different_windows(
     trained: tuple[Path, np.ndarray],
 ) -> None:
     liver, tumour = load_model(trained[0]), load_model(trained[0])
     tumour.preprocessing = Preprocessing()
-    with pytest.raises(ValueError, match="same preprocessing"):
+    with pytest.raises(ValueError, match="one hu_window"):
         Cascade(liver, tumour, liver_size=32, tumour_size=32, device="cpu")

@@ -9,7 +9,8 @@ lists, tuples and dicts, never pickled code. It holds
   ``"config"`` (its constructor arguments) and ``"state_dict"`` (no teacher, no adapters);
 - ``"settings"``: sizes, heads, 2.5D context, ROI margin, batch size, TTA and, for a 3D
   tumour model, its window and overlap (files without them load as 2D);
-- ``"preprocessing"``: the preprocessing both students were trained with;
+- ``"preprocessing"`` / ``"tumour_preprocessing"``: what the liver / tumour student was
+  trained with (files without the second: the first serves both);
 - ``"crf"``: ``{"liver": ..., "tumour": ...}`` dense-CRF keyword arguments or None;
 - ``"labels"``: the label map ``{0: "background", 1: "liver", 2: "tumour"}``;
 - ``"training"``: a short, JSON-like summary (data, split, validation Dice, heads).
@@ -42,6 +43,7 @@ _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context"
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels",
                      "tumour_threshold")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
+_PREPROCESSINGS = ("preprocessing", "tumour_preprocessing")
 
 
 def _version() -> str:
@@ -50,14 +52,17 @@ def _version() -> str:
     return __version__
 
 
-def preprocessing_record(cascade: Cascade) -> dict[str, Any]:
-    """The cascade's preprocessing as a plain dict (what the file stores)."""
-    return cascade.preprocessing.to_dict()
+def preprocessing_records(cascade: Cascade) -> dict[str, dict[str, Any]]:
+    """Each stage's preprocessing as a plain dict, under its file key (what the file stores)."""
+    return {key: getattr(cascade, key).to_dict() for key in _PREPROCESSINGS}
 
 
-def preprocessing_arguments(record: dict[str, Any]) -> dict[str, Any]:
-    """:class:`Cascade` keyword arguments that restore a stored preprocessing."""
-    return {"preprocessing": Preprocessing.from_dict(record)}
+def preprocessing_arguments(records: dict[str, Any]) -> dict[str, Any]:
+    """:class:`Cascade` keyword arguments that restore stored preprocessings."""
+    liver = Preprocessing.from_dict(records["preprocessing"])
+    tumour = records.get("tumour_preprocessing")  # absent from older files: one for both
+    tumour = liver if tumour is None else Preprocessing.from_dict(tumour)
+    return {"preprocessing": liver, "tumour_preprocessing": tumour}
 
 
 def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
@@ -65,7 +70,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
     options = cascade.predict_options
     return {
         **{name: getattr(cascade, name) for name in _SETTINGS},
-        **preprocessing_arguments(preprocessing_record(cascade)),
+        **{key: getattr(cascade, key) for key in _PREPROCESSINGS},  # frozen: shared safely
         "liver_crf": None if cascade.liver_crf is None else dict(cascade.liver_crf),
         "tumour_crf": None if cascade.tumour_crf is None else dict(cascade.tumour_crf),
         "batch_size": options["batch_size"],
@@ -125,7 +130,7 @@ def save_cascade(
         (32, 32)
     """
     arguments = cascade_arguments(cascade)
-    state = {
+    state: dict[str, Any] = {
         "format": CASCADE_FORMAT,
         "featsup_version": _version(),
         "liver": _student_record("liver", cascade.liver_model),
@@ -134,7 +139,7 @@ def save_cascade(
             **{name: arguments[name] for name in _SETTINGS},
             **{k: arguments[k] for k in _PREDICT_SETTINGS},
         },
-        "preprocessing": preprocessing_record(cascade),
+        **preprocessing_records(cascade),
         "crf": {"liver": arguments["liver_crf"], "tumour": arguments["tumour_crf"]},
         "labels": dict(LABELS),
         "training": dict(training if training is not None else cascade.training_summary or {}),
@@ -226,7 +231,7 @@ def load_cascade(
         _build(state["liver"], "liver", path),
         _build(state["tumour"], "tumour", path),
         **{name: settings[name] for name in _SETTINGS},
-        **preprocessing_arguments(state["preprocessing"]),
+        **preprocessing_arguments(state),
         liver_crf=state["crf"]["liver"],
         tumour_crf=state["crf"]["tumour"],
         batch_size=settings.get("batch_size", 16),

@@ -61,7 +61,7 @@ class LiverStage:
     """What :meth:`Cascade.liver_stage` returns; arrays are (D, H, W) on the volume's grid."""
 
     image: np.ndarray
-    """float32 model input (the cascade's :class:`~featsup.data.Preprocessing`)."""
+    """float32 liver-model input (the cascade's ``preprocessing``)."""
     image_u8: np.ndarray
     """uint8 HU window (the CRF's image)."""
     probability: np.ndarray
@@ -72,13 +72,16 @@ class LiverStage:
     """Seconds spent in each step so far."""
     seconds: float = 0.0
     """Seconds of the whole liver stage."""
+    tumour_image: np.ndarray | None = None
+    """float32 tumour-model input (``tumour_preprocessing``); None: ``image`` serves both."""
 
 
 class Cascade:
     """Liver model -> liver ROI -> tumour model -> CRF -> labels (paper 4.1.3, 4.2.5).
 
     The preprocessing must match training: pass the training datasets' ``.preprocessing``
-    (or ``Preprocessing.from_dict`` of a checkpoint's), the same slice sizes and 2.5D
+    (or ``Preprocessing.from_dict`` of a checkpoint's; each stage may have its own), the
+    same slice sizes and 2.5D
     context, and for the tumour stage the same in-plane ROI margin with the image zeroed
     outside the (predicted) liver, as :class:`featsup.data.TumourSliceDataset` does with
     the truth.
@@ -98,9 +101,15 @@ class Cascade:
         tumour_head: UNet++ head of the tumour model (None = deepest).
         context: 2.5D neighbours on each side used by both models.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
-        preprocessing: the :class:`~featsup.data.Preprocessing` both models were trained
-            with; None takes the one their checkpoints recorded (models rebuilt by
-            :func:`featsup.training.load_model`), else its defaults (the paper's).
+        preprocessing: the :class:`~featsup.data.Preprocessing` the liver model was
+            trained with (and the tumour model, unless ``tumour_preprocessing`` is given);
+            None takes the one its checkpoint recorded (models rebuilt by
+            :func:`featsup.training.load_model`), else the tumour model's, else the
+            defaults (the paper's).
+        tumour_preprocessing: the tumour model's; None takes ``preprocessing`` when given,
+            else the one the tumour model's checkpoint recorded, else the liver stage's.
+            Both stages read one HU window (the CRF's image); CLAHE and normalisation
+            may differ.
         liver_crf: None for no CRF on the liver stage, else keyword arguments of
             :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults; the phantom-
             tuned ``CRF_PRESETS["liver"]`` differs from them), applied slice by slice.
@@ -123,9 +132,8 @@ class Cascade:
             :func:`~featsup.inference.tune_on_validation` chooses it on validation cases.
 
     Raises:
-        ValueError: if ``preprocessing`` is None and the two models' checkpoints recorded
-            different preprocessings, or if ``tumour_patch`` is missing for a 3D tumour
-            model or given for a 2D one.
+        ValueError: if the two stages' preprocessings have different HU windows, or if
+            ``tumour_patch`` is missing for a 3D tumour model or given for a 2D one.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -147,6 +155,7 @@ class Cascade:
         context: int = 0,
         roi_margin: int = 8,
         preprocessing: Preprocessing | None = None,
+        tumour_preprocessing: Preprocessing | None = None,
         liver_crf: dict[str, Any] | None = None,
         tumour_crf: dict[str, Any] | None = None,
         batch_size: int = 16,
@@ -164,8 +173,10 @@ class Cascade:
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
-        if preprocessing is not None:
-            check_type("preprocessing", preprocessing, Preprocessing)
+        for name, value in (("preprocessing", preprocessing),
+                            ("tumour_preprocessing", tumour_preprocessing)):  # fmt: skip
+            if value is not None:
+                check_type(name, value, Preprocessing)
         self.liver_model, self.tumour_model = liver_model, tumour_model
         self.liver_size = liver_size
         self.tumour_size = (
@@ -173,7 +184,9 @@ class Cascade:
         )
         self.liver_head, self.tumour_head = liver_head, tumour_head
         self.context, self.roi_margin = context, roi_margin
-        self.preprocessing = preprocessing or _recorded_preprocessing(liver_model, tumour_model)
+        self.preprocessing, self.tumour_preprocessing = _stage_preprocessings(
+            liver_model, tumour_model, preprocessing, tumour_preprocessing
+        )
         self.liver_crf, self.tumour_crf = liver_crf, tumour_crf
         self.predict_options: dict[str, Any] = {
             "batch_size": batch_size,
@@ -225,6 +238,9 @@ class Cascade:
         low, high = self.preprocessing.hu_window  # the window once: CRF image and model input
         image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
         image = preprocess_window(image_u8, preprocessing=self.preprocessing)
+        tumour_image = None  # computed here once, reused by every tumour head
+        if self.tumour_preprocessing != self.preprocessing:
+            tumour_image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
         t["preprocess"] = time.perf_counter() - start
         if mask is not None:
             if np.shape(mask) != np.shape(volume_hu):
@@ -233,7 +249,7 @@ class Cascade:
                 )
             known = np.asarray(mask, dtype=bool)
             return LiverStage(image, image_u8, known.astype(np.float32), known, t,
-                              time.perf_counter() - begin)  # fmt: skip
+                              time.perf_counter() - begin, tumour_image)  # fmt: skip
         start = time.perf_counter()
         model = self.prepared("liver", self.liver_head if head is None else head)
         crf = self.liver_crf is not None  # the CRF needs both classes, the rest the liver only
@@ -249,7 +265,8 @@ class Cascade:
             t["liver_crf"] = time.perf_counter() - start
         del probs
         mask = largest_connected_component(liver_p > 0.5)
-        return LiverStage(image, image_u8, liver_p, mask, t, time.perf_counter() - begin)
+        seconds = time.perf_counter() - begin
+        return LiverStage(image, image_u8, liver_p, mask, t, seconds, tumour_image)
 
     def _tumour(
         self,
@@ -303,9 +320,8 @@ class Cascade:
         roi = None
         if liver.mask.any():
             tumour_head = self.tumour_head if head is None else head
-            tumour_p, roi = self._tumour(
-                liver.image, liver.image_u8, liver.mask, tumour_head, timings
-            )
+            image = liver.image if liver.tumour_image is None else liver.tumour_image
+            tumour_p, roi = self._tumour(image, liver.image_u8, liver.mask, tumour_head, timings)
         else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
             tumour_p = np.zeros(liver.probability.shape, np.float32)
         labels = label_tumours(liver.mask, tumour_p, threshold=self.tumour_threshold,
@@ -360,12 +376,23 @@ class Cascade:
         return choose_heads(self, cases, tolerance=tolerance)
 
 
-def _recorded_preprocessing(liver_model: nn.Module, tumour_model: nn.Module) -> Preprocessing:
-    """The preprocessing both models' checkpoints recorded; the default if neither did."""
-    liver, tumour = model_preprocessing(liver_model), model_preprocessing(tumour_model)
-    if liver is not None and tumour is not None and liver != tumour:
+def _stage_preprocessings(
+    liver_model: nn.Module,
+    tumour_model: nn.Module,
+    preprocessing: Preprocessing | None,
+    tumour_preprocessing: Preprocessing | None,
+) -> tuple[Preprocessing, Preprocessing]:
+    """The liver and tumour stages' preprocessings: given, else recorded, else the default."""
+    liver_record, tumour_record = (
+        model_preprocessing(liver_model),
+        model_preprocessing(tumour_model),
+    )
+    liver = preprocessing or liver_record or tumour_record or Preprocessing()
+    tumour = tumour_preprocessing or preprocessing or tumour_record or liver
+    if tumour.hu_window != liver.hu_window:
         raise ValueError(
-            f"preprocessing: expected the liver and tumour models to be trained with the same "
-            f"preprocessing, got {liver} and {tumour}; fix: pass preprocessing= explicitly"
+            f"tumour_preprocessing: expected the liver stage's HU window {liver.hu_window} (both "
+            f"models and the CRF read one window), got {tumour.hu_window}; fix: train both "
+            f"stages with one hu_window (CLAHE and normalisation may differ)"
         )
-    return liver or tumour or Preprocessing()
+    return liver, tumour
