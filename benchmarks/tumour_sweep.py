@@ -2,7 +2,8 @@
 
 The cascade example's tumour stage has settings that were once picked on test cases:
 the ROI size, how far the training liver masks are grown (``--mask-dilation``) and the
-share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``). This
+share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``); and one
+the paper fixed: its preprocessing (CLAHE, or the HU window alone). This
 script re-chooses them where choices belong: it trains the tumour stage of the example
 (2D UNet++ from the example's liver model, as UN-DS: no teacher, which is the same for
 every setting) once per setting and seed, for a fixed number of steps, and scores it on
@@ -19,6 +20,11 @@ Run the example first (its phantom, split and liver model are reused):
     python examples/lits_cascade.py --out outputs/run5
     python benchmarks/tumour_sweep.py --example outputs/run5 --steps 600 --seeds 0 1 \\
         --settings 128,6,0.3 128,6,0.6 128,0,0.3 96,6,0.3 --json tumour_sweep.json
+    python benchmarks/tumour_sweep.py --example outputs/run5 --settings 128,0,0.3,clahe \\
+        128,0,0.3,window
+
+The liver model keeps the preprocessing it was trained with; the cascade feeds each model
+its own (``Cascade(tumour_preprocessing=)``).
 """
 
 from __future__ import annotations
@@ -39,14 +45,22 @@ from featsup.models import UNetPlusPlus
 from featsup.supervision.variants import build_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
 
+# the tumour stage's preprocessing by name: the paper's (HU window, CLAHE, min-max), or
+# the same without CLAHE
+PREPROCESSINGS = {"clahe": fd.Preprocessing(), "window": fd.Preprocessing(clahe=False)}
 
-def parse_setting(text: str) -> tuple[int, int, float]:
-    """``ROI,DILATION,EMPTY`` -> (ROI size, mask dilation, empty-slice share)."""
+
+def parse_setting(text: str) -> tuple[int, int, float, str]:
+    """``ROI,DILATION,EMPTY[,PREP]`` -> (ROI size, mask dilation, empty share, preprocessing)."""
     try:
-        roi, dilation, empty = text.split(",")
-        return int(roi), int(dilation), float(empty)
+        roi, dilation, empty, *prep = text.split(",")
+        (name,) = prep or ["clahe"]
+        if name not in PREPROCESSINGS:
+            raise ValueError(name)
+        return int(roi), int(dilation), float(empty), name
     except ValueError:
-        message = f"expected ROI,DILATION,EMPTY such as 128,6,0.3, got {text!r}"
+        message = (f"expected ROI,DILATION,EMPTY[,PREP] such as 128,6,0.3 or 128,0,0.3,window "
+                   f"(PREP: {' or '.join(PREPROCESSINGS)}), got {text!r}")  # fmt: skip
         raise argparse.ArgumentTypeError(message) from None
 
 
@@ -57,18 +71,20 @@ def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
     return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
 
 
-def run(setting: tuple[int, int, float], seed: int, split: dict, val: list, liver: Any,
+def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list, liver: Any,
         args: argparse.Namespace) -> dict:  # fmt: skip
-    roi, dilation, empty = setting
+    roi, dilation, empty, prep = setting
     train, val_slices = fd.stage_datasets(
         "tumour", split["train"], split["val"], size=roi, seed=seed, mask_dilation=dilation,
         empty_fraction=empty, cache_dir=args.example / "cache",
+        preprocessing=PREPROCESSINGS[prep],
     )  # fmt: skip
     torch.manual_seed(seed)
     student = UNetPlusPlus(1, 2, widths=args.widths)
     student.load_state_dict(liver.state_dict())  # transfer learning, as the example
     model = build_variant("UN-DS", in_channels=1, num_classes=2, student=student)
-    folder = args.out / f"roi{roi}-dil{dilation}-empty{empty}-seed{seed}"
+    name = f"roi{roi}-dil{dilation}-empty{empty}" + ("" if prep == "clahe" else f"-{prep}")
+    folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
         model, train, val_slices, num_classes=2,
         loss=DeepSupervisionLoss(SegLoss(include_background=False)), lr=args.lr,
@@ -87,13 +103,13 @@ def run(setting: tuple[int, int, float], seed: int, split: dict, val: list, live
     heads = [r.dice for r in tuning.heads.rows if r.stage == "tumour"]
     best_size = tuning.tumour_min_voxels
     record = {
-        "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "seed": seed,
-        "seconds": seconds, "val_dice_per_head": heads,
+        "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
+        "seed": seed, "seconds": seconds, "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
         "val_dice_by_min_voxels": tuning.min_voxels_scores,
         "val_dice": tuning.min_voxels_scores[best_size],
     }  # fmt: skip
-    print(f"ROI {roi}, dilation {dilation}, empty {empty}, seed {seed}: heads "
+    print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, seed {seed}: heads "
           + ", ".join(f"{d:.3f}" for d in heads)
           + f"; X0,{tuning.cascade.tumour_head}, tumours >= {best_size} voxels: "
           f"{record['val_dice']:.3f} "
@@ -102,18 +118,19 @@ def run(setting: tuple[int, int, float], seed: int, split: dict, val: list, live
 
 
 def summary(records: list[dict], settings: list[tuple], seeds: list[int]) -> dict:
-    key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"])  # noqa: E731
+    key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"],  # noqa: E731
+                     r.get("preprocessing", "clahe"))  # fmt: skip
     by = {(key(r), r["seed"]): r for r in records}
     out = {}
     print("\nValidation tumour Dice per case (head and smallest tumour chosen), over seeds")
-    print("| ROI | dilation | empty share | mean | range | paired - first (per seed) |")
-    print("|---|---|---|---|---|---|")
+    print("| ROI | dilation | empty share | preprocessing | mean | range | paired - first |")
+    print("|---|---|---|---|---|---|---|")
     for setting in settings:
         values = np.array([by[setting, s]["val_dice"] for s in seeds])
         diffs = values - np.array([by[settings[0], s]["val_dice"] for s in seeds])
         out[",".join(map(str, setting))] = {"mean": values.mean(), "values": values.tolist(),
                                             "diffs": diffs.tolist()}  # fmt: skip
-        print(f"| {setting[0]} | {setting[1]} | {setting[2]} | {values.mean():.3f} | "
+        print(f"| {' | '.join(map(str, setting))} | {values.mean():.3f} | "
               f"{values.min():.3f}-{values.max():.3f} | "
               + ", ".join(f"{d:+.3f}" for d in diffs) + " |")  # fmt: skip
     return out
@@ -125,8 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="an example run's --out: phantom/, metrics.json, liver/")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("outputs/tumour_sweep"))
     p.add_argument("--settings", nargs="+", type=parse_setting,
-                   default=[(128, 6, 0.3), (128, 6, 0.6), (128, 0, 0.3), (96, 6, 0.3)],
-                   help="ROI,DILATION,EMPTY per setting; the first is the baseline")  # fmt: skip
+                   default=[(128, 6, 0.3, "clahe"), (128, 6, 0.6, "clahe"), (128, 0, 0.3, "clahe"),
+                            (96, 6, 0.3, "clahe")],
+                   help="ROI,DILATION,EMPTY[,PREP] per setting (PREP: clahe, the default, or "
+                   "window); the first is the baseline")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=128, help="the example's liver slice size")

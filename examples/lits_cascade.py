@@ -61,7 +61,11 @@ PRESETS_3D = {
 }  # fmt: skip
 # Seg-Loss (eq. 13) per stage; the tumour Dice leaves the background out (tumours are small).
 STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
-PREPROCESSING = fd.Preprocessing()  # the paper's HU window, CLAHE and normalisation
+# The paper's HU window, CLAHE and normalisation for the liver; the tumour stage without
+# CLAHE, which cut the lesions' contrast to the liver and scored lower on validation
+# (docs/cascade.md, benchmarks/tumour_sweep.py and lesion_contrast.py). The cascade feeds
+# each model the preprocessing its checkpoint recorded.
+PREPROCESSING = {"liver": fd.Preprocessing(), "tumour": fd.Preprocessing(clahe=False)}
 CRF = {stage: {**CRF_PRESETS[stage], "workers": 2} for stage in ("liver", "tumour")}
 
 
@@ -156,7 +160,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
-        cache_dir=args.out / "cache", preprocessing=PREPROCESSING,
+        cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
     )  # fmt: skip
 
 

@@ -110,6 +110,11 @@ def test_tiny_cascade_runs_end_to_end(
     )
     assert len(saved["chosen_on_validation"]["head_table"]) == 8  # 4 heads x 2 stages
     assert cascade.tumour_threshold == choice["tumour_threshold"]  # as chosen, so stored
+    # each stage keeps its own preprocessing: CLAHE for the liver, not for the tumours
+    assert (cascade.preprocessing, cascade.tumour_preprocessing) == tuple(
+        example.PREPROCESSING[s] for s in ("liver", "tumour")
+    )
+    assert cascade.preprocessing.clahe and not cascade.tumour_preprocessing.clahe
     grid = choice["val_tumour_dice_by_threshold"]
     row = grid[str(choice["tumour_threshold"])]
     assert row[str(choice["tumour_min_voxels"])] == max(row.values())
