@@ -16,6 +16,7 @@ from featsup.data import (
     Preprocessing,
     find_cases,
     load_case,
+    preprocess_volume,
     write_phantom_dataset,
 )
 from featsup.inference import Cascade, predict_volume
@@ -91,12 +92,16 @@ def test_cascade_feeds_each_model_its_own_recorded_preprocessing(
 
     cascade = Cascade(liver, tumour, **options)
     assert (cascade.preprocessing, cascade.tumour_preprocessing) == (WINDOW, contrast)
-    stage = cascade.liver_stage(volume, mask=mask)
-    assert stage.tumour_image is not None and np.abs(stage.tumour_image - stage.image).max() > 0.01
+    for stage in (cascade.liver_stage(volume), cascade.liver_stage(volume, mask=mask)):
+        expected = preprocess_volume(volume, preprocessing=contrast)  # the tumour model's
+        np.testing.assert_array_equal(stage.image, expected)
     explicit = Cascade(liver, tumour, preprocessing=WINDOW, tumour_preprocessing=contrast,
                        **options)  # fmt: skip
     same = Cascade(liver, tumour, preprocessing=WINDOW, **options)  # explicit: both stages
-    assert same.tumour_preprocessing == WINDOW and same.liver_stage(volume).tumour_image is None
+    assert same.tumour_preprocessing == WINDOW
+    window = preprocess_volume(volume, preprocessing=WINDOW)
+    assert np.abs(window - expected).max() > 0.01  # the two preprocessings differ here
+    np.testing.assert_array_equal(same.liver_stage(volume).image, window)
     result = tumour_probability(cascade)
     np.testing.assert_array_equal(result, tumour_probability(explicit))
     assert np.abs(result - tumour_probability(same)).max() > 1e-4

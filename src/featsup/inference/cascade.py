@@ -61,7 +61,8 @@ class LiverStage:
     """What :meth:`Cascade.liver_stage` returns; arrays are (D, H, W) on the volume's grid."""
 
     image: np.ndarray
-    """float32 liver-model input (the cascade's ``preprocessing``)."""
+    """float32 tumour-model input (the cascade's ``tumour_preprocessing``; the liver
+    model's too when both stages share one preprocessing)."""
     image_u8: np.ndarray
     """uint8 HU window (the CRF's image)."""
     probability: np.ndarray
@@ -72,8 +73,6 @@ class LiverStage:
     """Seconds spent in each step so far."""
     seconds: float = 0.0
     """Seconds of the whole liver stage."""
-    tumour_image: np.ndarray | None = None
-    """float32 tumour-model input (``tumour_preprocessing``); None: ``image`` serves both."""
 
 
 class Cascade:
@@ -237,19 +236,18 @@ class Cascade:
         begin = start = time.perf_counter()
         low, high = self.preprocessing.hu_window  # the window once: CRF image and model input
         image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
-        image = preprocess_window(image_u8, preprocessing=self.preprocessing)
-        tumour_image = None  # computed here once, reused by every tumour head
-        if self.tumour_preprocessing != self.preprocessing:
-            tumour_image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
-        t["preprocess"] = time.perf_counter() - start
         if mask is not None:
             if np.shape(mask) != np.shape(volume_hu):
                 raise ValueError(
                     f"mask: expected the volume's shape {np.shape(volume_hu)}, got {np.shape(mask)}"
                 )
+            image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
+            t["preprocess"] = time.perf_counter() - start
             known = np.asarray(mask, dtype=bool)
             return LiverStage(image, image_u8, known.astype(np.float32), known, t,
-                              time.perf_counter() - begin, tumour_image)  # fmt: skip
+                              time.perf_counter() - begin)  # fmt: skip
+        image = preprocess_window(image_u8, preprocessing=self.preprocessing)
+        t["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
         model = self.prepared("liver", self.liver_head if head is None else head)
         crf = self.liver_crf is not None  # the CRF needs both classes, the rest the liver only
@@ -265,8 +263,12 @@ class Cascade:
             t["liver_crf"] = time.perf_counter() - start
         del probs
         mask = largest_connected_component(liver_p > 0.5)
-        seconds = time.perf_counter() - begin
-        return LiverStage(image, image_u8, liver_p, mask, t, seconds, tumour_image)
+        if self.tumour_preprocessing != self.preprocessing:  # the tumour model's own input,
+            del image  # made once for every tumour head, after the liver's is freed
+            start = time.perf_counter()
+            image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
+            t["preprocess"] += time.perf_counter() - start
+        return LiverStage(image, image_u8, liver_p, mask, t, time.perf_counter() - begin)
 
     def _tumour(
         self,
@@ -320,8 +322,9 @@ class Cascade:
         roi = None
         if liver.mask.any():
             tumour_head = self.tumour_head if head is None else head
-            image = liver.image if liver.tumour_image is None else liver.tumour_image
-            tumour_p, roi = self._tumour(image, liver.image_u8, liver.mask, tumour_head, timings)
+            tumour_p, roi = self._tumour(
+                liver.image, liver.image_u8, liver.mask, tumour_head, timings
+            )
         else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
             tumour_p = np.zeros(liver.probability.shape, np.float32)
         labels = label_tumours(liver.mask, tumour_p, threshold=self.tumour_threshold,
