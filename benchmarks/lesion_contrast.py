@@ -13,7 +13,7 @@ same grey range as a tile of plain liver, and the liver's narrow histogram is st
 with its noise. ``--figure`` draws one slice per preprocessing with the tumour outlined.
 
     python benchmarks/lesion_contrast.py outputs/run10_seed4 --json contrast.json \\
-        --figure docs/figures/lesion_contrast.png
+        --figure docs/images/lesion_contrast.png
 """
 
 from __future__ import annotations
