@@ -92,8 +92,8 @@ def test_cascade_feeds_each_model_its_own_recorded_preprocessing(
 
     cascade = Cascade(liver, tumour, **options)
     assert (cascade.preprocessing, cascade.tumour_preprocessing) == (WINDOW, contrast)
+    expected = preprocess_volume(volume, preprocessing=contrast)  # the tumour model's input
     for stage in (cascade.liver_stage(volume), cascade.liver_stage(volume, mask=mask)):
-        expected = preprocess_volume(volume, preprocessing=contrast)  # the tumour model's
         np.testing.assert_array_equal(stage.image, expected)
     explicit = Cascade(liver, tumour, preprocessing=WINDOW, tumour_preprocessing=contrast,
                        **options)  # fmt: skip

@@ -80,10 +80,9 @@ class Cascade:
 
     The preprocessing must match training: pass the training datasets' ``.preprocessing``
     (or ``Preprocessing.from_dict`` of a checkpoint's; each stage may have its own), the
-    same slice sizes and 2.5D
-    context, and for the tumour stage the same in-plane ROI margin with the image zeroed
-    outside the (predicted) liver, as :class:`featsup.data.TumourSliceDataset` does with
-    the truth.
+    same slice sizes and 2.5D context, and for the tumour stage the same in-plane ROI
+    margin with the image zeroed outside the (predicted) liver, as
+    :class:`featsup.data.TumourSliceDataset` does with the truth.
 
     Each model is pruned to its head, optimised and moved to the device once, on first
     use, and kept per head (:meth:`prepared`): later changes to the models' weights are
