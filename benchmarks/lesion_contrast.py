@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _example_run import example_split
 from scipy import ndimage, stats
 
 from featsup import data as fd
@@ -95,27 +96,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", type=Path)
     p.add_argument("--figure", type=Path, help="PNG of the largest validation tumour's slice")
     args = p.parse_args(argv)
-    if not (args.run / "metrics.json").exists():
-        p.error(f"run: expected a finished example run, found no {args.run}/metrics.json")
-    split = json.loads((args.run / "metrics.json").read_text())["split"]
-    cases = {c.case_id: c for c in fd.find_cases(args.run / "phantom")}
+    split = example_split(args.run)
     records = []
     print("| set | case | tumour voxels | " + " | ".join(PREPROCESSINGS) + " |")
     print("|---|---|---|" + "---|" * len(PREPROCESSINGS))
     for part in ("train", "val"):  # never the test cases
-        for case_id in split[part]:
-            record = case_contrast(cases[case_id])
+        for case in split[part]:
+            record = case_contrast(case)
             if record is None:
                 continue
             records.append({"set": part, **record})
             aucs = " | ".join(f"{a:.3f}" for a in record["auc"].values())
-            print(f"| {part} | {case_id} | {record['tumour_voxels']} | {aucs} |", flush=True)
+            print(f"| {part} | {case.case_id} | {record['tumour_voxels']} | {aucs} |", flush=True)
     medians = {n: float(np.median([r["auc"][n] for r in records])) for n in PREPROCESSINGS}
     print("| median | | | " + " | ".join(f"{m:.3f}" for m in medians.values()) + " |")
     if args.figure:
         val = [r for r in records if r["set"] == "val"]
         largest = max(val, key=lambda r: r["tumour_voxels"])["case"]
-        figure(cases[largest], args.figure)
+        figure(next(c for c in split["val"] if c.case_id == largest), args.figure)
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "cases": records,
                                          "median": medians}, indent=2))  # fmt: skip

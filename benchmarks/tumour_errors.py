@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _example_run import example_split
 from scipy import ndimage
 
-from featsup.data import find_cases, load_case
+from featsup.data import load_case
 from featsup.inference import Cascade
 
 
@@ -65,10 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rim", type=float, default=6.0, help="mm from the liver's surface")
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
-    record = json.loads((args.run / "metrics.json").read_text())
+    val = example_split(args.run)["val"]
     cascade = Cascade.load(args.run / "cascade.pt", device="cpu")
-    found = {c.case_id: c for c in find_cases(args.run / "phantom")}
-    rows = [case_errors(cascade, load_case(found[i]), args.rim) for i in record["split"]["val"]]
+    rows = [case_errors(cascade, load_case(case), args.rim) for case in val]
     print(f"{args.run}: validation cases, tumour threshold {cascade.tumour_threshold}, "
           f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "
           f"{cascade.tumour_crf is not None}")  # fmt: skip

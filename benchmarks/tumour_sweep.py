@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _example_run import example_split
 
 from featsup import data as fd
 from featsup.inference import Cascade, tune_on_validation
@@ -62,13 +63,6 @@ def parse_setting(text: str) -> tuple[int, int, float, str]:
         message = (f"expected ROI,DILATION,EMPTY[,PREP] such as 128,6,0.3 or 128,0,0.3,window "
                    f"(PREP: {' or '.join(PREPROCESSINGS)}), got {text!r}")  # fmt: skip
         raise argparse.ArgumentTypeError(message) from None
-
-
-def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
-    """The example's training and validation cases, read from its metrics.json."""
-    split = json.loads((folder / "metrics.json").read_text())["split"]
-    cases = {c.case_id: c for c in fd.find_cases(folder / "phantom")}
-    return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
 
 
 def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list, liver: Any,
@@ -154,8 +148,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not (args.example / "metrics.json").exists():
-        p.error(f"--example: expected a finished example run, found no {args.example}/metrics.json")
     args.amp = "bf16" if cpu_has_bf16_units() else None
     split = example_split(args.example)
     val = [fd.load_case(c) for c in split["val"]]

@@ -1,0 +1,17 @@
+"""What the benchmarks read from a finished ``examples/lits_cascade.py`` run (its ``--out``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from featsup import data as fd
+
+
+def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
+    """The run's training and validation cases, from its metrics.json (never its test cases)."""
+    if not (folder / "metrics.json").exists():
+        raise SystemExit(f"expected a finished example run, found no {folder}/metrics.json")
+    split = json.loads((folder / "metrics.json").read_text())["split"]
+    cases = {c.case_id: c for c in fd.find_cases(folder / "phantom")}
+    return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
