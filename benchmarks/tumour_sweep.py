@@ -2,8 +2,10 @@
 
 The cascade example's tumour stage has settings that were once picked on test cases:
 the ROI size, how far the training liver masks are grown (``--mask-dilation``) and the
-share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``); and one
-the paper fixed: its preprocessing (CLAHE, or the HU window alone). This
+share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``); one
+the paper fixed: its preprocessing (CLAHE, or the HU window alone); and its 2.5D context
+(neighbouring slices as input channels; the liver model's kernel starts on the centre
+slice, :func:`featsup.models.transfer_weights`). This
 script re-chooses them where choices belong: it trains the tumour stage of the example
 (2D UNet++ from the example's liver model, as UN-DS: no teacher, which is the same for
 every setting) once per setting and seed, for a fixed number of steps, and scores it on
@@ -22,6 +24,8 @@ Run the example first (its phantom, split and liver model are reused):
         --settings 128,6,0.3 128,6,0.6 128,0,0.3 96,6,0.3 --json tumour_sweep.json
     python benchmarks/tumour_sweep.py --example outputs/run5 --settings 128,0,0.3,clahe \\
         128,0,0.3,window
+    python benchmarks/tumour_sweep.py --example outputs/run10_seed4 --settings \\
+        128,0,0.3,window 128,0,0.3,window,1
 
 The liver model keeps the preprocessing it was trained with; the cascade feeds each model
 its own (``Cascade(tumour_preprocessing=)``).
@@ -42,7 +46,7 @@ from _example_run import example_split
 from featsup import data as fd
 from featsup.inference import Cascade, tune_on_validation
 from featsup.losses import DeepSupervisionLoss, SegLoss
-from featsup.models import UNetPlusPlus
+from featsup.models import UNetPlusPlus, transfer_weights
 from featsup.supervision.variants import build_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
 
@@ -51,33 +55,52 @@ from featsup.training import cpu_has_bf16_units, load_model
 PREPROCESSINGS = {"clahe": fd.Preprocessing(), "window": fd.Preprocessing(clahe=False)}
 
 
-def parse_setting(text: str) -> tuple[int, int, float, str]:
-    """``ROI,DILATION,EMPTY[,PREP]`` -> (ROI size, mask dilation, empty share, preprocessing)."""
+def parse_setting(text: str) -> tuple[int, int, float, str, int]:
+    """``ROI,DILATION,EMPTY[,PREP[,CONTEXT]]`` -> (ROI size, mask dilation, empty share,
+    preprocessing, 2.5D neighbours on each side)."""
     try:
-        roi, dilation, empty, *prep = text.split(",")
-        (name,) = prep or ["clahe"]
-        if name not in PREPROCESSINGS:
+        roi, dilation, empty, *rest = text.split(",")
+        if len(rest) > 2:
+            raise ValueError(text)
+        name, context = [*rest, *("clahe", "0")[len(rest) :]]
+        if name not in PREPROCESSINGS or int(context) < 0:
             raise ValueError(name)
-        return int(roi), int(dilation), float(empty), name
+        return int(roi), int(dilation), float(empty), name, int(context)
     except ValueError:
-        message = (f"expected ROI,DILATION,EMPTY[,PREP] such as 128,6,0.3 or 128,0,0.3,window "
-                   f"(PREP: {' or '.join(PREPROCESSINGS)}), got {text!r}")  # fmt: skip
+        message = (f"expected ROI,DILATION,EMPTY[,PREP[,CONTEXT]] such as 128,6,0.3 or "
+                   f"128,0,0.3,window,1 (PREP: {' or '.join(PREPROCESSINGS)}; CONTEXT: 2.5D "
+                   f"neighbours on each side, >= 0), got {text!r}")  # fmt: skip
         raise argparse.ArgumentTypeError(message) from None
 
 
-def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list, liver: Any,
+def extra_cases(example: Path, count: int, out: Path) -> list[fd.LitsCase]:
+    """``count`` phantom cases that follow the example's own (the next phantom seeds)."""
+    metrics = json.loads((example / "metrics.json").read_text())
+    settings = metrics["settings"]
+    n = settings["cases"]
+    folder = out / "extra_phantom"
+    fd.write_phantom_dataset(
+        folder, count, shape=settings["phantom_shape"], seed=metrics["phantom_seed"] + n,
+        start_index=n, reuse=True,
+    )  # fmt: skip
+    return fd.find_cases(folder)
+
+
+def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: list, liver: Any,
         args: argparse.Namespace) -> dict:  # fmt: skip
-    roi, dilation, empty, prep = setting
+    roi, dilation, empty, prep, context = setting
     train, val_slices = fd.stage_datasets(
-        "tumour", split["train"], split["val"], size=roi, seed=seed, mask_dilation=dilation,
+        "tumour", split["train"], split["val"], size=roi, context=context, seed=seed,
+        mask_dilation=dilation,
         empty_fraction=empty, cache_dir=args.example / "cache",
         preprocessing=PREPROCESSINGS[prep],
     )  # fmt: skip
     torch.manual_seed(seed)
-    student = UNetPlusPlus(1, 2, widths=args.widths)
-    student.load_state_dict(liver.state_dict())  # transfer learning, as the example
-    model = build_variant("UN-DS", in_channels=1, num_classes=2, student=student)
+    # transfer learning from the liver model, as the example (2.5D: its kernel on the centre)
+    student = transfer_weights(liver, UNetPlusPlus(2 * context + 1, 2, widths=args.widths))
+    model = build_variant("UN-DS", in_channels=2 * context + 1, num_classes=2, student=student)
     name = f"roi{roi}-dil{dilation}-empty{empty}" + ("" if prep == "clahe" else f"-{prep}")
+    name += f"-context{context}" if context else ""
     folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
         model, train, val_slices, num_classes=2,
@@ -90,7 +113,8 @@ def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list,
     trainer.fit()
     seconds = time.perf_counter() - start
     tumour = load_model(folder / "best.pt", map_location="cpu")
-    cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=roi, device="cpu")
+    cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=roi,
+                      tumour_context=context, device="cpu")  # fmt: skip
     # heads and smallest tumour; the threshold stays the argmax's, as when the docs' sweep
     # ran, so that settings are compared on the data alone
     tuning = tune_on_validation(cascade, val, crf="none", tumour_threshold=0.5)
@@ -98,12 +122,14 @@ def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list,
     best_size = tuning.tumour_min_voxels
     record = {
         "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
-        "seed": seed, "seconds": seconds, "val_dice_per_head": heads,
+        "context": context, "seed": seed, "train_cases": len(split["train"]), "seconds": seconds,
+        "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
         "val_dice_by_min_voxels": tuning.min_voxels_scores,
         "val_dice": tuning.min_voxels_scores[best_size],
     }  # fmt: skip
-    print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, seed {seed}: heads "
+    print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, context {context}, "
+          f"seed {seed}: heads "
           + ", ".join(f"{d:.3f}" for d in heads)
           + f"; X0,{tuning.cascade.tumour_head}, tumours >= {best_size} voxels: "
           f"{record['val_dice']:.3f} "
@@ -113,12 +139,14 @@ def run(setting: tuple[int, int, float, str], seed: int, split: dict, val: list,
 
 def summary(records: list[dict], settings: list[tuple], seeds: list[int]) -> dict:
     key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"],  # noqa: E731
-                     r.get("preprocessing", "clahe"))  # fmt: skip
+                     r.get("preprocessing", "clahe"), r.get("context", 0))  # fmt: skip
     by = {(key(r), r["seed"]): r for r in records}
     out = {}
     print("\nValidation tumour Dice per case (head and smallest tumour chosen), over seeds")
-    print("| ROI | dilation | empty share | preprocessing | mean | range | paired - first |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| ROI | dilation | empty share | preprocessing | context | mean | range | paired - first |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for setting in settings:
         values = np.array([by[setting, s]["val_dice"] for s in seeds])
         diffs = values - np.array([by[settings[0], s]["val_dice"] for s in seeds])
@@ -136,20 +164,26 @@ def main(argv: list[str] | None = None) -> dict:
                    help="an example run's --out: phantom/, metrics.json, liver/")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("outputs/tumour_sweep"))
     p.add_argument("--settings", nargs="+", type=parse_setting,
-                   default=[(128, 6, 0.3, "clahe"), (128, 6, 0.6, "clahe"), (128, 0, 0.3, "clahe"),
-                            (96, 6, 0.3, "clahe")],
-                   help="ROI,DILATION,EMPTY[,PREP] per setting (PREP: clahe, the default, or "
-                   "window); the first is the baseline")  # fmt: skip
+                   default=[(128, 6, 0.3, "clahe", 0), (128, 6, 0.6, "clahe", 0),
+                            (128, 0, 0.3, "clahe", 0), (96, 6, 0.3, "clahe", 0)],
+                   help="ROI,DILATION,EMPTY[,PREP[,CONTEXT]] per setting (PREP: clahe, the "
+                   "default, or window; CONTEXT: 2.5D neighbours per side, default 0); the "
+                   "first is the baseline")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=128, help="the example's liver slice size")
     p.add_argument("--widths", type=int, nargs=5, default=[8, 16, 32, 64, 128])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--extra-train-cases", type=int, default=0,
+                   help="fresh phantom cases added to the training cases (the phantom seeds "
+                   "after the example's; its validation cases stay)")  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.amp = "bf16" if cpu_has_bf16_units() else None
     split = example_split(args.example)
+    if args.extra_train_cases > 0:
+        split["train"] += extra_cases(args.example, args.extra_train_cases, args.out)
     val = [fd.load_case(c) for c in split["val"]]
     liver = load_model(args.example / "liver" / "best.pt", part="student", map_location="cpu")
     print(f"validation cases {[c.case_id for c in split['val']]}; amp {args.amp}", flush=True)

@@ -36,7 +36,7 @@ from featsup.inference import (
 )
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import head_table, json_safe, summary_table
-from featsup.models import UNetPlusPlus, pooling_for_spacing
+from featsup.models import UNetPlusPlus, pooling_for_spacing, transfer_weights
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
@@ -48,10 +48,10 @@ from featsup.viz import plot_training_curves
 PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
             "tumour_steps": 1250, "teacher_steps": 2000, "batch_size": 8, "lr": 3e-3,
-            "phantom_shape": [48, 256, 256], "cases": 20},
+            "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 20},
     "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512], "steps": 30000,
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
-             "phantom_shape": [100, 512, 512], "cases": 40},
+             "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40},
 }  # fmt: skip
 # --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
 # that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--teacher-steps", type=int, help="max steps per encoding teacher")
     add("--size", type=int, help="liver-stage slice size")
     add("--tumour-size", type=int, help="tumour-stage ROI size")
+    add("--tumour-context", type=int, help="2D tumour stage: neighbouring slices on each side "
+        "as input channels (2.5D)")  # fmt: skip
     add("--widths", type=int, nargs=5, help="UNet++ widths per depth")
     add("--dims", type=int, choices=(2, 3), default=2, help="tumour stage in 2D or 3D")
     add("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="--dims 3 tumour patch")
@@ -116,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dilation, val, cases = args.mask_dilation, args.val_cases, args.cases
     for wrong, message in (
         (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
+        (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
         (args.seed < 0, f"--seed: expected >= 0, got {args.seed}"),
@@ -154,10 +157,11 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
 
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
     liver, patch = stage == "liver", args.patch if stage == "tumour" and args.dims == 3 else None
+    context = 0 if liver or patch else args.tumour_context
     patches = args.tumour_steps * (args.patch_batch_size or 1)  # 3D: no patch seen twice
     return fd.stage_datasets(  # liver validation: a fifth liver-free; tumour: every ROI slice
         stage, cases["train"], cases["val"], size=args.size if liver else args.tumour_size,
-        seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
+        context=context, seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
         cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
@@ -193,9 +197,10 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
         pooling = pooling_for_spacing(train.spacing, depth=len(args.widths) - 1)
         student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
     else:
-        student = UNetPlusPlus(1, 2, widths=args.widths)
-        if init is not None:  # transfer learning (paper 4.2.5): start from the liver model
-            student.load_state_dict(init.state_dict())
+        channels = 2 * args.tumour_context + 1 if stage == "tumour" else 1
+        student = UNetPlusPlus(channels, 2, widths=args.widths)
+        if init is not None:  # transfer learning (paper 4.2.5): start from the liver model,
+            transfer_weights(init, student)  # its kernel on the centre slice (2.5D)
     student.channels_last = True  # weights and inputs channels-last: faster convolutions
     three_d = student.spatial_dims == 3
     return student.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
@@ -208,8 +213,14 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     unit = "patches" if student.spatial_dims == 3 else "slices"
     print(f"\n== {stage} stage: {args.variant}, {len(train)} training {unit} ==")
     encoding_teacher = teacher(stage, train, val, args, student)
-    model = build_variant(args.variant, in_channels=1, num_classes=2, widths=args.widths,
-                          teacher=encoding_teacher, student=student)  # fmt: skip
+    model = build_variant(
+        args.variant,
+        in_channels=student.in_channels,
+        num_classes=2,
+        widths=args.widths,
+        teacher=encoding_teacher,
+        student=student,
+    )
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
     batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
     trainer = variant_trainer(
@@ -227,7 +238,8 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
 
 
 def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: Any) -> Cascade:
-    patch = {"tumour_patch": args.patch} if args.dims == 3 else {}
+    flat = {"tumour_context": args.tumour_context}  # 3D patches have no 2.5D context
+    patch = {"tumour_patch": args.patch} if args.dims == 3 else flat
     return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
                    device=args.device, **patch, **options)  # fmt: skip
 

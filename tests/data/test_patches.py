@@ -185,3 +185,5 @@ def test_stage_datasets_give_the_3d_tumour_stage_patches(phantom_folder: Path) -
     assert train[0]["image"].shape == (1, *PATCH)
     with pytest.raises(ValueError, match="patch"):
         stage_datasets("liver", [first], [third], size=32, patch=PATCH)
+    with pytest.raises(ValueError, match="context"):
+        stage_datasets("tumour", [first], [third], size=32, patch=PATCH, context=1)

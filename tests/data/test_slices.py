@@ -262,6 +262,25 @@ def test_tumour_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -
         torch.testing.assert_close(item["image"][0], torch.from_numpy(crop[k]))
 
 
+def test_tumour_context_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -> None:
+    # 2.5D: each neighbour masked by its own liver slice, zero where it holds no liver
+    from featsup.data import crop_to_roi
+
+    ds = TumourSliceDataset(phantom_folder, size=(64, 64), empty_fraction=None, context=1)
+    case = loaded[2]
+    liver = case.labels > 0
+    masked = np.where(liver, preprocess_volume(case.volume), np.float32(0))
+    crop, roi = crop_to_roi(masked, liver, margin=(0, 8, 8), size=(64, 64))
+    z0, z1 = roi.bbox[0]
+    items = [ds[i] for i in range(len(ds)) if ds[i]["case_id"] == "2"]
+    assert len(items) == crop.shape[0] and items[0]["image"].shape == (3, 64, 64)
+    for item in items:
+        neighbours = np.clip(item["slice_index"] + np.arange(-1, 2), 0, len(liver) - 1)
+        for channel, j in enumerate(neighbours):
+            expected = crop[j - z0] if z0 <= j < z1 else np.zeros_like(crop[0])
+            torch.testing.assert_close(item["image"][channel], torch.from_numpy(expected))
+
+
 def test_dataset_window_is_the_one_predict_volume_uses(phantom_folder: Path) -> None:
     from featsup.inference import predict_volume
 
@@ -306,5 +325,7 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     assert tumour_val.empty_fraction == 0.5 and tumour_val.mask_dilation == 0
     chosen, _ = stage_datasets("tumour", [first], [third], size=24, empty_fraction=0.6)
     assert chosen.empty_fraction == 0.6  # another share, as a validation sweep chooses it
+    flanked, flanked_val = stage_datasets("tumour", [first], [third], size=24, context=1)
+    assert flanked[0]["image"].shape == flanked_val[0]["image"].shape == (3, 24, 24)
     with pytest.raises(ValueError, match="stage"):
         stage_datasets("kidney", [first], [third], size=24)  # type: ignore[arg-type]

@@ -121,9 +121,15 @@ def test_tiny_cascade_runs_end_to_end(
     assert max(row.values()) >= max(d for r in grid.values() for d in r.values()) - 0.005
     # the next run with the same data and recipe reuses the teachers
     capsys.readouterr()
-    example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2"])
+    example.main(
+        [*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--tumour-context", "1"]
+    )
     printed = capsys.readouterr().out
+    # the teachers read label maps, so a 2.5D tumour student reuses its teacher too
     assert "reusing the liver teacher" in printed and "reusing the tumour teacher" in printed
+    flanked = Cascade.load(out / "cascade.pt", device="cpu")
+    assert (flanked.context, flanked.tumour_context) == (0, 1)
+    assert (flanked.liver_model.in_channels, flanked.tumour_model.in_channels) == (1, 3)
     again = json.loads((out / "metrics.json").read_text())["chosen_on_validation"]
     assert (again["liver_head"], again["tumour_head"], again["crf"]) == (2, 2, "none")
 

@@ -69,6 +69,20 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert info["liver"]["config"]["widths"] == [4, 8, 16] and "state_dict" not in info["liver"]
 
 
+def test_tumour_context_is_kept_and_older_files_take_the_livers(tmp_path: Path) -> None:
+    liver = threshold_unetpp(0.35)
+    tumour = UNetPlusPlus(3, 2, widths=(4, 8, 16))  # 2.5D: one slice on each side
+    cascade = Cascade(liver, tumour, liver_size=32, tumour_size=32, tumour_context=1,
+                      device="cpu")  # fmt: skip
+    path = cascade.save(tmp_path / "c.pt")
+    assert load_cascade(path, device="cpu").tumour_context == 1
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["tumour_context"]  # a file written before the key existed
+    torch.save(state, path)
+    loaded = load_cascade(path, device="cpu")
+    assert (loaded.context, loaded.tumour_context) == (0, 0)
+
+
 def test_each_stage_keeps_its_own_preprocessing(tmp_path: Path, volume: np.ndarray) -> None:
     window = Preprocessing(clahe=False)  # the tumour stage without CLAHE, the liver with it
     cascade, path = _saved(tmp_path, tumour_preprocessing=window)

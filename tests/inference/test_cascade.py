@@ -155,3 +155,33 @@ def test_tumour_threshold_labels_only_the_more_probable_voxels() -> None:
     assert ((strict.labels > 0) == inside).all()
     with pytest.raises(ValueError, match="tumour_threshold"):
         threshold_cascade(tumour_threshold=1.5)
+
+
+class _CentreSpy(_Oracle):
+    """An :class:`_Oracle` on the centre input channel that records the channels it got."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(threshold)
+        self.channels: set[int] = set()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.channels.add(image.shape[1])
+        centre = image.shape[1] // 2
+        return super().forward(image[:, centre : centre + 1])
+
+
+def test_tumour_context_gives_only_the_tumour_model_neighbouring_slices() -> None:
+    volume = np.full((6, 48, 40), -500, dtype=np.int16)
+    volume[1:5, 10:30, 8:32] = 60
+    volume[2:4, 15:20, 12:18] = 200
+    options = {"tumour_size": 32, "roi_margin": 2, "device": "cpu",
+               "preprocessing": Preprocessing(clahe=False)}  # fmt: skip
+    flat = Cascade(_CentreSpy(0.3), _CentreSpy(0.8), **options)(volume)
+    liver, tumour = _CentreSpy(0.3), _CentreSpy(0.8)
+    cascade = Cascade(liver, tumour, tumour_context=1, **options)
+    assert (cascade.context, cascade.tumour_context) == (0, 1)
+    np.testing.assert_array_equal(cascade(volume).labels, flat.labels)  # the centre decides
+    assert (liver.channels, tumour.channels) == ({1}, {3})
+    assert Cascade(liver, tumour, context=2, device="cpu").tumour_context == 2  # None: context's
+    with pytest.raises(ValueError, match="tumour_context"):
+        Cascade(liver, tumour, tumour_context=-1, device="cpu")

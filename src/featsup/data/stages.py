@@ -25,6 +25,7 @@ def stage_datasets(
     val_cases: Sequence[LitsCase],
     *,
     size: int,
+    context: int = 0,
     seed: int = 0,
     mask_dilation: int = 0,
     empty_fraction: float | None = None,
@@ -52,6 +53,8 @@ def stage_datasets(
         train_cases: the training cases.
         val_cases: the validation cases.
         size: in-plane size of every item.
+        context: 2D stages only: neighbouring slices on each side as extra channels
+            (2.5D; items have ``2 * context + 1`` channels).
         seed: augmentation and sampling seed of the training set.
         mask_dilation: tumour stage only: largest growth of the training liver masks.
         empty_fraction: the training set's share of slices without the stage's
@@ -64,8 +67,8 @@ def stage_datasets(
         cache_dir: where the preprocessed volumes are cached.
 
     Returns:
-        ``(train, val)``; items ``{"image": (1, size, size), "target": (size, size)}``, or
-        ``(1, D, H, W)`` and ``(D, H, W)`` with ``patch``.
+        ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
+        "target": (size, size)}``, or ``(1, D, H, W)`` and ``(D, H, W)`` with ``patch``.
 
     Example:
         >>> import tempfile
@@ -82,6 +85,8 @@ def stage_datasets(
     if patch is not None:
         if stage != "tumour":
             raise ValueError(f"patch: expected None for the {stage} stage (it is 2D), got {patch}")
+        if context:
+            raise ValueError(f"context: expected 0 with patch (3D patches), got {context}")
         patches: dict[str, Any] = {
             "patch": patch, "margin": (0, 8, 8), "tumour_fraction": 0.5,
             "cache_dir": cache_dir, "preprocessing": preprocessing,
@@ -92,7 +97,8 @@ def stage_datasets(
         )  # fmt: skip
         return train_patches, TumourPatchDataset(list(val_cases), patches_per_case=8, **patches)
     common: dict[str, Any] = {
-        "size": (size, size), "cache_dir": cache_dir, "preprocessing": preprocessing
+        "size": (size, size), "context": context, "cache_dir": cache_dir,
+        "preprocessing": preprocessing,
     }  # fmt: skip
     if stage == "liver":
         train = LiverSliceDataset(

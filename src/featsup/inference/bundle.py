@@ -7,8 +7,9 @@ lists, tuples and dicts, never pickled code. It holds
 - ``"format"``: ``"featsup.cascade/1"`` and ``"featsup_version"``, checked on loading;
 - ``"liver"`` / ``"tumour"``: each student's ``"class"`` (``"module:QualName"``),
   ``"config"`` (its constructor arguments) and ``"state_dict"`` (no teacher, no adapters);
-- ``"settings"``: sizes, heads, 2.5D context, ROI margin, batch size, TTA and, for a 3D
-  tumour model, its window and overlap (files without them load as 2D);
+- ``"settings"``: sizes, heads, each stage's 2.5D context (files without the tumour's:
+  the liver's serves both), ROI margin, batch size, TTA and, for a 3D tumour model, its
+  window and overlap (files without them load as 2D);
 - ``"preprocessing"`` / ``"tumour_preprocessing"``: what the liver / tumour student was
   trained with (files without the second: the first serves both);
 - ``"crf"``: ``{"liver": ..., "tumour": ...}`` dense-CRF keyword arguments or None;
@@ -39,7 +40,8 @@ CASCADE_FORMAT = "featsup.cascade/1"
 LABELS = {0: "background", 1: "liver", 2: "tumour"}
 """The label map of the cascade's output (and of LiTS segmentations)."""
 
-_SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "roi_margin")
+_SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "tumour_context",
+             "roi_margin")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels",
                      "tumour_threshold")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
@@ -230,7 +232,8 @@ def load_cascade(
     cascade = Cascade(
         _build(state["liver"], "liver", path),
         _build(state["tumour"], "tumour", path),
-        **{name: settings[name] for name in _SETTINGS},
+        # older files lack tumour_context: the Cascade's default (the liver's context)
+        **{name: settings[name] for name in _SETTINGS if name in settings},
         **preprocessing_arguments(state),
         liver_crf=state["crf"]["liver"],
         tumour_crf=state["crf"]["tumour"],

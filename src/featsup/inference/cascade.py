@@ -97,7 +97,10 @@ class Cascade:
         tumour_size: in-plane size of the 2D tumour model's ROI crops.
         liver_head: UNet++ head of the liver model (None = deepest).
         tumour_head: UNet++ head of the tumour model (None = deepest).
-        context: 2.5D neighbours on each side used by both models.
+        context: 2.5D neighbours on each side of the liver model's input (and the tumour
+            model's, unless ``tumour_context`` is given).
+        tumour_context: 2.5D neighbours on each side of the 2D tumour model's input;
+            None takes ``context``.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
         preprocessing: the :class:`~featsup.data.Preprocessing` the liver model was
             trained with (and the tumour model, unless ``tumour_preprocessing`` is given);
@@ -151,6 +154,7 @@ class Cascade:
         liver_head: int | None = None,
         tumour_head: int | None = None,
         context: int = 0,
+        tumour_context: int | None = None,
         roi_margin: int = 8,
         preprocessing: Preprocessing | None = None,
         tumour_preprocessing: Preprocessing | None = None,
@@ -171,6 +175,9 @@ class Cascade:
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
+        check_positive("context", context, strict=False)
+        tumour_context = context if tumour_context is None else tumour_context
+        check_positive("tumour_context", tumour_context, strict=False)
         for name, value in (("preprocessing", preprocessing),
                             ("tumour_preprocessing", tumour_preprocessing)):  # fmt: skip
             if value is not None:
@@ -181,7 +188,7 @@ class Cascade:
             (tumour_size, tumour_size) if isinstance(tumour_size, int) else tumour_size
         )
         self.liver_head, self.tumour_head = liver_head, tumour_head
-        self.context, self.roi_margin = context, roi_margin
+        self.context, self.tumour_context, self.roi_margin = context, tumour_context, roi_margin
         self.preprocessing, self.tumour_preprocessing = _stage_preprocessings(
             liver_model, tumour_model, preprocessing, tumour_preprocessing
         )
@@ -282,7 +289,8 @@ class Cascade:
         flat = self.tumour_patch is None  # 2D: slices resized in-plane; 3D: the box as it is
         margin = (0, self.roi_margin, self.roi_margin)
         roi = find_roi(liver, margin=margin, size=self.tumour_size if flat else None)
-        crop = masked_crop(image, liver, roi, self.context if flat else 0)  # (d, C, rows, cols)
+        context = self.tumour_context if flat else 0
+        crop = masked_crop(image, liver, roi, context)  # (d, C, rows, cols)
         start = time.perf_counter()
         classes = None if self.tumour_crf is not None else [1]  # the CRF needs both classes
         model = self.prepared("tumour", head)

@@ -13,6 +13,7 @@ from featsup.models.blocks import (
     fold_batchnorm,
     fuse_for_inference,
 )
+from featsup.models.transfer import transfer_weights
 from featsup.models.unetpp import FeatureInfo, UNetPlusPlus
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "fold_batchnorm",
     "fuse_for_inference",
     "pooling_for_spacing",
+    "transfer_weights",
 ]

@@ -1,0 +1,46 @@
+"""transfer_weights: a 2.5D model starts as the single-slice model it learns from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featsup.models import UNetPlusPlus, transfer_weights
+
+WIDTHS = (4, 8, 16)
+
+
+def test_same_shapes_copy_every_tensor() -> None:
+    source = UNetPlusPlus(1, 2, widths=WIDTHS)
+    target = transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS))
+    for (name, have), want in zip(
+        source.state_dict().items(), target.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(want, have, msg=name)
+
+
+@pytest.mark.parametrize("context", [1, 2])
+def test_neighbours_start_at_zero_and_learn(context: int) -> None:
+    source = UNetPlusPlus(1, 2, widths=WIDTHS).eval()
+    target = transfer_weights(source, UNetPlusPlus(2 * context + 1, 2, widths=WIDTHS)).eval()
+    kernel = target.encoder.x0_0.conv1.conv.weight
+    torch.testing.assert_close(
+        kernel[:, context : context + 1], source.encoder.x0_0.conv1.conv.weight
+    )
+    assert not kernel[:, :context].any() and not kernel[:, context + 1 :].any()
+    image = torch.randn(2, 2 * context + 1, 16, 16)  # neighbours differ from the centre
+    expected = source(image[:, context : context + 1])
+    for got, want in zip(target(image), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    sum(o.square().mean() for o in target.train()(image)).backward()
+    assert kernel.grad is not None and kernel.grad[:, 0].abs().sum() > 0  # neighbours learn
+
+
+def test_incompatible_models_are_refused() -> None:
+    source = UNetPlusPlus(1, 2, widths=WIDTHS)
+    with pytest.raises(ValueError, match="same widths and depth"):
+        transfer_weights(source, UNetPlusPlus(1, 2, widths=(4, 8)))
+    with pytest.raises(ValueError, match="odd number of slices"):
+        transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS))
+    with pytest.raises(ValueError, match="odd number of slices"):
+        transfer_weights(source, UNetPlusPlus(1, 3, widths=WIDTHS))  # another class count
