@@ -48,10 +48,10 @@ from featsup.viz import plot_training_curves
 PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
             "tumour_steps": 1250, "teacher_steps": 2000, "batch_size": 8, "lr": 3e-3,
-            "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 20},
+            "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 30, "val_cases": 5},
     "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512], "steps": 30000,
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
-             "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40},
+             "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40, "val_cases": 5},
 }  # fmt: skip
 # --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
 # that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     add("--test-cases", nargs="+", help="case ids to test on (default: drawn by --seed)")
     add("--test-fraction", type=float, default=0.25)
-    add("--val-cases", type=int, default=3, help="validation cases (every choice is made here)")
+    add("--val-cases", type=int, help="validation cases (every choice is made here)")
     args = p.parse_args(argv)
     args.device = str(resolve_device(args.device))
     if args.amp == "auto":

@@ -15,7 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lits_cascade.py"
 TINY = [
     "--cases", "5", "--phantom-shape", "12", "64", "64", "--size", "32", "--tumour-size", "32",
     "--steps", "3", "--teacher-steps", "2", "--widths", "4", "8", "8", "16", "16",
-    "--batch-size", "2", "--device", "cpu",
+    "--batch-size", "2", "--val-cases", "3", "--device", "cpu",
 ]  # fmt: skip
 
 
@@ -174,7 +174,7 @@ def test_bad_flags_give_clear_messages(
 ) -> None:
     with pytest.raises(SystemExit):
         example.parse_args(["--cases", "2"])
-    assert "--cases: expected at least 5" in capsys.readouterr().err
+    assert "--cases: expected at least 7" in capsys.readouterr().err  # 5 validation + 2
     with pytest.raises(SystemExit):
         example.parse_args(["--val-cases", "0"])
     assert "--val-cases: expected at least 1" in capsys.readouterr().err
@@ -189,6 +189,9 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--seed", "-1"])
     assert "--seed: expected >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-context", "-1"])
+    assert "--tumour-context: expected >= 0" in capsys.readouterr().err
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
