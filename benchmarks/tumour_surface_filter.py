@@ -26,14 +26,10 @@ from scipy import ndimage
 
 from featsup.data import load_case
 from featsup.inference import Cascade
+from featsup.metrics import dice_score
 
 FRACTIONS = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 DEPTHS = (1, 2, 3)
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total
 
 
 def case_scores(cascade: Cascade, case) -> dict:
@@ -51,7 +47,7 @@ def case_scores(cascade: Cascade, case) -> dict:
         for fraction in FRACTIONS:
             keep = share < fraction
             keep[0] = False
-            row.append(_dice(keep[components], truth))
+            row.append(dice_score(keep[components], truth))
         scores[depth] = row
     p = result.tumour_probability
     found = [

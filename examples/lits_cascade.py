@@ -43,7 +43,7 @@ from featsup.supervision.variants import VARIANTS, build_variant, parse_variant,
 from featsup.training import cpu_has_bf16_units, load_model
 from featsup.viz import plot_training_curves
 
-# A 2-core CPU default (1805 s on an Intel Xeon with AMX, run 4 of docs/cascade.md), and
+# A 2-core CPU default (2046 s on an Intel Xeon with AMX, run 15 of docs/cascade.md), and
 # the paper-scale recipe for CUDA.
 PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
