@@ -246,36 +246,28 @@ def test_dataset_errors(phantom_folder: Path) -> None:
         LiverSliceDataset(phantom_folder)[10_000]
 
 
-def test_tumour_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -> None:
-    # the cascade builds the tumour input from a volume and a liver mask like this
+@pytest.mark.parametrize("context", [0, 1])
+def test_tumour_items_equal_the_inference_recipe(
+    phantom_folder: Path, loaded, context: int
+) -> None:
+    # the cascade builds the tumour input from a volume and a liver mask like this; 2.5D:
+    # each neighbour masked by its own liver slice, zero where it holds no liver
     from featsup.data import crop_to_roi
 
-    ds = TumourSliceDataset(phantom_folder, size=(64, 64), empty_fraction=None, margin=8)
-    case = loaded[2]
-    liver = case.labels > 0
-    masked = np.where(liver, preprocess_volume(case.volume), np.float32(0))
-    crop, roi = crop_to_roi(masked, liver, margin=(0, 8, 8), size=(64, 64))
-    items = [ds[i] for i in range(len(ds)) if ds[i]["case_id"] == "2"]
-    assert len(items) == crop.shape[0]
-    for item in items:
-        k = item["slice_index"] - roi.bbox[0][0]
-        torch.testing.assert_close(item["image"][0], torch.from_numpy(crop[k]))
-
-
-def test_tumour_context_items_equal_the_inference_recipe(phantom_folder: Path, loaded) -> None:
-    # 2.5D: each neighbour masked by its own liver slice, zero where it holds no liver
-    from featsup.data import crop_to_roi
-
-    ds = TumourSliceDataset(phantom_folder, size=(64, 64), empty_fraction=None, context=1)
+    ds = TumourSliceDataset(
+        phantom_folder, size=(64, 64), empty_fraction=None, margin=8, context=context
+    )
     case = loaded[2]
     liver = case.labels > 0
     masked = np.where(liver, preprocess_volume(case.volume), np.float32(0))
     crop, roi = crop_to_roi(masked, liver, margin=(0, 8, 8), size=(64, 64))
     z0, z1 = roi.bbox[0]
     items = [ds[i] for i in range(len(ds)) if ds[i]["case_id"] == "2"]
-    assert len(items) == crop.shape[0] and items[0]["image"].shape == (3, 64, 64)
+    assert len(items) == crop.shape[0]
+    assert items[0]["image"].shape == (2 * context + 1, 64, 64)
+    offsets = np.arange(-context, context + 1)
     for item in items:
-        neighbours = np.clip(item["slice_index"] + np.arange(-1, 2), 0, len(liver) - 1)
+        neighbours = np.clip(item["slice_index"] + offsets, 0, len(liver) - 1)
         for channel, j in enumerate(neighbours):
             expected = crop[j - z0] if z0 <= j < z1 else np.zeros_like(crop[0])
             torch.testing.assert_close(item["image"][channel], torch.from_numpy(expected))
