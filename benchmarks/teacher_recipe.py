@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from featsup import data as fd
 from featsup.losses import one_hot
 from featsup.supervision import reconstruction_dice, train_encoding_teacher
+from featsup.training.checkpoint import load_checkpoint
 
 
 def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:
@@ -39,20 +41,27 @@ def label_maps(stage: str, cases: list, cache: Path, size: int) -> torch.Tensor:
     return torch.stack([ds[i]["target"] for i in range(len(ds))]).long()
 
 
-def example_maps(folder: Path, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+def example_maps(
+    folder: Path, stage: str, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(training maps, validation maps) of an example run's ``stage``, as its teacher saw them.
 
     Built by the example's own ``split_cases`` and ``datasets``, with the settings its
-    metrics.json records, so that they cannot drift from what the example does.
+    metrics.json records, so that they cannot drift from what the example does; with
+    ``seed``, the example's default settings for ``--seed seed`` (its phantom is written
+    to ``folder`` if it is not there: no training runs).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import lits_cascade
 
     from featsup.supervision._label_crops import label_tensor
 
-    settings = json.loads((folder / "metrics.json").read_text())["settings"]
-    data = settings["data"] and Path(settings["data"])
-    args = argparse.Namespace(**{**settings, "out": folder, "data": data})
+    if seed is None:
+        settings = json.loads((folder / "metrics.json").read_text())["settings"]
+        data = settings["data"] and Path(settings["data"])
+        args = argparse.Namespace(**{**settings, "out": folder, "data": data})
+    else:
+        args = lits_cascade.parse_args(["--seed", str(seed), "--out", str(folder)])
     train, val = lits_cascade.datasets(stage, lits_cascade.split_cases(args), args)
     return label_tensor(train, 2, 2), label_tensor(val, 2, 2)
 
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("outputs/teacher_recipe/phantom"))
     p.add_argument("--example", type=Path, help="train on this example run's maps instead")
+    p.add_argument("--example-seed", type=int, help="with --example: a folder for the maps the "
+                   "example would build with --seed N (no finished run needed)")  # fmt: skip
     p.add_argument("--stage", choices=("liver", "tumour"), default="liver")
     p.add_argument("--train-cases", type=int, default=6)
     p.add_argument("--held-cases", type=int, default=3)
@@ -74,12 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="share of foreground-centred crops, or START END")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--amp", choices=("bf16", "none"), default="none")
+    p.add_argument("--eval-every", type=int, help="steps between held-out Dice (default: once)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.example_seed is not None and args.example is None:
+        p.error("--example-seed: expected --example DIR too (where the phantom goes)")
     if args.example is not None:
-        if not (args.example / "metrics.json").exists():
+        if args.example_seed is None and not (args.example / "metrics.json").exists():
             p.error(f"--example: expected a finished example run, no {args.example}/metrics.json")
-        train, held = example_maps(args.example, args.stage)
+        train, held = example_maps(args.example, args.stage, args.example_seed)
     else:
         n = args.train_cases + args.held_cases
         if len(list(args.data.glob("volume-*.nii.gz"))) < n:
@@ -88,16 +102,23 @@ def main(argv: list[str] | None = None) -> dict:
         train = label_maps(args.stage, cases[: args.train_cases], args.data / "cache", args.size)
         held = label_maps(args.stage, cases[args.train_cases : n], args.data / "cache", args.size)
     shares = args.foreground_fraction
+    checkpoint = Path(tempfile.mkdtemp()) / "teacher.pt"  # for its history: the Dice by step
     start = time.perf_counter()
     teacher = train_encoding_teacher(
         train, val_labels=held, num_classes=2, widths=args.widths, steps=args.steps,
-        lr=args.lr, crop=args.crop or None, dice_threshold=1.0, eval_every=args.steps,
+        lr=args.lr, crop=args.crop or None, dice_threshold=1.0,
+        eval_every=args.eval_every or args.steps,
         foreground_fraction=shares[0] if len(shares) == 1 else tuple(shares),
         batch_size=args.batch_size,
-        amp=None if args.amp == "none" else args.amp, progress=True,
+        amp=None if args.amp == "none" else args.amp, progress=True, path=checkpoint,
+        reuse=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    result: dict = {"settings": vars(args), "seconds": seconds}
+    history = load_checkpoint(checkpoint)["history"]
+    curve = [[r["step"], r["val/dice"]] for r in history if "val/dice" in r]
+    result: dict = {"settings": vars(args), "seconds": seconds, "curve": curve}
+    if len(curve) > 1:
+        print("held-out X0,4 Dice by step: " + ", ".join(f"{s} {d:.3f}" for s, d in curve))
     print(f"\n{args.stage}: {len(train)} training maps, {len(held)} held out, {seconds:.0f} s")
     print("| maps | X0,1 | X0,2 | X0,3 | X0,4 | X0,4 false pos. | X0,4 false neg. |")
     print("|---|---|---|---|---|---|---|")
