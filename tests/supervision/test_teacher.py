@@ -184,7 +184,7 @@ def test_foreground_share_follows_its_schedule() -> None:
         train_encoding_teacher(labels, num_classes=2, foreground_fraction=(0.5, 1.5))
 
 
-def test_batch_norm_is_calibrated_on_whole_maps() -> None:
+def test_batch_norm_is_calibrated_on_the_maps_given() -> None:
     from featsup.losses import one_hot
     from featsup.supervision.teacher import _calibrate_batch_norm
 
@@ -199,7 +199,7 @@ def test_batch_norm_is_calibrated_on_whole_maps() -> None:
         seen.clear()
         _calibrate_batch_norm(model, maps, 2)
     hook.remove()
-    inputs = torch.cat(seen)  # (40, C, H, W): what the first BatchNorm saw, whole maps
+    inputs = torch.cat(seen)  # (40, C, H, W): what the first BatchNorm saw, the maps
     assert len(seen) == 3 and len(inputs) == 40
     # the running statistics average the three batches' statistics equally (momentum None)
     means = torch.stack([x.mean((0, 2, 3)) for x in seen])
@@ -207,6 +207,31 @@ def test_batch_norm_is_calibrated_on_whole_maps() -> None:
     assert all(m.momentum == 0.1 for m in norms)  # restored for training
     x = one_hot(maps[:4], 2, dtype=torch.float32)
     assert torch.isfinite(model.eval()(x)[-1]).all()
+
+
+@pytest.mark.parametrize(("crop", "shape"), [(8, (8, 8)), (None, (32, 32))])
+def test_batch_norm_statistics_come_from_the_last_training_crops(
+    monkeypatch: pytest.MonkeyPatch, crop: int | None, shape: tuple[int, int]
+) -> None:
+    import featsup.supervision.teacher as teacher_module
+
+    calibrated: list[torch.Tensor] = []
+    real = teacher_module._calibrate_batch_norm
+
+    def record(model: UNetPlusPlus, maps: torch.Tensor, num_classes: int) -> None:
+        calibrated.append(maps)
+        real(model, maps, num_classes)
+
+    monkeypatch.setattr(teacher_module, "_calibrate_batch_norm", record)
+    # foreground-centred crops early, uniform ones at the end: calibration sees the end
+    train_encoding_teacher(
+        discs(12), num_classes=2, widths=(4, 8), steps=10, batch_size=8, crop=crop,
+        eval_every=10, dice_threshold=1.0, progress=False,
+    )  # fmt: skip
+    (maps,) = calibrated
+    assert maps.shape == (64, *shape) and maps.dtype == torch.long
+    if crop is not None:  # the late crops, drawn mostly at random: some miss the disc
+        assert ((maps > 0).flatten(1).sum(1) == 0).any()
 
 
 def test_held_out_maps_are_not_trained_on_and_reported(tmp_path: Path) -> None:

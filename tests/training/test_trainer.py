@@ -13,7 +13,7 @@ import torch
 from _trainer_toys import Blobs, deep_supervision_step, make_trainer, metric_fn, tiny_model
 from torch import nn
 
-from featsup.training import Trainer, dice_per_head, load_checkpoint
+from featsup.training import Trainer, cpu_has_bf16_units, dice_per_head, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,6 +225,18 @@ def test_bf16_autocast_on_cpu_trains_and_keeps_float32_weights(tmp_path: Path) -
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert load_checkpoint(tmp_path / "last.pt")["scaler"] is None  # no scaler for bf16
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(True, False, True), (False, True, True), (False, False, False)],
+)
+def test_cpu_has_bf16_units_counts_amx_and_avx512_bf16(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert cpu_has_bf16_units() is expected
 
 
 @pytest.mark.cuda
