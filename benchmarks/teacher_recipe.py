@@ -9,11 +9,16 @@ With ``--example DIR`` (a finished cascade example's ``--out``) it trains instea
 maps the example's teacher of that stage saw: the label maps of the example's training
 set, built by the example's own functions with the settings its metrics.json records,
 held out against its validation cases' maps, of which the teacher's own evaluation
-uses 64. Test cases are not loaded.
+uses 64. Test cases are not loaded. With ``--example-seed N`` as well, the maps are those
+the example would build with ``--seed N`` and its defaults (it writes the phantom to
+``--example`` if it is not there; nothing is trained but the teacher). With
+``--eval-every K`` it prints the held-out Dice of X0,4 every K steps.
 
     python benchmarks/teacher_recipe.py --stage liver --steps 300 --json teacher.json
     python benchmarks/teacher_recipe.py --example outputs/run6 --stage tumour --steps 600 \\
         --lr 3e-3 --amp bf16
+    python benchmarks/teacher_recipe.py --example outputs/tr/seed11 --example-seed 11 \
+        --stage tumour --steps 2000 --eval-every 100
 """
 
 from __future__ import annotations
