@@ -17,7 +17,7 @@ the example would build with ``--seed N`` and its defaults (it writes the phanto
     python benchmarks/teacher_recipe.py --stage liver --steps 300 --json teacher.json
     python benchmarks/teacher_recipe.py --example outputs/run6 --stage tumour --steps 600 \\
         --lr 3e-3 --amp bf16
-    python benchmarks/teacher_recipe.py --example outputs/tr/seed11 --example-seed 11 \
+    python benchmarks/teacher_recipe.py --example outputs/tr/seed11 --example-seed 11 \\
         --stage tumour --steps 2000 --eval-every 100
 """
 
@@ -107,19 +107,20 @@ def main(argv: list[str] | None = None) -> dict:
         train = label_maps(args.stage, cases[: args.train_cases], args.data / "cache", args.size)
         held = label_maps(args.stage, cases[args.train_cases : n], args.data / "cache", args.size)
     shares = args.foreground_fraction
-    checkpoint = Path(tempfile.mkdtemp()) / "teacher.pt"  # for its history: the Dice by step
     start = time.perf_counter()
-    teacher = train_encoding_teacher(
-        train, val_labels=held, num_classes=2, widths=args.widths, steps=args.steps,
-        lr=args.lr, crop=args.crop or None, dice_threshold=1.0,
-        eval_every=args.eval_every or args.steps,
-        foreground_fraction=shares[0] if len(shares) == 1 else tuple(shares),
-        batch_size=args.batch_size,
-        amp=None if args.amp == "none" else args.amp, progress=True, path=checkpoint,
-        reuse=False,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    history = load_checkpoint(checkpoint)["history"]
+    with tempfile.TemporaryDirectory() as scratch:  # the checkpoint holds the Dice by step
+        checkpoint = Path(scratch) / "teacher.pt"
+        teacher = train_encoding_teacher(
+            train, val_labels=held, num_classes=2, widths=args.widths, steps=args.steps,
+            lr=args.lr, crop=args.crop or None, dice_threshold=1.0,
+            eval_every=args.eval_every or args.steps,
+            foreground_fraction=shares[0] if len(shares) == 1 else tuple(shares),
+            batch_size=args.batch_size,
+            amp=None if args.amp == "none" else args.amp, progress=True, path=checkpoint,
+            reuse=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        history = load_checkpoint(checkpoint)["history"]
     curve = [[r["step"], r["val/dice"]] for r in history if "val/dice" in r]
     result: dict = {"settings": vars(args), "seconds": seconds, "curve": curve}
     if len(curve) > 1:
