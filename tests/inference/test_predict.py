@@ -114,12 +114,19 @@ def test_predict_volume_preprocesses_hu_with_the_given_preprocessing(model: UNet
 
 
 def test_predict_volume_does_not_depend_on_the_batches(model: UNetPlusPlus) -> None:
-    """Batches are written into one output: any batch size gives the one-batch result."""
+    """Batches are written into one output: any batch size gives the one-batch result.
+
+    Up to float32 rounding: oneDNN picks convolution kernels by batch size on some CPUs
+    (a 2-core AMD EPYC: 7 of 6720 probabilities 6e-8 apart), far below what a slice
+    written to the wrong place would change.
+    """
     volume = np.random.default_rng(1).random((7, 24, 20)).astype(np.float32)
     whole = predict_volume(model, volume, head=2, batch_size=7, size=16, device="cpu")
     for batch_size in (1, 3):
         parts = predict_volume(model, volume, head=2, batch_size=batch_size, size=16, device="cpu")
-        torch.testing.assert_close(torch.from_numpy(parts), torch.from_numpy(whole), rtol=0, atol=0)
+        torch.testing.assert_close(
+            torch.from_numpy(parts), torch.from_numpy(whole), rtol=0, atol=1e-6
+        )
     assert whole.dtype == np.float32 and whole.flags.c_contiguous
 
 
