@@ -26,6 +26,8 @@ Run the example first (its phantom, split and liver model are reused):
         128,0,0.3,window
     python benchmarks/tumour_sweep.py --example outputs/run10_seed4 --settings \\
         128,0,0.3,window 128,0,0.3,window,1
+    python benchmarks/tumour_sweep.py --example outputs/run21 --settings 128,0,0.3,window \\
+        --batch-dice
 
 The liver model keeps the preprocessing it was trained with; the cascade feeds each model
 its own (``Cascade(tumour_preprocessing=)``).
@@ -101,10 +103,12 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
     model = build_variant("UN-DS", in_channels=2 * context + 1, num_classes=2, student=student)
     name = f"roi{roi}-dil{dilation}-empty{empty}" + ("" if prep == "clahe" else f"-{prep}")
     name += f"-context{context}" if context else ""
+    name += "-batchdice" if args.batch_dice else ""
     folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
         model, train, val_slices, num_classes=2,
-        loss=DeepSupervisionLoss(SegLoss(include_background=False)), lr=args.lr,
+        loss=DeepSupervisionLoss(SegLoss(include_background=False, batch_dice=args.batch_dice)),
+        lr=args.lr,
         max_steps=args.steps, batch_size=args.batch_size, val_every=max(25, args.steps // 8),
         warmup_steps=min(50, args.steps // 10), checkpoint_dir=folder, seed=seed,
         amp=args.amp, device="cpu", progress=False,
@@ -122,7 +126,8 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
     best_size = tuning.tumour_min_voxels
     record = {
         "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
-        "context": context, "seed": seed, "train_cases": len(split["train"]), "seconds": seconds,
+        "context": context, "batch_dice": args.batch_dice, "seed": seed,
+        "train_cases": len(split["train"]), "seconds": seconds,
         "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
         "val_dice_by_min_voxels": tuning.min_voxels_scores,
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--extra-train-cases", type=int, default=0,
                    help="fresh phantom cases added to the training cases (the phantom seeds "
                    "after the example's; its validation cases stay)")  # fmt: skip
+    p.add_argument("--batch-dice", action="store_true", help="the Dice term pooled over the "
+                   "batch (SegLoss(batch_dice=True)), not one Dice per slice")  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.amp = "bf16" if cpu_has_bf16_units() else None

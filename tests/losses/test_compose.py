@@ -41,6 +41,24 @@ def test_seg_loss_focal_and_weight_map_options():
     torch.testing.assert_close(seg_loss(logits, target, weight, focal_gamma=2.0), expected)
 
 
+def test_seg_loss_batch_dice_pools_the_batch():
+    logits, target = torch.randn(3, 2, 8, 8), torch.randint(0, 2, (3, 8, 8))
+    target[0] = 0  # a slice without foreground: per sample it costs ~1, pooled it does not
+    weight = torch.rand(3, 8, 8)
+    for w in (None, weight):
+        dice = (dice_loss if w is None else weighted_dice_loss)(
+            logits, target, *(() if w is None else (w,)), include_background=False, batch=True
+        )
+        expected = dice + F.cross_entropy(logits, target)
+        got = seg_loss(logits, target, w, include_background=False, batch_dice=True)
+        torch.testing.assert_close(got, expected)
+    pooled = seg_loss(logits, target, include_background=False, batch_dice=True)
+    assert not torch.allclose(seg_loss(logits, target, include_background=False), pooled)
+    module = SegLoss(include_background=False, batch_dice=True)
+    torch.testing.assert_close(module(logits, target), pooled)
+    assert "batch_dice=True" in repr(module)
+
+
 def test_seg_loss_sum_reduction():
     logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     expected = dice_loss(logits, target, reduction="sum") + F.cross_entropy(

@@ -37,6 +37,7 @@ def seg_loss(
     activation: Activation = "auto",
     include_background: bool = True,
     smooth: float = 1e-5,
+    batch_dice: bool = False,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     r"""Seg-Loss, paper eq. 13: :math:`w_1 \cdot \mathrm{Dice} + w_2 \cdot \mathrm{CE}`.
@@ -56,6 +57,11 @@ def seg_loss(
         activation: ``"softmax"``, ``"sigmoid"`` or ``"auto"`` (sigmoid when C == 1).
         include_background: keep channel 0 in the Dice term (CE always uses all classes).
         smooth: Dice smoothing term, see :func:`~featsup.losses.dice_loss`.
+        batch_dice: pool the Dice sums over the batch (one Dice per class, as if the
+            batch were one volume) instead of one Dice per sample. Per sample, and with
+            ``include_background=False``, a slice without foreground costs about 1 for
+            any prediction but an exact zero (with almost no gradient), and a slice with
+            a few foreground pixels weighs as much as one that a lesion fills.
         reduction: ``"mean"`` or ``"sum"``, applied to each term before weighting.
 
     Returns:
@@ -78,6 +84,7 @@ def seg_loss(
         "activation": activation,
         "include_background": include_background,
         "smooth": smooth,
+        "batch": batch_dice,
         "reduction": reduction,
     }
     total = torch.zeros((), dtype=logits.dtype, device=logits.device)
@@ -113,6 +120,7 @@ class SegLoss(nn.Module):
         activation: Activation = "auto",
         include_background: bool = True,
         smooth: float = 1e-5,
+        batch_dice: bool = False,
         reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
@@ -124,6 +132,7 @@ class SegLoss(nn.Module):
             "activation": activation,
             "include_background": include_background,
             "smooth": check_positive("smooth", smooth, strict=False),
+            "batch_dice": bool(batch_dice),
             "reduction": check_choice("reduction", reduction, _SEG_REDUCTIONS),
         }
 
