@@ -84,12 +84,13 @@ def test_seg_loss_matches_monai_dice_ce():
     gamma=st.floats(0.0, 3.0),
     scale=st.floats(0.01, 100.0),
     seed=st.integers(0, 2**16),
+    batch_dice=st.booleans(),
 )
-def test_seg_loss_finite_nonnegative_differentiable(classes, size, gamma, scale, seed):
+def test_seg_loss_finite_nonnegative_differentiable(classes, size, gamma, scale, seed, batch_dice):
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(2, classes, size, size, generator=gen) * scale).requires_grad_()
     target = torch.randint(0, max(classes, 2), (2, size, size), generator=gen)
-    loss = seg_loss(logits, target, focal_gamma=gamma)
+    loss = seg_loss(logits, target, focal_gamma=gamma, batch_dice=batch_dice)
     assert torch.isfinite(loss) and loss.item() >= 0
     loss.backward()
     assert torch.isfinite(logits.grad).all()
