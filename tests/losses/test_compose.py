@@ -46,9 +46,11 @@ def test_seg_loss_batch_dice_pools_the_batch():
     target[0] = 0  # a slice without foreground: per sample it costs ~1, pooled it does not
     weight = torch.rand(3, 8, 8)
     for w in (None, weight):
-        dice = (dice_loss if w is None else weighted_dice_loss)(
-            logits, target, *(() if w is None else (w,)), include_background=False, batch=True
-        )
+        options = {"include_background": False, "batch": True}
+        if w is None:
+            dice = dice_loss(logits, target, **options)
+        else:
+            dice = weighted_dice_loss(logits, target, w, **options)
         expected = dice + F.cross_entropy(logits, target)
         got = seg_loss(logits, target, w, include_background=False, batch_dice=True)
         torch.testing.assert_close(got, expected)
