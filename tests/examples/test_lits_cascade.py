@@ -224,3 +224,13 @@ def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -
     with pytest.raises(SystemExit) as info:
         example.split_cases(args)
     assert "--data" in str(info.value)
+
+
+def test_amp_auto_keeps_3d_in_float32_without_amx(example: ModuleType, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    for amx, three_d in ((False, False), (True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        assert example.cpu_bf16_is_safe(2) is True
+        assert example.cpu_bf16_is_safe(3) is three_d
