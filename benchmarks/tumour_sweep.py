@@ -5,7 +5,9 @@ the ROI size, how far the training liver masks are grown (``--mask-dilation``) a
 share of tumour-free slices it trains on (``STAGE_EMPTY_FRACTION["tumour"]``); one
 the paper fixed: its preprocessing (CLAHE, or the HU window alone); and its 2.5D context
 (neighbouring slices as input channels; the liver model's kernel starts on the centre
-slice, :func:`featsup.models.transfer_weights`). This
+slice, :func:`featsup.models.transfer_weights`); and another the paper fixed, its scope:
+the liver alone (the image zeroed outside the liver mask, paper 4.1.3) or the whole ROI
+with tumours that touch the liver kept whole (``Cascade(tumour_scope="roi")``). This
 script re-chooses them where choices belong: it trains the tumour stage of the example
 (2D UNet++ from the example's liver model, as UN-DS: no teacher, which is the same for
 every setting) once per setting and seed, for a fixed number of steps, and scores it on
@@ -28,6 +30,8 @@ Run the example first (its phantom, split and liver model are reused):
         128,0,0.3,window 128,0,0.3,window,1
     python benchmarks/tumour_sweep.py --example outputs/run21 --settings 128,0,0.3,window \\
         --batch-dice
+    python benchmarks/tumour_sweep.py --example outputs/run21 --seeds 0 1 2 --settings \\
+        128,0,0.3,window,0,liver 128,0,0.3,window,0,roi
 
 The liver model keeps the preprocessing it was trained with; the cascade feeds each model
 its own (``Cascade(tumour_preprocessing=)``).
@@ -57,21 +61,24 @@ from featsup.training import cpu_has_bf16_units, load_model
 PREPROCESSINGS = {"clahe": fd.Preprocessing(), "window": fd.Preprocessing(clahe=False)}
 
 
-def parse_setting(text: str) -> tuple[int, int, float, str, int]:
-    """``ROI,DILATION,EMPTY[,PREP[,CONTEXT]]`` -> (ROI size, mask dilation, empty share,
-    preprocessing, 2.5D neighbours on each side)."""
+def parse_setting(text: str) -> tuple[int, int, float, str, int, str]:
+    """``ROI,DILATION,EMPTY[,PREP[,CONTEXT[,SCOPE]]]`` -> (ROI size, mask dilation, empty
+    share, preprocessing, 2.5D neighbours on each side, tumour scope)."""
     try:
         roi, dilation, empty, *rest = text.split(",")
-        if len(rest) > 2:
+        if len(rest) > 3:
             raise ValueError(text)
-        name, context = [*rest, *("clahe", "0")[len(rest) :]]
-        if name not in PREPROCESSINGS or int(context) < 0:
+        name, context, scope = [*rest, *("clahe", "0", "liver")[len(rest) :]]
+        if name not in PREPROCESSINGS or int(context) < 0 or scope not in ("liver", "roi"):
             raise ValueError(name)
-        return int(roi), int(dilation), float(empty), name, int(context)
+        if scope == "roi" and int(dilation):
+            raise ValueError(dilation)
+        return int(roi), int(dilation), float(empty), name, int(context), scope
     except ValueError:
-        message = (f"expected ROI,DILATION,EMPTY[,PREP[,CONTEXT]] such as 128,6,0.3 or "
-                   f"128,0,0.3,window,1 (PREP: {' or '.join(PREPROCESSINGS)}; CONTEXT: 2.5D "
-                   f"neighbours on each side, >= 0), got {text!r}")  # fmt: skip
+        message = (f"expected ROI,DILATION,EMPTY[,PREP[,CONTEXT[,SCOPE]]] such as 128,6,0.3 or "
+                   f"128,0,0.3,window,0,roi (PREP: {' or '.join(PREPROCESSINGS)}; CONTEXT: "
+                   f"2.5D neighbours on each side, >= 0; SCOPE: liver or roi, the cascade's "
+                   f"tumour_scope, roi with DILATION 0), got {text!r}")  # fmt: skip
         raise argparse.ArgumentTypeError(message) from None
 
 
@@ -88,12 +95,12 @@ def extra_cases(example: Path, count: int, out: Path) -> list[fd.LitsCase]:
     return fd.find_cases(folder)
 
 
-def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: list, liver: Any,
-        args: argparse.Namespace) -> dict:  # fmt: skip
-    roi, dilation, empty, prep, context = setting
+def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, val: list,
+        liver: Any, args: argparse.Namespace) -> dict:  # fmt: skip
+    roi, dilation, empty, prep, context, scope = setting
     train, val_slices = fd.stage_datasets(
         "tumour", split["train"], split["val"], size=roi, context=context, seed=seed,
-        mask_dilation=dilation,
+        mask_dilation=dilation, mask_outside=scope == "liver",
         empty_fraction=empty, cache_dir=args.example / "cache",
         preprocessing=PREPROCESSINGS[prep],
     )  # fmt: skip
@@ -103,6 +110,7 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
     model = build_variant("UN-DS", in_channels=2 * context + 1, num_classes=2, student=student)
     name = f"roi{roi}-dil{dilation}-empty{empty}" + ("" if prep == "clahe" else f"-{prep}")
     name += f"-context{context}" if context else ""
+    name += f"-scope{scope}" if scope != "liver" else ""
     name += "-batchdice" if args.batch_dice else ""
     folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
@@ -118,7 +126,7 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
     seconds = time.perf_counter() - start
     tumour = load_model(folder / "best.pt", map_location="cpu")
     cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=roi,
-                      tumour_context=context, device="cpu")  # fmt: skip
+                      tumour_context=context, tumour_scope=scope, device="cpu")  # fmt: skip
     # heads and smallest tumour; the threshold stays the argmax's, as when the docs' sweep
     # ran, so that settings are compared on the data alone
     tuning = tune_on_validation(cascade, val, crf="none", tumour_threshold=0.5)
@@ -126,14 +134,14 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
     best_size = tuning.tumour_min_voxels
     record = {
         "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
-        "context": context, "batch_dice": args.batch_dice, "seed": seed,
+        "context": context, "scope": scope, "batch_dice": args.batch_dice, "seed": seed,
         "train_cases": len(split["train"]), "seconds": seconds,
         "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
         "val_dice_by_min_voxels": tuning.min_voxels_scores,
         "val_dice": tuning.min_voxels_scores[best_size],
     }  # fmt: skip
-    print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, context {context}, "
+    print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, context {context}, {scope}, "
           f"seed {seed}: heads "
           + ", ".join(f"{d:.3f}" for d in heads)
           + f"; X0,{tuning.cascade.tumour_head}, tumours >= {best_size} voxels: "
@@ -144,14 +152,16 @@ def run(setting: tuple[int, int, float, str, int], seed: int, split: dict, val: 
 
 def summary(records: list[dict], settings: list[tuple], seeds: list[int]) -> dict:
     key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"],  # noqa: E731
-                     r.get("preprocessing", "clahe"), r.get("context", 0))  # fmt: skip
+                     r.get("preprocessing", "clahe"), r.get("context", 0),
+                     r.get("scope", "liver"))  # fmt: skip
     by = {(key(r), r["seed"]): r for r in records}
     out = {}
     print("\nValidation tumour Dice per case (head and smallest tumour chosen), over seeds")
     print(
-        "| ROI | dilation | empty share | preprocessing | context | mean | range | paired - first |"
+        "| ROI | dilation | empty share | preprocessing | context | scope | mean | range "
+        "| paired - first |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting in settings:
         values = np.array([by[setting, s]["val_dice"] for s in seeds])
         diffs = values - np.array([by[settings[0], s]["val_dice"] for s in seeds])
@@ -169,11 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="an example run's --out: phantom/, metrics.json, liver/")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("outputs/tumour_sweep"))
     p.add_argument("--settings", nargs="+", type=parse_setting,
-                   default=[(128, 6, 0.3, "clahe", 0), (128, 6, 0.6, "clahe", 0),
-                            (128, 0, 0.3, "clahe", 0), (96, 6, 0.3, "clahe", 0)],
-                   help="ROI,DILATION,EMPTY[,PREP[,CONTEXT]] per setting (PREP: clahe, the "
-                   "default, or window; CONTEXT: 2.5D neighbours per side, default 0); the "
-                   "first is the baseline")  # fmt: skip
+                   default=[(128, 0, 0.3, "window", 0, "liver"),
+                            (128, 0, 0.3, "window", 0, "roi")],
+                   help="ROI,DILATION,EMPTY[,PREP[,CONTEXT[,SCOPE]]] per setting (PREP: clahe, "
+                   "the default, or window; CONTEXT: 2.5D neighbours per side, default 0; "
+                   "SCOPE: the cascade's tumour_scope, liver (default) or roi); the first is "
+                   "the baseline")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=128, help="the example's liver slice size")

@@ -105,7 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--batch-size", type=int)
     add("--lr", type=float)
     add("--mask-dilation", type=int, default=0, help="grow training liver masks (0: paper;"
-        " chosen on validation, docs/cascade.md)")  # fmt: skip
+        " chosen on validation, docs/cascade.md); --tumour-scope liver only")  # fmt: skip
+    add("--tumour-scope", choices=("liver", "roi"), default="roi", help="the tumour model sees"
+        " the liver only (paper) or the whole ROI, keeping tumours that touch the liver whole"
+        " (chosen on validation, docs/cascade.md)")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")
@@ -134,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dilation, val, cases = args.mask_dilation, args.val_cases, args.cases
     for wrong, message in (
         (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
+        (dilation > 0 and args.tumour_scope == "roi",
+         f"--mask-dilation: expected 0 with --tumour-scope roi (nothing is masked), got "
+         f"{dilation}; fix: add --tumour-scope liver"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
@@ -178,6 +184,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     return fd.stage_datasets(  # liver validation: a fifth liver-free; tumour: every ROI slice
         stage, cases["train"], cases["val"], size=args.size if liver else args.tumour_size,
         context=context, seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
+        mask_outside=args.tumour_scope == "liver",
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
         cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
@@ -263,7 +270,8 @@ def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: A
     flat = {"tumour_context": args.tumour_context}  # 3D patches have no 2.5D context
     patch = {"tumour_patch": args.patch} if args.dims == 3 else flat
     return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
-                   device=args.device, **patch, **options)  # fmt: skip
+                   tumour_scope=args.tumour_scope, device=args.device, **patch,
+                   **options)  # fmt: skip
 
 
 def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuning:

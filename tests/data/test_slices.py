@@ -317,6 +317,8 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     assert tumour_val.empty_fraction == 0.5 and tumour_val.mask_dilation == 0
     chosen, _ = stage_datasets("tumour", [first], [third], size=24, empty_fraction=0.6)
     assert chosen.empty_fraction == 0.6  # another share, as a validation sweep chooses it
+    whole, whole_val = stage_datasets("tumour", [first], [third], size=24, mask_outside=False)
+    assert not whole.mask_outside and not whole_val.mask_outside and tumour.mask_outside
     flanked, flanked_val = stage_datasets("tumour", [first], [third], size=24, context=1)
     assert flanked[0]["image"].shape == flanked_val[0]["image"].shape == (3, 24, 24)
     with pytest.raises(ValueError, match="stage"):

@@ -37,7 +37,8 @@ def test_round_trip_gives_identical_labels_and_probabilities(
     tmp_path: Path, volume: np.ndarray
 ) -> None:
     cascade, path = _saved(tmp_path, liver_head=1, tumour_head=2, roi_margin=4,
-                           tumour_min_voxels=20, tumour_threshold=0.7)  # fmt: skip
+                           tumour_min_voxels=20, tumour_threshold=0.7,
+                           tumour_scope="roi")  # fmt: skip
     before = cascade(volume)
     assert set(np.unique(before.labels)) == {0, 1, 2}  # every label: the check can fail
     loaded = Cascade.load(path, device="cpu")
@@ -47,6 +48,7 @@ def test_round_trip_gives_identical_labels_and_probabilities(
     np.testing.assert_array_equal(after.liver_probability, before.liver_probability)
     np.testing.assert_array_equal(after.tumour_probability, before.tumour_probability)
     assert (loaded.liver_head, loaded.tumour_head, loaded.roi_margin) == (1, 2, 4)
+    assert loaded.tumour_scope == "roi"
     assert loaded.training_summary == {"val_dice": {"liver": 0.9}}
 
 
@@ -60,6 +62,7 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert loaded.liver_size == (48, 40) and loaded.tumour_size == (24, 24)
     assert loaded.tumour_min_voxels == 0  # the default, as for files written before it
     assert loaded.tumour_threshold == 0.5  # the same
+    assert loaded.tumour_scope == "liver"  # the same
     assert loaded.liver_crf == crf and loaded.tumour_crf is None
     assert loaded.preprocessing == Preprocessing(hu_window=(-50.0, 300.0), clahe=False)
     assert loaded.predict_options == {"batch_size": 3, "device": "cpu", "tta": True}

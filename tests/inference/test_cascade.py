@@ -116,6 +116,25 @@ def test_liver_and_tumour_stages_compose_to_the_call() -> None:
         cascade.liver_stage(volume, mask=liver.mask[:3])
 
 
+def test_roi_scope_lets_the_tumour_model_see_and_keep_a_lesion_past_the_liver_mask() -> None:
+    volume = np.full((6, 48, 40), -500, dtype=np.int16)
+    volume[1:5, 10:30, 8:32] = 60
+    volume[2:4, 15:20, 26:32] = 200  # a bright lesion at the liver's right edge
+    known = np.zeros(volume.shape, bool)
+    known[1:5, 10:30, 8:29] = True  # a liver mask that leaves out half the lesion
+    options = {"tumour_size": 32, "roi_margin": 6, "device": "cpu",
+               "preprocessing": Preprocessing(clahe=False)}  # fmt: skip
+    lesion = volume == 200
+    for scope, found in (("liver", lesion & known), ("roi", lesion)):
+        cascade = Cascade(_Oracle(0.3), _Oracle(0.8), tumour_scope=scope, **options)
+        result = cascade.tumour_stage(cascade.liver_stage(volume, mask=known))
+        np.testing.assert_array_equal(result.labels == 2, found)
+        np.testing.assert_array_equal(result.labels > 0, known | found)
+        np.testing.assert_array_equal(result.liver_mask, known)
+    with pytest.raises(ValueError, match="tumour_scope"):
+        Cascade(_Oracle(0.3), _Oracle(0.8), tumour_scope="organ")  # type: ignore[arg-type]
+
+
 def test_cascade_window_comes_from_its_preprocessing() -> None:
     # 150 HU is bright (> 0.3 of the range) in [-100, 400] but saturated to 1 in [-400, 100]
     volume = np.full((2, 16, 16), -1000, dtype=np.int16)

@@ -66,3 +66,40 @@ def test_label_tumours_thresholds_inside_the_liver(prob, low, high, min_voxels) 
     )
     with pytest.raises(ValueError, match="shape"):
         label_tumours(liver, prob[:0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)),
+    arrays(bool, st.tuples(*(st.integers(1, 6),) * 3)),
+    st.floats(0, 1),
+    st.integers(0, 5),
+)
+def test_label_tumours_roi_scope_keeps_touching_tumours_whole(prob, liver, threshold,
+                                                              min_voxels) -> None:  # fmt: skip
+    liver = np.resize(liver, prob.shape)
+    inside = label_tumours(liver, prob, threshold=threshold, min_voxels=min_voxels)
+    labels = label_tumours(liver, prob, threshold=threshold, min_voxels=min_voxels, scope="roi")
+    tumour = labels == 2
+    assert ((labels > 0) == (liver | tumour)).all()  # the liver grows by its tumours alone
+    assert ((inside == 2) <= tumour).all()  # every tumour the liver scope finds, and more
+    assert (tumour <= (prob > threshold)).all()
+    components, count = ndimage.label(tumour, structure=np.ones((3, 3, 3)))
+    for k in range(1, count + 1):  # each kept whole: touching the liver, large enough
+        part = components == k
+        assert (part & liver).any() and (part.sum() >= min_voxels or min_voxels <= 1)
+    if ((prob > threshold) <= liver).all():  # nothing outside the liver: the scopes agree
+        np.testing.assert_array_equal(labels, inside)
+
+
+def test_label_tumours_roi_scope_example_and_bad_scope() -> None:
+    liver = np.zeros((1, 1, 6), bool)
+    liver[..., :3] = True
+    prob = np.array([[[0.0, 0.0, 0.9, 0.9, 0.0, 0.9]]], np.float32)
+    # the lesion across the liver's edge is kept whole; the one apart from it is not
+    assert label_tumours(liver, prob, scope="roi").tolist() == [[[1, 1, 2, 2, 0, 0]]]
+    assert label_tumours(liver, prob).tolist() == [[[1, 1, 2, 0, 0, 0]]]
+    # dropped for size: its part outside the liver goes back to background
+    assert label_tumours(liver, prob, scope="roi", min_voxels=3).tolist() == [[[1, 1, 1, 0, 0, 0]]]
+    with pytest.raises(ValueError, match="scope"):
+        label_tumours(liver, prob, scope="organ")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ def stage_datasets(
     context: int = 0,
     seed: int = 0,
     mask_dilation: int = 0,
+    mask_outside: bool = True,
     empty_fraction: float | None = None,
     val_empty_fraction: float | None = None,
     patch: Sequence[int] | None = None,
@@ -57,6 +58,8 @@ def stage_datasets(
             (2.5D; items have ``2 * context + 1`` channels).
         seed: augmentation and sampling seed of the training set.
         mask_dilation: tumour stage only: largest growth of the training liver masks.
+        mask_outside: tumour stage only: zero the image outside the liver (paper 4.1.3);
+            False serves the whole ROI box, for a cascade with ``tumour_scope="roi"``.
         empty_fraction: the training set's share of slices without the stage's
             foreground; None takes ``STAGE_EMPTY_FRACTION[stage]``.
         val_empty_fraction: the validation set's share of empty slices; None keeps every
@@ -93,9 +96,12 @@ def stage_datasets(
         }  # fmt: skip
         train_patches = TumourPatchDataset(
             list(train_cases), patches_per_case=patches_per_case, flip_axes=(1, 2),
-            mask_dilation=mask_dilation, seed=seed, **patches,
+            mask_dilation=mask_dilation, seed=seed, mask_outside=mask_outside, **patches,
         )  # fmt: skip
-        return train_patches, TumourPatchDataset(list(val_cases), patches_per_case=8, **patches)
+        val_patches = TumourPatchDataset(
+            list(val_cases), patches_per_case=8, mask_outside=mask_outside, **patches
+        )
+        return train_patches, val_patches
     common: dict[str, Any] = {
         "size": (size, size), "context": context, "cache_dir": cache_dir,
         "preprocessing": preprocessing,
@@ -110,7 +116,10 @@ def stage_datasets(
         )
     tumour = TumourSliceDataset(
         list(train_cases), augment=SliceAugment(), seed=seed,
-        empty_fraction=empty, mask_dilation=mask_dilation,
+        empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
         mask_fill_holes=mask_dilation > 0, **common,
     )  # fmt: skip
-    return tumour, TumourSliceDataset(list(val_cases), empty_fraction=val_empty_fraction, **common)
+    val = TumourSliceDataset(
+        list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside, **common
+    )
+    return tumour, val

@@ -63,7 +63,7 @@ def check_tumour_patch(model: nn.Module, patch: Sequence[int] | None) -> tuple[i
     return _patch(patch, 3)
 
 
-def masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) -> np.ndarray:
+def masked_crop(image: np.ndarray, liver: np.ndarray | None, roi: Any, context: int) -> np.ndarray:
     """The tumour model's input: 2.5D slices zeroed outside ``liver``, cropped to ``roi``.
 
     Only the box is stacked and masked (neighbours still come from the whole volume,
@@ -72,7 +72,7 @@ def masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) ->
 
     Args:
         image: (D, H, W) float32 preprocessed volume.
-        liver: (D, H, W) bool liver mask.
+        liver: (D, H, W) bool liver mask; None zeroes nothing (the whole box).
         roi: its :class:`~featsup.data.RoiCrop`.
         context: 2.5D neighbours on each side.
 
@@ -95,7 +95,8 @@ def masked_crop(image: np.ndarray, liver: np.ndarray, roi: Any, context: int) ->
     step = max(1, _CHUNK_VOXELS // max(1, index.shape[1] * (h1 - h0) * (w1 - w0)))
     for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
         box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
-        masked = np.where(liver[box], image[box], np.float32(0)).transpose(1, 0, 2, 3)
+        masked = image[box] if liver is None else np.where(liver[box], image[box], np.float32(0))
+        masked = masked.transpose(1, 0, 2, 3)
         if roi.size is not None:
             masked = resize(masked, roi.size, mode="linear")
         out[:, start : start + step] = masked

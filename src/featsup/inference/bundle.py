@@ -41,7 +41,7 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 """The label map of the cascade's output (and of LiTS segmentations)."""
 
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "tumour_context",
-             "roi_margin")  # fmt: skip
+             "roi_margin", "tumour_scope")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels",
                      "tumour_threshold")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")

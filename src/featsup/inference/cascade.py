@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from featsup._checks import check_in_range, check_ndim, check_positive, check_type
+from featsup._checks import (
+    check_choice,
+    check_in_range,
+    check_ndim,
+    check_positive,
+    check_type,
+)
 from featsup.data.preprocess import (
     Preprocessing,
     hu_window,
@@ -50,6 +56,9 @@ class CascadeResult:
     """float32 liver probability (after the CRF when one is used)."""
     tumour_probability: np.ndarray
     """float32 tumour probability inside the liver ROI, 0 elsewhere."""
+    liver_mask: np.ndarray
+    """bool liver mask of the liver stage; with ``tumour_scope="roi"`` the liver label
+    (``labels > 0``) can reach past it, where a tumour it touches does."""
     roi: Any = None
     """The liver ROI (:class:`featsup.data.RoiCrop`), None when no liver was found."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -82,7 +91,8 @@ class Cascade:
     (or ``Preprocessing.from_dict`` of a checkpoint's; each stage may have its own), the
     same slice sizes and 2.5D context, and for the tumour stage the same in-plane ROI
     margin with the image zeroed outside the (predicted) liver, as
-    :class:`featsup.data.TumourSliceDataset` does with the truth.
+    :class:`featsup.data.TumourSliceDataset` does with the truth (or not zeroed, with
+    ``tumour_scope="roi"`` and ``mask_outside=False``).
 
     Each model is pruned to its head, optimised and moved to the device once, on first
     use, and kept per head (:meth:`prepared`): later changes to the models' weights are
@@ -131,6 +141,12 @@ class Cascade:
         tumour_threshold: a voxel inside the liver mask is tumour when its tumour
             probability is above this (0.5: the two-class argmax);
             :func:`~featsup.inference.tune_on_validation` chooses it on validation cases.
+        tumour_scope: ``"liver"`` (paper 4.1.3): the tumour model sees the ROI zeroed
+            outside the predicted liver mask and finds tumour only inside it. ``"roi"``:
+            it sees the whole ROI box, and a tumour that touches the liver mask is kept
+            whole and joins the liver (:func:`~featsup.postprocess.label_tumours`), so
+            that a lesion the liver model left out at the liver's edge is not cut; its
+            model must be trained on unmasked ROI crops (``mask_outside=False``).
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -167,8 +183,10 @@ class Cascade:
         tumour_overlap: float = 0.5,
         tumour_min_voxels: int = 0,
         tumour_threshold: float = 0.5,
+        tumour_scope: Literal["liver", "roi"] = "liver",
     ) -> None:
         check_positive("batch_size", batch_size)
+        self.tumour_scope = check_choice("tumour_scope", tumour_scope, ("liver", "roi"))
         check_positive("tumour_min_voxels", tumour_min_voxels, strict=False)
         self.tumour_min_voxels = int(tumour_min_voxels)
         self.tumour_threshold = float(check_in_range("tumour_threshold", tumour_threshold, 0, 1))
@@ -290,7 +308,8 @@ class Cascade:
         margin = (0, self.roi_margin, self.roi_margin)
         roi = find_roi(liver, margin=margin, size=self.tumour_size if flat else None)
         context = self.tumour_context if flat else 0
-        crop = masked_crop(image, liver, roi, context)  # (d, C, rows, cols)
+        scoped = self.tumour_scope == "liver"
+        crop = masked_crop(image, liver if scoped else None, roi, context)  # (d, C, rows, cols)
         start = time.perf_counter()
         classes = None if self.tumour_crf is not None else [1]  # the CRF needs both classes
         model = self.prepared("tumour", head)
@@ -304,13 +323,14 @@ class Cascade:
             )  # fmt: skip
         t["tumour_model"] = time.perf_counter() - start
         full = uncrop(probs, roi, mode="linear")  # (2 or 1, D, H, W), zero outside the box
-        outside = ~liver
+        region = liver if scoped else _box_mask(roi, liver.shape)
+        outside = ~region
         full[-1][outside] = 0.0
         if self.tumour_crf is None:
             return full[0], roi
         full[0][outside] = 1.0
         start = time.perf_counter()
-        full = self._crf(full, image_u8, liver, self.tumour_crf)
+        full = self._crf(full, image_u8, region, self.tumour_crf)
         t["tumour_crf"] = time.perf_counter() - start
         return full[1].copy(), roi  # the background freed
 
@@ -334,11 +354,13 @@ class Cascade:
             )
         else:  # np.zeros: pages stay untouched, unlike zeros_like's fill
             tumour_p = np.zeros(liver.probability.shape, np.float32)
-        labels = label_tumours(liver.mask, tumour_p, threshold=self.tumour_threshold,
-                               min_voxels=self.tumour_min_voxels)  # fmt: skip
+        labels = label_tumours(
+            liver.mask, tumour_p, threshold=self.tumour_threshold,
+            min_voxels=self.tumour_min_voxels, scope=self.tumour_scope,
+        )  # fmt: skip
         timings["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
-        return CascadeResult(labels, liver.probability, tumour_p, roi, timings)
+        return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, timings)
 
     def __call__(self, volume_hu: np.ndarray) -> CascadeResult:
         """Segment one CT volume: :meth:`liver_stage`, then :meth:`tumour_stage`.
@@ -406,3 +428,10 @@ def _stage_preprocessings(
             f"stages with one hu_window (CLAHE and normalisation may differ)"
         )
     return liver, tumour
+
+
+def _box_mask(roi: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool volume of ``shape``, True inside the box of ``roi`` (a RoiCrop)."""
+    mask = np.zeros(shape, bool)
+    mask[roi.slices] = True
+    return mask

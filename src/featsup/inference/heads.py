@@ -301,9 +301,9 @@ def _crf_trials(
         for volume, truth in arrays:
             result = trial(volume)
             labels.append((result.labels, truth))
-            liver = result.labels > 0
             for i, threshold in enumerate(thresholds):
-                pred = label_tumours(liver, result.tumour_probability, threshold=threshold)
+                pred = label_tumours(result.liver_mask, result.tumour_probability,
+                                     threshold=threshold, scope=trial.tumour_scope)  # fmt: skip
                 grid[i] += tumour_dice_by_min_voxels(pred, truth, sizes)
         grid /= max(len(arrays), 1)
         trials[choice] = {

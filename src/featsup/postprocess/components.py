@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
+from featsup._checks import check_choice
 from featsup.metrics._ops import dice
 
 __all__ = [
@@ -73,36 +75,58 @@ def label_tumours(
     *,
     threshold: float = 0.5,
     min_voxels: int = 0,
+    scope: Literal["liver", "roi"] = "liver",
 ) -> np.ndarray:
-    """Labels {0, 1, 2}: liver where ``liver_mask``, tumour inside it above ``threshold``.
+    """Labels {0, 1, 2}: liver where ``liver_mask``, tumour where above ``threshold``.
+
+    With ``scope="liver"`` (paper 4.1.3) only voxels inside the liver mask can be tumour.
+    With ``scope="roi"`` a tumour component (26-connected in 3D) that touches the liver
+    mask is kept whole, the part outside it included, and joins the liver (LiTS: liver =
+    label > 0); components that do not touch it are dropped. A predicted liver mask that
+    leaves out part of a lesion at the liver's edge then no longer cuts the lesion.
 
     Args:
         liver_mask: (D, H, W) boolean liver mask (or any shape, matching the next).
         tumour_probability: tumour probabilities, the same shape.
         threshold: a voxel is tumour when its probability is above this (0.5: argmax).
-        min_voxels: then :func:`drop_small_tumours` with this size (0 keeps all).
+        min_voxels: then :func:`drop_small_tumours` with this size (0 keeps all); a
+            dropped component keeps only its part inside the liver mask, as liver.
+        scope: ``"liver"`` or ``"roi"``, as above.
 
     Returns:
         A new uint8 array.
 
     Raises:
-        ValueError: if the shapes differ.
+        ValueError: if the shapes differ or ``scope`` is unknown.
 
     Example:
-        >>> mask = np.ones((1, 2, 2), bool)
-        >>> prob = np.array([[[0.2, 0.55], [0.7, 0.9]]], np.float32)
-        >>> label_tumours(mask, prob, threshold=0.6).tolist()
-        [[[1, 1], [2, 2]]]
+        >>> mask = np.array([[[True, True, False]]])
+        >>> prob = np.array([[[0.2, 0.7, 0.9]]], np.float32)
+        >>> label_tumours(mask, prob).tolist(), label_tumours(mask, prob, scope="roi").tolist()
+        ([[[1, 2, 0]]], [[[1, 2, 2]]])
     """
+    check_choice("scope", scope, ("liver", "roi"))
     if np.shape(liver_mask) != np.shape(tumour_probability):
         raise ValueError(
             f"liver_mask, tumour_probability: expected one shape, got {np.shape(liver_mask)}"
             f" and {np.shape(tumour_probability)}"
         )
     mask = np.asarray(liver_mask, dtype=bool)
+    tumour = np.asarray(tumour_probability) > threshold
+    if scope == "liver":
+        tumour &= mask
+    else:
+        components, count = ndimage.label(tumour, structure=np.ones((3,) * tumour.ndim, bool))
+        touching = np.zeros(count + 1, bool)
+        touching[components[mask]] = True
+        touching[0] = False
+        tumour = touching[components]
     labels = mask.astype(np.uint8)
-    labels[(tumour_probability > threshold) & mask] = 2
-    return drop_small_tumours(labels, min_voxels)
+    labels[tumour] = 2
+    labels = drop_small_tumours(labels, min_voxels)
+    if scope == "roi":
+        labels[(labels == 1) & ~mask] = 0  # dropped tumours leave the liver where it was
+    return labels
 
 
 def tumour_dice_by_min_voxels(
