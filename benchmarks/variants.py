@@ -30,7 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from featsup.training import cpu_has_bf16_units, dice_per_head, load_model
 from featsup.viz import plot_training_curves
 
 # per remedy: (options of build_variant, options of segmentation_step); w=<number> too
-REMEDIES = {
+REMEDIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "early": ({}, {}),
     "norm": ({"loss": FeatureLoss(feature_norm="channel")}, {}),
 }
@@ -74,7 +74,9 @@ def _remedy(remedy: str) -> tuple[dict, dict] | None:
     return ({}, {"feature_weight": weight}) if weight > 0 else None
 
 
-def stage_data(stage: str, folder: Path, ids: dict[str, list[str]], size: int) -> dict:
+def stage_data(
+    stage: Literal["liver", "tumour"], folder: Path, ids: dict[str, list[str]], size: int
+) -> dict:
     cases = {c.case_id: c for c in fd.find_cases(folder)}
     # validation keeps every slice, as the test set and the example's tumour stage do
     # (it once kept a fixed share of empty slices: 0.2 liver-free, 0.3 tumour-free)
@@ -107,7 +109,7 @@ def train_teachers(stage: str, sets: dict, args: argparse.Namespace) -> dict[str
             dice_threshold=threshold, eval_every=every, crop=crop, amp=args.amp,
             device=args.device, progress=False, path=args.out / stage / f"teacher_{name}.pt",
         )  # fmt: skip
-        report = dict(model.training_report)
+        report = dict(cast(dict[str, Any], model.training_report))
         # a reused teacher reports the time it took when it was trained
         seconds = report["seconds"] if report["reused"] else time.perf_counter() - start
         teachers[name] = {"model": model, **report, "seconds": seconds}
@@ -121,7 +123,8 @@ def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, a
     variant, remedy = parse_config(config)
     teacher = teachers["early" if remedy == "early" else "converged"]["model"]
     torch.manual_seed(seed)
-    model_options, step_options = _remedy(remedy) if remedy else ({}, {})
+    options = _remedy(remedy) if remedy else None  # parse_config rejected unknown ones
+    model_options, step_options = options if options is not None else ({}, {})
     model = build_variant(
         variant, in_channels=1, num_classes=2, widths=args.widths,
         teacher=None if variant.startswith("UN") else teacher, **model_options,
@@ -139,9 +142,10 @@ def run_config(config: str, stage: str, sets: dict, teachers: dict, seed: int, a
     seconds = time.perf_counter() - start
     loader = torch.utils.data.DataLoader(sets["test"], batch_size=16)
     test = dice_per_head(model, loader, num_classes=2)  # the last step's model
-    if hasattr(model, "close"):
-        model.close()
-    part = "model" if variant.startswith("UN") else "student"
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()
+    part: Literal["model", "student"] = "model" if variant.startswith("UN") else "student"
     best = load_model(folder / "best.pt", part=part, map_location=args.device)
     test_best = dice_per_head(best, loader, num_classes=2)
     val = [r for r in history if "val/dice_x0_4" in r]
