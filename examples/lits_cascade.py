@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 from featsup import data as fd
 from featsup.inference import (
+    TUMOUR_CRITERIA,
     Cascade,
     Tuning,
     evaluate_cases,
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--variant", default="ES-DS", type=str.upper, choices=VARIANTS)
     add("--head", type=int, choices=(1, 2, 3, 4), help="both stages' head (default: validation)")
     add("--head-tolerance", type=float, default=0.005, help="smallest head within this Dice")
+    add("--tumour-criterion", choices=TUMOUR_CRITERIA, default="global",
+        help="how validation cases are pooled to choose the tumour threshold and smallest "
+        "tumour: global Dice (default), Dice per case, or their mean")  # fmt: skip
     add("--steps", type=int, help="optimizer steps of the liver model (and tumour, if unset)")
     add("--tumour-steps", type=int)
     add("--teacher-steps", type=int, help="max steps per encoding teacher")
@@ -279,7 +283,7 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
     tuning = tune_on_validation(
         make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
         tolerance=args.head_tolerance, heads=args.head and (args.head, args.head), crf=args.crf,
-        liver_crf=CRF["liver"], tumour_crf=CRF["tumour"],
+        liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 pytest.importorskip("cv2")
 
@@ -100,7 +103,7 @@ def test_tune_on_validation_chooses_the_smallest_tumour_on_the_crf_runs(cases: l
 
     cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3))  # noisy tumours
     tuning = tune_on_validation(cascade, cases, crf="none", tumour_threshold=0.5,
-                                tumour_min_voxels=(0, 5, 10_000))  # fmt: skip
+                                tumour_min_voxels=(0, 5, 10_000), criterion="per_case")  # fmt: skip
     scores = tuning.min_voxels_scores
     plain = threshold_cascade(liver=(0.9, 0.35), tumour=(0.3, 0.3), liver_head=2)
     swept = [tumour_dice_by_min_voxels(plain(v).labels, t, (0, 5, 10_000)) for v, t in cases]
@@ -132,7 +135,7 @@ def test_tune_on_validation_chooses_the_tumour_threshold_with_the_smallest_tumou
     cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
     thresholds, sizes = (0.5, 0.9, 0.99), (0, 25)
     tuning = tune_on_validation(cascade, cases, crf="none", tumour_threshold=thresholds,
-                                tumour_min_voxels=sizes)  # fmt: skip
+                                tumour_min_voxels=sizes, criterion="per_case")  # fmt: skip
     plain = [threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2)(v)
              for v, _ in cases]  # fmt: skip
     for t in thresholds:  # each row: the labels that threshold gives, swept over the sizes
@@ -202,3 +205,57 @@ def test_the_threshold_moves_off_argmax_only_for_more_than_the_tolerance() -> No
     assert _best_postprocessing(grid, 0.001) == (0.6, 25)
     tied = {0.4: {0: 0.3, 25: 0.3}, 0.6: {0: 0.3, 25: 0.3}}
     assert _best_postprocessing(tied, 0.0) == (0.4, 0)  # equally near 0.5: the lower
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.int64, st.tuples(st.integers(1, 3), st.integers(1, 6), st.just(3)),
+           elements=st.integers(0, 50)),
+)  # fmt: skip
+def test_tumour_criterion_pools_cases_as_named(raw) -> None:
+    from featsup.inference import tumour_criterion
+    from featsup.metrics._ops import dice
+
+    # a valid count: both <= prediction, both <= truth
+    counts = raw.copy()
+    counts[..., 0] = np.minimum(counts[..., 0], np.minimum(counts[..., 1], counts[..., 2]))
+    per_case = tumour_criterion(counts, "per_case")
+    pooled = tumour_criterion(counts, "global")
+    assert per_case.shape == pooled.shape == counts.shape[:1]
+    for k, rows in enumerate(counts):
+        assert per_case[k] == pytest.approx(np.mean([dice(*map(int, r)) for r in rows]))
+        assert pooled[k] == pytest.approx(dice(*map(int, rows.sum(0))))
+    assert tumour_criterion(counts, "mean") == pytest.approx((per_case + pooled) / 2)
+    assert ((0 <= pooled) & (pooled <= 1)).all()
+
+
+def test_tumour_criterion_refuses_bad_input() -> None:
+    from featsup.inference import tumour_criterion
+
+    with pytest.raises(ValueError, match="criterion"):
+        tumour_criterion(np.zeros((2, 3)), "median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cases, 3"):
+        tumour_criterion(np.zeros((2, 4)))
+
+
+def test_tune_on_validation_pools_by_the_criterion(cases: list) -> None:
+    from featsup.inference import tumour_criterion, tune_on_validation
+    from featsup.postprocess import label_tumours, tumour_counts_by_min_voxels
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    thresholds, sizes = (0.5, 0.9), (0, 25)
+    plain = [threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2)(v)
+             for v, _ in cases]  # fmt: skip
+    counts = np.array([[tumour_counts_by_min_voxels(
+        label_tumours(r.labels > 0, r.tumour_probability, threshold=t), truth, sizes)
+        for r, (_, truth) in zip(plain, cases, strict=True)] for t in thresholds])  # fmt: skip
+    counts = counts.transpose(0, 2, 1, 3)  # (thresholds, sizes, cases, 3)
+    for criterion in ("global", "mean"):
+        tuning = tune_on_validation(cascade, cases, crf="none", tumour_threshold=thresholds,
+                                    tumour_min_voxels=sizes, criterion=criterion)  # fmt: skip
+        expected = tumour_criterion(counts, criterion)
+        for i, t in enumerate(thresholds):
+            assert list(tuning.threshold_scores[t].values()) == pytest.approx(expected[i])
+        assert tuning.criterion == criterion == tuning.to_dict()["tumour_criterion"]
+    with pytest.raises(ValueError, match="criterion"):
+        tune_on_validation(cascade, cases, crf="none", criterion="median")  # type: ignore[arg-type]

@@ -8,7 +8,12 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from featsup.metrics import dice_score
-from featsup.postprocess import drop_small_tumours, label_tumours, tumour_dice_by_min_voxels
+from featsup.postprocess import (
+    drop_small_tumours,
+    label_tumours,
+    tumour_counts_by_min_voxels,
+    tumour_dice_by_min_voxels,
+)
 
 labels_3d = arrays(np.uint8, st.tuples(*(st.integers(1, 6),) * 3), elements=st.integers(0, 2))
 
@@ -37,6 +42,17 @@ def test_dice_by_min_voxels_is_the_dice_after_dropping(pred, truth, sizes) -> No
         assert dice == pytest.approx(dice_score(dropped == 2, truth == 2))
 
 
+@settings(max_examples=60, deadline=None)
+@given(labels_3d, labels_3d, st.lists(st.integers(0, 12), min_size=1, max_size=4))
+def test_counts_by_min_voxels_are_the_overlap_after_dropping(pred, truth, sizes) -> None:
+    truth = np.resize(truth, pred.shape)
+    counts = tumour_counts_by_min_voxels(pred, truth, sizes)
+    assert counts.shape == (len(sizes), 3) and counts.dtype == np.int64
+    for size, row in zip(sizes, counts, strict=True):
+        kept = drop_small_tumours(pred.copy(), size) == 2
+        assert row.tolist() == [(kept & (truth == 2)).sum(), kept.sum(), (truth == 2).sum()]
+
+
 def test_diagonal_neighbours_are_one_component_and_shapes_must_match() -> None:
     labels = np.ones((2, 4, 4), np.uint8)
     labels[0, 0, 0] = labels[1, 1, 1] = 2  # touching at a corner only
@@ -44,6 +60,8 @@ def test_diagonal_neighbours_are_one_component_and_shapes_must_match() -> None:
     assert (drop_small_tumours(labels.copy(), 3) == 2).sum() == 0
     with pytest.raises(ValueError, match="shape"):
         tumour_dice_by_min_voxels(labels, labels[:1])
+    with pytest.raises(ValueError, match="shape"):
+        tumour_counts_by_min_voxels(labels, labels[:1])
 
 
 @settings(max_examples=60, deadline=None)

@@ -20,6 +20,7 @@ from featsup.inference.bundle import (
 from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
 from featsup.inference.evaluate import CaseEvaluation, evaluate_cases
 from featsup.inference.heads import (
+    TUMOUR_CRITERIA,
     HeadChoice,
     HeadScore,
     Tuning,
@@ -27,6 +28,7 @@ from featsup.inference.heads import (
     choose_heads,
     score_heads,
     smallest_head_within,
+    tumour_criterion,
     tune_on_validation,
 )
 from featsup.inference.patches import predict_patches
@@ -42,6 +44,7 @@ from featsup.inference.predict import (
 __all__ = [
     "CASCADE_FORMAT",
     "LABELS",
+    "TUMOUR_CRITERIA",
     "Cascade",
     "CascadeResult",
     "CaseEvaluation",
@@ -64,5 +67,6 @@ __all__ = [
     "select_head",
     "smallest_head_within",
     "stack_context",
+    "tumour_criterion",
     "tune_on_validation",
 ]

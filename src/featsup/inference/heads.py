@@ -25,10 +25,11 @@ from featsup.postprocess.components import (
     TUMOUR_MIN_VOXELS,
     TUMOUR_THRESHOLDS,
     label_tumours,
-    tumour_dice_by_min_voxels,
+    tumour_counts_by_min_voxels,
 )
 
 __all__ = [
+    "TUMOUR_CRITERIA",
     "HeadChoice",
     "HeadScore",
     "Tuning",
@@ -36,8 +37,13 @@ __all__ = [
     "choose_heads",
     "score_heads",
     "smallest_head_within",
+    "tumour_criterion",
     "tune_on_validation",
 ]
+
+Criterion = Literal["per_case", "global", "mean"]
+"""How validation cases' tumour Dice is pooled into one score: see :func:`tumour_criterion`."""
+TUMOUR_CRITERIA: tuple[str, ...] = ("per_case", "global", "mean")
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,40 @@ def choose_crf_stages(
     return _crf_choice(trials), {stages: trial["dice"] for stages, trial in trials.items()}
 
 
+def tumour_criterion(counts: np.ndarray, criterion: Criterion = "per_case") -> np.ndarray:
+    """Pool tumour overlap counts of several cases into one validation score.
+
+    Args:
+        counts: (..., cases, 3) tumour voxels of both, of the prediction and of the truth
+            per case (as :func:`~featsup.postprocess.tumour_counts_by_min_voxels` gives).
+        criterion: ``"per_case"`` (the mean of each case's Dice; a tumour-free case scores
+            1 or 0), ``"global"`` (the Dice of all voxels pooled) or ``"mean"`` (the mean
+            of the two).
+
+    Returns:
+        The scores, shape ``counts.shape[:-2]``.
+
+    Raises:
+        ValueError: for an unknown ``criterion`` or a last axis other than 3.
+
+    Example:
+        >>> counts = np.array([[90, 100, 100], [0, 5, 0], [0, 0, 20]])
+        >>> [round(float(tumour_criterion(counts, c)), 3) for c in TUMOUR_CRITERIA]
+        [0.3, 0.8, 0.55]
+    """
+    check_choice("criterion", criterion, TUMOUR_CRITERIA)
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim < 2 or counts.shape[-1] != 3:
+        raise ValueError(f"counts: expected shape (..., cases, 3), got {counts.shape}")
+
+    def dice_of(c: np.ndarray) -> np.ndarray:
+        total = c[..., 1] + c[..., 2]
+        return np.where(total > 0, 2 * c[..., 0] / np.maximum(total, 1), 1.0)
+
+    per_case, pooled = dice_of(counts).mean(axis=-1), dice_of(counts.sum(axis=-2))
+    return {"per_case": per_case, "global": pooled, "mean": (per_case + pooled) / 2}[criterion]
+
+
 def _crf_trials(
     cascade: Cascade,
     arrays: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -281,13 +321,16 @@ def _crf_trials(
     thresholds: Sequence[float],
     sizes: Sequence[int],
     stages: Sequence[str] = ("none", "liver", "both"),
+    criterion: Criterion = "per_case",
 ) -> dict[str, dict[str, Any]]:
     """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
 
     Returns, per choice: ``"dice"`` (liver and tumour Dice per case, the cascade's
-    threshold, every tumour kept) and ``"by_threshold"`` (tumour Dice per case for each
-    of ``thresholds``, then each of ``sizes`` as the smallest component kept), so that
-    the threshold and the smallest tumour are chosen without running the models again.
+    threshold, every tumour kept), ``"counts"`` (an int64 array (thresholds, sizes,
+    cases, 3): the tumour overlap counts of each case for each of ``thresholds``, then
+    each of ``sizes`` as the smallest component kept) and ``"by_threshold"`` (those
+    pooled by ``criterion``), so that the threshold and the smallest tumour are chosen
+    without running the models again.
     """
     from featsup.inference.bundle import cascade_arguments
 
@@ -297,20 +340,22 @@ def _crf_trials(
         options = {**cascade_arguments(cascade), "tumour_min_voxels": 0}
         options.update(liver_crf=crfs[choice][0], tumour_crf=crfs[choice][1])
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-        labels, grid = [], np.zeros((len(thresholds), len(sizes)))
-        for volume, truth in arrays:
+        labels = []
+        counts = np.zeros((len(thresholds), len(sizes), len(arrays), 3), np.int64)
+        for c, (volume, truth) in enumerate(arrays):
             result = trial(volume)
             labels.append((result.labels, truth))
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
                                      threshold=threshold, scope=trial.tumour_scope)  # fmt: skip
-                grid[i] += tumour_dice_by_min_voxels(pred, truth, sizes)
-        grid /= max(len(arrays), 1)
+                counts[i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
+        grid = tumour_criterion(counts, criterion) if arrays else np.zeros(counts.shape[:2])
         trials[choice] = {
             "dice": {
                 stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
                 for stage, k in LITS_STAGES.items()
             },
+            "counts": counts,
             "by_threshold": {
                 float(t): {int(m): float(d) for m, d in zip(sizes, row, strict=True)}
                 for t, row in zip(thresholds, grid, strict=True)
@@ -339,10 +384,13 @@ class Tuning:
     tumour_threshold: float
     tumour_min_voxels: int
     threshold_scores: dict[float, dict[int, float]]
-    """Validation tumour Dice per case for each threshold, then smallest component, tried
-    (empty when both were given)."""
+    """Validation tumour Dice (pooled by ``criterion``) for each threshold, then smallest
+    component, tried (empty when both were given)."""
     cascade: Cascade = field(repr=False)
     """A copy of the cascade with the chosen heads, CRF stages, threshold and smallest tumour."""
+    criterion: Criterion = "global"
+    """How the validation cases' tumour Dice was pooled for the threshold and smallest
+    tumour (:func:`tumour_criterion`)."""
 
     @property
     def min_voxels_scores(self) -> dict[int, float]:
@@ -362,6 +410,7 @@ class Tuning:
             "val_dice_by_crf": self.crf_scores,
             "tumour_threshold": self.tumour_threshold,
             "tumour_min_voxels": self.tumour_min_voxels,
+            "tumour_criterion": self.criterion,
             "val_tumour_dice_by_min_voxels": self.min_voxels_scores,
             "val_tumour_dice_by_threshold": {
                 str(t): row for t, row in self.threshold_scores.items()
@@ -404,6 +453,7 @@ def tune_on_validation(
     tumour_crf: dict[str, Any] | None = None,
     tumour_threshold: float | Sequence[float] = TUMOUR_THRESHOLDS,
     tumour_min_voxels: int | Sequence[int] = TUMOUR_MIN_VOXELS,
+    criterion: Criterion = "global",
 ) -> Tuning:
     """Choose a cascade's heads, CRF stages, tumour threshold and smallest tumour, on validation.
 
@@ -411,10 +461,10 @@ def tune_on_validation(
     choice), then, with those heads, the CRF stages as :func:`choose_crf_stages` unless
     ``crf`` names them, then, with those, the cascade's ``tumour_threshold`` and
     ``tumour_min_voxels``: the threshold nearest 0.5 (the argmax) whose validation tumour
-    Dice per case is within ``tolerance`` of the best pair's, so that a gain of noise size
-    does not move it, then that threshold's smallest tumour of best Dice (the smallest
-    on a tie); both measured on the same runs as the CRF stages. Each case is loaded once
-    and each model runs once per CRF choice.
+    Dice (pooled over the cases by ``criterion``) is within ``tolerance`` of the best
+    pair's, so that a gain of noise size does not move it, then that threshold's smallest
+    tumour of best Dice (the smallest on a tie); both measured on the same runs as the CRF
+    stages. Each case is loaded once and each model runs once per CRF choice.
 
     Args:
         cascade: the trained cascade; it is not changed.
@@ -427,13 +477,19 @@ def tune_on_validation(
         tumour_crf: the tumour stage's (default ``CRF_PRESETS["tumour"]``).
         tumour_threshold: candidate tumour probability thresholds, or one to use.
         tumour_min_voxels: candidate smallest tumour components (voxels), or one to use.
+        criterion: how the cases' tumour Dice is pooled for those two choices:
+            ``"global"`` (the default), ``"per_case"`` or ``"mean"``
+            (:func:`tumour_criterion`). Per case, a tumour-free case scores 1 or 0, and
+            on the example's five validation cases that choice did worse on held-out
+            validation cases than the global Dice (``benchmarks/tuning_criterion.py``).
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
 
     Raises:
-        ValueError: for a bad ``crf``, ``tolerance``, ``tumour_threshold`` or
-            ``tumour_min_voxels``, or cases as :func:`choose_heads` refuses them.
+        ValueError: for a bad ``crf``, ``tolerance``, ``tumour_threshold``,
+            ``tumour_min_voxels`` or ``criterion``, or cases as :func:`choose_heads`
+            refuses them.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -448,6 +504,7 @@ def tune_on_validation(
     from featsup.postprocess import CRF_PRESETS
 
     check_choice("crf", crf, ("auto", "none", "liver", "both"))
+    check_choice("criterion", criterion, TUMOUR_CRITERIA)
     thresholds = _candidates("tumour_threshold", tumour_threshold, float, 0.0, 1.0)
     sizes = _candidates("tumour_min_voxels", tumour_min_voxels, int, 0, float("inf"))
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
@@ -465,7 +522,8 @@ def tune_on_validation(
     if crf == "auto" or len(thresholds) * len(sizes) > 1:  # else nothing is left to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
-                             thresholds=thresholds, sizes=sizes, stages=stages)  # fmt: skip
+                             thresholds=thresholds, sizes=sizes, stages=stages,
+                             criterion=criterion)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
@@ -475,6 +533,6 @@ def tune_on_validation(
     options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
     options["tumour_threshold"], options["tumour_min_voxels"] = threshold, min_voxels
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned)
+    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion)
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

@@ -7,6 +7,7 @@ from featsup.postprocess.components import (
     TUMOUR_THRESHOLDS,
     drop_small_tumours,
     label_tumours,
+    tumour_counts_by_min_voxels,
     tumour_dice_by_min_voxels,
 )
 from featsup.postprocess.crf import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
@@ -20,5 +21,6 @@ __all__ = [
     "dense_crf",
     "drop_small_tumours",
     "label_tumours",
+    "tumour_counts_by_min_voxels",
     "tumour_dice_by_min_voxels",
 ]

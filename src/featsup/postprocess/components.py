@@ -16,6 +16,7 @@ __all__ = [
     "TUMOUR_THRESHOLDS",
     "drop_small_tumours",
     "label_tumours",
+    "tumour_counts_by_min_voxels",
     "tumour_dice_by_min_voxels",
 ]
 
@@ -129,12 +130,56 @@ def label_tumours(
     return labels
 
 
+def tumour_counts_by_min_voxels(
+    pred: np.ndarray, truth: np.ndarray, sizes: Sequence[int] = TUMOUR_MIN_VOXELS
+) -> np.ndarray:
+    """Tumour overlap counts of ``pred`` after :func:`drop_small_tumours` with each of ``sizes``.
+
+    The counts, not the Dice, so that a validation sweep can pool cases (a global Dice)
+    as well as average them (a Dice per case). The components are found once, so a sweep
+    costs one labelling, not one per size.
+
+    Args:
+        pred: predicted labels {0, 1, 2}.
+        truth: true labels, the same shape (tumour = 2).
+        sizes: smallest tumour components to try.
+
+    Returns:
+        An int64 array (len(sizes), 3): per size, the tumour voxels of both, of ``pred``
+        and of ``truth``.
+
+    Raises:
+        ValueError: if the shapes differ.
+
+    Example:
+        >>> truth = np.zeros((1, 6, 6), np.uint8)
+        >>> truth[0, :3, :3] = 2
+        >>> pred = truth.copy()
+        >>> pred[0, 5, 5] = 2
+        >>> tumour_counts_by_min_voxels(pred, truth, (0, 2, 10)).tolist()
+        [[9, 10, 9], [9, 9, 9], [0, 0, 9]]
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred, truth: expected one shape, got {pred.shape} and {truth.shape}")
+    components, counts = _tumour_components(pred)
+    target = truth == 2
+    hits = np.bincount(components[target], minlength=len(counts))
+    n_target = int(target.sum())
+    rows = np.zeros((len(sizes), 3), np.int64)
+    for row, size in zip(rows, sizes, strict=True):
+        keep = counts >= size
+        keep[0] = False
+        row[:] = int(hits[keep].sum()), int(counts[keep].sum()), n_target
+    return rows
+
+
 def tumour_dice_by_min_voxels(
     pred: np.ndarray, truth: np.ndarray, sizes: Sequence[int] = TUMOUR_MIN_VOXELS
 ) -> list[float]:
     """Tumour Dice of ``pred`` after :func:`drop_small_tumours` with each of ``sizes``.
 
-    The components are found once, so a sweep costs one labelling, not one per size.
+    The components are found once (:func:`tumour_counts_by_min_voxels`), so a sweep
+    costs one labelling, not one per size.
 
     Args:
         pred: predicted labels {0, 1, 2}.
@@ -155,15 +200,4 @@ def tumour_dice_by_min_voxels(
         >>> [round(d, 3) for d in tumour_dice_by_min_voxels(pred, truth, (0, 2, 10))]
         [0.947, 1.0, 0.0]
     """
-    if pred.shape != truth.shape:
-        raise ValueError(f"pred, truth: expected one shape, got {pred.shape} and {truth.shape}")
-    components, counts = _tumour_components(pred)
-    target = truth == 2
-    hits = np.bincount(components[target], minlength=len(counts))
-    n_target = int(target.sum())
-    scores = []
-    for size in sizes:
-        keep = counts >= size
-        keep[0] = False
-        scores.append(dice(int(hits[keep].sum()), int(counts[keep].sum()), n_target))
-    return scores
+    return [dice(*map(int, row)) for row in tumour_counts_by_min_voxels(pred, truth, sizes)]
