@@ -481,7 +481,8 @@ def tune_on_validation(
             ``"global"`` (the default), ``"per_case"`` or ``"mean"``
             (:func:`tumour_criterion`). Per case, a tumour-free case scores 1 or 0, and
             on the example's five validation cases that choice did worse on held-out
-            validation cases than the global Dice (``benchmarks/tuning_criterion.py``).
+            validation cases than the global Dice (``benchmarks/tuning_criterion.py``),
+            though better on two fresh test splits (docs/cascade.md).
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
