@@ -178,26 +178,18 @@ def tumour_dice_by_min_voxels(
 ) -> list[float]:
     """Tumour Dice of ``pred`` after :func:`drop_small_tumours` with each of ``sizes``.
 
-    The components are found once (:func:`tumour_counts_by_min_voxels`), so a sweep
-    costs one labelling, not one per size.
-
-    Args:
-        pred: predicted labels {0, 1, 2}.
-        truth: true labels, the same shape (tumour = 2).
-        sizes: smallest tumour components to try.
+    The Dice of :func:`tumour_counts_by_min_voxels`'s rows (arguments and errors as
+    there): the components are found once, so a sweep costs one labelling, not one per
+    size.
 
     Returns:
         The tumour Dice (1.0 when both are empty) for each size, in order.
 
-    Raises:
-        ValueError: if the shapes differ.
-
     Example:
-        >>> truth = np.zeros((1, 6, 6), np.uint8)
-        >>> truth[0, :3, :3] = 2
-        >>> pred = truth.copy()
-        >>> pred[0, 5, 5] = 2
-        >>> [round(d, 3) for d in tumour_dice_by_min_voxels(pred, truth, (0, 2, 10))]
-        [0.947, 1.0, 0.0]
+        >>> truth = np.full((2, 4, 4), 2, np.uint8)
+        >>> pred = np.ones_like(truth)
+        >>> pred[0, 0, :2] = 2  # two true tumour voxels found
+        >>> [round(d, 3) for d in tumour_dice_by_min_voxels(pred, truth, (0, 3))]
+        [0.118, 0.0]
     """
     return [dice(*map(int, row)) for row in tumour_counts_by_min_voxels(pred, truth, sizes)]
