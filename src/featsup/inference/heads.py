@@ -321,7 +321,7 @@ def _crf_trials(
     thresholds: Sequence[float],
     sizes: Sequence[int],
     stages: Sequence[str] = ("none", "liver", "both"),
-    criterion: Criterion = "per_case",
+    criterion: Criterion = "global",
 ) -> dict[str, dict[str, Any]]:
     """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
 
