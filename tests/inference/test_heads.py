@@ -259,3 +259,11 @@ def test_tune_on_validation_pools_by_the_criterion(cases: list) -> None:
         assert tuning.criterion == criterion == tuning.to_dict()["tumour_criterion"]
     with pytest.raises(ValueError, match="criterion"):
         tune_on_validation(cascade, cases, crf="none", criterion="median")  # type: ignore[arg-type]
+
+
+def test_choose_crf_stages_refuses_no_cases() -> None:
+    from featsup.inference import choose_crf_stages
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    with pytest.raises(ValueError, match="at least one case"):
+        choose_crf_stages(cascade, [], liver_crf={}, tumour_crf={})

@@ -265,6 +265,9 @@ def choose_crf_stages(
     Returns:
         (``"none"``, ``"liver"`` or ``"both"``; the liver and tumour Dice per case of each).
 
+    Raises:
+        ValueError: if there are no cases.
+
     Example:
         >>> from featsup.models import UNetPlusPlus
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
@@ -334,6 +337,8 @@ def _crf_trials(
     """
     from featsup.inference.bundle import cascade_arguments
 
+    if not arrays:
+        raise ValueError("cases: expected at least one case, got none")
     crfs = {"none": (None, None), "liver": (liver_crf, None), "both": (liver_crf, tumour_crf)}
     trials: dict[str, dict[str, Any]] = {}
     for choice in stages:
@@ -349,7 +354,7 @@ def _crf_trials(
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
                                      threshold=threshold, scope=trial.tumour_scope)  # fmt: skip
                 counts[i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
-        grid = tumour_criterion(counts, criterion) if arrays else np.zeros(counts.shape[:2])
+        grid = tumour_criterion(counts, criterion)
         trials[choice] = {
             "dice": {
                 stage: float(np.mean([dice_score(p >= k, t >= k) for p, t in labels]))
