@@ -327,3 +327,33 @@ def test_teacher_is_reused_only_for_the_same_maps_and_recipe(tmp_path: Path) -> 
     )
     forced = train_encoding_teacher(other, progress=False, reuse=False, **longer)
     assert forced.training_report["reused"] is False
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_teacher_trains_like_the_default_and_reuses_either_layout(
+    tmp_path: Path, dims: int
+) -> None:
+    labels = torch.zeros((6, 8, 16, 16) if dims == 3 else (6, 16, 16), dtype=torch.long)
+    labels[..., 4:12, 3:9] = 1
+    layout = torch.channels_last_3d if dims == 3 else torch.channels_last
+    kwargs = {"num_classes": 2, "widths": (4, 8), "steps": 6, "eval_every": 3, "crop": None}
+    warnings.simplefilter("ignore", UserWarning)  # 6 steps do not reach the threshold
+    plain = train_encoding_teacher(labels, progress=False, **kwargs)
+    fast = train_encoding_teacher(
+        labels, progress=False, channels_last=True, path=tmp_path / "t.pt", **kwargs
+    )
+    assert fast.channels_last and not plain.channels_last
+    convs = [p for p in fast.parameters() if p.ndim == dims + 2]
+    assert convs and all(p.is_contiguous(memory_format=layout) for p in convs)
+    assert not all(p.is_contiguous(memory_format=layout) for p in plain.parameters() if p.ndim > 2)
+    # the same function: weights after six steps agree to float rounding
+    for a, b in zip(plain.state_dict().values(), fast.state_dict().values(), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=2e-3)
+    x = torch.nn.functional.one_hot(labels[:2], 2).movedim(-1, 1).float()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[-1], plain(x)[-1], rtol=1e-3, atol=1e-3)
+    # the layout is not part of the recipe: a channels-last teacher is reused contiguous
+    again = train_encoding_teacher(labels, progress=False, path=tmp_path / "t.pt", **kwargs)
+    assert again.training_report["reused"] is True and not again.channels_last
+    for a, b in zip(fast.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

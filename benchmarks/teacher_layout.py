@@ -1,0 +1,119 @@
+"""Encoding-teacher cost on CPU: contiguous (NCHW) against channels-last, side by side.
+
+Three jobs of the cascade example's CPU defaults (widths 8..128), each in both
+layouts, in float32 and under bfloat16 autocast:
+
+- ``liver teacher``: one training step of ``train_encoding_teacher``'s recipe on 8
+  whole 128 x 128 label maps (the liver stage's);
+- ``tumour teacher``: the same on 16 crops of 64 x 64 (the tumour stage's);
+- ``ES-DS student``: one training step of the ES-DS student (channels-last, as the
+  example trains it) on 8 slices of 128 x 128, its live teacher in one layout or the
+  other.
+
+Each optimizer step is timed; the layouts alternate within every repeat, and the
+table gives the medians and the median of the per-repeat ratios (this machine is
+shared and noisy: compare ratios, not absolute times).
+
+    python benchmarks/teacher_layout.py --repeats 15 --json teacher_layout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featsup.models import UNetPlusPlus
+from featsup.supervision.teacher import _encoding_unetpp, _reconstruction_step
+from featsup.supervision.variants import build_variant, segmentation_step
+from featsup.training import cpu_has_bf16_units
+
+JOBS = {"liver teacher": (8, 128), "tumour teacher": (16, 64), "ES-DS student": (8, 128)}
+
+
+def _layout(model: UNetPlusPlus, channels_last: bool) -> UNetPlusPlus:
+    if channels_last:
+        model.channels_last = True
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def make_step(job: str, widths: list[int], channels_last: bool) -> Callable[[bool], float]:
+    """One timed optimizer step of ``job`` with the teacher in the given layout."""
+    batch, size = JOBS[job]
+    gen = torch.Generator().manual_seed(0)
+    target = (torch.rand(batch, size, size, generator=gen) > 0.7).long()
+    teacher = _layout(_encoding_unetpp(2, widths, 2, None, seed=0), channels_last)
+    if job == "ES-DS student":
+        teacher.eval()
+        student = _layout(UNetPlusPlus(1, 2, widths=widths), True)
+        model: torch.nn.Module = build_variant(
+            "ES-DS", in_channels=1, num_classes=2, widths=widths, teacher=teacher, student=student
+        )
+        data = {"image": torch.randn(batch, 1, size, size, generator=gen), "target": target}
+        seg = segmentation_step()
+
+        def loss_fn() -> torch.Tensor:
+            return seg(model, data)[0]
+    else:
+        model, recon = teacher.train(), _reconstruction_step(2)
+
+        def loss_fn() -> torch.Tensor:
+            return recon(model, target)[0]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def step(amp: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if amp else nullcontext():
+            loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--widths", type=int, nargs=5, default=[8, 16, 32, 64, 128])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    print(f"CPU: {platform.processor() or platform.machine()}; bf16 units: {cpu_has_bf16_units()}")
+    print(f"threads {torch.get_num_threads()}, widths {args.widths}, {args.repeats} repeats")
+    print("| job | precision | NCHW ms | channels-last ms | NCHW / channels-last |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for job in JOBS:
+        for amp in (False, True):
+            steps = {cl: make_step(job, args.widths, cl) for cl in (False, True)}
+            for _ in range(2):  # warm-up
+                for cl in (False, True):
+                    steps[cl](amp)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(args.repeats):
+                for cl in (False, True):
+                    times[cl].append(steps[cl](amp))
+            nchw, cl_ms = (1e3 * float(np.median(times[c])) for c in (False, True))
+            ratio = float(np.median(np.array(times[False]) / np.array(times[True])))
+            precision = "bf16" if amp else "fp32"
+            rows.append({"job": job, "precision": precision, "nchw_ms": nchw,
+                         "channels_last_ms": cl_ms, "ratio": ratio})  # fmt: skip
+            print(f"| {job} | {precision} | {nchw:.0f} | {cl_ms:.0f} | {ratio:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": vars(args), "rows": rows}, default=str))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
