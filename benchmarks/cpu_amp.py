@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import timed_step
 
 from featsup.models import UNetPlusPlus
 from featsup.supervision.variants import build_variant, segmentation_step
@@ -40,17 +39,7 @@ def make_step(variant: str, widths: list[int], size: int, batch: int):
         "target": (torch.rand(batch, size, size, generator=gen) > 0.7).long(),
     }
 
-    def step(amp: bool) -> float:
-        start = time.perf_counter()
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if amp else nullcontext()
-        with context:
-            loss, _ = step_fn(model, batch_data)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
-    return step
+    return timed_step(lambda: step_fn(model, batch_data)[0], optimizer)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import timed_step
 
 from featsup.models import UNetPlusPlus
 from featsup.supervision.teacher import _encoding_unetpp, _reconstruction_step
@@ -71,16 +70,7 @@ def make_step(job: str, widths: list[int], channels_last: bool) -> Callable[[boo
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
-    def step(amp: bool) -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if amp else nullcontext():
-            loss = loss_fn()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
-    return step
+    return timed_step(loss_fn, optimizer)
 
 
 def main(argv: list[str] | None = None) -> dict:
