@@ -38,10 +38,7 @@ JOBS = {"liver teacher": (8, 128), "tumour teacher": (16, 64), "ES-DS student": 
 
 
 def _layout(model: UNetPlusPlus, channels_last: bool) -> UNetPlusPlus:
-    if channels_last:
-        model.channels_last = True
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return model
+    return model.use_channels_last() if channels_last else model
 
 
 def make_step(job: str, widths: list[int], channels_last: bool) -> Callable[[bool], float]:

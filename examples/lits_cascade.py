@@ -235,9 +235,7 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
         student = UNetPlusPlus(channels, 2, widths=args.widths)
         if init is not None:  # transfer learning (paper 4.2.5): start from the liver model,
             transfer_weights(init, student)  # its kernel on the centre slice (2.5D)
-    student.channels_last = True  # weights and inputs channels-last: faster convolutions
-    three_d = student.spatial_dims == 3
-    return student.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+    return student.use_channels_last()  # weights and inputs: faster convolutions
 
 
 def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:

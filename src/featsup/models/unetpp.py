@@ -372,6 +372,24 @@ class UNetPlusPlus(nn.Module):
         small.train(self.training)
         return small.optimize_for_inference() if optimize else small
 
+    def use_channels_last(self) -> UNetPlusPlus:
+        """Keep weights and inputs channels-last (channels-last-3d for volumes); return self.
+
+        The same function, computed faster by oneDNN (CPU) and cuDNN (GPU) for these 3x3
+        convolutions: the parameters are converted in place and every input is made
+        channels-last in :meth:`forward`, so activations follow.
+
+        Example:
+            >>> net = UNetPlusPlus(1, 2, widths=(4, 8)).use_channels_last()
+            >>> kernels = [p for p in net.parameters() if p.ndim == 4]
+            >>> net.channels_last, all(
+            ...     k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+            (True, True)
+        """
+        self.channels_last = True
+        layout = torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
+        return self.to(memory_format=layout)  # type: ignore[call-overload,no-any-return]
+
     def optimize_for_inference(self) -> UNetPlusPlus:
         """Return a copy for fast eval-mode inference, with outputs equal to eval mode.
 
@@ -393,7 +411,4 @@ class UNetPlusPlus(nn.Module):
             for name, node in model.decoder.items():
                 model.decoder[name] = fuse_decoder_node(node)
         model.requires_grad_(False)
-        model.channels_last = True
-        layout = torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
-        model.to(memory_format=layout)  # type: ignore[call-overload]
-        return model
+        return model.use_channels_last()

@@ -175,10 +175,11 @@ def train_encoding_teacher(
         amp: ``"bf16"`` runs forward passes under bfloat16 autocast (CUDA, or CPUs with
             bfloat16 matrix units); None keeps float32.
         channels_last: keep the teacher's weights and activations channels-last
-            (channels-last-3d for volumes), as :class:`~featsup.models.UNetPlusPlus`'s
-            ``channels_last`` does: the same function, computed faster by oneDNN for
-            these narrow 3x3 convolutions (docs/supervision.md). The layout is not part
-            of the recipe: a teacher saved in either layout is reused in the other.
+            (channels-last-3d for volumes), by
+            :meth:`~featsup.models.UNetPlusPlus.use_channels_last`: the same function,
+            computed faster by oneDNN for these narrow 3x3 convolutions
+            (docs/supervision.md). The layout is not part of the recipe: a teacher saved
+            in either layout is reused in the other.
         device: where to train.
         path: if given, save the Trainer's checkpoint there (atomically), with the report
             under ``"report"``; :func:`featsup.training.load_model` rebuilds the teacher.
@@ -233,9 +234,7 @@ def train_encoding_teacher(
     train, held = _split_held_out(data, val_labels, gen, num_classes)
     model = _encoding_unetpp(num_classes, widths, data.ndim - 1, pooling, seed)
     if channels_last:
-        model.channels_last = True
-        layout = torch.channels_last_3d if model.spatial_dims == 3 else torch.channels_last
-        model.to(memory_format=layout)  # type: ignore[call-overload]
+        model.use_channels_last()
     recipe = {
         "num_classes": num_classes, "widths": list(widths), "steps": steps,
         "batch_size": batch_size, "lr": lr, "crop": crop, "eval_every": eval_every,
