@@ -37,19 +37,17 @@ from featsup.training import cpu_has_bf16_units
 JOBS = {"liver teacher": (8, 128), "tumour teacher": (16, 64), "ES-DS student": (8, 128)}
 
 
-def _layout(model: UNetPlusPlus, channels_last: bool) -> UNetPlusPlus:
-    return model.use_channels_last() if channels_last else model
-
-
 def make_step(job: str, widths: list[int], channels_last: bool) -> Callable[[bool], float]:
     """One timed optimizer step of ``job`` with the teacher in the given layout."""
     batch, size = JOBS[job]
     gen = torch.Generator().manual_seed(0)
     target = (torch.rand(batch, size, size, generator=gen) > 0.7).long()
-    teacher = _layout(_encoding_unetpp(2, widths, 2, None, seed=0), channels_last)
+    teacher = _encoding_unetpp(2, widths, 2, None, seed=0)
+    if channels_last:
+        teacher.use_channels_last()
     if job == "ES-DS student":
         teacher.eval()
-        student = _layout(UNetPlusPlus(1, 2, widths=widths), True)
+        student = UNetPlusPlus(1, 2, widths=widths).use_channels_last()
         model: torch.nn.Module = build_variant(
             "ES-DS", in_channels=1, num_classes=2, widths=widths, teacher=teacher, student=student
         )
