@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from featsup.losses import one_hot
 from featsup.models import UNetPlusPlus
 from featsup.supervision import (
     FeatureSupervisor,
     TeacherFeatureCache,
+    reconstruction_dice,
     train_encoding_teacher,
 )
 from featsup.training import load_checkpoint, load_model
@@ -185,7 +187,6 @@ def test_foreground_share_follows_its_schedule() -> None:
 
 
 def test_batch_norm_is_calibrated_on_the_maps_given() -> None:
-    from featsup.losses import one_hot
     from featsup.supervision.teacher import _calibrate_batch_norm
 
     model = UNetPlusPlus(2, 2, widths=(4, 8, 16), skip_connections=False)
@@ -228,7 +229,8 @@ def test_batch_norm_statistics_come_from_the_last_training_crops(
         discs(12), num_classes=2, widths=(4, 8), steps=10, batch_size=8, crop=crop,
         eval_every=10, dice_threshold=1.0, progress=False,
     )  # fmt: skip
-    (maps,) = calibrated
+    maps, served = calibrated  # the evaluation's, then the weight average's to serve
+    assert torch.equal(maps, served)
     assert maps.shape == (64, *shape) and maps.dtype == torch.long
     if crop is not None:  # the late crops, drawn mostly at random: some miss the disc
         assert ((maps > 0).flatten(1).sum(1) == 0).any()
@@ -357,3 +359,22 @@ def test_channels_last_teacher_trains_like_the_default_and_reuses_either_layout(
     assert again.training_report["reused"] is True and not again.channels_last
     for a, b in zip(fast.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, None])
+def test_the_teacher_served_is_the_teacher_judged(tmp_path: Path, ema_decay: float | None) -> None:
+    held = discs(6, size=16)
+    kwargs: dict = {"num_classes": 2, "widths": (4, 8), "steps": 40, "eval_every": 20,
+                    "crop": None, "ema_decay": ema_decay, "val_labels": held,
+                    "path": tmp_path / "t.pt", "progress": False}  # fmt: skip
+    warnings.simplefilter("ignore", UserWarning)  # 40 steps do not reach the threshold
+    teacher = train_encoding_teacher(discs(12, size=16), **kwargs)
+    with torch.no_grad():
+        logits = teacher(one_hot(held, 2, dtype=torch.float32))[-1]
+    report = teacher.training_report
+    assert reconstruction_dice(logits, held, 2) == pytest.approx(report["dice"], abs=1e-6)
+    trainer_state = load_checkpoint(tmp_path / "t.pt")
+    assert (trainer_state["average"] is None) == (ema_decay is None)
+    # the average is part of the recipe: a teacher trained without it is not reused
+    other = {**kwargs, "ema_decay": 0.5 if ema_decay is None else None}
+    assert train_encoding_teacher(discs(12, size=16), **other).training_report["reused"] is False

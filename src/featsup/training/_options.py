@@ -105,6 +105,8 @@ def check_options(o: dict[str, Any]) -> None:
     check_positive("min_delta", o["min_delta"], strict=False)
     if o["grad_clip"] is not None:
         check_positive("grad_clip", o["grad_clip"])
+    if o["ema_decay"] is not None and not 0.0 < o["ema_decay"] < 1.0:
+        raise ValueError(f"ema_decay: expected a number in (0, 1), got {o['ema_decay']!r}")
     if o["max_steps"] is None and o["epochs"] is None:
         raise ValueError(
             "max_steps/epochs: expected at least one, got neither; pass max_steps=N or epochs=N"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from featsup.training._options import (
     check_step_output,
     mean_step_values,
 )
+from featsup.training.averaging import WeightAverage
 from featsup.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointStore,
@@ -106,6 +108,14 @@ class Trainer:
             ``"bf16"`` (CUDA or CPU; see :func:`cpu_has_bf16_units`), ``"fp16"`` (CUDA
             only; fp16 uses a GradScaler) or None.
         grad_clip: max global gradient norm (logged as ``train/grad_norm``), or None.
+        ema_decay: keep an exponential moving average of the weights
+            (:class:`~featsup.training.averaging.WeightAverage`, updated after every
+            optimizer step, this its largest decay) and use it wherever the weights are
+            judged: ``val_fn`` sees the averaged weights, and ``stop_when``,
+            ``keep_best_by`` and ``best.pt``'s ``"model"`` follow them; ``last.pt``
+            holds the trained weights and the average (``"average"``), so a resume is
+            exact. After :meth:`fit` the model holds its trained weights;
+            :meth:`use_average` loads the average into it. None: no average.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` (under torchrun ``cuda:LOCAL_RANK``).
         seed: seeds the data order and, at the start of a fresh ``fit``, Python, NumPy
             and torch (``seed + rank``).
@@ -167,6 +177,7 @@ class Trainer:
         stop_when: StopWhen | None = None,
         amp: Literal["auto", "bf16", "fp16"] | None = "auto",
         grad_clip: float | None = None,
+        ema_decay: float | None = None,
         device: str | torch.device = "auto",
         seed: int = 0,
         progress: bool | None = None,
@@ -212,6 +223,7 @@ class Trainer:
             patience=early_stopping_patience, stop_when=stop_when,
         )  # fmt: skip
         self.grad_clip = grad_clip
+        self.average = WeightAverage(self.model, ema_decay) if ema_decay is not None else None
         self.find_unused_parameters = find_unused_parameters
         # the position; with the parts' states, all of it in the checkpoint
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -307,6 +319,8 @@ class Trainer:
         if norm is not None:
             values["grad_norm"] = norm
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.progress.add_step(values, device=self.device)
 
     def _after_step(self, stop: bool) -> None:
@@ -321,10 +335,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        metrics = self.env.run_on_main(self._run_val_fn)
-        self.progress.log_validation(metrics, step=self.step, epoch=self.epoch)
-        if self.stopping.update(metrics, step=self.step) and self.store.directory is not None:
-            self.store.save("best.pt", self.state_dict())
+        with self._judged_weights():
+            metrics = self.env.run_on_main(self._run_val_fn)
+            self.progress.log_validation(metrics, step=self.step, epoch=self.epoch)
+            if self.stopping.update(metrics, step=self.step) and self.store.directory is not None:
+                self.store.save("best.pt", self.state_dict())
+
+    def _judged_weights(self) -> AbstractContextManager[Any]:
+        """The weights validation judges: the average with ``ema_decay``, else the model's."""
+        return nullcontext() if self.average is None else self.average.applied(self.model)
+
+    def use_average(self) -> None:
+        """Load the weight average into the model (``ema_decay`` runs only), for serving.
+
+        Raises:
+            ValueError: if the Trainer keeps no average.
+        """
+        if self.average is None:
+            raise ValueError("ema_decay: expected a Trainer with a weight average, got None")
+        self.average.copy_to(self.model)
 
     def _run_val_fn(self) -> dict[str, float]:
         model = unwrap_model(self.model)
@@ -354,6 +383,7 @@ class Trainer:
             "rng": self.env.gather(get_rng_state(self.device)),
             **self.progress.state_dict(),  # "history", "window"
             "best": self.stopping.state_dict(),
+            "average": None if self.average is None else self.average.state_dict(),
             "settings": {**self.data.settings(), "total_steps": self.total_steps},
             "preprocessing": self.preprocessing,
             "torch_version": str(torch.__version__),
@@ -399,4 +429,11 @@ class Trainer:
         self.batch_in_epoch = state["batch_in_epoch"]
         self.progress.load_state_dict(state, device=self.device)
         self.stopping.load_state_dict(state["best"])
+        if self.average is not None:
+            if state.get("average") is None:
+                raise ValueError(
+                    f"{path}: expected a checkpoint with a weight average (ema_decay), got "
+                    "none; fix: resume with the ema_decay it was trained with"
+                )
+            self.average.load_state_dict(state["average"])
         return self
