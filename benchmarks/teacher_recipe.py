@@ -12,7 +12,10 @@ held out against its validation cases' maps, of which the teacher's own evaluati
 uses 64. Test cases are not loaded. With ``--example-seed N`` as well, the maps are those
 the example would build with ``--seed N`` and its defaults (it writes the phantom to
 ``--example`` if it is not there; nothing is trained but the teacher). With
-``--eval-every K`` it prints the held-out Dice of X0,4 every K steps.
+``--eval-every K`` it prints the held-out Dice of X0,4 every K steps. The teacher judged
+is the weight average (``--ema-decay``, the library's 0.99); ``--ema-decay 0`` judges the
+trained weights, as every recipe before 2026-12-03 was. The average does not change the
+training, so the two runs follow the same weights.
 
     python benchmarks/teacher_recipe.py --stage liver --steps 300 --json teacher.json
     python benchmarks/teacher_recipe.py --example outputs/run6 --stage tumour --steps 600 \\
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="share of foreground-centred crops, or START END")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--amp", choices=("bf16", "none"), default="none")
+    p.add_argument("--ema-decay", type=float, default=0.99,
+                   help="weight average judged and kept (0: the trained weights)")  # fmt: skip
     p.add_argument("--eval-every", type=int, help="steps between held-out Dice (default: once)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             foreground_fraction=shares[0] if len(shares) == 1 else tuple(shares),
             batch_size=args.batch_size,
             amp=None if args.amp == "none" else args.amp, progress=True, path=checkpoint,
-            reuse=False,
+            ema_decay=args.ema_decay or None, reuse=False,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         history = load_checkpoint(checkpoint)["history"]
