@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from featsup.training import load_checkpoint
-from featsup.training.averaging import WeightAverage
+from featsup.training import WeightAverage, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,8 @@ parts with their own state in the checkpoint: :class:`~featsup.training.loaders.
 :class:`~featsup.training.device.Precision` (autocast, gradient scaling),
 :class:`~featsup.training.progress.Progress` (history, bar or log lines),
 :class:`~featsup.training.stopping.Stopping` (best model, early stop, ``stop_when``) and
-:class:`~featsup.training.checkpoint.CheckpointStore` (``last.pt`` / ``best.pt``).
+:class:`~featsup.training.checkpoint.CheckpointStore` (``last.pt`` / ``best.pt``), and
+with ``ema_decay`` :class:`~featsup.training.averaging.WeightAverage`.
 Checkpoints, resume guarantees and ``torchrun`` use are described in ``docs/training.md``.
 """
 
