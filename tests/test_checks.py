@@ -7,8 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from featsup._checks import check_spacing, import_cv2, resolve_device
+from featsup._checks import check_in_open_range, check_spacing, import_cv2, resolve_device
 
 
 def test_resolve_device_auto_cpu_and_errors() -> None:
@@ -103,3 +105,13 @@ def test_opencv_errors_at_the_old_call_sites(monkeypatch: pytest.MonkeyPatch) ->
     augment = SliceAugment(rotation_p=1.0, max_rotation=10.0, flip_p=0.0)
     with pytest.raises(ImportError, match=r"^rotation needs OpenCV"):
         augment(np.zeros((1, 8, 8), np.float32), np.zeros((8, 8)), np.random.default_rng(0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(value=st.floats(-2, 3, allow_nan=False))
+def test_check_in_open_range_excludes_both_ends(value: float) -> None:
+    if 0 < value < 1:
+        assert check_in_open_range("decay", value, 0, 1) == value
+    else:
+        with pytest.raises(ValueError, match=r"decay: expected a number in \(0, 1\)"):
+            check_in_open_range("decay", value, 0, 1)

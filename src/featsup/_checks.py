@@ -97,6 +97,17 @@ def check_in_range(name: str, value: float, low: float, high: float) -> float:
     return value
 
 
+def check_in_open_range(name: str, value: float, low: float, high: float) -> float:
+    """Check ``low < value < high``.
+
+    Raises:
+        ValueError: if the number is out of range.
+    """
+    if not low < value < high:
+        raise ValueError(f"{name}: expected a number in ({low}, {high}), got {value!r}")
+    return value
+
+
 def check_ndim(
     name: str,
     tensor: Any,

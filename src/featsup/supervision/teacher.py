@@ -187,8 +187,8 @@ def train_encoding_teacher(
             (:class:`~featsup.training.averaging.WeightAverage`, warmed up over the
             first steps): the evaluations judge it and the teacher returned holds it;
             None judges and returns the trained weights (the recipe until 2026-12-03).
-            On the example's liver maps the average reached 0.97 at step 600 where the
-            weights took 900-1000 (docs/supervision.md).
+            On the example's liver maps the average reached 0.97 at steps 500-600 where
+            the weights took 700-1000 (docs/supervision.md).
         device: where to train.
         path: if given, save the Trainer's checkpoint there (atomically), with the report
             under ``"report"``; :func:`featsup.training.load_model` rebuilds the teacher.

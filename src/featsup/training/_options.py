@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featsup._checks import check_choice, check_positive, check_type
+from featsup._checks import check_choice, check_in_open_range, check_positive, check_type
 from featsup.training.device import move_to_device
 
 
@@ -105,8 +105,8 @@ def check_options(o: dict[str, Any]) -> None:
     check_positive("min_delta", o["min_delta"], strict=False)
     if o["grad_clip"] is not None:
         check_positive("grad_clip", o["grad_clip"])
-    if o["ema_decay"] is not None and not 0.0 < o["ema_decay"] < 1.0:
-        raise ValueError(f"ema_decay: expected a number in (0, 1), got {o['ema_decay']!r}")
+    if o["ema_decay"] is not None:
+        check_in_open_range("ema_decay", o["ema_decay"], 0, 1)
     if o["max_steps"] is None and o["epochs"] is None:
         raise ValueError(
             "max_steps/epochs: expected at least one, got neither; pass max_steps=N or epochs=N"

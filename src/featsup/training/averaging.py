@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsup._checks import check_in_open_range
 from featsup.training.distributed import unwrap_model
 
 __all__ = ["WeightAverage"]
@@ -49,8 +50,7 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+        check_in_open_range("decay", decay, 0, 1)
         self.decay = float(decay)
         self.updates = 0
         self.state = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
@@ -60,12 +60,15 @@ class WeightAverage:
         """Fold the model's current weights into the average (once per optimizer step)."""
         self.updates += 1
         weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged, current = [], []
         for key, value in unwrap_model(model).state_dict().items():
             mine = self.state[key]
             if mine.is_floating_point():
-                mine.lerp_(value.detach().to(mine.dtype), weight)
+                averaged.append(mine)
+                current.append(value.to(mine.dtype))
             else:
                 mine.copy_(value)
+        torch._foreach_lerp_(averaged, current, weight)  # one fused pass, as swa_utils does
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
