@@ -8,7 +8,19 @@ how many lie outside the true liver, how many within ``--rim`` mm of its surface
 of the liver, their mean tumour probability against the true positives', and the HU
 medians of false positives, liver and tumour.
 
+Then the misses, per true lesion (26-connected component of the tumour label): its size,
+its contrast (mean HU inside minus the mean of the liver in a 3-voxel ring around it)
+and the share of its voxels the cascade found; summed over every run given, by contrast
+(hypodense under -15 HU, near-isodense within 15 HU, hyperdense over 15 HU) and by size.
+
+``RUN:CHECKPOINT`` scores another tumour model (a Trainer checkpoint, such as
+``benchmarks/tumour_sweep.py``'s ``best.pt``) in RUN's cascade instead of its own, at
+its deepest head, the argmax, no tumour CRF and no smallest-tumour rule, so that two
+models are compared on themselves.
+
     python benchmarks/tumour_errors.py outputs/run8_seed2 --json errors.json
+    python benchmarks/tumour_errors.py outputs/run29_seed17 outputs/run31_seed18
+    python benchmarks/tumour_errors.py outputs/run33_seed19:outputs/sweep/MODEL/best.pt
 """
 
 from __future__ import annotations
@@ -23,6 +35,27 @@ from scipy import ndimage
 
 from featsup.data import load_case
 from featsup.inference import Cascade
+
+# lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
+CONTRASTS = {"hypodense": (-np.inf, -15.0), "near-isodense": (-15.0, 15.0),
+             "hyperdense": (15.0, np.inf)}  # fmt: skip
+SIZES = {"< 100": (0, 100), "100-499": (100, 500), "500-1999": (500, 2000),
+         ">= 2000": (2000, np.inf)}  # fmt: skip
+
+
+def lesions(volume: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """Per true lesion: voxels, voxels found, and contrast to the liver around it (HU)."""
+    components, _ = ndimage.label(truth == 2, structure=np.ones((3, 3, 3)))
+    out = []
+    for k, box in enumerate(ndimage.find_objects(components), start=1):
+        box = tuple(slice(max(0, b.start - 4), b.stop + 4) for b in box)
+        lesion = components[box] == k
+        ring = ndimage.binary_dilation(lesion, iterations=3) & ~lesion & (truth[box] == 1)
+        inside = float(volume[box][lesion].mean())
+        contrast = inside - float(volume[box][ring].mean()) if ring.any() else None
+        out.append({"voxels": int(lesion.sum()), "found": int((lesion & pred[box]).sum()),
+                    "contrast_hu": contrast})  # fmt: skip
+    return out
 
 
 def case_errors(cascade: Cascade, case, rim_mm: float) -> dict:
@@ -52,7 +85,41 @@ def case_errors(cascade: Cascade, case, rim_mm: float) -> dict:
         "prob_fp": float(prob[fp].mean()) if fp.any() else None,
         "prob_tp": float(prob[tp].mean()) if tp.any() else None,
         "hu_fp": median(fp), "hu_liver": median(truth == 1), "hu_tumour": median(tumour),
+        "lesions": lesions(volume, truth, pred),
     }  # fmt: skip
+
+
+def recall_table(records: list[dict]) -> list[dict]:
+    """Lesions found, by contrast class and by size, over every case's ``"lesions"``."""
+    found = [lesion for r in records for lesion in r["lesions"]]
+    rows = []
+    for kind, bins, key in (("contrast", CONTRASTS, "contrast_hu"), ("size", SIZES, "voxels")):
+        for name, (low, high) in bins.items():
+            sel = [x for x in found if x[key] is not None and low <= x[key] < high]
+            voxels, found = sum(x["voxels"] for x in sel), sum(x["found"] for x in sel)
+            rows.append({"by": kind, "bin": name, "lesions": len(sel),
+                         "touched": sum(x["found"] > 0 for x in sel), "voxels": voxels,
+                         "recall": found / voxels if voxels else None})  # fmt: skip
+    return rows
+
+
+def run_cascade(spec: str) -> tuple[Path, Cascade]:
+    """``RUN`` or ``RUN:CHECKPOINT``: the run's folder and the cascade to score."""
+    run, _, checkpoint = spec.partition(":")
+    cascade = Cascade.load(Path(run) / "cascade.pt", device="cpu")
+    if checkpoint:
+        from featsup.training import load_model
+
+        tumour = load_model(checkpoint, map_location="cpu")
+        cascade = Cascade(
+            cascade.liver_model, tumour, liver_size=cascade.liver_size,
+            tumour_size=cascade.tumour_size, liver_head=cascade.liver_head,
+            context=cascade.context, tumour_context=cascade.tumour_context,
+            roi_margin=cascade.roi_margin, preprocessing=cascade.preprocessing,
+            tumour_preprocessing=cascade.tumour_preprocessing,
+            liver_crf=cascade.liver_crf, tumour_scope=cascade.tumour_scope, device="cpu",
+        )  # fmt: skip
+    return Path(run), cascade
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -60,31 +127,45 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run", type=Path, help="an examples/lits_cascade.py --out folder")
+    p.add_argument("runs", nargs="+", metavar="RUN[:CHECKPOINT]",
+                   help="examples/lits_cascade.py --out folders")  # fmt: skip
     p.add_argument("--rim", type=float, default=6.0, help="mm from the liver's surface")
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
-    val = example_split(args.run)["val"]
-    cascade = Cascade.load(args.run / "cascade.pt", device="cpu")
-    rows = [case_errors(cascade, load_case(case), args.rim) for case in val]
-    print(f"{args.run}: validation cases, tumour threshold {cascade.tumour_threshold}, "
-          f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "
-          f"{cascade.tumour_crf is not None}")  # fmt: skip
-    print(f"| case | true | predicted | overlap | false pos. | components (largest) | outside "
-          f"liver | within {args.rim:g} mm of its surface | in its end slices | p false / true "
-          "| HU false / liver / tumour |")  # fmt: skip
-    print("|---" * 11 + "|")
-    for r in rows:
-        share = f" ({100 * r['fp_within_rim'] / r['fp']:.0f} %)" if r["fp"] else ""
-        print(f"| {r['case']} | {r['tumour_true']} | {r['tumour_pred']} | {r['overlap']} | "
-              f"{r['fp']} | {r['fp_components']} ({', '.join(map(str, r['fp_largest']))}) | "
-              f"{r['fp_outside_liver']} | {r['fp_within_rim']}{share} | {r['fp_end_slices']} | "
-              f"{fmt(r['prob_fp'], '.2f')} / {fmt(r['prob_tp'], '.2f')} | {fmt(r['hu_fp'], '.0f')}"
-              f" / {fmt(r['hu_liver'], '.0f')} / {fmt(r['hu_tumour'], '.0f')} |")  # fmt: skip
+    result: dict = {"rim_mm": args.rim, "runs": {}}
+    for spec in args.runs:
+        run, cascade = run_cascade(spec)
+        rows = [case_errors(cascade, load_case(case), args.rim)
+                for case in example_split(run)["val"]]  # fmt: skip
+        result["runs"][spec] = rows
+        print(f"\n{spec}: validation cases, tumour threshold {cascade.tumour_threshold}, "
+              f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "
+              f"{cascade.tumour_crf is not None}")  # fmt: skip
+        print(f"| case | true | predicted | overlap | false pos. | components (largest) | "
+              f"outside liver | within {args.rim:g} mm of its surface | in its end slices | "
+              "p false / true | HU false / liver / tumour |")  # fmt: skip
+        print("|---" * 11 + "|")
+        for r in rows:
+            share = f" ({100 * r['fp_within_rim'] / r['fp']:.0f} %)" if r["fp"] else ""
+            print(f"| {r['case']} | {r['tumour_true']} | {r['tumour_pred']} | {r['overlap']} | "
+                  f"{r['fp']} | {r['fp_components']} ({', '.join(map(str, r['fp_largest']))}) | "
+                  f"{r['fp_outside_liver']} | {r['fp_within_rim']}{share} | "
+                  f"{r['fp_end_slices']} | {fmt(r['prob_fp'], '.2f')} / "
+                  f"{fmt(r['prob_tp'], '.2f')} | {fmt(r['hu_fp'], '.0f')} / "
+                  f"{fmt(r['hu_liver'], '.0f')} / {fmt(r['hu_tumour'], '.0f')} |")  # fmt: skip
+    table = recall_table([r for rows in result["runs"].values() for r in rows])
+    result["recall"] = table
+    print(f"\nTrue lesions found, over the validation cases of {len(args.runs)} run(s)")
+    print("| lesions by | bin | lesions | touched | voxels | voxels found |")
+    print("|---|---|---|---|---|---|")
+    for row in table:
+        print(f"| {row['by']} | {row['bin']} | {row['lesions']} | {row['touched']} | "
+              f"{row['voxels']} | {fmt(row['recall'], '.2f')} |")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"run": str(args.run), "rim_mm": args.rim, "cases": rows}))
+        args.json.write_text(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
