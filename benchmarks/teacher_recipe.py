@@ -67,9 +67,10 @@ def example_maps(
     if seed is None:
         settings = json.loads((folder / "metrics.json").read_text())["settings"]
         data = settings["data"] and Path(settings["data"])
-        # runs before --tumour-scope masked the tumour stage's input
-        args = argparse.Namespace(**{"tumour_scope": "liver", **settings, "out": folder,
-                                     "data": data})  # fmt: skip
+        # runs before --tumour-scope masked the tumour stage's input, and runs before
+        # --extra-train-cases trained on their split's cases alone
+        args = argparse.Namespace(**{"tumour_scope": "liver", "extra_train_cases": 0,
+                                     **settings, "out": folder, "data": data})  # fmt: skip
     else:
         args = lits_cascade.parse_args(["--seed", str(seed), "--out", str(folder)])
     train, val = lits_cascade.datasets(stage, lits_cascade.split_cases(args), args)

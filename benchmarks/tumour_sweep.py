@@ -83,10 +83,11 @@ def parse_setting(text: str) -> tuple[int, int, float, str, int, str]:
 
 
 def extra_cases(example: Path, count: int, out: Path) -> list[fd.LitsCase]:
-    """``count`` phantom cases that follow the example's own (the next phantom seeds)."""
+    """``count`` phantom cases that follow the example's own (the next phantom seeds), its
+    split's and those it trained on only (``--extra-train-cases``)."""
     metrics = json.loads((example / "metrics.json").read_text())
     settings = metrics["settings"]
-    n = settings["cases"]
+    n = settings["cases"] + settings.get("extra_train_cases", 0)
     folder = out / "extra_phantom"
     fd.write_phantom_dataset(
         folder, count, shape=settings["phantom_shape"], seed=metrics["phantom_seed"] + n,

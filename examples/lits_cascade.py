@@ -49,10 +49,12 @@ from featsup.viz import plot_training_curves
 PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
             "tumour_steps": 1250, "teacher_steps": 2000, "batch_size": 8, "lr": 3e-3,
-            "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 30, "val_cases": 5},
+            "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 30, "val_cases": 5,
+            "extra_train_cases": 40},
     "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512], "steps": 30000,
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
-             "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40, "val_cases": 5},
+             "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40, "val_cases": 5,
+             "extra_train_cases": 40},
 }  # fmt: skip
 # --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
 # that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
@@ -120,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, default=0, help="seeds the phantom (its own cases per seed), the "
         "split and training")  # fmt: skip
     add("--cases", type=int, help="phantom cases (train + val + test)")
+    add("--extra-train-cases", type=int, help="phantom only: more cases (the phantom seeds "
+        "after --cases'), for training only; validation and test stay --cases' split "
+        "(chosen on validation, docs/cascade.md)")  # fmt: skip
     add("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     add("--test-cases", nargs="+", help="case ids to test on (default: drawn by --seed)")
     add("--test-fraction", type=float, default=0.25)
@@ -133,6 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps is not None and args.tumour_steps is None:
         args.tumour_steps = args.steps
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    if args.data is not None and args.extra_train_cases:
+        p.error(f"--extra-train-cases: phantom cases, expected none with --data, got "
+                f"{args.extra_train_cases}")  # fmt: skip
+    if args.data is not None:  # real data trains on its own training cases alone
+        args.extra_train_cases = 0
     for key, value in {**PRESETS[kind], **(PRESETS_3D[kind] if args.dims == 3 else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -148,8 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
         (args.seed < 0, f"--seed: expected >= 0, got {args.seed}"),
-        (args.data is None and cases > PHANTOM_SEED_STRIDE,
-         f"--cases: expected at most {PHANTOM_SEED_STRIDE} phantom cases, got {cases}"),
+        (args.extra_train_cases < 0,
+         f"--extra-train-cases: expected >= 0, got {args.extra_train_cases}"),
+        (args.data is None and cases + args.extra_train_cases > PHANTOM_SEED_STRIDE,
+         f"--cases + --extra-train-cases: expected at most {PHANTOM_SEED_STRIDE} phantom "
+         f"cases, got {cases + args.extra_train_cases}"),
     ):  # fmt: skip
         if wrong:
             p.error(message)
@@ -167,18 +180,31 @@ def phantom_seed(seed: int) -> int:
 
 
 def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
-    """Train / validation / test cases (the phantom is written first when no --data)."""
+    """Train / validation / test cases (the phantom is written first when no --data).
+
+    On the phantom, ``--extra-train-cases`` more cases (case ids ``--cases`` onwards, in
+    ``OUT/phantom_train``) join the training cases only: the phantom has no limit, and
+    validation and test stay the split of ``--cases``.
+    """
     source = args.data or args.out / "phantom"
     if args.data is None:  # kept when the same settings wrote it before
         fd.write_phantom_dataset(source, args.cases, shape=args.phantom_shape,
                                  seed=phantom_seed(args.seed), reuse=True)  # fmt: skip
     try:
-        return fd.split_cases(
+        cases = fd.split_cases(
             fd.find_cases(source), val_cases=args.val_cases, test_fraction=args.test_fraction,
             test_ids=args.test_cases, seed=args.seed,
         )  # fmt: skip
     except ValueError as error:
         sys.exit(f"--data / --test-cases / --val-cases: {error}")
+    extra = getattr(args, "extra_train_cases", 0)  # 0 in metrics.json of runs before it
+    if args.data is None and extra:
+        folder = args.out / "phantom_train"
+        fd.write_phantom_dataset(folder, extra, shape=args.phantom_shape,
+                                 seed=phantom_seed(args.seed) + args.cases,
+                                 start_index=args.cases, reuse=True)  # fmt: skip
+        cases["train"] += fd.find_cases(folder)
+    return cases
 
 
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:

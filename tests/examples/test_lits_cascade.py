@@ -15,7 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lits_cascade.py"
 TINY = [
     "--cases", "5", "--phantom-shape", "12", "64", "64", "--size", "32", "--tumour-size", "32",
     "--steps", "3", "--teacher-steps", "2", "--widths", "4", "8", "8", "16", "16",
-    "--batch-size", "2", "--val-cases", "3", "--device", "cpu",
+    "--batch-size", "2", "--val-cases", "3", "--extra-train-cases", "1", "--device", "cpu",
 ]  # fmt: skip
 
 
@@ -76,7 +76,10 @@ def test_tiny_cascade_runs_end_to_end(
     split = saved["split"]
     assert len(split["val"]) == 3 and split["test"] and split["train"]
     everything = split["train"] + split["val"] + split["test"]
-    assert len(set(everything)) == len(everything) == 5  # three disjoint parts, all cases
+    assert len(set(everything)) == len(everything) == 6  # three disjoint parts, all cases
+    # the extra phantom case (id 5, the phantom seed after the split's) trains only
+    assert "5" in split["train"] and (out / "phantom_train" / "volume-5.nii.gz").exists()
+    assert not (out / "phantom" / "volume-5.nii.gz").exists()
     choice = saved["chosen_on_validation"]
     assert choice["liver_head"] in {1, 2, 3, 4} and choice["tumour_head"] in {1, 2, 3, 4}
     assert set(choice["val_dice_by_crf"]) == {"none", "liver", "both"}
@@ -216,6 +219,33 @@ def test_each_seed_writes_its_own_phantom(example: ModuleType, tmp_path: Path) -
         volumes[seed] = [(folder / f"volume-{i}.nii.gz").read_bytes() for i in range(args.cases)]
     assert not set(volumes[0]) & set(volumes[1])
     assert json.loads((tmp_path / "seed1" / "phantom" / "phantom.json").read_text())[1] == 10_000
+
+
+def test_extra_training_cases_are_the_phantoms_next_seeds(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    from featsup.data import load_case, make_phantom
+
+    args = example.parse_args(
+        [*TINY, "--phantom-shape", "8", "32", "32", "--extra-train-cases", "2", "--seed", "3",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    cases = example.split_cases(args)
+    extra = [c for c in cases["train"] if int(c.case_id) >= args.cases]
+    assert [c.case_id for c in extra] == ["5", "6"]
+    held = {c.case_id for c in cases["val"] + cases["test"]}
+    assert len(held) == 4 and max(map(int, held)) < args.cases  # val and test: the split's
+    expected, _, _ = make_phantom(30_006, shape=(8, 32, 32))  # seed 3's phantom, case 6
+    np.testing.assert_array_equal(load_case(extra[1]).volume, expected)
+    assert example.parse_args([]).extra_train_cases == example.PRESETS["cpu"]["extra_train_cases"]
+    assert example.parse_args(["--data", str(tmp_path)]).extra_train_cases == 0
+    for wrong in (
+        ["--data", str(tmp_path), "--extra-train-cases", "3"],
+        ["--extra-train-cases", "-1"],
+        ["--cases", "9990", "--extra-train-cases", "20"],
+    ):
+        with pytest.raises(SystemExit):
+            example.parse_args(wrong)
 
 
 def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -> None:
