@@ -35,6 +35,8 @@ from scipy import ndimage
 
 from featsup.data import load_case
 from featsup.inference import Cascade
+from featsup.inference.bundle import cascade_arguments
+from featsup.training import load_model
 
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
 CONTRASTS = {"hypodense": (-np.inf, -15.0), "near-isodense": (-15.0, 15.0),
@@ -91,11 +93,11 @@ def case_errors(cascade: Cascade, case, rim_mm: float) -> dict:
 
 def recall_table(records: list[dict]) -> list[dict]:
     """Lesions found, by contrast class and by size, over every case's ``"lesions"``."""
-    found = [lesion for r in records for lesion in r["lesions"]]
+    every = [lesion for r in records for lesion in r["lesions"]]
     rows = []
     for kind, bins, key in (("contrast", CONTRASTS, "contrast_hu"), ("size", SIZES, "voxels")):
         for name, (low, high) in bins.items():
-            sel = [x for x in found if x[key] is not None and low <= x[key] < high]
+            sel = [x for x in every if x[key] is not None and low <= x[key] < high]
             voxels, found = sum(x["voxels"] for x in sel), sum(x["found"] for x in sel)
             rows.append({"by": kind, "bin": name, "lesions": len(sel),
                          "touched": sum(x["found"] > 0 for x in sel), "voxels": voxels,
@@ -107,18 +109,11 @@ def run_cascade(spec: str) -> tuple[Path, Cascade]:
     """``RUN`` or ``RUN:CHECKPOINT``: the run's folder and the cascade to score."""
     run, _, checkpoint = spec.partition(":")
     cascade = Cascade.load(Path(run) / "cascade.pt", device="cpu")
-    if checkpoint:
-        from featsup.training import load_model
-
+    if checkpoint:  # the run's cascade, with the other model at its plainest settings
         tumour = load_model(checkpoint, map_location="cpu")
-        cascade = Cascade(
-            cascade.liver_model, tumour, liver_size=cascade.liver_size,
-            tumour_size=cascade.tumour_size, liver_head=cascade.liver_head,
-            context=cascade.context, tumour_context=cascade.tumour_context,
-            roi_margin=cascade.roi_margin, preprocessing=cascade.preprocessing,
-            tumour_preprocessing=cascade.tumour_preprocessing,
-            liver_crf=cascade.liver_crf, tumour_scope=cascade.tumour_scope, device="cpu",
-        )  # fmt: skip
+        options = {**cascade_arguments(cascade), "tumour_head": None, "tumour_crf": None,
+                   "tumour_threshold": 0.5, "tumour_min_voxels": 0}  # fmt: skip
+        cascade = Cascade(cascade.liver_model, tumour, **options)
     return Path(run), cascade
 
 

@@ -1,0 +1,33 @@
+"""benchmarks/tumour_errors.py: the per-lesion record and its table (no model needed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+tumour_errors = pytest.importorskip("tumour_errors")
+
+
+def test_lesions_are_found_in_part_by_contrast_and_size() -> None:
+    volume = np.full((6, 24, 24), 100, np.int16)  # liver at 100 HU
+    truth = np.ones((6, 24, 24), np.uint8)
+    truth[1:3, 2:6, 2:6] = 2  # a dark lesion of 32 voxels
+    volume[1:3, 2:6, 2:6] = 60
+    truth[2:5, 12:20, 12:20] = 2  # a bright one of 192 voxels
+    volume[2:5, 12:20, 12:20] = 140
+    pred = np.zeros_like(truth, bool)
+    pred[1:3, 2:6, 2:6] = True  # the dark one found whole
+    pred[2:5, 12:20, 12:16] = True  # the bright one half
+    found = tumour_errors.lesions(volume, truth, pred)
+    assert [(x["voxels"], x["found"]) for x in found] == [(32, 32), (192, 96)]
+    assert [x["contrast_hu"] for x in found] == [-40.0, 40.0]
+    rows = {(r["by"], r["bin"]): r for r in tumour_errors.recall_table([{"lesions": found}])}
+    assert rows["contrast", "hypodense"]["recall"] == 1.0
+    assert rows["contrast", "hyperdense"]["recall"] == 0.5
+    assert rows["contrast", "near-isodense"]["lesions"] == 0
+    assert rows["contrast", "near-isodense"]["recall"] is None
+    assert (rows["size", "< 100"]["touched"], rows["size", "100-499"]["voxels"]) == (1, 192)
