@@ -197,10 +197,9 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
         )  # fmt: skip
     except ValueError as error:
         sys.exit(f"--data / --test-cases / --val-cases: {error}")
-    extra = getattr(args, "extra_train_cases", 0)  # 0 in metrics.json of runs before it
-    if args.data is None and extra:
+    if args.data is None and args.extra_train_cases:
         folder = args.out / "phantom_train"
-        fd.write_phantom_dataset(folder, extra, shape=args.phantom_shape,
+        fd.write_phantom_dataset(folder, args.extra_train_cases, shape=args.phantom_shape,
                                  seed=phantom_seed(args.seed) + args.cases,
                                  start_index=args.cases, reuse=True)  # fmt: skip
         cases["train"] += fd.find_cases(folder)
