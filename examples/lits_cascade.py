@@ -56,6 +56,8 @@ PRESETS = {
              "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40, "val_cases": 5,
              "extra_train_cases": 40},
 }  # fmt: skip
+# extra_train_cases was chosen on validation with the CPU preset (docs/cascade.md); the
+# CUDA preset takes the same count, not measured on a GPU.
 # --dims 3: the tumour stage's patch (D, H, W), patches per step and steps; on the CPU, steps
 # that take about the 2D tumour stage's time (estimated from step timings, docs/cascade.md).
 PRESETS_3D = {
