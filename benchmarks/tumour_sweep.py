@@ -10,7 +10,9 @@ the liver alone (the image zeroed outside the liver mask, paper 4.1.3) or the wh
 with tumours that touch the liver kept whole (``Cascade(tumour_scope="roi")``). This
 script re-chooses them where choices belong: it trains the tumour stage of the example
 (2D UNet++ from the example's liver model, as UN-DS: no teacher, which is the same for
-every setting) once per setting and seed, for a fixed number of steps, and scores it on
+every setting; or as any other variant with ``--variants``, feature-supervised by the
+example's own tumour teacher) once per setting, variant and seed, for a fixed number of
+steps, and scores it on
 the example's **validation** cases only, through the cascade with the example's own
 liver model (so that grown masks meet the predicted liver mask they exist for). The test
 cases are never loaded.
@@ -32,6 +34,8 @@ Run the example first (its phantom, split and liver model are reused):
         --batch-dice
     python benchmarks/tumour_sweep.py --example outputs/run21 --seeds 0 1 2 --settings \\
         128,0,0.3,window,0,liver 128,0,0.3,window,0,roi
+    python benchmarks/tumour_sweep.py --example outputs/run34_seed20 --seeds 20 --steps 1250 \\
+        --settings 128,0,0.3,window,0,roi --variants UN-DS ES-DS
 
 The liver model keeps the preprocessing it was trained with; the cascade feeds each model
 its own (``Cascade(tumour_preprocessing=)``).
@@ -53,7 +57,7 @@ from featsup import data as fd
 from featsup.inference import Cascade, tune_on_validation
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.models import UNetPlusPlus, transfer_weights
-from featsup.supervision.variants import build_variant, variant_trainer
+from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
 
 # the tumour stage's preprocessing by name: the paper's (HU window, CLAHE, min-max), or
@@ -96,9 +100,29 @@ def extra_cases(example: Path, count: int, out: Path) -> list[fd.LitsCase]:
     return fd.find_cases(folder)
 
 
-def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, val: list,
-        liver: Any, args: argparse.Namespace) -> dict:  # fmt: skip
+def load_teacher(args: argparse.Namespace) -> Any:
+    """The example run's tumour teacher; the settings must be those it was trained for."""
+    path, example = args.example / "teachers" / "tumour.pt", args.example_settings
+    if not path.exists():
+        raise SystemExit(f"{path} not found: BS and ES variants need the example's tumour "
+                         f"teacher (run the example with a BS or ES --variant)")  # fmt: skip
+    for roi, _, _, _, context, _ in args.settings:  # it saw the example's tumour maps only
+        if (roi, context, args.extra_train_cases) != (
+            example["tumour_size"],
+            example["tumour_context"],
+            0,
+        ):
+            raise SystemExit(f"the example's tumour teacher fits its own ROI size "
+                             f"({example['tumour_size']}), context "
+                             f"({example['tumour_context']}) and training cases (no "
+                             f"--extra-train-cases); got ROI {roi}, context {context}")  # fmt: skip
+    return load_model(path, map_location="cpu")
+
+
+def run(setting: tuple[int, int, float, str, int, str], variant: str, seed: int, split: dict,
+        val: list, liver: Any, teacher: Any, args: argparse.Namespace) -> dict:  # fmt: skip
     roi, dilation, empty, prep, context, scope = setting
+    supervised = parse_variant(variant)[0] != "UN"
     train, val_slices = fd.stage_datasets(
         "tumour", split["train"], split["val"], size=roi, context=context, seed=seed,
         mask_dilation=dilation, mask_outside=scope == "liver",
@@ -108,11 +132,13 @@ def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, 
     torch.manual_seed(seed)
     # transfer learning from the liver model, as the example (2.5D: its kernel on the centre)
     student = transfer_weights(liver, UNetPlusPlus(2 * context + 1, 2, widths=args.widths))
-    model = build_variant("UN-DS", in_channels=2 * context + 1, num_classes=2, student=student)
+    model = build_variant(variant, in_channels=2 * context + 1, num_classes=2, student=student,
+                          teacher=teacher if supervised else None)  # fmt: skip
     name = f"roi{roi}-dil{dilation}-empty{empty}" + ("" if prep == "clahe" else f"-{prep}")
     name += f"-context{context}" if context else ""
     name += f"-scope{scope}" if scope != "liver" else ""
     name += "-batchdice" if args.batch_dice else ""
+    name += f"-{variant}" if variant != "UN-DS" else ""
     folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
         model, train, val_slices, num_classes=2,
@@ -125,7 +151,10 @@ def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, 
     start = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - start
-    tumour = load_model(folder / "best.pt", map_location="cpu")
+    if hasattr(model, "close"):
+        model.close()
+    part = "student" if supervised else "model"
+    tumour = load_model(folder / "best.pt", part=part, map_location="cpu")
     cascade = Cascade(liver, tumour, liver_size=args.size, tumour_size=roi,
                       tumour_context=context, tumour_scope=scope, device="cpu")  # fmt: skip
     # heads and smallest tumour; the threshold stays the argmax's, as when the docs' sweep
@@ -135,7 +164,8 @@ def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, 
     best_size = tuning.tumour_min_voxels
     record = {
         "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
-        "context": context, "scope": scope, "batch_dice": args.batch_dice, "seed": seed,
+        "context": context, "scope": scope, "batch_dice": args.batch_dice, "variant": variant,
+        "seed": seed,
         "train_cases": len(split["train"]), "seconds": seconds,
         "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
@@ -143,7 +173,7 @@ def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, 
         "val_dice": tuning.min_voxels_scores[best_size],
     }  # fmt: skip
     print(f"ROI {roi}, dilation {dilation}, empty {empty}, {prep}, context {context}, {scope}, "
-          f"seed {seed}: heads "
+          f"{variant}, seed {seed}: heads "
           + ", ".join(f"{d:.3f}" for d in heads)
           + f"; X0,{tuning.cascade.tumour_head}, tumours >= {best_size} voxels: "
           f"{record['val_dice']:.3f} "
@@ -151,24 +181,26 @@ def run(setting: tuple[int, int, float, str, int, str], seed: int, split: dict, 
     return record
 
 
-def summary(records: list[dict], settings: list[tuple], seeds: list[int]) -> dict:
+def summary(records: list[dict], settings: list[tuple], variants: list[str],
+            seeds: list[int]) -> dict:  # fmt: skip
     key = lambda r: (r["roi"], r["mask_dilation"], r["empty_fraction"],  # noqa: E731
                      r.get("preprocessing", "clahe"), r.get("context", 0),
-                     r.get("scope", "liver"))  # fmt: skip
+                     r.get("scope", "liver"), r.get("variant", "UN-DS"))  # fmt: skip
     by = {(key(r), r["seed"]): r for r in records}
+    rows = [(*setting, variant) for setting in settings for variant in variants]
     out = {}
-    print("\nValidation tumour Dice per case (head and smallest tumour chosen), over seeds")
+    print("\nValidation tumour Dice, global (head and smallest tumour chosen), over seeds")
     print(
-        "| ROI | dilation | empty share | preprocessing | context | scope | mean | range "
-        "| paired - first |"
+        "| ROI | dilation | empty share | preprocessing | context | scope | variant | mean "
+        "| range | paired - first |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for setting in settings:
-        values = np.array([by[setting, s]["val_dice"] for s in seeds])
-        diffs = values - np.array([by[settings[0], s]["val_dice"] for s in seeds])
-        out[",".join(map(str, setting))] = {"mean": values.mean(), "values": values.tolist(),
-                                            "diffs": diffs.tolist()}  # fmt: skip
-        print(f"| {' | '.join(map(str, setting))} | {values.mean():.3f} | "
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        values = np.array([by[row, s]["val_dice"] for s in seeds])
+        diffs = values - np.array([by[rows[0], s]["val_dice"] for s in seeds])
+        out[",".join(map(str, row))] = {"mean": values.mean(), "values": values.tolist(),
+                                        "diffs": diffs.tolist()}  # fmt: skip
+        print(f"| {' | '.join(map(str, row))} | {values.mean():.3f} | "
               f"{values.min():.3f}-{values.max():.3f} | "
               + ", ".join(f"{d:+.3f}" for d in diffs) + " |")  # fmt: skip
     return out
@@ -186,6 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "the default, or window; CONTEXT: 2.5D neighbours per side, default 0; "
                    "SCOPE: the cascade's tumour_scope, liver (default) or roi); the first is "
                    "the baseline")  # fmt: skip
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["UN-DS"],
+                   help="the tumour stage's variants (default UN-DS: no teacher); BS and ES "
+                   "ones use the example's own tumour teacher (its teachers/tumour.pt), so "
+                   "they take the example's ROI size and context and no extra cases")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=128, help="the example's liver slice size")
@@ -200,17 +236,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.amp = "bf16" if cpu_has_bf16_units() else None
+    args.example_settings = json.loads((args.example / "metrics.json").read_text())["settings"]
     split = example_split(args.example)
     if args.extra_train_cases > 0:
         split["train"] += extra_cases(args.example, args.extra_train_cases, args.out)
     val = [fd.load_case(c) for c in split["val"]]
     liver = load_model(args.example / "liver" / "best.pt", part="student", map_location="cpu")
     print(f"validation cases {[c.case_id for c in split['val']]}; amp {args.amp}", flush=True)
+    supervised = any(parse_variant(v)[0] != "UN" for v in args.variants)
+    teacher = load_teacher(args) if supervised else None
     records = [
-        run(st, seed, split, val, liver, args) for seed in args.seeds for st in args.settings
+        run(st, variant, seed, split, val, liver, teacher, args)
+        for seed in args.seeds
+        for st in args.settings
+        for variant in args.variants
     ]
     result = {"settings": vars(args), "runs": records,
-              "summary": summary(records, args.settings, args.seeds)}  # fmt: skip
+              "summary": summary(records, args.settings, args.variants, args.seeds)}  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -1,7 +1,8 @@
 """Train and evaluate the paper's liver -> tumour cascade of ES-UNet++ (sections 3.2.3, 4.2.5).
 
-With no arguments: write a synthetic CT phantom in LiTS layout; train the encoding teachers
-(label -> label), the ES-DS liver model and the ES-DS tumour model (from the liver model);
+With no arguments: write a synthetic CT phantom in LiTS layout; train the liver's encoding
+teacher (label -> label), the ES-DS liver model and the UN-DS tumour model (from the liver
+model; the tumour stage's variant was chosen on validation, docs/cascade.md);
 choose heads and CRF stages on the validation cases; run the cascade once on the test
 cases. Under --out: cascade.pt (for `featsup predict`), predictions/segmentation-N.nii.gz,
 figures/ (Fig. 15-18 per test case, Fig. 11-14 curves) and metrics.json (per case, per
@@ -93,7 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = p.add_argument
     add("--data", type=Path, help="LiTS folder (volume-N / segmentation-N .nii[.gz])")
     add("--out", type=Path, default=Path("outputs/lits_cascade"))
-    add("--variant", default="ES-DS", type=str.upper, choices=VARIANTS)
+    add("--variant", default="ES-DS", type=str.upper, choices=VARIANTS, help="the liver stage's")
+    add("--tumour-variant", default="UN-DS", type=str.upper, choices=VARIANTS, help="the tumour "
+        "stage's (chosen on validation: ES-DS was level with UN-DS, -0.007 +- 0.017 over three "
+        "splits, and its teacher cost 4-5 minutes; docs/cascade.md)")  # fmt: skip
     add("--head", type=int, choices=(1, 2, 3, 4), help="both stages' head (default: validation)")
     add("--head-tolerance", type=float, default=0.005, help="smallest head within this Dice")
     add("--tumour-criterion", choices=TUMOUR_CRITERIA, default="global",
@@ -225,7 +229,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
 def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
             student: UNetPlusPlus) -> UNetPlusPlus | None:  # fmt: skip
     """The stage's encoding teacher, reused when the same label maps trained it before."""
-    if parse_variant(args.variant)[0] == "UN":
+    if parse_variant(stage_variant(stage, args))[0] == "UN":
         return None
     # whole maps for the liver (crops cut it, and cost it 2 points at 600 steps), 8 a
     # step (0.97 at step 700 in 60 % of the time 16 took to reach it at step 600, on
@@ -252,6 +256,11 @@ def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
     return model
 
 
+def stage_variant(stage: str, args: argparse.Namespace) -> str:
+    """The variant a stage trains as: ``--variant`` (liver) or ``--tumour-variant``."""
+    return args.variant if stage == "liver" else args.tumour_variant
+
+
 def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) -> UNetPlusPlus:
     """A 2D UNet++ (the tumour one from the liver model), or the 3D tumour UNet++."""
     if stage == "tumour" and args.dims == 3:  # from scratch: 2D weights do not fit 3D kernels
@@ -268,12 +277,12 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
 def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
     """Train one stage's model (teacher first); return its best student in eval mode."""
     train, val = datasets(stage, cases, args)
-    student = make_student(stage, train, args, init)
+    student, variant = make_student(stage, train, args, init), stage_variant(stage, args)
     unit = "patches" if student.spatial_dims == 3 else "slices"
-    print(f"\n== {stage} stage: {args.variant}, {len(train)} training {unit} ==")
+    print(f"\n== {stage} stage: {variant}, {len(train)} training {unit} ==")
     encoding_teacher = teacher(stage, train, val, args, student)
     model = build_variant(
-        args.variant,
+        variant,
         in_channels=student.in_channels,
         num_classes=2,
         widths=args.widths,
@@ -286,13 +295,13 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         model, train, val, num_classes=2, loss=DeepSupervisionLoss(STAGE_LOSS[stage]), lr=args.lr,
         max_steps=steps, batch_size=batch, val_every=max(25, steps // 8), checkpoint_dir=folder,
         warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed,
-        amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {args.variant}",
+        amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
     if hasattr(model, "close"):
         model.close()
-    part = "model" if parse_variant(args.variant)[0] == "UN" else "student"
+    part = "model" if parse_variant(variant)[0] == "UN" else "student"
     return load_model(folder / "best.pt", part=part, map_location=args.device)
 
 
@@ -336,7 +345,10 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
     plot_training_curves(args.out / "figures" / "curves", runs)
     heads = {s: list(v.values()) for s, v in metrics["dice_per_head"].items()}
     stages = {s: metrics[s] for s in ("liver", "tumour")}
-    print(f"\nTable 2 layout: test Dice per case of each head\n{head_table(heads, args.variant)}")
+    name = args.variant if args.variant == args.tumour_variant else "/".join(
+        (args.variant, args.tumour_variant)
+    )  # fmt: skip
+    print(f"\nTable 2 layout: test Dice per case of each head\n{head_table(heads, name)}")
     print(f"\nCascade (chosen heads and CRF), over the test cases\n{summary_table(stages)}")
     print("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; cascade {metrics['seconds_per_case']:.1f} s per test case")  # fmt: skip
@@ -363,11 +375,13 @@ def main(argv: list[str] | None = None) -> dict:
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
     tuning.cascade.save(args.out / "cascade.pt", training={
         "data": str(args.data or "phantom"), "split": split, "variant": args.variant,
+        "tumour_variant": args.tumour_variant,
     })  # fmt: skip
     lap("test evaluation")
     seconds["total"] = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    metrics.update(variant=args.variant, settings=settings, seconds=seconds, split=split,
+    metrics.update(variant=args.variant, tumour_variant=args.tumour_variant, settings=settings,
+                   seconds=seconds, split=split,
                    chosen_on_validation=tuning.to_dict())  # fmt: skip
     if args.data is None:  # which phantom: case N is make_phantom(phantom_seed + N)
         metrics["phantom_seed"] = phantom_seed(args.seed)

@@ -66,7 +66,10 @@ def test_tiny_cascade_runs_end_to_end(
     out = tmp_path / "run"
     metrics = example.main([*TINY, "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["variant"] == "ES-DS"
+    # the liver trains as ES-DS with its teacher, the tumours as UN-DS without one
+    assert (saved["variant"], saved["tumour_variant"]) == ("ES-DS", "UN-DS")
+    assert (out / "teachers" / "liver.pt").exists()
+    assert not (out / "teachers" / "tumour.pt").exists()
     assert saved["phantom_seed"] == 0  # the default --seed 0: phantom seeds 0..cases-1
     assert set(saved["dice_per_head"]["liver"]) == {"x0_1", "x0_2", "x0_3", "x0_4"}
     for key in ("dice_per_case", "dice_global", "voe", "rvd", "assd", "msd"):
@@ -98,7 +101,7 @@ def test_tiny_cascade_runs_end_to_end(
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
     _check_recorded_metrics(out, saved)
     assert (out / "figures" / "curves_dice.png").exists()
-    assert (out / "liver" / "best.pt").exists() and (out / "teachers" / "tumour.pt").exists()
+    assert (out / "liver" / "best.pt").exists() and (out / "tumour" / "best.pt").exists()
     # the saved cascade, loaded with no training code, writes the same labels again
     from featsup.data import find_cases, load_case, save_prediction
     from featsup.inference import Cascade
@@ -122,14 +125,16 @@ def test_tiny_cascade_runs_end_to_end(
     row = grid[str(choice["tumour_threshold"])]
     assert row[str(choice["tumour_min_voxels"])] == max(row.values())
     assert max(row.values()) >= max(d for r in grid.values() for d in r.values()) - 0.005
-    # the next run with the same data and recipe reuses the teachers
+    # the next run with the same data and recipe reuses the liver teacher; an ES-DS tumour
+    # stage (here 2.5D) trains its own teacher
     capsys.readouterr()
-    example.main(
-        [*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--tumour-context", "1"]
-    )
+    example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--tumour-context",
+                  "1", "--tumour-variant", "es-ds"])  # fmt: skip
     printed = capsys.readouterr().out
-    # the teachers read label maps, so a 2.5D tumour student reuses its teacher too
-    assert "reusing the liver teacher" in printed and "reusing the tumour teacher" in printed
+    assert "reusing the liver teacher" in printed and "reusing the tumour teacher" not in printed
+    assert "tumour stage: ES-DS" in printed and (out / "teachers" / "tumour.pt").exists()
+    resaved = json.loads((out / "metrics.json").read_text())
+    assert resaved["tumour_variant"] == "ES-DS"
     flanked = Cascade.load(out / "cascade.pt", device="cpu")
     assert (flanked.context, flanked.tumour_context) == (0, 1)
     assert (flanked.liver_model.in_channels, flanked.tumour_model.in_channels) == (1, 3)
@@ -146,7 +151,8 @@ def test_tiny_cascade_with_a_3d_tumour_stage(example: ModuleType, tmp_path: Path
     from featsup.training import load_model
 
     out = tmp_path / "run3d"
-    example.main([*TINY, "--dims", "3", "--patch", "8", "32", "32", "--out", str(out)])
+    example.main([*TINY, "--dims", "3", "--patch", "8", "32", "32", "--tumour-variant", "ES-DS",
+                  "--out", str(out)])  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["settings"]["dims"], saved["settings"]["patch"]) == (3, [8, 32, 32])
     for stage in ("liver", "tumour"):
@@ -186,6 +192,8 @@ def test_bad_flags_give_clear_messages(
     assert "expected a LiTS folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         example.parse_args(["--variant", "XX-DS"])
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-variant", "ES"])
     with pytest.raises(SystemExit):
         example.parse_args(["--mask-dilation", "-1"])
     assert "--mask-dilation: expected pixels >= 0" in capsys.readouterr().err
