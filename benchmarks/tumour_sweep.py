@@ -36,6 +36,8 @@ Run the example first (its phantom, split and liver model are reused):
         128,0,0.3,window,0,liver 128,0,0.3,window,0,roi
     python benchmarks/tumour_sweep.py --example outputs/run34_seed20 --seeds 20 --steps 1250 \\
         --settings 128,0,0.3,window,0,roi --variants UN-DS ES-DS
+    python benchmarks/tumour_sweep.py --example outputs/run34_seed20 --seeds 20 --steps 1250 \\
+        --settings 128,0,0.3,window,0,roi --lesion-reversal 0.3
 
 The liver model keeps the preprocessing it was trained with; the cascade feeds each model
 its own (``Cascade(tumour_preprocessing=)``).
@@ -54,6 +56,7 @@ import torch
 from _example_run import example_split
 
 from featsup import data as fd
+from featsup.data import SliceAugment
 from featsup.inference import Cascade, tune_on_validation
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.models import UNetPlusPlus, transfer_weights
@@ -123,11 +126,14 @@ def run(setting: tuple[int, int, float, str, int, str], variant: str, seed: int,
         val: list, liver: Any, teacher: Any, args: argparse.Namespace) -> dict:  # fmt: skip
     roi, dilation, empty, prep, context, scope = setting
     supervised = parse_variant(variant)[0] != "UN"
+    p = args.lesion_reversal
+    reversal = SliceAugment(lesion_reversal_p=p) if p else None  # None: the stage's own
     train, val_slices = fd.stage_datasets(
         "tumour", split["train"], split["val"], size=roi, context=context, seed=seed,
         mask_dilation=dilation, mask_outside=scope == "liver",
         empty_fraction=empty, cache_dir=args.example / "cache",
         preprocessing=PREPROCESSINGS[prep],
+        augment=reversal,
     )  # fmt: skip
     torch.manual_seed(seed)
     # transfer learning from the liver model, as the example (2.5D: its kernel on the centre)
@@ -139,6 +145,7 @@ def run(setting: tuple[int, int, float, str, int, str], variant: str, seed: int,
     name += f"-scope{scope}" if scope != "liver" else ""
     name += "-batchdice" if args.batch_dice else ""
     name += f"-{variant}" if variant != "UN-DS" else ""
+    name += f"-reversal{args.lesion_reversal}" if args.lesion_reversal else ""
     folder = args.out / f"{name}-seed{seed}"
     trainer = variant_trainer(
         model, train, val_slices, num_classes=2,
@@ -165,7 +172,7 @@ def run(setting: tuple[int, int, float, str, int, str], variant: str, seed: int,
     record = {
         "roi": roi, "mask_dilation": dilation, "empty_fraction": empty, "preprocessing": prep,
         "context": context, "scope": scope, "batch_dice": args.batch_dice, "variant": variant,
-        "seed": seed,
+        "lesion_reversal": args.lesion_reversal, "seed": seed,
         "train_cases": len(split["train"]), "seconds": seconds,
         "val_dice_per_head": heads,
         "head": tuning.cascade.tumour_head, "min_voxels": best_size,
@@ -233,6 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "after the example's; its validation cases stay)")  # fmt: skip
     p.add_argument("--batch-dice", action="store_true", help="the Dice term pooled over the "
                    "batch (SegLoss(batch_dice=True)), not one Dice per slice")  # fmt: skip
+    p.add_argument("--lesion-reversal", type=float, default=0.0, metavar="P",
+                   help="reverse the training lesions' contrast with probability P "
+                   "(SliceAugment(lesion_reversal_p=P); 0, the default: the stage's own "
+                   "augmentation)")  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.amp = "bf16" if cpu_has_bf16_units() else None

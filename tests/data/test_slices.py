@@ -321,5 +321,10 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     assert not whole.mask_outside and not whole_val.mask_outside and tumour.mask_outside
     flanked, flanked_val = stage_datasets("tumour", [first], [third], size=24, context=1)
     assert flanked[0]["image"].shape == flanked_val[0]["image"].shape == (3, 24, 24)
+    mine = SliceAugment(lesion_reversal_p=0.5)
+    reversing, reversing_val = stage_datasets("tumour", [first], [third], size=24, augment=mine)
+    assert reversing.augment is mine and reversing_val.augment is None  # training only
+    with pytest.raises(ValueError, match="augment"):
+        stage_datasets("tumour", [first], [third], size=24, patch=(4, 16, 16), augment=mine)
     with pytest.raises(ValueError, match="stage"):
         stage_datasets("kidney", [first], [third], size=24)  # type: ignore[arg-type]

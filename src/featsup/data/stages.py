@@ -35,6 +35,7 @@ def stage_datasets(
     patches_per_case: int = 16,
     preprocessing: Preprocessing | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    augment: SliceAugment | None = None,
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -68,6 +69,8 @@ def stage_datasets(
         patches_per_case: with ``patch``, training patches per case and epoch.
         preprocessing: HU window, CLAHE and normalisation (None: the paper's).
         cache_dir: where the preprocessed volumes are cached.
+        augment: 2D stages only: the training slices' augmentation instead of the stage's
+            own (above), for example ``SliceAugment(lesion_reversal_p=0.3)``.
 
     Returns:
         ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
@@ -84,6 +87,8 @@ def stage_datasets(
         ((1, 32, 32), 0.0)
     """
     check_choice("stage", stage, ("liver", "tumour"))
+    if augment is not None and patch is not None:
+        raise ValueError("augment: expected None with patch (3D patches flip in-plane only)")
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
         if stage != "tumour":
@@ -108,14 +113,14 @@ def stage_datasets(
     }  # fmt: skip
     if stage == "liver":
         train = LiverSliceDataset(
-            list(train_cases), augment=SliceAugment(flip_p=0.0), seed=seed,
+            list(train_cases), augment=augment or SliceAugment(flip_p=0.0), seed=seed,
             empty_fraction=empty, **common,
         )  # fmt: skip
         return train, LiverSliceDataset(
             list(val_cases), empty_fraction=val_empty_fraction, **common
         )
     tumour = TumourSliceDataset(
-        list(train_cases), augment=SliceAugment(), seed=seed,
+        list(train_cases), augment=augment or SliceAugment(), seed=seed,
         empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
         mask_fill_holes=mask_dilation > 0, **common,
     )  # fmt: skip
