@@ -226,10 +226,11 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     )  # fmt: skip
 
 
-def teacher(stage: str, train: Any, val: Any, args: argparse.Namespace,
+def teacher(stage: str, variant: str, train: Any, val: Any, args: argparse.Namespace,
             student: UNetPlusPlus) -> UNetPlusPlus | None:  # fmt: skip
-    """The stage's encoding teacher, reused when the same label maps trained it before."""
-    if parse_variant(stage_variant(stage, args))[0] == "UN":
+    """The stage's encoding teacher (none for UN variants), reused when the same label maps
+    trained it before."""
+    if parse_variant(variant)[0] == "UN":
         return None
     # whole maps for the liver (crops cut it, and cost it 2 points at 600 steps), 8 a
     # step (0.97 at step 700 in 60 % of the time 16 took to reach it at step 600, on
@@ -280,7 +281,7 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     student, variant = make_student(stage, train, args, init), stage_variant(stage, args)
     unit = "patches" if student.spatial_dims == 3 else "slices"
     print(f"\n== {stage} stage: {variant}, {len(train)} training {unit} ==")
-    encoding_teacher = teacher(stage, train, val, args, student)
+    encoding_teacher = teacher(stage, variant, train, val, args, student)
     model = build_variant(
         variant,
         in_channels=student.in_channels,
