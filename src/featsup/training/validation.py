@@ -85,7 +85,7 @@ def dice_per_head(
             target = target.to(device)
             # one-hot targets have the logits' rank: (B, C, H, W) in 2D; (B, D, H, W)
             # class indices of a 3D model have the rank of one-hot 2D targets
-            target = target.argmax(1) if target.ndim == heads[0].ndim else target
+            target = target.max(1).indices if target.ndim == heads[0].ndim else target
             batch_counts = torch.stack([_class_counts(y, target, num_classes) for y in heads])
             counts = batch_counts if counts is None else counts + batch_counts
     finally:
@@ -104,7 +104,7 @@ def dice_per_head(
 
 
 def _class_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    pred = logits.argmax(1).flatten()
+    pred = logits.max(1).indices.flatten()  # argmax over a strided axis is 20x slower
     true = target.flatten().long()
     n = num_classes
     inter = torch.bincount(true[pred == true], minlength=n)[:n]
