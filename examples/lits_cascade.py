@@ -334,7 +334,9 @@ def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     done = evaluate_cases(cascade, cases, out=args.out, keep_loaded=True)
     # Table 2 on the test cases: reported, never chosen on
     plain = make_cascade(cascade.liver_model, cascade.tumour_model, args)
-    table = {s: score_heads(plain, done.loaded, stage=s)[0] for s in ("liver", "tumour")}
+    table = {
+        s: score_heads(plain, done.loaded, stage=s, timed=False)[0] for s in ("liver", "tumour")
+    }
     return {
         "cases": done.records, **done.summary, "seconds_per_case": done.seconds_per_case,
         "dice_per_head": {s: {f"x0_{k + 1}": v for k, v in enumerate(d)} for s, d in table.items()},

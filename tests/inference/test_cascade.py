@@ -9,6 +9,7 @@ import torch
 from _cascades import threshold_cascade
 from featsup.data import Preprocessing, make_phantom
 from featsup.inference import Cascade, predict_volume
+from featsup.metrics import dice_score
 from featsup.models import UNetPlusPlus
 
 
@@ -204,3 +205,57 @@ def test_tumour_context_gives_only_the_tumour_model_neighbouring_slices() -> Non
     assert Cascade(liver, tumour, context=2, device="cpu").tumour_context == 2  # None: context's
     with pytest.raises(ValueError, match="tumour_context"):
         Cascade(liver, tumour, tumour_context=-1, device="cpu")
+
+
+def _tumour_volume() -> np.ndarray:
+    hu = np.random.default_rng(11).integers(-60, 60, (5, 48, 48)).astype(np.int16)
+    hu[:, 10:38, 8:40] += 150  # a bright "liver" for the untrained nets to find
+    return hu
+
+
+@pytest.mark.parametrize("crf", [None, {"backend": "torch", "iterations": 2}])
+def test_stages_of_several_heads_equal_each_head_alone(
+    model: UNetPlusPlus, crf: dict | None
+) -> None:
+    cascade = Cascade(model, model, liver_size=32, tumour_size=32, device="cpu", liver_crf=crf,
+                      tumour_crf=crf, tumour_threshold=0.4, tumour_scope="roi")  # fmt: skip
+    hu = _tumour_volume()
+    livers = cascade.liver_stages(hu, [2, 1, None])
+    assert livers[0].image is livers[1].image  # one preprocessing for every head
+    for stage, head in zip(livers, (2, 1, 2), strict=True):
+        alone = cascade.liver_stage(hu, head=head)
+        np.testing.assert_allclose(stage.probability, alone.probability, atol=1e-6)
+        np.testing.assert_array_equal(stage.mask, alone.mask)
+    liver = livers[1]
+    assert liver.mask.any()
+    results = cascade.tumour_stages(liver, [1, 2])
+    for result, head in zip(results, (1, 2), strict=True):
+        alone = cascade.tumour_stage(liver, head=head)
+        np.testing.assert_allclose(result.tumour_probability, alone.tumour_probability, atol=1e-6)
+        np.testing.assert_array_equal(result.labels, alone.labels)
+    with pytest.raises(ValueError, match="heads"):
+        cascade.liver_stages(hu, [])
+    with pytest.raises(ValueError, match="heads"):
+        cascade.tumour_stages(liver, [])
+
+
+def test_liver_crf_on_its_box_agrees_with_the_crf_of_the_whole_slices() -> None:
+    from featsup.inference import liver_crf
+    from featsup.postprocess import dense_crf
+
+    volume, labels = make_phantom(3, (8, 96, 96))[:2]
+    liver = (labels > 0).astype(np.float32)
+    noise = np.random.default_rng(4).normal(0, 0.25, liver.shape).astype(np.float32)
+    blurred = np.clip(0.15 + 0.7 * liver + noise, 0, 1)  # a noisy, uncertain liver map
+    image = np.clip((volume + 100) / 500 * 255, 0, 255).astype(np.uint8)
+    options = {"backend": "torch", "theta_alpha": 5.0, "theta_beta": 10.0, "w1": 30.0,
+               "w2": 0.0, "iterations": 5}  # fmt: skip
+    whole = dense_crf(np.stack([1 - blurred, blurred]), image, mode="2d", **options)[1]
+    boxed = liver_crf(blurred, image, options)
+    assert np.mean((whole > 0.5) != (boxed > 0.5)) < 0.002
+    assert dice_score(boxed > 0.5, labels > 0) > dice_score(blurred > 0.5, labels > 0)
+    far = np.zeros_like(blurred)  # nothing to refine: returned as it is, a copy
+    far[:, :4, :4] = 0.01
+    out = liver_crf(far, image, options)
+    np.testing.assert_array_equal(out, far)
+    assert out is not far

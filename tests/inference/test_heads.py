@@ -267,3 +267,36 @@ def test_choose_crf_stages_refuses_no_cases() -> None:
     cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
     with pytest.raises(ValueError, match="at least one case"):
         choose_crf_stages(cascade, [], liver_crf={}, tumour_crf={})
+
+
+@pytest.mark.parametrize("stages", [("none", "liver", "both"), ("both",), ("liver",)])
+def test_crf_trials_share_work_and_equal_each_cascade_run_whole(cases: list, stages) -> None:
+    from featsup.inference.heads import _case_trials
+
+    crf = {"iterations": 2, "workers": 1, "backend": "torch"}
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2, tumour_head=1)
+    options = {"none": (None, None), "liver": (crf, None), "both": (crf, crf)}
+    trial = {
+        s: threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45), liver_head=2,
+                             tumour_head=1, liver_crf=options[s][0], tumour_crf=options[s][1])
+        for s in stages
+    }  # fmt: skip
+    for volume, _ in cases:
+        shared = _case_trials(trial, base, volume)
+        assert set(shared) == set(stages)
+        for s in stages:
+            whole = trial[s](volume)
+            np.testing.assert_array_equal(shared[s].labels, whole.labels)
+            np.testing.assert_allclose(
+                shared[s].tumour_probability, whole.tumour_probability, atol=1e-6
+            )
+
+
+def test_score_heads_times_each_pruned_head_only_when_asked(cases: list) -> None:
+    from featsup.inference import score_heads
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    dice, seconds = score_heads(cascade, cases, stage="tumour", timed=False)
+    assert len(dice) == 2 and all(np.isnan(seconds))
+    dice_timed, seconds = score_heads(cascade, cases, stage="tumour")
+    assert dice_timed == dice and all(s > 0 for s in seconds)

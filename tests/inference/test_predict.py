@@ -7,6 +7,7 @@ import torch
 from featsup.data import Preprocessing, preprocess_volume
 from featsup.inference import (
     PreparedModel,
+    heads_of,
     predict_volume,
     prepare_model,
     select_head,
@@ -150,3 +151,25 @@ def test_stack_context_zero_is_a_view() -> None:
     stacked = stack_context(volume, 0)
     assert stacked.shape == (3, 1, 4, 5) and np.shares_memory(stacked, volume)
     assert not np.shares_memory(stack_context(volume, 1), volume)
+
+
+def test_all_heads_in_one_pass_equal_each_pruned_head(model: UNetPlusPlus) -> None:
+    volume = np.random.default_rng(7).random((5, 40, 36)).astype(np.float32)
+    every = predict_volume(model, volume, head="all", size=32, tta=True, batch_size=2)
+    assert every.shape == (2, 2, 5, 40, 36)
+    for head in (1, 2):
+        one = predict_volume(model, volume, head=head, size=32, tta=True, batch_size=3)
+        np.testing.assert_allclose(every[head - 1], one, atol=1e-6)
+    prepared = prepare_model(model, head="all", device="cpu")
+    assert isinstance(prepared(torch.zeros(1, 1, 16, 16)), list)
+    assert predict_volume(prepared, volume, classes=[1]).shape == (2, 1, 5, 40, 36)
+    model.deep_supervision = False  # trained without: every head is still there
+    assert predict_volume(model, volume, head="all").shape[0] == 2 and heads_of(model) == 2
+
+
+def test_all_heads_of_a_plain_model_is_its_one_output() -> None:
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+    volume = np.random.default_rng(8).random((3, 16, 16)).astype(np.float32)
+    every = predict_volume(conv, volume, head="all", device="cpu")
+    np.testing.assert_allclose(every[0], predict_volume(conv, volume, device="cpu"), atol=1e-6)
+    assert every.shape == (1, 2, 3, 16, 16) and heads_of(conv) == 1

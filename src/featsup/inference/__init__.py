@@ -17,7 +17,7 @@ from featsup.inference.bundle import (
     read_cascade_info,
     save_cascade,
 )
-from featsup.inference.cascade import Cascade, CascadeResult, LiverStage
+from featsup.inference.cascade import Cascade, CascadeResult, LiverStage, liver_crf, tumour_crf
 from featsup.inference.evaluate import CaseEvaluation, evaluate_cases
 from featsup.inference.heads import (
     TUMOUR_CRITERIA,
@@ -34,6 +34,7 @@ from featsup.inference.heads import (
 from featsup.inference.patches import predict_patches
 from featsup.inference.predict import (
     PreparedModel,
+    heads_of,
     predict_volume,
     prepare_model,
     resolve_device,
@@ -56,6 +57,8 @@ __all__ = [
     "choose_crf_stages",
     "choose_heads",
     "evaluate_cases",
+    "heads_of",
+    "liver_crf",
     "load_cascade",
     "predict_patches",
     "predict_volume",
@@ -67,6 +70,7 @@ __all__ = [
     "select_head",
     "smallest_head_within",
     "stack_context",
+    "tumour_crf",
     "tumour_criterion",
     "tune_on_validation",
 ]

@@ -1,15 +1,18 @@
-"""Volume prediction with any head of a UNet++.
+"""Volume prediction with any head of a UNet++, or with every head in one pass.
 
 :func:`predict_volume` runs a 2D model over the axial slices of a volume in batches and
 returns class probabilities; :func:`prepare_model` prunes, optimises and moves a model
 for one head once (:func:`select_head` is its pruning step), so that many volumes can be
-predicted without preparing the model again.
+predicted without preparing the model again. Prepared with ``head="all"``, a deeply
+supervised UNet++ gives every head's probabilities from one pass of the full network
+(head ``k``'s equal to those of the model pruned to ``k``), which is how heads are scored.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -24,6 +27,7 @@ from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
     "PreparedModel",
+    "heads_of",
     "model_preprocessing",
     "predict_volume",
     "prepare_model",
@@ -32,16 +36,21 @@ __all__ = [
     "stack_context",
 ]
 
+Head: TypeAlias = int | Literal["all"] | None
+"""A UNet++ head 1..d, None for the deepest, or ``"all"`` for every head from one pass."""
+
 
 class PreparedModel(nn.Module):
     """A model ready to predict one head on one device: pruned, optimised, in eval mode.
 
     Made by :func:`prepare_model`; :func:`predict_volume` uses it as it is, so a model
-    prepared once serves any number of volumes. Its forward returns the head's logits.
+    prepared once serves any number of volumes. Its forward returns the head's logits,
+    or with ``head="all"`` the list of every head's.
 
     Attributes:
         network: the pruned (and, on CPU, fused) network.
-        head: the head it computes (None: the deepest, or the model's only output).
+        head: the head it computes (None: the deepest, or the model's only output;
+            ``"all"``: every head, from one pass).
         device: where its parameters are.
         preprocessing: the preprocessing the source model was trained with, when its
             checkpoint recorded one (see :func:`model_preprocessing`), else None.
@@ -51,7 +60,7 @@ class PreparedModel(nn.Module):
         self,
         network: nn.Module,
         *,
-        head: int | None,
+        head: Head,
         device: torch.device,
         preprocessing: Preprocessing | None = None,
     ) -> None:
@@ -60,9 +69,15 @@ class PreparedModel(nn.Module):
         self.preprocessing = preprocessing
         self._pick = None if isinstance(network, UNetPlusPlus) else head
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) image -> (B, K, H, W) logits of the prepared head."""
-        return _logits_of(self.network(image), self._pick)
+    def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """(B, C, H, W) image -> (B, K, H, W) logits of the prepared head.
+
+        With ``head="all"``, a list of them, shallowest head first.
+        """
+        output = self.network(image)
+        if self.head == "all":
+            return list(output) if isinstance(output, (list, tuple)) else [output]
+        return _logits_of(output, self._pick)
 
 
 def model_preprocessing(model: nn.Module) -> Preprocessing | None:
@@ -94,7 +109,7 @@ def model_preprocessing(model: nn.Module) -> Preprocessing | None:
 
 
 def prepare_model(
-    model: nn.Module, *, head: int | None = None, device: str | torch.device | None = "auto"
+    model: nn.Module, *, head: Head = None, device: str | torch.device | None = "auto"
 ) -> PreparedModel:
     """Prune ``model`` to ``head``, optimise it for inference and move it to ``device``.
 
@@ -128,21 +143,39 @@ def prepare_model(
     return PreparedModel(network, head=head, device=dev, preprocessing=prep).eval()
 
 
-def select_head(model: nn.Module, head: int | None, *, optimize: bool = True) -> nn.Module:
+def select_head(model: nn.Module, head: Head, *, optimize: bool = True) -> nn.Module:
     """Return the network that computes ``head`` alone, in eval mode.
 
     For a featsup :class:`~featsup.models.UNetPlusPlus` this is ``model.pruned(head)``
     (optimised for inference when ``optimize``), which computes only the nodes the head
-    needs; ``head=None`` means the deepest head. Any other model is returned as is and
+    needs; ``head=None`` means the deepest head, and ``head="all"`` a copy of the whole
+    network that returns every head's logits. Any other model is returned as is and
     ``head`` picks an element when its output is a list.
 
     Raises:
         ValueError: if ``head`` is out of range for a UNet++.
     """
     student = supervised_student(model) or unwrap(model)  # a supervisor: with its student
-    if isinstance(student, UNetPlusPlus):
-        return student.pruned(head=head or student.depth, optimize=optimize).eval()
-    return student.eval()
+    if not isinstance(student, UNetPlusPlus):
+        return student.eval()
+    if head == "all":
+        whole = student.optimize_for_inference() if optimize else copy.deepcopy(student).eval()
+        whole.deep_supervision = True  # every head's output, whatever it was trained with
+        return whole
+    return student.pruned(head=head or student.depth, optimize=optimize).eval()
+
+
+def heads_of(model: nn.Module) -> int:
+    """How many heads ``prepare_model(model, head="all")`` gives.
+
+    A UNet++'s depth (a supervisor's student's), else 1.
+
+    Example:
+        >>> heads_of(UNetPlusPlus(1, 2, widths=(4, 8, 16))), heads_of(nn.Conv2d(1, 2, 1))
+        (2, 1)
+    """
+    student = supervised_student(model) or unwrap(model)
+    return student.depth if isinstance(student, UNetPlusPlus) else 1
 
 
 def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
@@ -173,9 +206,9 @@ def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
     return volume[index]
 
 
-def _logits_of(output: torch.Tensor | list[torch.Tensor] | tuple, head: int | None) -> torch.Tensor:
+def _logits_of(output: torch.Tensor | list[torch.Tensor] | tuple, head: Head) -> torch.Tensor:
     if isinstance(output, (list, tuple)):
-        return output[-1 if head is None else head - 1]
+        return output[-1 if head is None or head == "all" else head - 1]
     return output
 
 
@@ -191,7 +224,7 @@ def predict_volume(
     model: nn.Module,
     volume: np.ndarray | torch.Tensor,
     *,
-    head: int | None = None,
+    head: Head = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     size: int | tuple[int, int] | None = None,
@@ -214,7 +247,8 @@ def predict_volume(
         volume: (D, H, W) or (D, C, H, W) slices (any real dtype, converted to float32
             batch by batch), already preprocessed the way the model was trained; with
             ``preprocessing``, (D, H, W) Hounsfield units.
-        head: 1..4, the UNet++ head to use; None = the deepest (or the prepared one).
+        head: 1..4, the UNet++ head to use; None = the deepest (or the prepared one);
+            ``"all"``: every head, from one pass of the whole network.
         batch_size: slices per forward pass (the result does not depend on it).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...; None is
             ``"auto"``, or the device of a prepared model.
@@ -233,7 +267,9 @@ def predict_volume(
 
     Returns:
         (K, D, H, W) float32 probabilities summing to 1 over K (K = 2 for a one-logit
-        model: background, foreground); with ``classes``, (len(classes), D, H, W).
+        model: background, foreground); with ``classes``, (len(classes), D, H, W). With
+        ``head="all"`` (or a model prepared so), (N, K, D, H, W) for the N heads,
+        shallowest first: N times the memory of one head.
 
     Raises:
         ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing`` or
@@ -247,6 +283,8 @@ def predict_volume(
         (2, 3, 20, 20)
         >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), classes=[1]).shape
         (1, 3, 20, 20)
+        >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), head="all").shape
+        (1, 2, 3, 20, 20)
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
@@ -273,19 +311,21 @@ def predict_volume(
     slices = torch.as_tensor(volume) if torch.is_tensor(volume) else torch.from_numpy(volume)
     if slices.shape[0] == 0:
         raise ValueError(f"volume: expected at least one slice, got shape {tuple(slices.shape)}")
-    out: torch.Tensor | None = None
+    out: torch.Tensor | None = None  # (heads, K, D, H, W)
     starts = range(0, slices.shape[0], batch_size)
     for start in tqdm(starts, desc="slices", disable=not progress, leave=False):
         stop = min(start + batch_size, slices.shape[0])
         x = _batch(slices, start, stop, context).to(net.device)
-        p = _predict_batch(net, x, size=size, tta=tta, transform=transform)
+        probs = _predict_batch(net, x, size=size, tta=tta, transform=transform)
         if classes is not None:
-            p = p[:, _class_index(classes, p.shape[1])]
+            probs = [p[:, _class_index(classes, p.shape[1])] for p in probs]
         if out is None:
-            out = torch.empty((p.shape[1], slices.shape[0], *p.shape[2:]), dtype=torch.float32)
-        out[:, start:stop].copy_(p.transpose(0, 1))
+            k, hw = probs[0].shape[1], probs[0].shape[2:]
+            out = torch.empty((len(probs), k, slices.shape[0], *hw), dtype=torch.float32)
+        for n, p in enumerate(probs):
+            out[n, :, start:stop].copy_(p.transpose(0, 1))
     assert out is not None  # at least one slice, checked above
-    return out.numpy()
+    return out.numpy() if net.head == "all" else out[0].numpy()
 
 
 def _batch(slices: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
@@ -306,19 +346,27 @@ def _predict_batch(
     size: int | tuple[int, int] | None,
     tta: bool,
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> torch.Tensor:
-    """(B, C, H, W) batch on the device -> (B, K, H, W) float32 probabilities on the CPU."""
+) -> list[torch.Tensor]:
+    """(B, C, H, W) batch on the device -> (B, K, H, W) float32 probabilities on the CPU.
+
+    A list with one per head: one, or every head with ``head="all"``.
+    """
     out_hw = tuple(x.shape[-2:])
     if size is not None:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     if transform is not None:
         x = transform(x)
-    p = _probabilities(net(x))
+
+    def heads(batch: torch.Tensor) -> list[torch.Tensor]:
+        logits = net(batch)
+        return [_probabilities(z) for z in (logits if isinstance(logits, list) else [logits])]
+
+    probs = heads(x)
     if tta:
-        p = 0.5 * (p + _probabilities(net(x.flip(-1))).flip(-1))
+        probs = [0.5 * (p + q.flip(-1)) for p, q in zip(probs, heads(x.flip(-1)), strict=True)]
     if size is not None:
-        p = F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False)
-    return p.cpu()
+        probs = [F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False) for p in probs]
+    return [p.cpu() for p in probs]
 
 
 def _class_index(classes: Sequence[int], count: int) -> list[int]:
@@ -331,9 +379,7 @@ def _class_index(classes: Sequence[int], count: int) -> list[int]:
     return index
 
 
-def _prepared(
-    model: nn.Module, head: int | None, device: str | torch.device | None
-) -> PreparedModel:
+def _prepared(model: nn.Module, head: Head, device: str | torch.device | None) -> PreparedModel:
     """``model`` itself when prepared (checked against ``head`` and ``device``), else prepared."""
     if not isinstance(model, PreparedModel):
         return prepare_model(model, head=head, device="auto" if device is None else device)
