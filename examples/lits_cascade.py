@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 PHANTOM_SEED_STRIDE = 10_000
 
 
+# Phantom cases are written by this many processes (the same files: each case is its seed's;
+# on a 2-core AMD EPYC, 10 cases at 48 x 256 x 256 in 1.8-2.0 s against 3.4-4.0 s in one).
+PHANTOM_WORKERS = min(8, os.cpu_count() or 1)
+
+
 def phantom_seed(seed: int) -> int:
     """The phantom seed of case 0 for ``--seed``; the cases of two seeds never overlap."""
     return seed * PHANTOM_SEED_STRIDE
@@ -195,7 +201,8 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
     source = args.data or args.out / "phantom"
     if args.data is None:  # kept when the same settings wrote it before
         fd.write_phantom_dataset(source, args.cases, shape=args.phantom_shape,
-                                 seed=phantom_seed(args.seed), reuse=True)  # fmt: skip
+                                 seed=phantom_seed(args.seed), reuse=True,
+                                 num_workers=PHANTOM_WORKERS)  # fmt: skip
     try:
         cases = fd.split_cases(
             fd.find_cases(source), val_cases=args.val_cases, test_fraction=args.test_fraction,
@@ -207,7 +214,8 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
         folder = args.out / "phantom_train"
         fd.write_phantom_dataset(folder, args.extra_train_cases, shape=args.phantom_shape,
                                  seed=phantom_seed(args.seed) + args.cases,
-                                 start_index=args.cases, reuse=True)  # fmt: skip
+                                 start_index=args.cases, reuse=True,
+                                 num_workers=PHANTOM_WORKERS)  # fmt: skip
         cases["train"] += fd.find_cases(folder)
     return cases
 
