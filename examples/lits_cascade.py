@@ -75,6 +75,9 @@ STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
 PREPROCESSING = {"liver": fd.Preprocessing(), "tumour": fd.Preprocessing(clahe=False)}
 CRF = {stage: {**CRF_PRESETS[stage], "workers": 2} for stage in ("liver", "tumour")}
 
+# --tumour-tta: the tumour stage's test-time augmentation (Cascade's tumour_tta)
+TUMOUR_TTA: dict[str, Any] = {"none": False, "mirror": True, "flips": "flips", "auto": "auto"}
+
 
 def cpu_bf16_is_safe(dims: int) -> bool:
     """Whether ``--amp auto`` trains in bfloat16 on this CPU.
@@ -125,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")
+    add("--tumour-tta", choices=tuple(TUMOUR_TTA), default="none", help="the tumour stage's "
+        "test-time flips: none, mirror (left-right), flips (every in-plane flip) or auto "
+        "(chosen on validation)")  # fmt: skip
     add("--resume", action="store_true", help="continue from checkpoints in --out")
     add("--seed", type=int, default=0, help="seeds the phantom (its own cases per seed), the "
         "split and training")  # fmt: skip
@@ -328,12 +334,16 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
         make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
         tolerance=args.head_tolerance, heads=args.head and (args.head, args.head), crf=args.crf,
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
+        tumour_tta=TUMOUR_TTA[args.tumour_tta],
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head
     print(f"chosen on validation: heads X0,{heads[0]} (liver), X0,{heads[1]}, CRF {tuning.crf}, "
           f"tumour probability > {tuning.tumour_threshold:g}, tumours of >= "
-          f"{tuning.tumour_min_voxels} voxels")  # fmt: skip
+          f"{tuning.tumour_min_voxels} voxels, tumour TTA {tuning.cascade.tumour_tta}")  # fmt: skip
+    if tuning.tta_scores:
+        print("validation tumour Dice (best of the threshold grid) per tumour TTA: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in tuning.tta_scores.items()))  # fmt: skip
     return tuning
 
 

@@ -94,8 +94,8 @@ def _cascade(args: argparse.Namespace) -> Any:
         for stage in ("liver", "tumour"):
             if options[f"{stage}_crf"] is None:
                 options[f"{stage}_crf"] = dict(CRF_PRESETS[stage])
-    if args.tta is not None:
-        options["tta"] = args.tta
+    if args.tta is not None:  # both stages, whatever the file stored for each
+        options["tta"], options["tumour_tta"] = args.tta, None
     cascade = Cascade(stored.liver_model, stored.tumour_model, **options)
     cascade.training_summary = stored.training_summary
     return cascade
@@ -262,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="dense CRF on (stored settings, else the presets) or off "
                    "(default: as stored)")  # fmt: skip
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with left-right mirrored slices (default: as stored)")  # fmt: skip
+                   help="average with left-right mirrored slices, both stages (default: as stored)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="threads that read the next volumes and write finished ones while "
                    "the model runs (default 1; 0 = one thing at a time, least memory)")  # fmt: skip

@@ -66,6 +66,16 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert loaded.liver_crf == crf and loaded.tumour_crf is None
     assert loaded.preprocessing == Preprocessing(hu_window=(-50.0, 300.0), clahe=False)
     assert loaded.predict_options == {"batch_size": 3, "device": "cpu", "tta": True}
+    assert loaded.tumour_tta is True  # None when saved: the liver's
+
+
+def test_tumour_tta_is_kept_and_older_files_take_tta(tmp_path: Path) -> None:
+    _, path = _saved(tmp_path, tta=True, tumour_tta="flips")
+    assert load_cascade(path, device="cpu").tumour_tta == "flips"
+    state = torch.load(path, weights_only=False)
+    del state["settings"]["tumour_tta"]  # a file written before tumour_tta
+    torch.save(state, path)
+    assert load_cascade(path, device="cpu").tumour_tta is True
     info = read_cascade_info(path)
     assert info["format"] == CASCADE_FORMAT and info["featsup_version"] == featsup.__version__
     assert info["labels"] == {0: "background", 1: "liver", 2: "tumour"}

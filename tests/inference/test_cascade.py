@@ -239,6 +239,27 @@ def test_stages_of_several_heads_equal_each_head_alone(
         cascade.tumour_stages(liver, [])
 
 
+@pytest.mark.parametrize("heads", [[2], [1, 2]])  # a pruned head, and every head from one pass
+def test_tumour_tta_flips_only_the_tumour_stage(model: UNetPlusPlus, heads: list[int]) -> None:
+    hu = _tumour_volume()
+    options = {"liver_size": 32, "tumour_size": 32, "device": "cpu", "tumour_scope": "roi"}
+    plain, both = Cascade(model, model, **options), Cascade(model, model, tta=True, **options)
+    tumour_only = Cascade(model, model, tumour_tta="flips", **options)
+    every = Cascade(model, model, tta="flips", **options)
+    assert (plain.tumour_tta, both.tumour_tta, every.tumour_tta) == (False, True, "flips")
+    liver = tumour_only.liver_stage(hu, head=1)  # the liver stage is not mirrored
+    np.testing.assert_array_equal(liver.probability, plain.liver_stage(hu, head=1).probability)
+    assert np.abs(liver.probability - both.liver_stage(hu, head=1).probability).max() > 1e-4
+    assert liver.mask.any()
+    flipped = tumour_only.tumour_stages(liver, heads)[-1].tumour_probability
+    np.testing.assert_allclose(flipped, every.tumour_stages(liver, heads)[-1].tumour_probability,
+                               atol=1e-6)  # fmt: skip
+    unflipped = plain.tumour_stages(liver, heads)[-1].tumour_probability
+    assert np.abs(flipped - unflipped).max() > 1e-4
+    with pytest.raises(ValueError, match="tumour_tta"):
+        Cascade(model, model, tumour_tta="lr", device="cpu")  # type: ignore[arg-type]
+
+
 def test_liver_crf_on_its_box_agrees_with_the_crf_of_the_whole_slices() -> None:
     from featsup.inference import liver_crf
     from featsup.postprocess import dense_crf

@@ -56,8 +56,10 @@ def test_3d_tumour_stage_labels_the_liver_box_on_the_volume_grid(
 
 def test_3d_tumour_stage_with_tta_and_both_classes_for_the_crf(volume: np.ndarray) -> None:
     plain = _cascade_3d()(volume)
-    mirrored = _cascade_3d(tta=True)(volume)  # a voxel-wise model is mirror-symmetric
-    np.testing.assert_allclose(mirrored.tumour_probability, plain.tumour_probability, atol=1e-5)
+    for tta in (True, "flips"):  # a voxel-wise model is symmetric under every flip
+        mirrored = _cascade_3d(tumour_tta=tta)(volume)
+        np.testing.assert_allclose(mirrored.tumour_probability, plain.tumour_probability,
+                                   atol=1e-5)  # fmt: skip
     model = _cascade_3d().prepared("tumour", None)
     box = np.random.default_rng(0).random((6, 20, 28), dtype=np.float32)
     options = {"patch": (4, 16, 16), "overlap": 0.5, "batch_size": 3, "tta": False}

@@ -300,3 +300,31 @@ def test_score_heads_times_each_pruned_head_only_when_asked(cases: list) -> None
     assert len(dice) == 2 and all(np.isnan(seconds))
     dice_timed, seconds = score_heads(cascade, cases, stage="tumour")
     assert dice_timed == dice and all(s > 0 for s in seconds)
+
+
+def test_tune_on_validation_chooses_the_cheapest_tumour_tta_within_tolerance(cases: list) -> None:
+    import torch
+
+    from featsup.inference import TUMOUR_TTAS, tune_on_validation
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    with torch.no_grad():  # the tumour model looks 2 pixels to the right: flips now matter
+        for unit in cascade.tumour_model.encoder["x0_0"]:
+            unit[0].weight[0, 0, 1, 1], unit[0].weight[0, 0, 1, 2] = 0.0, 1.0
+    grid = {"crf": "none", "tumour_threshold": (0.3, 0.5), "tumour_min_voxels": (0, 20)}
+    tuning = tune_on_validation(cascade, cases[:1], tumour_tta="auto", **grid)
+    scores = tuning.tta_scores
+    assert list(scores) == [repr(t) for t in TUMOUR_TTAS]
+    assert len(set(scores.values())) > 1  # the check can fail: the flips change the Dice
+    top = max(scores.values())
+    chosen = next(t for t in TUMOUR_TTAS if scores[repr(t)] >= top - 0.005)
+    assert tuning.cascade.tumour_tta == chosen == tuning.to_dict()["tumour_tta"]
+    kept = max(d for row in tuning.threshold_scores.values() for d in row.values())
+    assert kept == pytest.approx(scores[repr(chosen)])  # the chosen TTA's own grid
+    assert cascade.tumour_tta is False  # not changed
+    fixed = tune_on_validation(cascade, cases[:1], tumour_tta="flips", **grid)
+    assert fixed.cascade.tumour_tta == "flips" and fixed.tta_scores == {}
+    best = max(d for row in fixed.threshold_scores.values() for d in row.values())
+    assert scores["'flips'"] == pytest.approx(best)  # that TTA's own tuning's best
+    with pytest.raises(ValueError, match="tumour_tta"):
+        tune_on_validation(cascade, cases, tumour_tta="mirror", **grid)  # type: ignore[arg-type]

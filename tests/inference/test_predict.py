@@ -37,6 +37,28 @@ def test_predict_volume_resizes_and_mirrors(model: UNetPlusPlus) -> None:
     np.testing.assert_allclose(flipped[..., ::-1], probs, atol=1e-5)
 
 
+def test_every_flip_tta_is_equivariant_to_each_flip(model: UNetPlusPlus) -> None:
+    volume = np.random.default_rng(2).random((3, 24, 20)).astype(np.float32)
+    probs = predict_volume(model, volume, tta="flips", device="cpu")
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    for axes in [(-1,), (-2,), (-2, -1)]:  # each flip of the input flips the mean of all four
+        flipped = predict_volume(model, np.flip(volume, axes).copy(), tta="flips", device="cpu")
+        np.testing.assert_allclose(np.flip(flipped, axes), probs, atol=1e-5)
+    # and it is the mean of the four flipped predictions, flipped back
+    x, flips = torch.from_numpy(volume)[:, None], [(), (-1,), (-2,), (-2, -1)]
+    with torch.no_grad():
+        mean = sum(torch.softmax(model(x.flip(a))[-1], 1).flip(a) for a in flips)
+    np.testing.assert_allclose(probs, (mean / 4).permute(1, 0, 2, 3).numpy(), atol=1e-5)
+    mirrored = predict_volume(model, volume, tta=True, device="cpu")
+    assert np.abs(probs - mirrored).max() > 1e-4  # the up-down flips count
+
+
+@pytest.mark.parametrize("tta", ["lr", 1.0, None, "both"])
+def test_unknown_tta_is_refused(model: UNetPlusPlus, tta: object) -> None:
+    with pytest.raises(ValueError, match="tta: expected False, True"):
+        predict_volume(model, np.zeros((1, 8, 8), np.float32), tta=tta, device="cpu")  # type: ignore[arg-type]
+
+
 def test_one_logit_model_gives_two_probabilities() -> None:
     net = UNetPlusPlus(1, 1, widths=(4, 8)).eval()
     probs = predict_volume(net, np.zeros((2, 16, 16), np.float32), device="cpu")

@@ -21,6 +21,7 @@ from featsup.inference.cascade import Cascade, CascadeResult, LiverStage, liver_
 from featsup.inference.evaluate import CaseEvaluation, evaluate_cases
 from featsup.inference.heads import (
     TUMOUR_CRITERIA,
+    TUMOUR_TTAS,
     HeadChoice,
     HeadScore,
     Tuning,
@@ -33,6 +34,7 @@ from featsup.inference.heads import (
 )
 from featsup.inference.patches import predict_patches
 from featsup.inference.predict import (
+    TTA,
     PreparedModel,
     heads_of,
     predict_volume,
@@ -45,7 +47,9 @@ from featsup.inference.predict import (
 __all__ = [
     "CASCADE_FORMAT",
     "LABELS",
+    "TTA",
     "TUMOUR_CRITERIA",
+    "TUMOUR_TTAS",
     "Cascade",
     "CascadeResult",
     "CaseEvaluation",

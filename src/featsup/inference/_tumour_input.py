@@ -18,7 +18,7 @@ from torch import nn
 from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import resize
 from featsup.inference.patches import _patch, predict_patches
-from featsup.inference.predict import PreparedModel
+from featsup.inference.predict import TTA, PreparedModel, tta_flips
 
 __all__ = ["check_tumour_patch", "masked_crop", "predict_box"]
 
@@ -110,7 +110,7 @@ def predict_box(
     patch: Sequence[int],
     overlap: float,
     batch_size: int,
-    tta: bool,
+    tta: TTA,
     classes: Sequence[int] | None,
 ) -> np.ndarray:
     """Class probabilities of the masked liver box from a 3D model, window by window.
@@ -121,7 +121,8 @@ def predict_box(
         patch: (D, H, W) window; a smaller box is zero-padded to it (the masked value).
         overlap: share of a window shared with its neighbour.
         batch_size: windows per forward pass.
-        tta: also predict the left-right (W) mirrored box and average.
+        tta: also predict the left-right (W) mirrored box (True), or every in-plane
+            flip (``"flips"``: W, H and both), and average.
         classes: indices of the classes to return; None returns all K.
 
     Returns:
@@ -140,9 +141,11 @@ def predict_box(
     def run(volume: np.ndarray) -> np.ndarray:
         return predict_patches(model, volume, patch=patch, overlap=overlap, batch_size=batch_size)
 
+    flips = tta_flips(tta)
     probs = run(box)
-    if tta:
-        probs = 0.5 * (probs + run(np.ascontiguousarray(box[..., ::-1]))[..., ::-1])
+    for dims in flips[1:]:  # axes of the box (d, h, w): -2 is h, -1 is w
+        probs = probs + np.flip(run(np.ascontiguousarray(np.flip(box, dims))), dims)
+    probs = probs / len(flips)
     if classes is not None:
         probs = probs[list(classes)]
     return np.ascontiguousarray(probs, dtype=np.float32)

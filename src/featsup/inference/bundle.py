@@ -42,8 +42,8 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "tumour_context",
              "roi_margin", "tumour_scope")  # fmt: skip
-_PREDICT_SETTINGS = ("batch_size", "tta", "tumour_patch", "tumour_overlap", "tumour_min_voxels",
-                     "tumour_threshold")  # fmt: skip
+_PREDICT_SETTINGS = ("batch_size", "tta", "tumour_tta", "tumour_patch", "tumour_overlap",
+                     "tumour_min_voxels", "tumour_threshold")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 _PREPROCESSINGS = ("preprocessing", "tumour_preprocessing")
 
@@ -78,6 +78,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "batch_size": options["batch_size"],
         "device": options["device"],
         "tta": options["tta"],
+        "tumour_tta": cascade.tumour_tta,
         "tumour_patch": cascade.tumour_patch,
         "tumour_overlap": cascade.tumour_overlap,
         "tumour_min_voxels": cascade.tumour_min_voxels,
@@ -239,6 +240,7 @@ def load_cascade(
         tumour_crf=state["crf"]["tumour"],
         batch_size=settings.get("batch_size", 16),
         tta=settings.get("tta", False),
+        tumour_tta=settings.get("tumour_tta"),  # absent from older files: as tta
         tumour_patch=settings.get("tumour_patch"),
         tumour_overlap=settings.get("tumour_overlap", 0.5),
         tumour_min_voxels=settings.get("tumour_min_voxels", 0),

@@ -33,8 +33,10 @@ from featsup.data.preprocess import (
 )
 from featsup.inference._tumour_input import check_tumour_patch, masked_crop, predict_box
 from featsup.inference.predict import (
+    TTA,
     Head,
     PreparedModel,
+    check_tta,
     heads_of,
     model_preprocessing,
     predict_volume,
@@ -135,7 +137,13 @@ class Cascade:
             mask), for example ``CRF_PRESETS["tumour"]``.
         batch_size: slices per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        tta: average with left-right mirrored predictions.
+        tta: test-time augmentation of the liver stage (and of the tumour stage unless
+            ``tumour_tta`` is given): False, True (average with the left-right mirrored
+            prediction) or ``"flips"`` (every in-plane flip; 4 passes).
+        tumour_tta: the tumour stage's; None takes ``tta``. A tumour model trained with
+            flips (the example's) may gain from them while its liver model, trained
+            without, would not; :func:`~featsup.inference.tune_on_validation` can choose
+            it on validation cases.
         tumour_patch: None for a 2D tumour model; for a 3D one, the (D, H, W) patch it
             was trained on: the masked liver-ROI box is predicted at the volume's own
             resolution (``tumour_size`` unused, no 2.5D context) with Gaussian-blended
@@ -185,7 +193,8 @@ class Cascade:
         tumour_crf: dict[str, Any] | None = None,
         batch_size: int = 16,
         device: str | torch.device | None = "auto",
-        tta: bool = False,
+        tta: TTA = False,
+        tumour_tta: TTA | None = None,
         tumour_patch: Sequence[int] | None = None,
         tumour_overlap: float = 0.5,
         tumour_min_voxels: int = 0,
@@ -193,6 +202,8 @@ class Cascade:
         tumour_scope: Literal["liver", "roi"] = "liver",
     ) -> None:
         check_positive("batch_size", batch_size)
+        check_tta("tta", tta)
+        self.tumour_tta: TTA = check_tta("tumour_tta", tta if tumour_tta is None else tumour_tta)
         self.tumour_scope = check_choice("tumour_scope", tumour_scope, ("liver", "roi"))
         check_positive("tumour_min_voxels", tumour_min_voxels, strict=False)
         self.tumour_min_voxels = int(tumour_min_voxels)
@@ -383,7 +394,7 @@ class Cascade:
         if flat and len(heads) > 1 and heads_of(self.tumour_model) > 1:
             model = self.prepared("tumour", "all")  # prepared outside the timing
             start = time.perf_counter()
-            every = predict_volume(model, crop, classes=[1], **self.predict_options)[:, 0]
+            every = predict_volume(model, crop, classes=[1], **self._tumour_options)[:, 0]
             crops = {k: every[-1 if k is None else k - 1] for k in heads}
         else:
             models = {k: self.prepared("tumour", k) for k in heads}
@@ -401,12 +412,16 @@ class Cascade:
     def _tumour_crop(self, model: PreparedModel, crop: np.ndarray) -> np.ndarray:
         """(1, d, rows, cols) tumour probability of one head on the masked ROI crop."""
         if self.tumour_patch is None:
-            return predict_volume(model, crop, classes=[1], **self.predict_options)
+            return predict_volume(model, crop, classes=[1], **self._tumour_options)
         return predict_box(
             model, crop[:, 0], patch=self.tumour_patch, overlap=self.tumour_overlap,
-            classes=[1], batch_size=self.predict_options["batch_size"],
-            tta=self.predict_options["tta"],
+            classes=[1], batch_size=self.predict_options["batch_size"], tta=self.tumour_tta,
         )  # fmt: skip
+
+    @property
+    def _tumour_options(self) -> dict[str, Any]:
+        """:func:`predict_volume` options of the tumour stage (its own ``tta``)."""
+        return {**self.predict_options, "tta": self.tumour_tta}
 
     def _tumour_result(
         self,

@@ -18,7 +18,7 @@ import numpy as np
 
 from featsup._checks import check_choice, check_in_range
 from featsup.inference.cascade import Cascade
-from featsup.inference.predict import heads_of
+from featsup.inference.predict import TTA, check_tta, heads_of
 from featsup.metrics import LITS_STAGES, dice_score
 from featsup.postprocess.components import (
     TUMOUR_MIN_VOXELS,
@@ -29,6 +29,7 @@ from featsup.postprocess.components import (
 
 __all__ = [
     "TUMOUR_CRITERIA",
+    "TUMOUR_TTAS",
     "HeadChoice",
     "HeadScore",
     "Tuning",
@@ -39,6 +40,10 @@ __all__ = [
     "tumour_criterion",
     "tune_on_validation",
 ]
+
+TUMOUR_TTAS: tuple[TTA, ...] = (False, True, "flips")
+"""The tumour stage's test-time augmentations ``tune_on_validation(tumour_tta="auto")``
+tries, cheapest first: none, left-right mirror (2 passes), every in-plane flip (4)."""
 
 Criterion = Literal["per_case", "global", "mean"]
 """How validation cases' tumour Dice is pooled into one score: see :func:`tumour_criterion`."""
@@ -445,6 +450,10 @@ class Tuning:
     criterion: Criterion = "global"
     """How the validation cases' tumour Dice was pooled for the threshold and smallest
     tumour (:func:`tumour_criterion`)."""
+    tta_scores: dict[str, float] = field(default_factory=dict)
+    """With ``tumour_tta="auto"``: the best validation tumour Dice (pooled by
+    ``criterion``, over the threshold and smallest-tumour grid) of each tumour-stage
+    TTA tried, keyed by its ``repr``; empty otherwise."""
 
     @property
     def min_voxels_scores(self) -> dict[int, float]:
@@ -465,6 +474,8 @@ class Tuning:
             "tumour_threshold": self.tumour_threshold,
             "tumour_min_voxels": self.tumour_min_voxels,
             "tumour_criterion": self.criterion,
+            "tumour_tta": self.cascade.tumour_tta,
+            "val_tumour_dice_by_tta": self.tta_scores,
             "val_tumour_dice_by_min_voxels": self.min_voxels_scores,
             "val_tumour_dice_by_threshold": {
                 str(t): row for t, row in self.threshold_scores.items()
@@ -496,6 +507,38 @@ def _best_postprocessing(
     return threshold, min(m for m, d in row.items() if d == max(row.values()))
 
 
+def _tta_choice(
+    trial: Cascade,
+    arrays: Sequence[tuple[np.ndarray, np.ndarray]],
+    crf: str,
+    grid: dict[float, dict[int, float]],
+    crfs: dict[str, dict[str, Any]],
+    *,
+    thresholds: Sequence[float],
+    sizes: Sequence[int],
+    criterion: Criterion,
+    tolerance: float,
+) -> tuple[TTA, dict[float, dict[int, float]], dict[str, float]]:
+    """The tumour TTA (of :data:`TUMOUR_TTAS`), its threshold grid and each one's best Dice.
+
+    ``grid`` is the first TTA's (``trial`` runs with it); each other runs the cascade
+    again with the ``crf`` stages. The cheapest within ``tolerance`` of the best wins.
+    """
+    from featsup.inference.bundle import cascade_arguments
+
+    grids = {TUMOUR_TTAS[0]: grid}
+    for tta in TUMOUR_TTAS[1:]:
+        other = Cascade(trial.liver_model, trial.tumour_model,
+                        **{**cascade_arguments(trial), "tumour_tta": tta})  # fmt: skip
+        trials = _crf_trials(other, arrays, crfs["liver"], crfs["tumour"], thresholds=thresholds,
+                             sizes=sizes, stages=(crf,), criterion=criterion)  # fmt: skip
+        grids[tta] = trials[crf]["by_threshold"]
+    best = {tta: max(d for row in g.values() for d in row.values()) for tta, g in grids.items()}
+    top = max(best.values())
+    chosen = next(tta for tta in TUMOUR_TTAS if best[tta] >= top - tolerance)
+    return chosen, grids[chosen], {repr(tta): d for tta, d in best.items()}
+
+
 def tune_on_validation(
     cascade: Cascade,
     cases: Sequence[Any],
@@ -508,6 +551,7 @@ def tune_on_validation(
     tumour_threshold: float | Sequence[float] = TUMOUR_THRESHOLDS,
     tumour_min_voxels: int | Sequence[int] = TUMOUR_MIN_VOXELS,
     criterion: Criterion = "global",
+    tumour_tta: TTA | Literal["auto"] | None = None,
 ) -> Tuning:
     """Choose a cascade's heads, CRF stages, tumour threshold and smallest tumour, on validation.
 
@@ -518,7 +562,12 @@ def tune_on_validation(
     Dice (pooled over the cases by ``criterion``) is within ``tolerance`` of the best
     pair's, so that a gain of noise size does not move it, then that threshold's smallest
     tumour of best Dice (the smallest on a tie); both measured on the same runs as the CRF
-    stages. Each case is loaded once and each model runs once per CRF choice.
+    stages. Each case is loaded once and each model runs once per CRF choice. With
+    ``tumour_tta="auto"``, the tumour stage's test-time augmentation too
+    (:data:`TUMOUR_TTAS`, cheapest first): the cascade runs again with the chosen CRF
+    stages for each, and the cheapest whose best validation tumour Dice over the
+    threshold and smallest-tumour grid is within ``tolerance`` of the best is kept,
+    with its own threshold and smallest tumour.
 
     Args:
         cascade: the trained cascade; it is not changed.
@@ -537,14 +586,17 @@ def tune_on_validation(
             on the example's five validation cases that choice did worse on held-out
             validation cases than the global Dice (``benchmarks/tuning_criterion.py``),
             though better on two fresh test splits (docs/cascade.md).
+        tumour_tta: the tumour stage's test-time augmentation (:class:`Cascade`'s
+            ``tumour_tta``): None keeps the cascade's, ``"auto"`` chooses it on
+            validation, else the one to use.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
 
     Raises:
         ValueError: for a bad ``crf``, ``tolerance``, ``tumour_threshold``,
-            ``tumour_min_voxels`` or ``criterion``, or cases as :func:`choose_heads`
-            refuses them.
+            ``tumour_min_voxels``, ``criterion`` or ``tumour_tta``, or cases as
+            :func:`choose_heads` refuses them.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -560,21 +612,29 @@ def tune_on_validation(
 
     check_choice("crf", crf, ("auto", "none", "liver", "both"))
     check_choice("criterion", criterion, TUMOUR_CRITERIA)
+    auto_tta = tumour_tta == "auto"
+    if tumour_tta is not None and not auto_tta:
+        check_tta("tumour_tta", tumour_tta)
+        cascade = Cascade(cascade.liver_model, cascade.tumour_model,
+                          **{**cascade_arguments(cascade), "tumour_tta": tumour_tta})  # fmt: skip
     thresholds = _candidates("tumour_threshold", tumour_threshold, float, 0.0, 1.0)
     sizes = _candidates("tumour_min_voxels", tumour_min_voxels, int, 0, float("inf"))
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
     choice = choose_heads(cascade, arrays, tolerance=tolerance)
     liver_head, tumour_head = heads or (choice.liver_head, choice.tumour_head)
     options = {**cascade_arguments(cascade), "liver_head": liver_head, "tumour_head": tumour_head}
+    if auto_tta:
+        options["tumour_tta"] = TUMOUR_TTAS[0]
     crfs = {"liver": liver_crf or dict(CRF_PRESETS["liver"]),
             "tumour": tumour_crf or dict(CRF_PRESETS["tumour"])}  # fmt: skip
     trial = choice.cascade  # prepared with the chosen heads: reused, not rebuilt
-    if heads is not None or trial is None:
+    if heads is not None or trial is None or auto_tta:
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     scores: dict[str, dict[str, float]] = {}
     grid: dict[float, dict[int, float]] = {}
+    tta_scores: dict[str, float] = {}
     threshold, min_voxels = thresholds[0], sizes[0]
-    if crf == "auto" or len(thresholds) * len(sizes) > 1:  # else nothing is left to choose
+    if crf == "auto" or auto_tta or len(thresholds) * len(sizes) > 1:  # else nothing to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
                              thresholds=thresholds, sizes=sizes, stages=stages,
@@ -583,11 +643,16 @@ def tune_on_validation(
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
         grid = trials[crf]["by_threshold"]
+        if auto_tta:
+            options["tumour_tta"], grid, tta_scores = _tta_choice(
+                trial, arrays, crf, grid, crfs, thresholds=thresholds, sizes=sizes,
+                criterion=criterion, tolerance=tolerance,
+            )  # fmt: skip
         threshold, min_voxels = _best_postprocessing(grid, tolerance)
     options["liver_crf"] = crfs["liver"] if crf != "none" else None
     options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
     options["tumour_threshold"], options["tumour_min_voxels"] = threshold, min_voxels
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion)
+    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion, tta_scores)
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

@@ -26,7 +26,9 @@ from featsup.data.preprocess import Preprocessing, preprocess_volume
 from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
+    "TTA",
     "PreparedModel",
+    "check_tta",
     "heads_of",
     "model_preprocessing",
     "predict_volume",
@@ -34,10 +36,40 @@ __all__ = [
     "resolve_device",
     "select_head",
     "stack_context",
+    "tta_flips",
 ]
 
 Head: TypeAlias = int | Literal["all"] | None
 """A UNet++ head 1..d, None for the deepest, or ``"all"`` for every head from one pass."""
+
+TTA: TypeAlias = bool | Literal["flips"]
+"""Test-time augmentation: False (none), True (left-right mirror) or ``"flips"`` (the
+identity and the three in-plane flips: left-right, up-down and both)."""
+
+
+def check_tta(name: str, tta: object) -> TTA:
+    """``tta`` if it is a valid :data:`TTA`, else a ValueError naming ``name``.
+
+    Example:
+        >>> check_tta("tta", "flips")
+        'flips'
+    """
+    if tta is True or tta is False or tta == "flips":
+        return tta  # type: ignore[return-value]
+    raise ValueError(f"{name}: expected False, True (left-right) or 'flips', got {tta!r}")
+
+
+def tta_flips(tta: TTA) -> list[tuple[int, ...]]:
+    """The axes (of the last two, H and W) each averaged prediction flips.
+
+    Example:
+        >>> tta_flips(False), tta_flips(True), tta_flips("flips")
+        ([()], [(), (-1,)], [(), (-1,), (-2,), (-2, -1)])
+    """
+    check_tta("tta", tta)
+    if tta == "flips":
+        return [(), (-1,), (-2,), (-2, -1)]
+    return [(), (-1,)] if tta else [()]
 
 
 class PreparedModel(nn.Module):
@@ -228,7 +260,7 @@ def predict_volume(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     size: int | tuple[int, int] | None = None,
-    tta: bool = False,
+    tta: TTA = False,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     preprocessing: Preprocessing | Literal["model"] | None = None,
     context: int = 0,
@@ -254,7 +286,9 @@ def predict_volume(
             ``"auto"``, or the device of a prepared model.
         size: if given, slices are resized (bilinear) to this size for the model and the
             probabilities resized back to (H, W).
-        tta: also predict the left-right mirrored slices and average.
+        tta: also predict the left-right mirrored slices (True), or every in-plane flip
+            (``"flips"``: left-right, up-down and both), and average the probabilities;
+            each flip costs one more pass.
         transform: optional callable applied to each (B, C, H, W) batch on the device.
         preprocessing: if given, ``volume`` is in HU and is preprocessed with it first:
             the training dataset's ``.preprocessing``, or ``"model"`` for the one the
@@ -275,7 +309,8 @@ def predict_volume(
         ValueError: if ``volume`` is not 3D or 4D (3D with ``preprocessing`` or
             ``context``), has no slice, ``batch_size`` < 1, ``context`` < 0, ``classes``
             is out of range, ``head`` / ``device`` contradict a prepared model, or
-            ``preprocessing="model"`` and the model recorded none.
+            ``preprocessing="model"`` and the model recorded none, or ``tta`` is not a
+            :data:`TTA`.
 
     Example:
         >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
@@ -288,6 +323,7 @@ def predict_volume(
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
+    flips = tta_flips(check_tta("tta", tta))
     if context < 0:
         raise ValueError(f"context: expected an int >= 0, got {context!r}")
     if context and volume.ndim != 3:
@@ -316,7 +352,7 @@ def predict_volume(
     for start in tqdm(starts, desc="slices", disable=not progress, leave=False):
         stop = min(start + batch_size, slices.shape[0])
         x = _batch(slices, start, stop, context).to(net.device)
-        probs = _predict_batch(net, x, size=size, tta=tta, transform=transform)
+        probs = _predict_batch(net, x, size=size, flips=flips, transform=transform)
         if classes is not None:
             probs = [p[:, _class_index(classes, p.shape[1])] for p in probs]
         if out is None:
@@ -344,12 +380,13 @@ def _predict_batch(
     x: torch.Tensor,
     *,
     size: int | tuple[int, int] | None,
-    tta: bool,
+    flips: list[tuple[int, ...]],
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> list[torch.Tensor]:
     """(B, C, H, W) batch on the device -> (B, K, H, W) float32 probabilities on the CPU.
 
-    A list with one per head: one, or every head with ``head="all"``.
+    A list with one per head: one, or every head with ``head="all"``; each the mean over
+    ``flips`` (:func:`tta_flips`) of the flipped input's prediction, flipped back.
     """
     out_hw = tuple(x.shape[-2:])
     if size is not None:
@@ -362,8 +399,11 @@ def _predict_batch(
         return [_probabilities(z) for z in (logits if isinstance(logits, list) else [logits])]
 
     probs = heads(x)
-    if tta:
-        probs = [0.5 * (p + q.flip(-1)) for p, q in zip(probs, heads(x.flip(-1)), strict=True)]
+    for dims in flips[1:]:
+        more = heads(x.flip(dims))
+        probs = [p + q.flip(dims) for p, q in zip(probs, more, strict=True)]
+    if len(flips) > 1:
+        probs = [p / len(flips) for p in probs]
     if size is not None:
         probs = [F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False) for p in probs]
     return [p.cpu() for p in probs]
