@@ -262,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="dense CRF on (stored settings, else the presets) or off "
                    "(default: as stored)")  # fmt: skip
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with left-right mirrored slices, both stages (default: as stored)")  # fmt: skip
+                   help="average with left-right mirrored slices, in both stages "
+                   "(default: as stored)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="threads that read the next volumes and write finished ones while "
                    "the model runs (default 1; 0 = one thing at a time, least memory)")  # fmt: skip
