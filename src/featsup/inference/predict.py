@@ -323,7 +323,7 @@ def predict_volume(
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
-    flips = tta_flips(check_tta("tta", tta))
+    flips = tta_flips(tta)  # checks it
     if context < 0:
         raise ValueError(f"context: expected an int >= 0, got {context!r}")
     if context and volume.ndim != 3:
