@@ -12,6 +12,7 @@ head, the split and every choice made on validation). --dims 3 trains the tumour
     python examples/lits_cascade.py                       # phantom, CPU defaults
     python examples/lits_cascade.py --dims 3              # the tumour stage in 3D
     python examples/lits_cascade.py --data /data/LiTS --device cuda --size 512
+    python examples/lits_cascade.py --device cuda --preset cpu --validation-only  # settings
 """
 
 from __future__ import annotations
@@ -122,10 +123,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lr", type=float)
     add("--mask-dilation", type=int, default=0, help="grow training liver masks (0: paper;"
         " chosen on validation, docs/cascade.md); --tumour-scope liver only")  # fmt: skip
+    add("--liver-lesion-weight", type=float, default=1.0, help="Dice weight of tumour pixels"
+        " in the liver stage's training slices (1: every pixel alike, the paper); larger keeps"
+        " large dark lesions inside the liver mask")  # fmt: skip
     add("--tumour-scope", choices=("liver", "roi"), default="roi", help="the tumour model sees"
         " the liver only (paper) or the whole ROI, keeping tumours that touch the liver whole"
         " (chosen on validation, docs/cascade.md)")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
+        "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")
     add("--tumour-tta", choices=tuple(TUMOUR_TTA), default="none", help="the tumour stage's "
@@ -142,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--test-cases", nargs="+", help="case ids to test on (default: drawn by --seed)")
     add("--test-fraction", type=float, default=0.25)
     add("--val-cases", type=int, help="validation cases (every choice is made here)")
+    add("--validation-only", action="store_true", help="stop after the choices on validation:"
+        " cascade.pt and metrics.json, no test case scored (for comparing settings)")  # fmt: skip
     args = p.parse_args(argv)
     args.device = str(resolve_device(args.device))
     if args.amp == "auto":
@@ -150,7 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.steps is not None and args.tumour_steps is None:
         args.tumour_steps = args.steps
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    kind = args.preset
+    if kind == "auto":
+        kind = "cuda" if args.device.startswith("cuda") else "cpu"
     if args.data is not None and args.extra_train_cases:
         p.error(f"--extra-train-cases: phantom cases, expected none with --data, got "
                 f"{args.extra_train_cases}")  # fmt: skip
@@ -164,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dilation, val, cases = args.mask_dilation, args.val_cases, args.cases
     for wrong, message in (
         (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
+        (not args.liver_lesion_weight > 0,
+         f"--liver-lesion-weight: expected > 0, got {args.liver_lesion_weight}"),
         (dilation > 0 and args.tumour_scope == "roi",
          f"--mask-dilation: expected 0 with --tumour-scope roi (nothing is masked), got "
          f"{dilation}; fix: add --tumour-scope liver"),
@@ -237,6 +249,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
         cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
+        lesion_weight=args.liver_lesion_weight if liver and args.liver_lesion_weight != 1 else None,
     )  # fmt: skip
 
 
@@ -392,13 +405,14 @@ def main(argv: list[str] | None = None) -> dict:
     lap("tumour training")
     tuning = tune(liver, tumour, cases["val"], args)
     lap("validation choices")
-    metrics = evaluate(tuning.cascade, cases["test"], args)
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
+    metrics = {} if args.validation_only else evaluate(tuning.cascade, cases["test"], args)
     tuning.cascade.save(args.out / "cascade.pt", training={
         "data": str(args.data or "phantom"), "split": split, "variant": args.variant,
         "tumour_variant": args.tumour_variant,
     })  # fmt: skip
-    lap("test evaluation")
+    if not args.validation_only:
+        lap("test evaluation")
     seconds["total"] = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metrics.update(variant=args.variant, tumour_variant=args.tumour_variant, settings=settings,
@@ -407,6 +421,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data is None:  # which phantom: case N is make_phantom(phantom_seed + N)
         metrics["phantom_seed"] = phantom_seed(args.seed)
     (args.out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, default=str))
+    if args.validation_only:
+        print("\n--validation-only: no test case scored; timings: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))  # fmt: skip
+        print(f"wrote {args.out}/cascade.pt, metrics.json")
+        return metrics
     report(metrics, seconds, args)
     print(f"\nwrote {args.out}/cascade.pt, metrics.json, predictions/, figures/")
     return metrics

@@ -328,3 +328,41 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
         stage_datasets("tumour", [first], [third], size=24, patch=(4, 16, 16), augment=mine)
     with pytest.raises(ValueError, match="stage"):
         stage_datasets("kidney", [first], [third], size=24)  # type: ignore[arg-type]
+    weighted, weighted_val = stage_datasets("liver", [first], [third], size=32, lesion_weight=4)
+    assert weighted.lesion_weight == 4.0 and weighted_val.lesion_weight is None  # training only
+    assert liver.lesion_weight is None
+    with pytest.raises(ValueError, match="lesion_weight"):
+        stage_datasets("tumour", [first], [third], size=24, lesion_weight=4)
+
+
+@pytest.mark.parametrize("augment", [None, SliceAugment(flip_p=0.0)])
+def test_liver_lesion_weight_marks_the_tumour_pixels_of_the_served_slice(
+    phantom_folder: Path, loaded, augment
+) -> None:
+    plain = LiverSliceDataset(phantom_folder, empty_fraction=None, augment=augment, seed=4)
+    weighted = LiverSliceDataset(
+        phantom_folder, empty_fraction=None, augment=augment, seed=4, lesion_weight=3.0
+    )
+    assert "weight" not in plain[0]
+    tumour_pixels = 0
+    for index in range(len(weighted)):
+        item, same = weighted[index], plain[index]
+        weight = item["weight"].numpy()
+        assert item["weight"].dtype == torch.float32 and weight.shape == (96, 96)
+        assert set(np.unique(weight)) <= {1.0, 3.0}
+        # the target is the plain liver target (augmented alike), tumour inside it
+        np.testing.assert_array_equal(item["target"].numpy(), same["target"].numpy())
+        np.testing.assert_array_equal(item["image"].numpy(), same["image"].numpy())
+        assert np.all(item["target"].numpy()[weight == 3.0] == 1)
+        if augment is None:  # unaugmented: exactly the stored tumour labels
+            labels = loaded[int(item["case_id"])].labels[item["slice_index"]]
+            np.testing.assert_array_equal(weight == 3.0, labels == 2)
+        tumour_pixels += int((weight == 3.0).sum())
+    assert tumour_pixels > 0  # the phantom has lesions, so the test can fail
+
+
+def test_liver_lesion_weight_is_checked(phantom_folder: Path) -> None:
+    with pytest.raises(ValueError, match="lesion_weight"):
+        LiverSliceDataset(phantom_folder, lesion_weight=0.0)
+    with pytest.raises(ValueError, match="classes='all'"):
+        LiverSliceDataset(phantom_folder, classes="all", lesion_weight=2.0)

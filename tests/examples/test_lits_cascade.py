@@ -212,6 +212,13 @@ def test_bad_flags_give_clear_messages(
     assert (three.tumour_steps, three.steps) == (preset["tumour_steps"], two.steps)
     assert (two.patch, two.tumour_steps) == (None, example.PRESETS["cpu"]["tumour_steps"])
     assert example.parse_args(["--dims", "3", "--steps", "7"]).tumour_steps == 7
+    with pytest.raises(SystemExit):
+        example.parse_args(["--liver-lesion-weight", "0"])
+    assert "--liver-lesion-weight: expected > 0" in capsys.readouterr().err
+    for preset in ("cpu", "cuda"):  # another device's recipe, whatever the device
+        chosen = example.parse_args(["--device", "cpu", "--preset", preset])
+        assert (chosen.size, chosen.steps) == tuple(example.PRESETS[preset][k]
+                                                    for k in ("size", "steps"))  # fmt: skip
 
 
 def test_each_seed_writes_its_own_phantom(example: ModuleType, tmp_path: Path) -> None:
@@ -272,3 +279,26 @@ def test_amp_auto_keeps_3d_in_float32_without_amx(example: ModuleType, monkeypat
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         assert example.cpu_bf16_is_safe(2) is True
         assert example.cpu_bf16_is_safe(3) is three_d
+
+
+@pytest.mark.slow
+def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    from featsup.inference import Cascade
+
+    out = tmp_path / "run"
+    args = example.parse_args([*TINY, "--out", str(out), "--liver-lesion-weight", "3"])
+    cases = example.split_cases(args)
+    train, val = example.datasets("liver", cases, args)
+    assert train.lesion_weight == 3.0 and val.lesion_weight is None
+    assert "weight" not in example.datasets("tumour", cases, args)[0][0]  # the liver's only
+    assert example.datasets("liver", cases, example.parse_args(TINY))[0].lesion_weight is None
+    metrics = example.main([*TINY, "--out", str(out), "--liver-lesion-weight", "3",
+                            "--validation-only", "--crf", "none"])  # fmt: skip
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "test evaluation" not in saved["seconds"] and "cases" not in saved
+    assert not (out / "predictions").exists()  # nothing predicted on a test case
+    assert saved["settings"]["liver_lesion_weight"] == 3.0 and metrics["split"]["test"]
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")  # chosen on validation, kept
+    assert cascade.tumour_threshold == saved["chosen_on_validation"]["tumour_threshold"]

@@ -68,3 +68,19 @@ def test_a_compiled_supervisor_steps_with_its_feature_loss() -> None:
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logs["feature"]) and logs["feature"] > 0
     assert model.student.encoder["x0_0"].conv1.conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("variant", ["UN-DS", "ES-DS"])
+def test_the_step_passes_a_batchs_pixel_weights_to_the_dice(variant: str) -> None:
+    torch.manual_seed(0)
+    model = build_variant(variant, in_channels=1, num_classes=2, widths=WIDTHS, teacher=teacher())
+    model.eval()  # the same forward each time
+    batch = {"image": torch.randn(2, 1, 16, 16), "target": torch.randint(0, 2, (2, 16, 16))}
+    step = segmentation_step()
+    plain = step(model, batch)[1]["seg"]
+    ones = step(model, {**batch, "weight": torch.ones(2, 16, 16)})[1]["seg"]
+    heavy = torch.ones(2, 16, 16)
+    heavy[:, :4] = 5.0
+    weighted = step(model, {**batch, "weight": heavy})[1]["seg"]
+    torch.testing.assert_close(ones, plain)  # weights of 1 are the paper's loss
+    assert not torch.allclose(weighted, plain)

@@ -8,6 +8,8 @@ with ``cache_dir``) and serve axial slices as::
     {"image": float32 tensor (C, H, W), "target": int64 tensor (H, W),
      "case_id": str, "slice_index": int}
 
+and, with ``LiverSliceDataset(lesion_weight=)``, ``"weight": float32 tensor (H, W)``.
+
 ``C = 2 * context + 1``: the slice and ``context`` neighbours on each side (2.5D input;
 indices are clamped at the ends of the volume). ``size=(H, W)`` resizes every slice
 (bilinear image, nearest target) so that batches stack. Augmentation is seeded by
@@ -144,12 +146,20 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
             image, target = self.augment(image, target, rng)
-        return {
+        target, weight = self._split_target(target)
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64)),
             "case_id": self.volumes[v].case_id,
             "slice_index": k,
         }
+        if weight is not None:
+            item["weight"] = torch.from_numpy(weight)
+        return item
+
+    def _split_target(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(served target, pixel weight map or None) of a resized, augmented target."""
+        return target, None
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +186,12 @@ class LiverSliceDataset(_SliceDataset):
             and inference.
         cache_dir: folder for the preprocessed memory maps; None keeps them in memory.
         num_workers: processes preparing the volumes (0 = this process).
+        lesion_weight: None, or a weight > 0 for tumour pixels (which are liver): items
+            then carry ``"weight"``, a float32 (H, W) map that is ``lesion_weight`` on
+            tumour and 1 elsewhere, for the weighted Dice of
+            :func:`~featsup.losses.seg_loss` (the training step passes it). Lesions are a
+            small share of the liver, so a liver model can leave a large dark one out of
+            the liver at little cost to its loss; the tumour stage then never sees it.
 
     Example:
         >>> import tempfile
@@ -185,6 +201,9 @@ class LiverSliceDataset(_SliceDataset):
         >>> item = LiverSliceDataset(folder, context=1, size=(32, 32))[0]
         >>> tuple(item["image"].shape), tuple(item["target"].shape), item["target"].dtype
         ((3, 32, 32), (32, 32), torch.int64)
+        >>> weighted = LiverSliceDataset(folder, size=(32, 32), lesion_weight=4.0)[0]
+        >>> tuple(weighted["weight"].shape), weighted["weight"].dtype
+        ((32, 32), torch.float32)
     """
 
     def __init__(
@@ -200,8 +219,17 @@ class LiverSliceDataset(_SliceDataset):
         preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
+        lesion_weight: float | None = None,
     ) -> None:
         self.classes = check_choice("classes", classes, ("liver", "all"))
+        if lesion_weight is not None:
+            check_positive("lesion_weight", lesion_weight)
+            if self.classes != "liver":
+                raise ValueError(
+                    f"lesion_weight: expected None with classes='all' (the target holds the "
+                    f"tumours itself), got {lesion_weight}"
+                )
+        self.lesion_weight = None if lesion_weight is None else float(lesion_weight)
         super().__init__(
             cases,
             context=context,
@@ -223,8 +251,15 @@ class LiverSliceDataset(_SliceDataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         image = volume.image(self._neighbours(volume, k))
         labels = np.asarray(volume.labels()[k])
-        target = (labels > 0).astype(np.int64) if self.classes == "liver" else labels
+        keep = self.classes == "all" or self.lesion_weight is not None  # split after augment
+        target = labels if keep else (labels > 0)
         return image, target.astype(np.int64)
+
+    def _split_target(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.lesion_weight is None:
+            return target, None
+        weight = np.where(target == 2, np.float32(self.lesion_weight), np.float32(1.0))
+        return (target > 0).astype(np.int64), np.ascontiguousarray(weight, dtype=np.float32)
 
 
 class TumourSliceDataset(_SliceDataset):

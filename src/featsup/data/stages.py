@@ -36,6 +36,7 @@ def stage_datasets(
     preprocessing: Preprocessing | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     augment: SliceAugment | None = None,
+    lesion_weight: float | None = None,
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -71,6 +72,9 @@ def stage_datasets(
         cache_dir: where the preprocessed volumes are cached.
         augment: 2D stages only: the training slices' augmentation instead of the stage's
             own (above), for example ``SliceAugment(lesion_reversal_p=0.3)``.
+        lesion_weight: liver stage only: the Dice weight of tumour pixels in the
+            training items (``LiverSliceDataset(lesion_weight=)``); None weighs every
+            pixel alike (the paper). Validation items carry no weight.
 
     Returns:
         ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
@@ -89,6 +93,11 @@ def stage_datasets(
     check_choice("stage", stage, ("liver", "tumour"))
     if augment is not None and patch is not None:
         raise ValueError("augment: expected None with patch (3D patches flip in-plane only)")
+    if lesion_weight is not None and stage != "liver":
+        raise ValueError(
+            f"lesion_weight: expected None for the {stage} stage (it weighs the liver "
+            f"stage's tumour pixels), got {lesion_weight}"
+        )
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
         if stage != "tumour":
@@ -114,7 +123,7 @@ def stage_datasets(
     if stage == "liver":
         train = LiverSliceDataset(
             list(train_cases), augment=augment or SliceAugment(flip_p=0.0), seed=seed,
-            empty_fraction=empty, **common,
+            empty_fraction=empty, lesion_weight=lesion_weight, **common,
         )  # fmt: skip
         return train, LiverSliceDataset(
             list(val_cases), empty_fraction=val_empty_fraction, **common

@@ -110,20 +110,22 @@ def segmentation_step(
         feature_weight: w2 of eq. 17, ``TotalLoss(feature_weight=)``.
 
     Returns:
-        ``step(model, batch) -> (loss, logs)`` for batches ``{"image", "target"}``.
+        ``step(model, batch) -> (loss, logs)`` for batches ``{"image", "target"}``, and
+        an optional ``"weight"`` (B, *spatial) pixel-weight map for the Dice term (as
+        ``LiverSliceDataset(lesion_weight=)`` serves).
     """
     total = TotalLoss(seg=loss or DeepSupervisionLoss(SegLoss()), feature_weight=feature_weight)
 
     def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, target = batch["image"], batch["target"]
+        image, target, weight = batch["image"], batch["target"], batch.get("weight")
         if supervised_student(model) is not None:
             out = model(image, target)
-            parts = total.terms(out.output, target, feature=out.feature_loss)
+            parts = total.terms(out.output, target, feature=out.feature_loss, weight=weight)
             return parts["total"], {
                 "seg": parts["seg"].detach(),
                 "feature": parts["feature"].detach(),
             }
-        parts = total.terms(model(image), target)
+        parts = total.terms(model(image), target, weight=weight)
         return parts["total"], {"seg": parts["seg"].detach()}
 
     return step
