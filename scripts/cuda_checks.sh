@@ -4,6 +4,7 @@
 # run on the GPU. Each step has its own time limit so that one slow step cannot eat the rest.
 #
 #   bash scripts/cuda_checks.sh [OUT_DIR]        # logs and JSON land in OUT_DIR
+#   STEPS="tests pruning_3d" bash scripts/cuda_checks.sh OUT   # only the steps named
 #
 # Needs featsup importable (installed, or PYTHONPATH=src) and the test extra.
 set -u
@@ -15,6 +16,7 @@ py=${PYTHON:-python3}
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to stdout, report the status
     local name=$1 limit=$2
     shift 2
+    case " ${STEPS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
     echo "=== $name (limit ${limit}s, $(date +%T))"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1
@@ -37,5 +39,6 @@ step crf 75 "$py" benchmarks/crf_speed.py --device cuda --repeats 5 --json "$out
 step cascade "${CASCADE_LIMIT:-160}" "$py" examples/lits_cascade.py --device cuda \
     --out "${CASCADE_OUT:-$out/cascade}" --cases 12 --phantom-shape 48 256 256 --size 256 --tumour-size 128 \
     --steps 400 --teacher-steps 100
-m=${CASCADE_OUT:-$out/cascade}/metrics.json; [ -f "$m" ] && cp "$m" "$out/cascade_metrics.json"
+m=${CASCADE_OUT:-$out/cascade}/metrics.json
+[ -f "$m" ] && cp "$m" "$out/cascade_metrics.json"
 exit 0
