@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from featsup import data as fd
 
@@ -20,3 +21,10 @@ def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
     parts = [folder / "phantom", folder / "phantom_train"]
     cases = {c.case_id: c for part in parts if part.is_dir() for c in fd.find_cases(part)}
     return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
+
+
+def write_json(path: Path | None, report: Any, indent: int = 2) -> None:
+    """Write a benchmark's report to ``path`` (its folder made), when a path is given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=indent))

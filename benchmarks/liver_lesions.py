@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _example_run import example_split
+from _example_run import example_split, write_json
 from scipy import ndimage
 
 from featsup import data as fd
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         diffs = [r["difference"][m] for r in results]
         print(f"  {m:<14} {_mean_sd(diffs)}   ({', '.join(f'{d:+.3f}' for d in diffs)})")
     report = {"pairs": results, "validation_cases_only": True}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return report
 
 

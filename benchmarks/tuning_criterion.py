@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _example_run import example_split
+from _example_run import example_split, write_json
 
 from featsup import data as fd
 from featsup.inference import TUMOUR_CRITERIA, Cascade, tumour_criterion
@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"tolerance": args.tolerance, "thresholds": TUMOUR_THRESHOLDS,
            "sizes": TUMOUR_MIN_VOXELS, "runs": results, "paired_to_per_case": paired,
            "cases": {f: cache[f]["cases"] for f in results}}  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+    write_json(args.json, out, indent=1)
     return out
 
 
