@@ -35,46 +35,13 @@ from typing import Any
 
 import numpy as np
 from _example_run import example_split, write_json
-from scipy import ndimage
+from tumour_errors import lesions
 
 from featsup import data as fd
 from featsup.inference import Cascade
+from featsup.metrics import dice_score
 
 METRICS = ("liver_dice", "coverage", "left_out", "tumour_dice", "tumour_global")
-
-
-def lesion_scores(labels: np.ndarray, liver_mask: np.ndarray) -> dict[str, int]:
-    """Counts of one case: tumour voxels, those inside the mask, lesions, lesions left out.
-
-    Args:
-        labels: (D, H, W) reference labels (0 background, 1 liver, 2 tumour).
-        liver_mask: (D, H, W) bool predicted liver mask.
-
-    Example:
-        >>> labels = np.zeros((1, 4, 6), np.uint8)
-        >>> labels[0, 1:3, 0:2] = 2; labels[0, 1:3, 4:6] = 2
-        >>> mask = np.zeros((1, 4, 6), bool); mask[0, :, :3] = True
-        >>> lesion_scores(labels, mask)
-        {'tumour': 8, 'inside': 4, 'lesions': 2, 'left_out': 1}
-    """
-    tumour = labels == 2
-    components, count = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
-    left_out = 0
-    if count:
-        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-        inside = np.bincount(components[liver_mask].ravel(), minlength=count + 1)[1:]
-        left_out = int(np.sum(inside < 0.5 * sizes))
-    return {
-        "tumour": int(tumour.sum()),
-        "inside": int(np.sum(tumour & liver_mask)),
-        "lesions": int(count),
-        "left_out": left_out,
-    }
-
-
-def _dice(p: np.ndarray, g: np.ndarray) -> float:
-    total = int(p.sum()) + int(g.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.sum(p & g)) / total
 
 
 def run_scores(folder: Path, device: str) -> dict[str, Any]:
@@ -85,11 +52,16 @@ def run_scores(folder: Path, device: str) -> dict[str, Any]:
         loaded = fd.load_case(case)
         result = cascade(loaded.volume)
         truth = np.asarray(loaded.labels)
-        counts = lesion_scores(truth, result.liver_mask)
+        # per reference lesion (26-connected): its voxels, and those inside the liver mask
+        found = lesions(np.asarray(loaded.volume), truth, result.liver_mask)
         rows.append({
-            "case": case.case_id, **counts,
-            "liver_dice": _dice(result.labels > 0, truth > 0),
-            "tumour_dice": _dice(result.labels == 2, truth == 2),
+            "case": case.case_id,
+            "tumour": sum(x["voxels"] for x in found),
+            "inside": sum(x["found"] for x in found),
+            "lesions": len(found),
+            "left_out": sum(x["found"] < 0.5 * x["voxels"] for x in found),
+            "liver_dice": dice_score(result.labels > 0, truth > 0),
+            "tumour_dice": dice_score(result.labels == 2, truth == 2),
             "tumour_overlap": int(np.sum((result.labels == 2) & (truth == 2))),
             "tumour_predicted": int(np.sum(result.labels == 2)),
         })  # fmt: skip
