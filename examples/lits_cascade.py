@@ -132,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--liver-lesion-weight", type=float, default=1.0, help="Dice weight of tumour pixels"
         " in the liver stage's training slices (1: every pixel alike, the paper); larger keeps"
         " large dark lesions inside the liver mask")  # fmt: skip
+    add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
+        " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
+        "scratch")  # fmt: skip
     add("--tumour-scope", choices=("liver", "roi"), default="roi", help="the tumour model sees"
         " the liver only (paper) or the whole ROI, keeping tumours that touch the liver whole"
         " (chosen on validation, docs/cascade.md)")  # fmt: skip
@@ -407,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     lap("data")
     liver = train_stage("liver", cases, args)
     lap("liver training")
-    tumour = train_stage("tumour", cases, args, init=liver)
+    tumour = train_stage("tumour", cases, args, init=liver if args.tumour_init == "liver" else None)
     lap("tumour training")
     tuning = tune(liver, tumour, cases["val"], args)
     lap("validation choices")

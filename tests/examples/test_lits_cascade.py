@@ -218,6 +218,10 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--liver-lesion-weight", "0"])
     assert "--liver-lesion-weight: expected > 0" in capsys.readouterr().err
+    assert example.parse_args([]).tumour_init == "liver"  # transfer learning, paper 4.2.5
+    assert example.parse_args(["--tumour-init", "none"]).tumour_init == "none"
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-init", "imagenet"])
     for preset in ("cpu", "cuda"):  # another device's recipe, whatever the device
         chosen = example.parse_args(["--device", "cpu", "--preset", preset])
         assert (chosen.size, chosen.steps) == tuple(example.PRESETS[preset][k]
