@@ -1,4 +1,4 @@
-"""Train and evaluate the paper's liver -> tumour cascade of ES-UNet++ (sections 3.2.3, 4.2.5).
+"""Train and evaluate the paper's liver -> tumour cascade (ES-UNet++, sections 3.2.3, 4.2.5).
 
 With no arguments: write a synthetic CT phantom in LiTS layout; train the UN-DS liver model
 and the UN-DS tumour model (from the liver model); choose heads and CRF stages on the
@@ -134,7 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " large dark lesions inside the liver mask")  # fmt: skip
     add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
         " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
-        "scratch")  # fmt: skip
+        "scratch (0.126 +- 0.122 lower validation Dice per case over three seeds; "
+        "docs/cascade.md)")  # fmt: skip
     add("--tumour-scope", choices=("liver", "roi"), default="roi", help="the tumour model sees"
         " the liver only (paper) or the whole ROI, keeping tumours that touch the liver whole"
         " (chosen on validation, docs/cascade.md)")  # fmt: skip
