@@ -3,10 +3,10 @@
 The liver label of LiTS includes the tumours (liver = label > 0), and the tumour stage looks
 for tumour only where the liver stage put liver (or next to it). A liver model that leaves a
 large dark lesion out of its mask costs itself little Dice (lesions are a small share of
-the liver) but costs the tumour stage the whole lesion. ``examples/lits_cascade.py
---liver-lesion-weight W`` weighs tumour pixels W times in the liver stage's Dice to fight
-this. This script compares finished example runs in pairs (the same ``--seed``, so the same
-phantom and split; one without the weight, one with), on their **validation** cases only:
+the liver) but costs the tumour stage the whole lesion. This script compares finished
+example runs of two settings in pairs (the same ``--seed``, so the same phantom and split;
+say, ``--liver-lesion-weight 1`` and ``5``, or ``--variant ES-DS`` and ``UN-DS``, as
+``scripts/paired_runs_cuda.sh`` makes them), on their **validation** cases only:
 each run's saved cascade (its own heads, CRF stages, threshold and smallest tumour, all
 chosen on those cases) runs once per validation case, and for each run it reports
 
@@ -88,8 +88,8 @@ def _mean_sd(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", nargs="+", required=True, metavar="FIRST:SECOND",
-                        help="finished example runs of one --seed: FIRST (say, without the "
-                        "weight) and SECOND (with it)")  # fmt: skip
+                        help="finished example runs of one --seed: FIRST (one setting) "
+                        "and SECOND (the other)")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="runs scored at once (processes)")
     parser.add_argument("--json", type=Path, help="write every case's counts here")
