@@ -208,6 +208,42 @@ def test_tumour_mask_dilation_shows_a_rim_of_tissue_up_to_the_radius(
         TumourSliceDataset(phantom_folder, mask_dilation=-1)
 
 
+def _two_lesions(folder: Path) -> Path:
+    """A case whose liver holds a lesion over slices 2-11 and one on slice 14 alone."""
+    nib = pytest.importorskip("nibabel")
+    labels = np.zeros((16, 24, 24), np.uint8)
+    labels[:, 4:20, 4:20] = 1
+    labels[2:12, 6:12, 6:12] = 2
+    labels[14, 15:18, 15:18] = 2
+    for name, array in (("volume-0.nii", np.full(labels.shape, 100, np.int16)),
+                        ("segmentation-0.nii", labels)):  # fmt: skip
+        nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.eye(4)), str(folder / name))
+    return folder
+
+
+def test_lesion_balance_serves_each_lesion_alike(tmp_path: Path) -> None:
+    case = _two_lesions(tmp_path)
+    plain = TumourSliceDataset(case, empty_fraction=None, lesion_balance=0.0)
+    assert [k for _, k in plain._index] == list(range(16))  # each slice once
+    np.testing.assert_allclose(plain.lesion_slice_weights(0)[[1, 2, 11, 12, 14]],
+                               [0.0, 0.1, 0.1, 0.0, 1.0])  # fmt: skip
+    balanced = TumourSliceDataset(case, empty_fraction=None, lesion_balance=1.0, seed=2)
+    served = []
+    for epoch in range(40):  # the small lesion's one slice: 11 * 1 / 2 = 5.5 times an epoch
+        balanced.set_epoch(epoch)
+        served.append([k for _, k in balanced._index])
+    small = [ks.count(14) for ks in served]
+    large = [sum(ks.count(k) for k in range(2, 12)) for ks in served]
+    assert set(small) == {5, 6} and abs(np.mean(small) - 5.5) < 0.3
+    assert abs(np.mean(large) - 5.5) < 0.5  # the large lesion's ten slices, half as often each
+    assert all(ks.count(0) == 1 for ks in served)  # tumour-free slices: served as before
+    assert {len(ks) for ks in served} == {16}  # a DataLoader's sampler keeps its length
+    half = TumourSliceDataset(case, empty_fraction=None, lesion_balance=0.5)
+    assert [k for _, k in half._index].count(14) in (3, 4)  # 0.5 + 0.5 * 5.5 = 3.25
+    with pytest.raises(ValueError, match="lesion_balance"):
+        TumourSliceDataset(case, lesion_balance=1.5)
+
+
 def test_tumour_dataset_sampling_and_size(phantom_folder: Path, loaded) -> None:
     ds = TumourSliceDataset(phantom_folder, size=(48, 48), empty_fraction=0.5)
     liver = {c.case_id: (c.labels > 0).reshape(32, -1).any(1) for c in loaded}
@@ -333,6 +369,13 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     assert liver.lesion_weight is None
     with pytest.raises(ValueError, match="lesion_weight"):
         stage_datasets("tumour", [first], [third], size=24, lesion_weight=4)
+    balanced, balanced_val = stage_datasets("tumour", [first], [third], size=24,
+                                            lesion_balance=0.5)  # fmt: skip
+    assert balanced.lesion_balance == 0.5 and balanced_val.lesion_balance == 0.0
+    assert tumour.lesion_balance == 0.0
+    for stage, patch in (("liver", None), ("tumour", (4, 16, 16))):
+        with pytest.raises(ValueError, match="lesion_balance"):
+            stage_datasets(stage, [first], [third], size=24, patch=patch, lesion_balance=0.5)
 
 
 @pytest.mark.parametrize("augment", [None, SliceAugment(flip_p=0.0)])

@@ -106,6 +106,10 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------
+    def _weigh_positives(self, positives: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The slices with target as served this epoch (hook; default: each once)."""
+        return positives
+
     def _build_index(self) -> list[tuple[int, int]]:
         positives: list[tuple[int, int]] = []
         empties: list[tuple[int, int]] = []
@@ -113,6 +117,7 @@ class _SliceDataset(Dataset[dict[str, Any]]):
             pos, neg = self._candidates(volume)
             positives += [(v, int(k)) for k in pos]
             empties += [(v, int(k)) for k in neg]
+        positives = self._weigh_positives(positives)
         if self.empty_fraction is None:
             return sorted(positives + empties)
         f = self.empty_fraction
@@ -281,6 +286,14 @@ class TumourSliceDataset(_SliceDataset):
             slice, so that structures the liver encloses but the label leaves out (the
             gallbladder, the cava) are shown as not-tumour, as a predicted mask shows them.
         empty_fraction: share of served liver slices without tumour (None: all of them).
+        lesion_balance: 0 serves each tumour slice once per epoch, so a lesion is seen in
+            proportion to the slices it spans and a small one (one or two slices) far
+            less than a large one; 1 draws the tumour slices so that each lesion (a
+            26-connected tumour component of the volume) is served equally often, each
+            of its slices ``1 / (slices it spans)`` of a share; between, the mix
+            ``(1 - b) * uniform + b * balanced``. The served tumour slices stay as many
+            (redrawn by :meth:`set_epoch`); the tumour-free share is of
+            them, as before.
         context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
             :class:`LiverSliceDataset`.
             Without ``size`` each volume keeps its own ROI size, so batches only stack
@@ -307,12 +320,15 @@ class TumourSliceDataset(_SliceDataset):
         context: int = 0,
         size: Sequence[int] | None = None,
         empty_fraction: float | None = 0.3,
+        lesion_balance: float = 0.0,
         augment: SliceAugment | None = None,
         seed: int = 0,
         preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
     ) -> None:
+        self.lesion_balance = float(check_in_range("lesion_balance", lesion_balance, 0.0, 1.0))
+        self._lesion_weights: dict[int, np.ndarray] = {}
         self.margin = _margin2(margin)
         self.mask_outside = bool(mask_outside)
         self.mask_dilation = int(check_positive("mask_dilation", mask_dilation, strict=False))
@@ -342,6 +358,37 @@ class TumourSliceDataset(_SliceDataset):
         liver = volume.liver_per_slice > 0
         tumour = volume.tumour_per_slice > 0
         return np.flatnonzero(tumour), np.flatnonzero(liver & ~tumour)
+
+    def _weigh_positives(self, positives: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if not self.lesion_balance or not positives:
+            return positives
+        weights = np.array([self.lesion_slice_weights(v)[k] for v, k in positives])
+        n, b = len(positives), self.lesion_balance
+        expected = (1.0 - b) + b * n * weights / weights.sum()  # times served, mean 1
+        # systematic sampling: n slices in all (a DataLoader's sampler keeps the length it
+        # was built with), each served floor or ceil of its expected times
+        offset = np.random.default_rng([self.seed, self.epoch, 7927]).random()
+        picks = np.searchsorted(np.cumsum(expected), offset + np.arange(n), side="right")
+        return [positives[i] for i in np.minimum(picks, n - 1)]
+
+    def lesion_slice_weights(self, v: int) -> np.ndarray:
+        """Per slice of volume ``v``, the sum over the lesions in it of 1 / (slices each spans).
+
+        A lesion is a 26-connected tumour (label 2) component; summed over its slices its
+        weights make 1, so each lesion weighs the same (``lesion_balance``). Shape (D,).
+        """
+        if v not in self._lesion_weights:
+            from scipy import ndimage
+
+            components, _ = ndimage.label(
+                np.asarray(self.volumes[v].labels()) == 2, structure=np.ones((3, 3, 3), bool)
+            )
+            weights = np.zeros(self.volumes[v].shape[0])
+            for box in ndimage.find_objects(components):
+                if box is not None:
+                    weights[box[0]] += 1.0 / (box[0].stop - box[0].start)
+            self._lesion_weights[v] = weights
+        return self._lesion_weights[v]
 
     def _sample(
         self, volume: PreparedVolume, k: int, rng: np.random.Generator

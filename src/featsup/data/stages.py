@@ -37,6 +37,7 @@ def stage_datasets(
     cache_dir: str | os.PathLike[str] | None = None,
     augment: SliceAugment | None = None,
     lesion_weight: float | None = None,
+    lesion_balance: float = 0.0,
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -75,6 +76,9 @@ def stage_datasets(
         lesion_weight: liver stage only: the Dice weight of tumour pixels in the
             training items (``LiverSliceDataset(lesion_weight=)``); None weighs every
             pixel alike (the paper). Validation items carry no weight.
+        lesion_balance: 2D tumour stage only: how evenly the training slices serve the
+            lesions (``TumourSliceDataset(lesion_balance=)``: 0 each slice once, 1 each
+            lesion equally often). Validation serves every slice.
 
     Returns:
         ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
@@ -97,6 +101,11 @@ def stage_datasets(
         raise ValueError(
             f"lesion_weight: expected None for the {stage} stage (it weighs the liver "
             f"stage's tumour pixels), got {lesion_weight}"
+        )
+    if lesion_balance and (stage != "tumour" or patch is not None):
+        raise ValueError(
+            f"lesion_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
+            f"(it balances the 2D tumour stage's lesions), got {lesion_balance}"
         )
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
@@ -131,7 +140,7 @@ def stage_datasets(
     tumour = TumourSliceDataset(
         list(train_cases), augment=augment or SliceAugment(), seed=seed,
         empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
-        mask_fill_holes=mask_dilation > 0, **common,
+        mask_fill_holes=mask_dilation > 0, lesion_balance=lesion_balance, **common,
     )  # fmt: skip
     val = TumourSliceDataset(
         list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside, **common
