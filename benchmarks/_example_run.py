@@ -9,18 +9,22 @@ from typing import Any
 from featsup import data as fd
 
 
-def example_split(folder: Path) -> dict[str, list[fd.LitsCase]]:
+def example_split(
+    folder: Path, parts: tuple[str, ...] = ("train", "val")
+) -> dict[str, list[fd.LitsCase]]:
     """The run's training and validation cases, from its metrics.json (never its test cases).
 
     Training cases include those the run wrote for training only (``--extra-train-cases``).
+    ``parts=("val",)`` needs only the validation cases' files (a run scored elsewhere, on
+    its phantom rebuilt without the training-only cases).
     """
     if not (folder / "metrics.json").exists():
         raise SystemExit(f"expected a finished example run, found no {folder}/metrics.json")
     split = json.loads((folder / "metrics.json").read_text())["split"]
     # the split's phantom, and the cases it trained on only (--extra-train-cases)
-    parts = [folder / "phantom", folder / "phantom_train"]
-    cases = {c.case_id: c for part in parts if part.is_dir() for c in fd.find_cases(part)}
-    return {k: [cases[i] for i in split[k]] for k in ("train", "val")}
+    folders = [folder / "phantom", folder / "phantom_train"]
+    cases = {c.case_id: c for part in folders if part.is_dir() for c in fd.find_cases(part)}
+    return {k: [cases[i] for i in split[k]] for k in parts}
 
 
 def write_json(path: Path | None, report: Any, indent: int = 2) -> None:

@@ -47,7 +47,7 @@ METRICS = ("liver_dice", "coverage", "left_out", "tumour_dice", "tumour_global")
 def run_scores(folder: Path, device: str) -> dict[str, Any]:
     """The metrics above of one finished run, on its validation cases."""
     cascade = Cascade.load(folder / "cascade.pt", device=device)
-    cases, rows = example_split(folder)["val"], []
+    cases, rows = example_split(folder, ("val",))["val"], []
     for case in cases:
         loaded = fd.load_case(case)
         result = cascade(loaded.volume)

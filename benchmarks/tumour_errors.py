@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in args.runs:
         run, cascade = run_cascade(spec)
         rows = [case_errors(cascade, load_case(case), args.rim)
-                for case in example_split(run)["val"]]  # fmt: skip
+                for case in example_split(run, ("val",))["val"]]  # fmt: skip
         result["runs"][spec] = rows
         print(f"\n{spec}: validation cases, tumour threshold {cascade.tumour_threshold}, "
               f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     records = {}
     for run in args.runs:
         cascade = Cascade.load(run / "cascade.pt", device="cpu")
-        records[run.name] = [case_scores(cascade, c) for c in example_split(run)["val"]]
+        records[run.name] = [case_scores(cascade, c) for c in example_split(run, ("val",))["val"]]
         print(f"{run.name}: validation cases {[r['case'] for r in records[run.name]]}", flush=True)
     print(f"\nValidation tumour Dice per case, components with >= f of their voxels in the "
           f"liver's outer shell dropped (f = {FRACTIONS})")  # fmt: skip
