@@ -106,6 +106,7 @@ def test_tiny_cascade_runs_end_to_end(
     from featsup.inference import Cascade
 
     cascade = Cascade.load(out / "cascade.pt", device="cpu")
+    assert (cascade.tumour_scope, cascade.tumour_min_inside) == ("roi", 0.5)
     first = {c.case_id: c for c in find_cases(out / "phantom")}[split["test"][0]]
     save_prediction(cascade(load_case(first).volume).labels, first, tmp_path / "again.nii.gz")
     written = out / "predictions" / f"segmentation-{first.case_id}.nii.gz"
@@ -132,12 +133,14 @@ def test_tiny_cascade_runs_end_to_end(
     assert "liver stage: ES-DS" in printed and (out / "teachers" / "liver.pt").exists()
     assert "reusing the liver teacher" not in printed
     example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--tumour-context",
-                  "1", "--variant", "es-ds", "--tumour-variant", "es-ds"])  # fmt: skip
+                  "1", "--variant", "es-ds", "--tumour-variant", "es-ds",
+                  "--tumour-lesion-balance", "1"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "reusing the liver teacher" in printed and "reusing the tumour teacher" not in printed
     assert "tumour stage: ES-DS" in printed and (out / "teachers" / "tumour.pt").exists()
     resaved = json.loads((out / "metrics.json").read_text())
     assert (resaved["variant"], resaved["tumour_variant"]) == ("ES-DS", "ES-DS")
+    assert resaved["settings"]["tumour_lesion_balance"] == 1.0
     flanked = Cascade.load(out / "cascade.pt", device="cpu")
     assert (flanked.context, flanked.tumour_context) == (0, 1)
     assert (flanked.liver_model.in_channels, flanked.tumour_model.in_channels) == (1, 3)
@@ -218,6 +221,13 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--liver-lesion-weight", "0"])
     assert "--liver-lesion-weight: expected > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-lesion-balance", "1.5"])
+    assert "--tumour-lesion-balance: expected in [0, 1]" in capsys.readouterr().err
+    assert example.parse_args([]).tumour_min_inside == 0.5  # chosen on validation
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-min-inside", "-0.5"])
+    assert "--tumour-min-inside: expected a share in [0, 1]" in capsys.readouterr().err
     assert example.parse_args([]).tumour_init == "liver"  # transfer learning, paper 4.2.5
     assert example.parse_args(["--tumour-init", "none"]).tumour_init == "none"
     with pytest.raises(SystemExit):

@@ -38,11 +38,12 @@ def test_round_trip_gives_identical_labels_and_probabilities(
 ) -> None:
     cascade, path = _saved(tmp_path, liver_head=1, tumour_head=2, roi_margin=4,
                            tumour_min_voxels=20, tumour_threshold=0.7,
-                           tumour_scope="roi")  # fmt: skip
+                           tumour_scope="roi", tumour_min_inside=0.0)  # fmt: skip
     before = cascade(volume)
     assert set(np.unique(before.labels)) == {0, 1, 2}  # every label: the check can fail
     loaded = Cascade.load(path, device="cpu")
     assert loaded.tumour_min_voxels == 20 and loaded.tumour_threshold == 0.7
+    assert loaded.tumour_min_inside == 0.0
     after = loaded(volume)
     np.testing.assert_array_equal(after.labels, before.labels)
     np.testing.assert_array_equal(after.liver_probability, before.liver_probability)
@@ -67,6 +68,15 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert loaded.preprocessing == Preprocessing(hu_window=(-50.0, 300.0), clahe=False)
     assert loaded.predict_options == {"batch_size": 3, "device": "cpu", "tta": True}
     assert loaded.tumour_tta is True  # None when saved: the liver's
+
+
+def test_tumour_min_inside_is_kept_and_older_files_take_a_touch(tmp_path: Path) -> None:
+    _, path = _saved(tmp_path, tumour_scope="roi", tumour_min_inside=0.3)
+    assert load_cascade(path, device="cpu").tumour_min_inside == 0.3
+    state = torch.load(path, weights_only=False)
+    del state["settings"]["tumour_min_inside"]  # a file written before the key existed
+    torch.save(state, path)
+    assert load_cascade(path, device="cpu").tumour_min_inside == 0.0  # as it was tuned
 
 
 def test_tumour_tta_is_kept_and_older_files_take_tta(tmp_path: Path) -> None:

@@ -134,6 +134,18 @@ def test_roi_scope_lets_the_tumour_model_see_and_keep_a_lesion_past_the_liver_ma
         np.testing.assert_array_equal(result.liver_mask, known)
     with pytest.raises(ValueError, match="tumour_scope"):
         Cascade(_Oracle(0.3), _Oracle(0.8), tumour_scope="organ")  # type: ignore[arg-type]
+    # a liver mask that holds a sixth of it: dropped at the default share inside (0.5), kept
+    # whole with 0 (a touch is enough)
+    slim = np.zeros(volume.shape, bool)
+    slim[1:5, 10:30, 8:27] = True
+    for share, found in ((0.5, np.zeros_like(lesion)), (0.0, lesion)):
+        cascade = Cascade(_Oracle(0.3), _Oracle(0.8), tumour_scope="roi", tumour_min_inside=share,
+                          **options)  # fmt: skip
+        result = cascade.tumour_stage(cascade.liver_stage(volume, mask=slim))
+        np.testing.assert_array_equal(result.labels == 2, found)
+    assert Cascade(_Oracle(0.3), _Oracle(0.8), **options).tumour_min_inside == 0.5
+    with pytest.raises(ValueError, match="tumour_min_inside"):
+        Cascade(_Oracle(0.3), _Oracle(0.8), tumour_min_inside=2.0)
 
 
 def test_cascade_window_comes_from_its_preprocessing() -> None:

@@ -110,6 +110,50 @@ def test_label_tumours_roi_scope_keeps_touching_tumours_whole(prob, liver, thres
         np.testing.assert_array_equal(labels, inside)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)),
+    arrays(bool, st.tuples(*(st.integers(1, 6),) * 3)),
+    st.floats(0, 1),
+    st.floats(0, 1),
+)
+def test_label_tumours_min_inside_keeps_the_components_mostly_inside(
+    prob, liver, threshold, min_inside
+) -> None:
+    liver = np.resize(liver, prob.shape)
+    touch = label_tumours(liver, prob, threshold=threshold, scope="roi")
+    labels = label_tumours(liver, prob, threshold=threshold, scope="roi", min_inside=min_inside)
+    assert ((labels == 2) <= (touch == 2)).all()  # a subset of the touching ones
+    assert ((labels > 0) == (liver | (labels == 2))).all()
+    components, count = ndimage.label(touch == 2, structure=np.ones((3, 3, 3)))
+    for k in range(1, count + 1):  # each touching component: kept whole or dropped whole
+        part = components == k
+        share = (part & liver).sum() / part.sum()
+        assert (labels[part] == 2).all() if share >= min_inside else not (labels[part] == 2).any()
+    # the liver scope finds only voxels inside the liver: min_inside changes nothing there
+    np.testing.assert_array_equal(label_tumours(liver, prob, threshold=threshold),
+                                  label_tumours(liver, prob, threshold=threshold,
+                                                min_inside=min_inside))  # fmt: skip
+
+
+def test_label_tumours_min_inside_example_and_bad_share() -> None:
+    liver = np.zeros((1, 1, 8), bool)
+    liver[..., :4] = True
+    # a lesion three quarters inside the liver, and dark tissue one quarter inside it
+    prob = np.array([[[0.0, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0]]], np.float32)
+    assert label_tumours(liver, prob, scope="roi", min_inside=0.5).tolist() == [
+        [[1, 2, 2, 2, 2, 0, 0, 0]]
+    ]
+    prob = np.array([[[0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.0]]], np.float32)
+    assert label_tumours(liver, prob, scope="roi").tolist() == [[[1, 1, 1, 2, 2, 2, 2, 0]]]
+    assert label_tumours(liver, prob, scope="roi", min_inside=0.5).tolist() == [
+        [[1, 1, 1, 1, 0, 0, 0, 0]]
+    ]
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="min_inside"):
+            label_tumours(liver, prob, scope="roi", min_inside=share)
+
+
 def test_label_tumours_roi_scope_example_and_bad_scope() -> None:
     liver = np.zeros((1, 1, 6), bool)
     liver[..., :3] = True

@@ -162,6 +162,13 @@ class Cascade:
             whole and joins the liver (:func:`~featsup.postprocess.label_tumours`), so
             that a lesion the liver model left out at the liver's edge is not cut; its
             model must be trained on unmasked ROI crops (``mask_outside=False``).
+        tumour_min_inside: with ``tumour_scope="roi"``, the smallest share of a tumour
+            component that must lie inside the liver mask for it to be kept
+            (:func:`~featsup.postprocess.label_tumours`' ``min_inside``; 0: a touch is
+            enough). 0.5, the default: dark tissue beside the liver that the tumour
+            model takes for a lesion lies mostly outside the mask, a lesion at the
+            liver's edge mostly inside (chosen on validation cases, docs/cascade.md).
+            Cascade files saved before it existed load with 0, as they were tuned.
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -200,6 +207,7 @@ class Cascade:
         tumour_min_voxels: int = 0,
         tumour_threshold: float = 0.5,
         tumour_scope: Literal["liver", "roi"] = "liver",
+        tumour_min_inside: float = 0.5,
     ) -> None:
         check_positive("batch_size", batch_size)
         check_tta("tta", tta)
@@ -208,6 +216,9 @@ class Cascade:
         check_positive("tumour_min_voxels", tumour_min_voxels, strict=False)
         self.tumour_min_voxels = int(tumour_min_voxels)
         self.tumour_threshold = float(check_in_range("tumour_threshold", tumour_threshold, 0, 1))
+        self.tumour_min_inside = float(
+            check_in_range("tumour_min_inside", tumour_min_inside, 0.0, 1.0)
+        )
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
@@ -440,6 +451,7 @@ class Cascade:
         labels = label_tumours(
             liver.mask, tumour_p, threshold=self.tumour_threshold,
             min_voxels=self.tumour_min_voxels, scope=self.tumour_scope,
+            min_inside=self.tumour_min_inside,
         )  # fmt: skip
         t["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)

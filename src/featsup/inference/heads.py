@@ -381,7 +381,8 @@ def _crf_trials(
             labels[choice].append((result.labels, truth))
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
-                                     threshold=threshold, scope=plain.tumour_scope)  # fmt: skip
+                                     threshold=threshold, scope=plain.tumour_scope,
+                                     min_inside=plain.tumour_min_inside)  # fmt: skip
                 counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
     trials: dict[str, dict[str, Any]] = {}
     for choice in stages:

@@ -8,13 +8,14 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from featsup._checks import check_choice
+from featsup._checks import check_choice, check_in_range
 from featsup.metrics._ops import dice
 
 __all__ = [
     "TUMOUR_MIN_VOXELS",
     "TUMOUR_THRESHOLDS",
     "drop_small_tumours",
+    "inside_shares",
     "label_tumours",
     "tumour_counts_by_min_voxels",
     "tumour_dice_by_min_voxels",
@@ -77,6 +78,7 @@ def label_tumours(
     threshold: float = 0.5,
     min_voxels: int = 0,
     scope: Literal["liver", "roi"] = "liver",
+    min_inside: float = 0.0,
 ) -> np.ndarray:
     """Labels {0, 1, 2}: liver where ``liver_mask``, tumour where above ``threshold``.
 
@@ -93,20 +95,30 @@ def label_tumours(
         min_voxels: then :func:`drop_small_tumours` with this size (0 keeps all); a
             dropped component keeps only its part inside the liver mask, as liver.
         scope: ``"liver"`` or ``"roi"``, as above.
+        min_inside: with ``scope="roi"``, the smallest share of a component's voxels
+            that must lie inside the liver mask for it to be kept (0: any voxel, a touch).
+            A dark organ next to the liver (a gallbladder at fluid density, like a
+            necrotic lesion's core) that the tumour model takes for a lesion touches the
+            liver but lies mostly outside it; a lesion at the liver's edge lies mostly
+            inside. Unused with ``scope="liver"`` (every tumour voxel is inside).
 
     Returns:
         A new uint8 array.
 
     Raises:
-        ValueError: if the shapes differ or ``scope`` is unknown.
+        ValueError: if the shapes differ, ``scope`` is unknown or ``min_inside`` is
+            outside [0, 1].
 
     Example:
         >>> mask = np.array([[[True, True, False]]])
         >>> prob = np.array([[[0.2, 0.7, 0.9]]], np.float32)
         >>> label_tumours(mask, prob).tolist(), label_tumours(mask, prob, scope="roi").tolist()
         ([[[1, 2, 0]]], [[[1, 2, 2]]])
+        >>> label_tumours(mask, prob, scope="roi", min_inside=0.6).tolist()  # half inside
+        [[[1, 1, 0]]]
     """
     check_choice("scope", scope, ("liver", "roi"))
+    check_in_range("min_inside", min_inside, 0.0, 1.0)
     if np.shape(liver_mask) != np.shape(tumour_probability):
         raise ValueError(
             f"liver_mask, tumour_probability: expected one shape, got {np.shape(liver_mask)}"
@@ -118,16 +130,29 @@ def label_tumours(
         tumour &= mask
     else:
         components, count = ndimage.label(tumour, structure=np.ones((3,) * tumour.ndim, bool))
-        touching = np.zeros(count + 1, bool)
-        touching[components[mask]] = True
-        touching[0] = False
-        tumour = touching[components]
+        shares = inside_shares(components, count, mask)
+        tumour = ((shares > 0) & (shares >= min_inside))[components]  # the rest: share 0
     labels = mask.astype(np.uint8)
     labels[tumour] = 2
     labels = drop_small_tumours(labels, min_voxels)
     if scope == "roi":
         labels[(labels == 1) & ~mask] = 0  # dropped tumours leave the liver where it was
     return labels
+
+
+def inside_shares(components: np.ndarray, count: int, mask: np.ndarray) -> np.ndarray:
+    """Per labelled component (index 0: the rest, share 0), the share of it inside ``mask``.
+
+    Example:
+        >>> components = np.array([[0, 1, 1, 2]])
+        >>> inside_shares(components, 2, np.array([[True, True, False, False]])).tolist()
+        [0.0, 0.5, 0.0]
+    """
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    inside = np.bincount(components[mask], minlength=count + 1)
+    shares = inside / np.maximum(sizes, 1)
+    shares[0] = 0.0
+    return shares
 
 
 def tumour_counts_by_min_voxels(
