@@ -291,8 +291,8 @@ class TumourSliceDataset(_SliceDataset):
             less than a large one; 1 draws the tumour slices so that each lesion (a
             26-connected tumour component of the volume) is served equally often, each
             of its slices ``1 / (slices it spans)`` of a share; between, the mix
-            ``(1 - b) * uniform + b * balanced``. The served tumour slices stay as many
-            (redrawn by :meth:`set_epoch`); the tumour-free share is of
+            ``(1 - b) * uniform + b * balanced``. As many tumour slices are served
+            either way (redrawn by :meth:`set_epoch`), and the tumour-free share is of
             them, as before.
         context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
             :class:`LiverSliceDataset`.

@@ -97,10 +97,10 @@ def label_tumours(
         scope: ``"liver"`` or ``"roi"``, as above.
         min_inside: with ``scope="roi"``, the smallest share of a component's voxels
             that must lie inside the liver mask for it to be kept (0: any voxel, a touch).
-            A dark organ next to the liver (a gallbladder at fluid density, like a
-            necrotic lesion's core) that the tumour model takes for a lesion touches the
-            liver but lies mostly outside it; a lesion at the liver's edge lies mostly
-            inside. Unused with ``scope="liver"`` (every tumour voxel is inside).
+            Dark tissue next to the liver that the tumour model takes for a lesion
+            (such as a gallbladder, at the fluid density of a necrotic lesion's core)
+            touches the liver but lies mostly outside it; a lesion at the liver's edge
+            lies mostly inside. Unused with ``scope="liver"`` (every tumour voxel is inside).
 
     Returns:
         A new uint8 array.
