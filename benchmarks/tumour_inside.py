@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 from _example_run import example_split, write_json
+from tuning_criterion import choose as choose_pair
 
 from featsup import data as fd
 from featsup.inference import Cascade, tumour_criterion
-from featsup.inference.heads import _best_postprocessing
 from featsup.postprocess import TUMOUR_MIN_VOXELS, TUMOUR_THRESHOLDS
 from featsup.postprocess.components import label_tumours, tumour_counts_by_min_voxels
 
@@ -76,13 +76,9 @@ def choose(counts: np.ndarray, rule: str, tolerance: float, fixed: int = 0) -> t
     """
     best: list[tuple[float, int, int]] = []
     shares = {"touch": [0], "fixed": [fixed]}.get(rule, range(counts.shape[1]))
-    for j in shares:
-        scores = tumour_criterion(counts[:, j], "global")
-        grid = {t: dict(zip(TUMOUR_MIN_VOXELS, row, strict=True))
-                for t, row in zip(TUMOUR_THRESHOLDS, scores, strict=True)}  # fmt: skip
-        threshold, size = _best_postprocessing(grid, tolerance)
-        best.append((grid[threshold][size], TUMOUR_THRESHOLDS.index(threshold),
-                     TUMOUR_MIN_VOXELS.index(size)))  # fmt: skip
+    for j in shares:  # each share: the example's threshold and smallest tumour (global)
+        t, s = choose_pair(counts[:, j], "global", tolerance)
+        best.append((float(tumour_criterion(counts[t, j, s], "global")), t, s))
     top = max(d for d, _, _ in best)
     k = next(k for k, (d, _, _) in enumerate(best) if d >= top - tolerance)
     return best[k][1], list(shares)[k], best[k][2]
