@@ -16,6 +16,10 @@ from featsup.postprocess import (
 )
 
 labels_3d = arrays(np.uint8, st.tuples(*(st.integers(1, 6),) * 3), elements=st.integers(0, 2))
+probabilities_3d = arrays(
+    np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)
+)
+masks_3d = arrays(bool, st.tuples(*(st.integers(1, 6),) * 3))  # resized to the probabilities'
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,8 +92,8 @@ def test_label_tumours_thresholds_inside_the_liver(prob, low, high, min_voxels) 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    arrays(np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)),
-    arrays(bool, st.tuples(*(st.integers(1, 6),) * 3)),
+    probabilities_3d,
+    masks_3d,
     st.floats(0, 1),
     st.integers(0, 5),
 )
@@ -112,8 +116,8 @@ def test_label_tumours_roi_scope_keeps_touching_tumours_whole(prob, liver, thres
 
 @settings(max_examples=60, deadline=None)
 @given(
-    arrays(np.float32, st.tuples(*(st.integers(1, 6),) * 3), elements=st.floats(0, 1, width=32)),
-    arrays(bool, st.tuples(*(st.integers(1, 6),) * 3)),
+    probabilities_3d,
+    masks_3d,
     st.floats(0, 1),
     st.floats(0, 1),
 )
