@@ -70,8 +70,6 @@ PRESETS_3D = {
     "cpu": {"patch": [16, 64, 64], "patch_batch_size": 2, "tumour_steps": 950},
     "cuda": {"patch": [32, 128, 128], "patch_batch_size": 4, "tumour_steps": 30000},
 }  # fmt: skip
-# Seg-Loss (eq. 13) per stage; the tumour Dice leaves the background out (tumours are small).
-STAGE_LOSS = {"liver": SegLoss(), "tumour": SegLoss(include_background=False)}
 # The paper's HU window, CLAHE and normalisation for the liver; the tumour stage without
 # CLAHE, which cut the lesions' contrast to the liver and scored lower on validation
 # (docs/cascade.md, benchmarks/tumour_sweep.py and lesion_contrast.py). The cascade feeds
@@ -95,6 +93,18 @@ def cpu_bf16_is_safe(dims: int) -> bool:
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         return bool(amx and amx())
     return cpu_has_bf16_units()
+
+
+def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
+    """Seg-Loss (eq. 13) for a stage.
+
+    The tumour stage's Dice leaves the background out (tumours are small). The liver
+    stage's Dice takes the lesion weight's pixel map (``--liver-lesion-weight``); with
+    ``--liver-lesion-terms both`` its CE term does too.
+    """
+    if stage == "liver":
+        return SegLoss(weight_ce=args.liver_lesion_terms == "both")
+    return SegLoss(include_background=False)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--liver-lesion-weight", type=float, default=1.0, help="Dice weight of tumour pixels"
         " in the liver stage's training slices (1: every pixel alike, the paper); larger keeps"
         " large dark lesions inside the liver mask")  # fmt: skip
+    add("--liver-lesion-terms", choices=("dice", "both"), default="dice", help="where "
+        "--liver-lesion-weight applies: the Dice term only, or the CE term too (a weighted "
+        "mean over pixels); no effect with weight 1")  # fmt: skip
     add("--tumour-lesion-balance", type=float, default=0.0, help="2D tumour stage: 0 serves "
         "each tumour slice once an epoch (a small lesion, on few slices, is seen less); 1 "
         "serves each lesion equally often; between, a mix")  # fmt: skip
@@ -341,10 +354,10 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
     batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
     trainer = variant_trainer(
-        model, train, val, num_classes=2, loss=DeepSupervisionLoss(STAGE_LOSS[stage]), lr=args.lr,
-        max_steps=steps, batch_size=batch, val_every=max(25, steps // 8), checkpoint_dir=folder,
-        warmup_steps=min(50, steps // 10), device=args.device, seed=args.seed,
-        amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
+        model, train, val, num_classes=2, loss=DeepSupervisionLoss(stage_loss(stage, args)),
+        lr=args.lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
+        checkpoint_dir=folder, warmup_steps=min(50, steps // 10), device=args.device,
+        seed=args.seed, amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)

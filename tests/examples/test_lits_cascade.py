@@ -298,6 +298,16 @@ def test_amp_auto_keeps_3d_in_float32_without_amx(example: ModuleType, monkeypat
         assert example.cpu_bf16_is_safe(3) is three_d
 
 
+def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) -> None:
+    default = example.parse_args(TINY)
+    both = example.parse_args([*TINY, "--liver-lesion-weight", "4", "--liver-lesion-terms", "both"])
+    assert default.liver_lesion_terms == "dice"
+    assert example.stage_loss("liver", default).options["weight_ce"] is False
+    assert example.stage_loss("liver", both).options["weight_ce"] is True
+    tumour = example.stage_loss("tumour", both).options
+    assert tumour["weight_ce"] is False and tumour["include_background"] is False
+
+
 @pytest.mark.slow
 def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     example: ModuleType, tmp_path: Path

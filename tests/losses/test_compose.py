@@ -79,6 +79,74 @@ def test_seg_loss_matches_monai_dice_ce():
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_seg_loss_weight_ce_is_the_weighted_mean_of_pixel_ce():
+    logits, target = torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))
+    weight = torch.rand(2, 6, 6) + 0.1
+    pixel_ce = F.cross_entropy(logits, target, reduction="none")
+    ce_only = {"dice_weight": 0.0, "weight_ce": True}
+    got = seg_loss(logits, target, weight, **ce_only)
+    torch.testing.assert_close(got, (weight * pixel_ce).sum() / weight.sum())
+    summed = seg_loss(logits, target, weight, reduction="sum", **ce_only)
+    torch.testing.assert_close(summed, (weight * pixel_ce).sum())
+    # both terms: the weighted Dice plus the weighted CE; without weight_ce the CE is plain
+    both = seg_loss(logits, target, weight, weight_ce=True)
+    torch.testing.assert_close(both, weighted_dice_loss(logits, target, weight) + got)
+    plain = seg_loss(logits, target, weight)
+    torch.testing.assert_close(plain, weighted_dice_loss(logits, target, weight) + pixel_ce.mean())
+    # no weight map: weight_ce changes nothing
+    torch.testing.assert_close(seg_loss(logits, target, weight_ce=True), seg_loss(logits, target))
+    module = SegLoss(weight_ce=True)
+    torch.testing.assert_close(module(logits, target, weight), both)
+    assert "weight_ce=True" in repr(module)
+
+
+def test_seg_loss_weight_ce_sigmoid_and_bad_shape():
+    logits, target = torch.randn(2, 1, 5, 5), torch.randint(0, 2, (2, 5, 5))
+    weight = torch.rand(2, 5, 5) + 0.1
+    pixel = F.binary_cross_entropy_with_logits(
+        logits, target.unsqueeze(1).float(), reduction="none"
+    )[:, 0]
+    got = seg_loss(logits, target, weight, dice_weight=0.0, weight_ce=True)
+    torch.testing.assert_close(got, (weight * pixel).sum() / weight.sum())
+    with pytest.raises(ValueError, match="weight: expected shape"):
+        seg_loss(logits, target, torch.rand(2, 4, 5), dice_weight=0.0, weight_ce=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    classes=st.integers(1, 4),
+    size=st.integers(1, 6),
+    gamma=st.floats(0.0, 3.0),
+    level=st.floats(0.01, 100.0),
+    factor=st.floats(1.5, 50.0),
+    seed=st.integers(0, 2**16),
+)
+def test_seg_loss_weight_ce_properties(classes, size, gamma, level, factor, seed):
+    """Uniform weights change nothing; the mean is scale-free; heavier pixels pull harder."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, classes, size, size, generator=gen).requires_grad_()
+    target = torch.randint(0, max(classes, 2), (2, size, size), generator=gen)
+    options = {"dice_weight": 0.0, "focal_gamma": gamma, "weight_ce": True}
+    uniform = torch.full((2, size, size), level)
+    plain = seg_loss(logits, target, dice_weight=0.0, focal_gamma=gamma)
+    torch.testing.assert_close(seg_loss(logits, target, uniform, **options), plain)
+    weight = torch.rand(2, size, size, generator=gen) + 0.1
+    torch.testing.assert_close(
+        seg_loss(logits, target, weight * level, **options),
+        seg_loss(logits, target, weight, **options),
+    )
+    # raising one pixel's weight raises its share of the gradient
+    heavy = torch.ones(2, size, size)
+    heavy[0, 0, 0] = factor
+    grad = {}
+    for name, w in (("plain", torch.ones(2, size, size)), ("heavy", heavy)):
+        (g,) = torch.autograd.grad(seg_loss(logits, target, w, **options), logits)
+        share = g[0, :, 0, 0].abs().sum() / g.abs().sum().clamp_min(1e-30)
+        grad[name] = share.item()
+    if 1e-6 < grad["plain"] < 1 - 1e-6:
+        assert grad["heavy"] > grad["plain"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     classes=st.integers(1, 4),

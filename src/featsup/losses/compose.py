@@ -39,6 +39,7 @@ def seg_loss(
     smooth: float = 1e-5,
     batch_dice: bool = False,
     reduction: Literal["mean", "sum"] = "mean",
+    weight_ce: bool = False,
 ) -> torch.Tensor:
     r"""Seg-Loss, paper eq. 13: :math:`w_1 \cdot \mathrm{Dice} + w_2 \cdot \mathrm{CE}`.
 
@@ -50,7 +51,8 @@ def seg_loss(
     Args:
         logits: (B, C, H, W) or (B, C, D, H, W) raw scores.
         target: integer label map (B, *spatial) or one-hot (B, C, *spatial).
-        weight: optional (B, *spatial) pixel weights for the Dice term.
+        weight: optional (B, *spatial) pixel weights for the Dice term (and, with
+            ``weight_ce``, the CE term).
         dice_weight: w1 >= 0.
         ce_weight: w2 >= 0.
         focal_gamma: 0 for cross-entropy, > 0 for the focal loss.
@@ -63,6 +65,9 @@ def seg_loss(
             any prediction but an exact zero (with almost no gradient), and a slice with
             a few foreground pixels weighs as much as one that a lesion fills.
         reduction: ``"mean"`` or ``"sum"``, applied to each term before weighting.
+        weight_ce: weigh the CE (or focal) term's pixels by ``weight`` too. ``"mean"`` is
+            then the weighted mean :math:`\sum w \ell / \sum w` (so uniform weights change
+            nothing), ``"sum"`` the weighted sum. Ignored when ``weight`` is None.
 
     Returns:
         A scalar tensor.
@@ -75,6 +80,9 @@ def seg_loss(
         >>> logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
         >>> ce = torch.nn.functional.cross_entropy(logits, target)
         >>> torch.allclose(seg_loss(logits, target, dice_weight=0.0), ce)
+        True
+        >>> weight = torch.ones(2, 8, 8)
+        >>> torch.allclose(seg_loss(logits, target, weight, dice_weight=0.0, weight_ce=True), ce)
         True
     """
     check_positive("dice_weight", dice_weight, strict=False)
@@ -95,11 +103,39 @@ def seg_loss(
             dice = weighted_dice_loss(logits, target, weight, **dice_options)  # type: ignore[arg-type]
         total = total + dice_weight * dice
     if ce_weight:
-        ce = focal_loss(
-            logits, target, gamma=focal_gamma, activation=activation, reduction=reduction
-        )
+        if weight_ce and weight is not None:
+            ce = _weighted_ce(logits, target, weight, focal_gamma, activation, reduction)
+        else:
+            ce = focal_loss(
+                logits, target, gamma=focal_gamma, activation=activation, reduction=reduction
+            )
         total = total + ce_weight * ce
     return total
+
+
+def _weighted_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    gamma: float,
+    activation: Activation,
+    reduction: Literal["mean", "sum"],
+) -> torch.Tensor:
+    """The CE / focal term with per-pixel weights (B, *spatial); see :func:`seg_loss`."""
+    check_type("weight", weight, torch.Tensor)
+    if weight.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"weight: expected shape (B, *spatial) = {(logits.shape[0], *logits.shape[2:])}, "
+            f"got {tuple(weight.shape)}"
+        )
+    per_pixel = focal_loss(logits, target, gamma=gamma, activation=activation, reduction="none")
+    w = weight.to(per_pixel.dtype)
+    if per_pixel.ndim == logits.ndim:  # sigmoid: one value per pixel and channel
+        w = w.unsqueeze(1).expand_as(per_pixel)
+    total = (per_pixel * w).sum()
+    if reduction == "sum":
+        return total
+    return total / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 
 class SegLoss(nn.Module):
@@ -122,6 +158,7 @@ class SegLoss(nn.Module):
         smooth: float = 1e-5,
         batch_dice: bool = False,
         reduction: Literal["mean", "sum"] = "mean",
+        weight_ce: bool = False,
     ) -> None:
         super().__init__()
         resolve_activation(activation, 2)
@@ -134,6 +171,7 @@ class SegLoss(nn.Module):
             "smooth": check_positive("smooth", smooth, strict=False),
             "batch_dice": bool(batch_dice),
             "reduction": check_choice("reduction", reduction, _SEG_REDUCTIONS),
+            "weight_ce": bool(weight_ce),
         }
 
     def forward(
