@@ -320,7 +320,9 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     train, val = example.datasets("liver", cases, args)
     assert train.lesion_weight == 3.0 and val.lesion_weight is None
     assert "weight" not in example.datasets("tumour", cases, args)[0][0]  # the liver's only
-    assert example.datasets("liver", cases, example.parse_args(TINY))[0].lesion_weight is None
+    assert example.datasets("liver", cases, example.parse_args(TINY))[0].lesion_weight == 20.0
+    paper = example.parse_args([*TINY, "--liver-lesion-weight", "1"])  # the paper's loss
+    assert example.datasets("liver", cases, paper)[0].lesion_weight is None
     metrics = example.main([*TINY, "--out", str(out), "--liver-lesion-weight", "3",
                             "--validation-only", "--crf", "none"])  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
