@@ -112,6 +112,15 @@ def test_seg_loss_weight_ce_sigmoid_and_bad_shape():
         seg_loss(logits, target, torch.rand(2, 4, 5), dice_weight=0.0, weight_ce=True)
 
 
+def test_seg_loss_weight_ce_takes_the_dice_terms_weight_shapes():
+    logits, target = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
+    weight = torch.rand(2, 5, 5) + 0.1
+    flat = seg_loss(logits, target, weight, weight_ce=True)
+    torch.testing.assert_close(seg_loss(logits, target, weight[:, None], weight_ce=True), flat)
+    with pytest.raises(ValueError, match="one weight per pixel for the softmax CE"):
+        seg_loss(logits, target, torch.rand(2, 3, 5, 5), weight_ce=True)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     classes=st.integers(1, 4),

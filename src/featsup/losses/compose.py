@@ -11,7 +11,7 @@ from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
 from featsup.losses._utils import Activation, resolve_activation
-from featsup.losses.dice import dice_loss, weighted_dice_loss
+from featsup.losses.dice import _weight_like, dice_loss, weighted_dice_loss
 from featsup.losses.feature import FeatureLoss, _check_weights
 from featsup.losses.focal import focal_loss
 
@@ -121,17 +121,17 @@ def _weighted_ce(
     activation: Activation,
     reduction: Literal["mean", "sum"],
 ) -> torch.Tensor:
-    """The CE / focal term with per-pixel weights (B, *spatial); see :func:`seg_loss`."""
-    check_type("weight", weight, torch.Tensor)
-    if weight.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(
-            f"weight: expected shape (B, *spatial) = {(logits.shape[0], *logits.shape[2:])}, "
-            f"got {tuple(weight.shape)}"
-        )
+    """The CE / focal term with pixel weights, shaped as the Dice's; see :func:`seg_loss`."""
     per_pixel = focal_loss(logits, target, gamma=gamma, activation=activation, reduction="none")
-    w = weight.to(per_pixel.dtype)
-    if per_pixel.ndim == logits.ndim:  # sigmoid: one value per pixel and channel
-        w = w.unsqueeze(1).expand_as(per_pixel)
+    w = _weight_like(weight, logits).to(per_pixel.dtype)  # (B, 1 or C, *spatial)
+    if per_pixel.ndim < logits.ndim:  # softmax: one value per pixel
+        if w.shape[1] != 1:
+            raise ValueError(
+                f"weight: expected one weight per pixel for the softmax CE term, (B, *spatial) "
+                f"or (B, 1, *spatial), got shape {tuple(weight.shape)}"
+            )
+        w = w[:, 0]
+    w = w.expand_as(per_pixel)
     total = (per_pixel * w).sum()
     if reduction == "sum":
         return total

@@ -185,8 +185,8 @@ def _weight_like(weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     )
     if not ok:
         raise ValueError(
-            f"weight: expected (B, *spatial), (B, 1, *spatial) or (B, C, *spatial) for logits "
-            f"{tuple(logits.shape)}, got shape {tuple(weight.shape)}"
+            f"weight: expected shape (B, *spatial), (B, 1, *spatial) or (B, C, *spatial) for "
+            f"logits {tuple(logits.shape)}, got shape {tuple(weight.shape)}"
         )
     return weight.to(logits.dtype)
 
