@@ -150,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-lesion-balance", type=float, default=0.0, help="2D tumour stage: 0 serves "
         "each tumour slice once an epoch (a small lesion, on few slices, is seen less); 1 "
         "serves each lesion equally often; between, a mix")  # fmt: skip
+    add("--tumour-contrast-balance", type=float, default=0.0, help="2D tumour stage: 0 serves"
+        " tumour slices as they come (dark lesions dominate); 1 serves dark, near-isodense "
+        "and bright lesions equally often; between, a mix")  # fmt: skip
     add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
         " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
         "scratch (0.126 +- 0.122 lower validation Dice per case over three seeds; "
@@ -212,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"{dilation}; fix: add --tumour-scope liver"),
         (not 0 <= args.tumour_lesion_balance <= 1,
          f"--tumour-lesion-balance: expected in [0, 1], got {args.tumour_lesion_balance}"),
+        (not 0 <= args.tumour_contrast_balance <= 1,
+         f"--tumour-contrast-balance: expected in [0, 1], got {args.tumour_contrast_balance}"),
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
@@ -286,6 +291,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
         lesion_weight=args.liver_lesion_weight if liver and args.liver_lesion_weight != 1 else None,
         lesion_balance=0.0 if liver or patch else args.tumour_lesion_balance,
+        contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from featsup.data import (
     load_case,
     prepare_volumes,
     preprocess_volume,
+    stage_datasets,
 )
 
 
@@ -409,3 +410,44 @@ def test_liver_lesion_weight_is_checked(phantom_folder: Path) -> None:
         LiverSliceDataset(phantom_folder, lesion_weight=0.0)
     with pytest.raises(ValueError, match="classes='all'"):
         LiverSliceDataset(phantom_folder, classes="all", lesion_weight=2.0)
+
+
+def _three_kinds(tmp_path: Path) -> Path:
+    """One case: a dark lesion on slices 2-11, a bright one on 13-14, a faint one on 16."""
+    nib = pytest.importorskip("nibabel")
+    folder = tmp_path / "kinds"
+    folder.mkdir()
+    labels = np.zeros((18, 24, 24), np.uint8)
+    labels[:, 2:22, 2:22] = 1
+    volume = np.full(labels.shape, 100, np.int16)
+    for z, value in ((slice(2, 12), 40), (slice(13, 15), 150), (slice(16, 17), 105)):
+        labels[z, 6:12, 6:12] = 2
+        volume[z, 6:12, 6:12] = value
+    for name, array in (("volume-0.nii", volume), ("segmentation-0.nii", labels)):
+        nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.eye(4)), str(folder / name))
+    return folder
+
+
+def test_contrast_balance_serves_each_lesion_kind_alike(tmp_path: Path) -> None:
+    case = _three_kinds(tmp_path)
+    plain = TumourSliceDataset(case, empty_fraction=None, preprocessing=Preprocessing(clahe=False))
+    components, contrast = plain.lesion_contrasts(0)
+    assert components.max() == 3
+    np.testing.assert_allclose(sorted(contrast[1:]), [-60.0, 5.0, 50.0], atol=2.5)  # HU
+    kinds = plain.slice_contrast_classes(0)
+    assert list(kinds[[0, 2, 11, 13, 14, 16]]) == [0, 0, 0, 2, 2, 1]
+    assert [k for _, k in plain._index] == list(range(18))  # off: each slice once
+    balanced = TumourSliceDataset(case, empty_fraction=None, contrast_balance=1.0,
+                                  preprocessing=Preprocessing(clahe=False))  # fmt: skip
+    served = [k for _, k in balanced._index]
+    # 13 tumour slices: each kind about 13 / 3 of them, the dark ones' ten slices sharing
+    assert sum(served.count(k) for k in range(2, 12)) in (4, 5)
+    assert served.count(13) + served.count(14) in (4, 5) and served.count(16) in (4, 5)
+    assert served.count(0) == 1 and len(served) == 18  # tumour-free slices as before
+    both = TumourSliceDataset(case, empty_fraction=None, contrast_balance=1.0, lesion_balance=1.0,
+                              preprocessing=Preprocessing(clahe=False))  # fmt: skip
+    assert len(both._index) == 18  # the two factors multiply, the length stays
+    with pytest.raises(ValueError, match="contrast_balance"):
+        TumourSliceDataset(case, contrast_balance=-0.1)
+    with pytest.raises(ValueError, match="contrast_balance"):
+        stage_datasets("liver", find_cases(case), [], size=16, contrast_balance=0.5)

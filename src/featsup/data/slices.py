@@ -34,7 +34,9 @@ from featsup.data.augment import SliceAugment
 from featsup.data.lits import CaseSource, LitsCase, find_cases
 from featsup.data.preprocess import Preprocessing
 
-__all__ = ["LiverSliceDataset", "TumourSliceDataset"]
+__all__ = ["CONTRAST_HU", "LiverSliceDataset", "TumourSliceDataset"]
+
+CONTRAST_HU = 15.0  #: a lesion within this many HU of the liver around it is near-isodense
 
 
 def _margin2(margin: int | Sequence[int]) -> tuple[int, int]:
@@ -294,6 +296,14 @@ class TumourSliceDataset(_SliceDataset):
             ``(1 - b) * uniform + b * balanced``. As many tumour slices are served
             either way (redrawn by :meth:`set_epoch`), and the tumour-free share is of
             them, as before.
+        contrast_balance: 0 serves the tumour slices as ``lesion_balance`` says; 1 draws
+            them so that each contrast class of lesion present (darker than the liver
+            around it by more than 15 HU, within 15 HU, brighter by more than 15 HU; see
+            :meth:`lesion_contrasts`) gets an equal share, so that the rare bright and
+            near-isodense lesions are not drowned by the dark ones; a slice belongs to
+            the class of the lesion with the most voxels in it; between, the mix
+            ``(1 - c) * uniform + c * balanced``. With ``lesion_balance`` too, the two
+            factors multiply (and are rescaled to keep the number of tumour slices).
         context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
             :class:`LiverSliceDataset`.
             Without ``size`` each volume keeps its own ROI size, so batches only stack
@@ -321,6 +331,7 @@ class TumourSliceDataset(_SliceDataset):
         size: Sequence[int] | None = None,
         empty_fraction: float | None = 0.3,
         lesion_balance: float = 0.0,
+        contrast_balance: float = 0.0,
         augment: SliceAugment | None = None,
         seed: int = 0,
         preprocessing: Preprocessing | None = None,
@@ -328,7 +339,11 @@ class TumourSliceDataset(_SliceDataset):
         num_workers: int = 0,
     ) -> None:
         self.lesion_balance = float(check_in_range("lesion_balance", lesion_balance, 0.0, 1.0))
+        self.contrast_balance = float(
+            check_in_range("contrast_balance", contrast_balance, 0.0, 1.0)
+        )
         self._lesion_weights: dict[int, np.ndarray] = {}
+        self._slice_contrast: dict[int, np.ndarray] = {}
         self.margin = _margin2(margin)
         self.mask_outside = bool(mask_outside)
         self.mask_dilation = int(check_positive("mask_dilation", mask_dilation, strict=False))
@@ -360,11 +375,20 @@ class TumourSliceDataset(_SliceDataset):
         return np.flatnonzero(tumour), np.flatnonzero(liver & ~tumour)
 
     def _weigh_positives(self, positives: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        if not self.lesion_balance or not positives:
+        if not (self.lesion_balance or self.contrast_balance) or not positives:
             return positives
-        weights = np.array([self.lesion_slice_weights(v)[k] for v, k in positives])
-        n, b = len(positives), self.lesion_balance
-        expected = (1.0 - b) + b * n * weights / weights.sum()  # times served, mean 1
+        n, expected = len(positives), np.ones(len(positives))
+        if self.lesion_balance:
+            weights = np.array([self.lesion_slice_weights(v)[k] for v, k in positives])
+            b = self.lesion_balance
+            expected *= (1.0 - b) + b * n * weights / weights.sum()
+        if self.contrast_balance:
+            classes = np.array([self.slice_contrast_classes(v)[k] for v, k in positives])
+            counts = np.bincount(classes, minlength=3)
+            share = 1.0 / (np.count_nonzero(counts) * counts[classes])  # each class alike
+            c = self.contrast_balance
+            expected *= (1.0 - c) + c * n * share
+        expected *= n / expected.sum()  # times served, mean 1
         # systematic sampling: n slices in all (a DataLoader's sampler keeps the length it
         # was built with), each served floor or ceil of its expected times
         offset = np.random.default_rng([self.seed, self.epoch, 7927]).random()
@@ -389,6 +413,56 @@ class TumourSliceDataset(_SliceDataset):
                     weights[box[0]] += 1.0 / (box[0].stop - box[0].start)
             self._lesion_weights[v] = weights
         return self._lesion_weights[v]
+
+    def lesion_contrasts(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """Volume ``v``'s lesions and their contrast to the liver around them.
+
+        A lesion is a 26-connected tumour (label 2) component; its contrast is its mean
+        minus the mean of the liver (label 1) within 3 voxels of it, on the windowed
+        image, in HU (exact without CLAHE, approximate with it, which bends the scale).
+        A lesion with no liver around it counts as dark.
+
+        Returns:
+            ``(components, contrast)``: (D, H, W) int32 lesion numbers (0: none) and
+            (n + 1,) float HU per lesion number (entry 0 unused).
+        """
+        from scipy import ndimage
+
+        volume = self.volumes[v]
+        labels = np.asarray(volume.labels())
+        components, n = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
+        low, high = self.preprocessing.hu_window
+        hu_per_level = (high - low) / 255.0
+        contrast = np.full(n + 1, -np.inf)
+        for number, box in enumerate(ndimage.find_objects(components), start=1):
+            if box is None:
+                continue
+            box = tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)
+            lesion = components[box] == number
+            ring = ndimage.binary_dilation(lesion, iterations=3) & ~lesion & (labels[box] == 1)
+            if ring.any():
+                image = np.asarray(volume.image_u8()[box], dtype=np.float64)
+                contrast[number] = (image[lesion].mean() - image[ring].mean()) * hu_per_level
+        return components.astype(np.int32, copy=False), contrast
+
+    def slice_contrast_classes(self, v: int) -> np.ndarray:
+        """Per slice of volume ``v``: 0 dark, 1 near-isodense, 2 bright (see ``contrast_balance``).
+
+        The class of the lesion with the most voxels in the slice, by
+        :meth:`lesion_contrasts` (under -15 HU, within 15 HU, over 15 HU); 0 where the
+        slice holds no tumour. Shape (D,).
+        """
+        if v not in self._slice_contrast:
+            components, contrast = self.lesion_contrasts(v)
+            kind = np.digitize(contrast, [-CONTRAST_HU, CONTRAST_HU]).astype(np.int64)
+            per_slice = np.zeros(components.shape[0], dtype=np.int64)
+            for k, plane in enumerate(components):
+                counts = np.bincount(plane.ravel(), minlength=len(contrast))
+                counts[0] = 0
+                if counts.any():
+                    per_slice[k] = kind[int(np.argmax(counts))]
+            self._slice_contrast[v] = per_slice
+        return self._slice_contrast[v]
 
     def _sample(
         self, volume: PreparedVolume, k: int, rng: np.random.Generator

@@ -38,6 +38,7 @@ def stage_datasets(
     augment: SliceAugment | None = None,
     lesion_weight: float | None = None,
     lesion_balance: float = 0.0,
+    contrast_balance: float = 0.0,
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -79,6 +80,9 @@ def stage_datasets(
         lesion_balance: 2D tumour stage only: how evenly the training slices serve the
             lesions (``TumourSliceDataset(lesion_balance=)``: 0 each slice once, 1 each
             lesion equally often). Validation serves every slice.
+        contrast_balance: 2D tumour stage only: how evenly the training slices serve
+            dark, near-isodense and bright lesions (``TumourSliceDataset(contrast_balance=)``:
+            0 as they come, 1 each class present equally often).
 
     Returns:
         ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
@@ -106,6 +110,11 @@ def stage_datasets(
         raise ValueError(
             f"lesion_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
             f"(it balances the 2D tumour stage's lesions), got {lesion_balance}"
+        )
+    if contrast_balance and (stage != "tumour" or patch is not None):
+        raise ValueError(
+            f"contrast_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
+            f"(it balances the 2D tumour stage's lesions), got {contrast_balance}"
         )
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
@@ -140,7 +149,8 @@ def stage_datasets(
     tumour = TumourSliceDataset(
         list(train_cases), augment=augment or SliceAugment(), seed=seed,
         empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
-        mask_fill_holes=mask_dilation > 0, lesion_balance=lesion_balance, **common,
+        mask_fill_holes=mask_dilation > 0, lesion_balance=lesion_balance,
+        contrast_balance=contrast_balance, **common,
     )  # fmt: skip
     val = TumourSliceDataset(
         list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside, **common
