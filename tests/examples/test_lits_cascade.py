@@ -224,6 +224,9 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-lesion-balance", "1.5"])
     assert "--tumour-lesion-balance: expected in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-contrast-balance", "2"])
+    assert "--tumour-contrast-balance: expected in [0, 1]" in capsys.readouterr().err
     assert example.parse_args([]).tumour_min_inside == 0.5  # chosen on validation
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-min-inside", "-0.5"])
@@ -323,6 +326,10 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     assert example.datasets("liver", cases, example.parse_args(TINY))[0].lesion_weight == 20.0
     paper = example.parse_args([*TINY, "--liver-lesion-weight", "1"])  # the paper's loss
     assert example.datasets("liver", cases, paper)[0].lesion_weight is None
+    balanced = example.parse_args([*TINY, "--tumour-contrast-balance", "0.5"])
+    tumour_train, tumour_val = example.datasets("tumour", cases, balanced)
+    assert (tumour_train.contrast_balance, tumour_val.contrast_balance) == (0.5, 0.0)
+    assert example.datasets("tumour", cases, args)[0].contrast_balance == 0.0  # off by default
     metrics = example.main([*TINY, "--out", str(out), "--liver-lesion-weight", "3",
                             "--validation-only", "--crf", "none"])  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
