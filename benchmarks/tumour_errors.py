@@ -1,7 +1,9 @@
 """Where a finished example run's tumour errors lie, on its validation cases only.
 
 Loads ``RUN/cascade.pt`` (with every choice made on validation) and runs it on the
-validation cases that ``RUN/metrics.json`` records; test cases are never loaded. Per case:
+validation cases that ``RUN/metrics.json`` records (``--split train``: its training
+cases, ``--limit N`` the first N; whether the model learnt what it misses at all); test
+cases are never loaded. Per case:
 true and predicted tumour voxels and their overlap; the false positives' components,
 how many lie outside the true liver, how many within ``--rim`` mm of its surface in 3D
 (voxel spacing included, so the thick slices count), how many in the first or last slice
@@ -21,6 +23,7 @@ models are compared on themselves.
     python benchmarks/tumour_errors.py outputs/run8_seed2 --json errors.json
     python benchmarks/tumour_errors.py outputs/run29_seed17 outputs/run31_seed18
     python benchmarks/tumour_errors.py outputs/run33_seed19:outputs/sweep/MODEL/best.pt
+    python benchmarks/tumour_errors.py outputs/s27/cb1.0_s40 --split train --limit 20
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from featsup.training import load_model
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
 CONTRASTS = {"hypodense": (-np.inf, -15.0), "near-isodense": (-15.0, 15.0),
              "hyperdense": (15.0, np.inf)}  # fmt: skip
+WHICH = {"val": "validation", "train": "training"}
 SIZES = {"< 100": (0, 100), "100-499": (100, 500), "500-1999": (500, 2000),
          ">= 2000": (2000, np.inf)}  # fmt: skip
 
@@ -128,14 +132,20 @@ def main(argv: list[str] | None = None) -> dict:
                    help="examples/lits_cascade.py --out folders")  # fmt: skip
     p.add_argument("--rim", type=float, default=6.0, help="mm from the liver's surface")
     p.add_argument("--json", type=Path, help="write the records here")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="the run's "
+                   "validation cases, or its training cases (does the model learn what it "
+                   "misses at all?); never its test cases")  # fmt: skip
+    p.add_argument("--limit", type=int, help="only the first N cases of the split")
     args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit: expected at least 1, got {args.limit}")
     result: dict = {"rim_mm": args.rim, "runs": {}}
     for spec in args.runs:
         run, cascade = run_cascade(spec)
-        rows = [case_errors(cascade, load_case(case), args.rim)
-                for case in example_split(run, ("val",))["val"]]  # fmt: skip
+        cases = example_split(run, (args.split,))[args.split][: args.limit]
+        rows = [case_errors(cascade, load_case(case), args.rim) for case in cases]
         result["runs"][spec] = rows
-        print(f"\n{spec}: validation cases, tumour threshold {cascade.tumour_threshold}, "
+        print(f"\n{spec}: {WHICH[args.split]} cases, tumour threshold {cascade.tumour_threshold}, "
               f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "
               f"{cascade.tumour_crf is not None}")  # fmt: skip
         print(f"| case | true | predicted | overlap | false pos. | components (largest) | "
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{fmt(r['hu_liver'], '.0f')} / {fmt(r['hu_tumour'], '.0f')} |")  # fmt: skip
     table = recall_table([r for rows in result["runs"].values() for r in rows])
     result["recall"] = table
-    print(f"\nTrue lesions found, over the validation cases of {len(args.runs)} run(s)")
+    print(f"\nTrue lesions found, over the {WHICH[args.split]} cases of {len(args.runs)} run(s)")
     print("| lesions by | bin | lesions | touched | voxels | voxels found |")
     print("|---|---|---|---|---|---|")
     for row in table:

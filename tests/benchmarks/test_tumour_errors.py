@@ -31,3 +31,12 @@ def test_lesions_are_found_in_part_by_contrast_and_size() -> None:
     assert rows["contrast", "near-isodense"]["lesions"] == 0
     assert rows["contrast", "near-isodense"]["recall"] is None
     assert (rows["size", "< 100"]["touched"], rows["size", "100-499"]["voxels"]) == (1, 192)
+
+
+def test_bad_split_or_limit_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        tumour_errors.main(["outputs/run", "--limit", "0"])
+    assert "--limit: expected at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tumour_errors.main(["outputs/run", "--split", "test"])  # never the test cases
+    assert "invalid choice: 'test'" in capsys.readouterr().err
