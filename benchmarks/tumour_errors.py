@@ -36,7 +36,7 @@ import numpy as np
 from _example_run import example_split
 from scipy import ndimage
 
-from featsup.data import load_case
+from featsup.data import lesion_contrasts, load_case
 from featsup.inference import Cascade
 from featsup.inference.bundle import cascade_arguments
 from featsup.training import load_model
@@ -51,16 +51,12 @@ SIZES = {"< 100": (0, 100), "100-499": (100, 500), "500-1999": (500, 2000),
 
 def lesions(volume: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> list[dict]:
     """Per true lesion: voxels, voxels found, and contrast to the liver around it (HU)."""
-    components, _ = ndimage.label(truth == 2, structure=np.ones((3, 3, 3)))
+    components, contrast = lesion_contrasts(volume, truth)
     out = []
     for k, box in enumerate(ndimage.find_objects(components), start=1):
-        box = tuple(slice(max(0, b.start - 4), b.stop + 4) for b in box)
-        lesion = components[box] == k
-        ring = ndimage.binary_dilation(lesion, iterations=3) & ~lesion & (truth[box] == 1)
-        inside = float(volume[box][lesion].mean())
-        contrast = inside - float(volume[box][ring].mean()) if ring.any() else None
+        lesion, hu = components[box] == k, float(contrast[k])
         out.append({"voxels": int(lesion.sum()), "found": int((lesion & pred[box]).sum()),
-                    "contrast_hu": contrast})  # fmt: skip
+                    "contrast_hu": None if np.isnan(hu) else hu})  # fmt: skip
     return out
 
 

@@ -42,7 +42,7 @@ from featsup.data.preprocess import (
     resize,
     uncrop,
 )
-from featsup.data.slices import LiverSliceDataset, TumourSliceDataset
+from featsup.data.slices import LiverSliceDataset, TumourSliceDataset, lesion_contrasts
 from featsup.data.splits import split_cases
 from featsup.data.stages import STAGE_EMPTY_FRACTION, stage_datasets
 
@@ -69,6 +69,7 @@ __all__ = [
     "find_roi",
     "hu_window",
     "largest_connected_component",
+    "lesion_contrasts",
     "load_case",
     "load_segmentation",
     "load_volume",

@@ -34,7 +34,7 @@ from featsup.data.augment import SliceAugment
 from featsup.data.lits import CaseSource, LitsCase, find_cases
 from featsup.data.preprocess import Preprocessing
 
-__all__ = ["CONTRAST_HU", "LiverSliceDataset", "TumourSliceDataset"]
+__all__ = ["CONTRAST_HU", "LiverSliceDataset", "TumourSliceDataset", "lesion_contrasts"]
 
 CONTRAST_HU = 15.0  #: a lesion within this many HU of the liver around it is near-isodense
 
@@ -299,7 +299,7 @@ class TumourSliceDataset(_SliceDataset):
         contrast_balance: 0 serves the tumour slices as ``lesion_balance`` says; 1 draws
             them so that each contrast class of lesion present (darker than the liver
             around it by more than 15 HU, within 15 HU, brighter by more than 15 HU; see
-            :meth:`lesion_contrasts`) gets an equal share, so that the rare bright and
+            :func:`lesion_contrasts`) gets an equal share, so that the rare bright and
             near-isodense lesions are not drowned by the dark ones; a slice belongs to
             the class of the lesion with the most voxels in it; between, the mix
             ``(1 - c) * uniform + c * balanced``. With ``lesion_balance`` too, the two
@@ -415,35 +415,14 @@ class TumourSliceDataset(_SliceDataset):
         return self._lesion_weights[v]
 
     def lesion_contrasts(self, v: int) -> tuple[np.ndarray, np.ndarray]:
-        """Volume ``v``'s lesions and their contrast to the liver around them.
+        """:func:`lesion_contrasts` of volume ``v``, on its windowed image, in HU.
 
-        A lesion is a 26-connected tumour (label 2) component; its contrast is its mean
-        minus the mean of the liver (label 1) within 3 voxels of it, on the windowed
-        image, in HU (exact without CLAHE, approximate with it, which bends the scale).
-        A lesion with no liver around it counts as dark.
-
-        Returns:
-            ``(components, contrast)``: (D, H, W) int32 lesion numbers (0: none) and
-            (n + 1,) float HU per lesion number (entry 0 unused).
+        Exact without CLAHE; approximate with it, which bends the scale.
         """
-        from scipy import ndimage
-
         volume = self.volumes[v]
-        labels = np.asarray(volume.labels())
-        components, n = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
         low, high = self.preprocessing.hu_window
-        hu_per_level = (high - low) / 255.0
-        contrast = np.full(n + 1, -np.inf)
-        for number, box in enumerate(ndimage.find_objects(components), start=1):
-            if box is None:
-                continue
-            box = tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)
-            lesion = components[box] == number
-            ring = ndimage.binary_dilation(lesion, iterations=3) & ~lesion & (labels[box] == 1)
-            if ring.any():
-                image = np.asarray(volume.image_u8()[box], dtype=np.float64)
-                contrast[number] = (image[lesion].mean() - image[ring].mean()) * hu_per_level
-        return components.astype(np.int32, copy=False), contrast
+        image = np.asarray(volume.image_u8(), dtype=np.float64) * ((high - low) / 255.0)
+        return lesion_contrasts(image, np.asarray(volume.labels()))
 
     def slice_contrast_classes(self, v: int) -> np.ndarray:
         """Per slice of volume ``v``: 0 dark, 1 near-isodense, 2 bright (see ``contrast_balance``).
@@ -454,6 +433,7 @@ class TumourSliceDataset(_SliceDataset):
         """
         if v not in self._slice_contrast:
             components, contrast = self.lesion_contrasts(v)
+            contrast = np.nan_to_num(contrast, nan=-np.inf)  # no liver around it: dark
             kind = np.digitize(contrast, [-CONTRAST_HU, CONTRAST_HU]).astype(np.int64)
             per_slice = np.zeros(components.shape[0], dtype=np.int64)
             for k, plane in enumerate(components):
@@ -480,6 +460,49 @@ class TumourSliceDataset(_SliceDataset):
             image = np.where(inside, image, np.float32(0.0))
         target = (labels[self.context] == 2).astype(np.int64)
         return image, target
+
+
+def lesion_contrasts(
+    image: np.ndarray, labels: np.ndarray, ring: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each lesion's contrast to the liver around it.
+
+    A lesion is a 26-connected tumour (label 2) component; its contrast is its mean in
+    ``image`` minus the mean of the liver (label 1) within ``ring`` voxels of it
+    (6-connected steps), NaN where no liver lies that close.
+
+    Args:
+        image: (D, H, W) intensities, for example Hounsfield units.
+        labels: (D, H, W) LiTS labels (0 background, 1 liver, 2 tumour).
+        ring: how far around each lesion the liver is measured, voxels (>= 1).
+
+    Returns:
+        ``(components, contrast)``: (D, H, W) int32 lesion numbers (0: none) and
+        (n + 1,) float64 contrast per lesion number (entry 0 unused, NaN).
+
+    Example:
+        >>> labels = np.ones((3, 8, 8), np.uint8)
+        >>> labels[1, 2:4, 2:4] = 2
+        >>> image = np.where(labels == 2, 60.0, 100.0)
+        >>> components, contrast = lesion_contrasts(image, labels)
+        >>> int(components.max()), contrast[1:].tolist()
+        (1, [-40.0])
+    """
+    from scipy import ndimage
+
+    check_positive("ring", ring)
+    components, n = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
+    contrast = np.full(n + 1, np.nan)
+    for number, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - ring), b.stop + ring) for b in box)
+        lesion = components[box] == number
+        around = ndimage.binary_dilation(lesion, iterations=ring) & ~lesion & (labels[box] == 1)
+        if around.any():
+            values = np.asarray(image[box], dtype=np.float64)
+            contrast[number] = values[lesion].mean() - values[around].mean()
+    return components.astype(np.int32, copy=False), contrast
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
