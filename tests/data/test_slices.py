@@ -451,3 +451,19 @@ def test_contrast_balance_serves_each_lesion_kind_alike(tmp_path: Path) -> None:
         TumourSliceDataset(case, contrast_balance=-0.1)
     with pytest.raises(ValueError, match="contrast_balance"):
         stage_datasets("liver", find_cases(case), [], size=16, contrast_balance=0.5)
+
+
+def test_lesion_contrasts_measure_the_liver_around_each_lesion() -> None:
+    from featsup.data import lesion_contrasts
+
+    labels = np.zeros((4, 16, 16), np.uint8)
+    labels[:, :8] = 1
+    labels[1:3, 2:5, 2:5] = 2  # inside the liver
+    labels[1:3, 11:14, 11:14] = 2  # in the background: no liver around it
+    image = np.where(labels == 2, 130.0, np.where(labels == 1, 100.0, -100.0))
+    components, contrast = lesion_contrasts(image, labels)
+    assert components.max() == 2 and components.dtype == np.int32
+    assert contrast[components[1, 3, 3]] == 30.0
+    assert np.isnan(contrast[components[1, 12, 12]]) and np.isnan(contrast[0])
+    with pytest.raises(ValueError, match="ring"):
+        lesion_contrasts(image, labels, ring=0)
