@@ -421,8 +421,9 @@ class TumourSliceDataset(_SliceDataset):
         """
         volume = self.volumes[v]
         low, high = self.preprocessing.hu_window
-        image = np.asarray(volume.image_u8(), dtype=np.float64) * ((high - low) / 255.0)
-        return lesion_contrasts(image, np.asarray(volume.labels()))
+        # window levels -> HU by scaling the contrasts: no float copy of the whole volume
+        components, contrast = lesion_contrasts(volume.image_u8(), np.asarray(volume.labels()))
+        return components, contrast * ((high - low) / 255.0)
 
     def slice_contrast_classes(self, v: int) -> np.ndarray:
         """Per slice of volume ``v``: 0 dark, 1 near-isodense, 2 bright (see ``contrast_balance``).
