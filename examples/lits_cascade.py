@@ -56,11 +56,11 @@ PRESETS = {
     "cpu": {"size": 128, "tumour_size": 128, "widths": [8, 16, 32, 64, 128], "steps": 1000,
             "tumour_steps": 1250, "teacher_steps": 2000, "batch_size": 8, "lr": 3e-3,
             "tumour_context": 0, "phantom_shape": [48, 256, 256], "cases": 30, "val_cases": 5,
-            "extra_train_cases": 100},
+            "extra_train_cases": 100, "extra_val_cases": 0},
     "cuda": {"size": 512, "tumour_size": 256, "widths": [32, 64, 128, 256, 512], "steps": 30000,
              "tumour_steps": 30000, "teacher_steps": 3000, "batch_size": 16, "lr": 1e-3,
              "tumour_context": 0, "phantom_shape": [100, 512, 512], "cases": 40, "val_cases": 5,
-             "extra_train_cases": 40},
+             "extra_train_cases": 40, "extra_val_cases": 0},
 }  # fmt: skip
 # extra_train_cases was chosen on validation with the CPU preset (docs/cascade.md): 40 over
 # none, then 100 over 40 (tumour Dice +0.147 per case, +0.003 global, three splits). The
@@ -137,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="--dims 3 tumour patch")
     add("--patch-batch-size", type=int, help="--dims 3 tumour patches per step")
     add("--batch-size", type=int)
-    add("--lr", type=float)
+    add("--lr", type=float, help="peak learning rate (AdamW, warm-up then cosine)")
+    add("--tumour-lr", type=float, help="the tumour stage's peak learning rate (default: --lr)")
     add("--mask-dilation", type=int, default=0, help="grow training liver masks (0: paper;"
         " chosen on validation, docs/cascade.md); --tumour-scope liver only")  # fmt: skip
     add("--liver-lesion-weight", type=float, default=20.0, help="Dice weight of tumour "
@@ -180,6 +181,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--extra-train-cases", type=int, help="phantom only: more cases (the phantom seeds "
         "after --cases'), for training only; validation and test stay --cases' split "
         "(chosen on validation, docs/cascade.md)")  # fmt: skip
+    add("--extra-val-cases", type=int, help="phantom only: more cases (the phantom seeds after"
+        " the training-only ones) for the choices on validation after training (heads, CRF, "
+        "threshold, smallest tumour); training keeps its checkpoint by --val-cases' cases "
+        "alone; test stays --cases' split")  # fmt: skip
     add("--phantom-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     add("--test-cases", nargs="+", help="case ids to test on (default: drawn by --seed)")
     add("--test-fraction", type=float, default=0.25)
@@ -197,17 +202,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kind = args.preset
     if kind == "auto":
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    if args.data is not None and args.extra_train_cases:
-        p.error(f"--extra-train-cases: phantom cases, expected none with --data, got "
-                f"{args.extra_train_cases}")  # fmt: skip
-    if args.data is not None:  # real data trains on its own training cases alone
-        args.extra_train_cases = 0
+    for extra in ("extra_train_cases", "extra_val_cases"):
+        if args.data is not None and getattr(args, extra):
+            flag = "--" + extra.replace("_", "-")
+            p.error(f"{flag}: phantom cases, expected none with --data, got {getattr(args, extra)}")
+        if args.data is not None:  # real data uses its own cases alone
+            setattr(args, extra, 0)
     for key, value in {**PRESETS[kind], **(PRESETS_3D[kind] if args.dims == 3 else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data: expected a LiTS folder, got {args.data} (not a directory)")
     dilation, val, cases = args.mask_dilation, args.val_cases, args.cases
+    extras = args.extra_train_cases + args.extra_val_cases
     for wrong, message in (
         (dilation < 0, f"--mask-dilation: expected pixels >= 0, got {dilation}"),
         (not args.liver_lesion_weight > 0,
@@ -222,14 +229,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
+        (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
+         f"--lr, --tumour-lr: expected > 0, got {args.lr}, {args.tumour_lr}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
         (args.seed < 0, f"--seed: expected >= 0, got {args.seed}"),
         (args.extra_train_cases < 0,
          f"--extra-train-cases: expected >= 0, got {args.extra_train_cases}"),
-        (args.data is None and cases + args.extra_train_cases > PHANTOM_SEED_STRIDE,
-         f"--cases + --extra-train-cases: expected at most {PHANTOM_SEED_STRIDE} phantom "
-         f"cases, got {cases + args.extra_train_cases}"),
+        (args.extra_val_cases < 0, f"--extra-val-cases: expected >= 0, got {args.extra_val_cases}"),
+        (args.data is None and cases + extras > PHANTOM_SEED_STRIDE,
+         f"--cases + --extra-train-cases + --extra-val-cases: expected at most "
+         f"{PHANTOM_SEED_STRIDE} phantom cases, got {cases + extras}"),
     ):  # fmt: skip
         if wrong:
             p.error(message)
@@ -256,7 +266,9 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
 
     On the phantom, ``--extra-train-cases`` more cases (case ids ``--cases`` onwards, in
     ``OUT/phantom_train``) join the training cases only: the phantom has no limit, and
-    validation and test stay the split of ``--cases``.
+    validation and test stay the split of ``--cases``. ``--extra-val-cases`` more (the
+    case ids after those, in ``OUT/phantom_val``) are ``"val_extra"``: validation cases
+    for the choices after training only.
     """
     source = args.data or args.out / "phantom"
     if args.data is None:  # kept when the same settings wrote it before
@@ -277,6 +289,13 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
                                  start_index=args.cases, reuse=True,
                                  num_workers=PHANTOM_WORKERS)  # fmt: skip
         cases["train"] += fd.find_cases(folder)
+    if args.data is None and args.extra_val_cases:
+        start = args.cases + args.extra_train_cases
+        folder = args.out / "phantom_val"
+        fd.write_phantom_dataset(folder, args.extra_val_cases, shape=args.phantom_shape,
+                                 seed=phantom_seed(args.seed) + start, start_index=start,
+                                 reuse=True, num_workers=PHANTOM_WORKERS)  # fmt: skip
+        cases["val_extra"] = fd.find_cases(folder)
     return cases
 
 
@@ -363,9 +382,10 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     )
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
     batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
+    lr = args.lr if stage == "liver" else args.tumour_lr or args.lr
     trainer = variant_trainer(
         model, train, val, num_classes=2, loss=DeepSupervisionLoss(stage_loss(stage, args)),
-        lr=args.lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
+        lr=lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
         checkpoint_dir=folder, warmup_steps=min(50, steps // 10), device=args.device,
         seed=args.seed, amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
     )  # fmt: skip
@@ -447,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
     lap("liver training")
     tumour = train_stage("tumour", cases, args, init=liver if args.tumour_init == "liver" else None)
     lap("tumour training")
-    tuning = tune(liver, tumour, cases["val"], args)
+    tuning = tune(liver, tumour, cases["val"] + cases.get("val_extra", []), args)
     lap("validation choices")
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
     metrics = {} if args.validation_only else evaluate(tuning.cascade, cases["test"], args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import sys
@@ -64,8 +65,12 @@ def test_tiny_cascade_runs_end_to_end(
     import nibabel as nib
 
     out = tmp_path / "run"
-    metrics = example.main([*TINY, "--out", str(out)])
+    metrics = example.main([*TINY, "--extra-val-cases", "1", "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
+    # the extra validation case (id 6, after the training-only one) joins the choices only
+    assert saved["split"]["val_extra"] == ["6"]
+    chosen_on = capsys.readouterr().out.split("heads on validation cases ")[1].split("]")[0]
+    assert sorted(ast.literal_eval(chosen_on + "]")) == sorted([*saved["split"]["val"], "6"])
     # both stages train as UN-DS (chosen on validation), so no teacher is trained
     assert (saved["variant"], saved["tumour_variant"]) == ("UN-DS", "UN-DS")
     assert not (out / "teachers").exists()
@@ -279,6 +284,68 @@ def test_extra_training_cases_are_the_phantoms_next_seeds(
         ["--extra-train-cases", "-1"],
         ["--cases", "9990", "--extra-train-cases", "20"],
     ):
+        with pytest.raises(SystemExit):
+            example.parse_args(wrong)
+
+
+def test_extra_validation_cases_follow_the_training_ones_and_only_join_the_choices(
+    example: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    from featsup.data import load_case, make_phantom
+
+    args = example.parse_args(
+        [*TINY, "--phantom-shape", "8", "32", "32", "--extra-train-cases", "2",
+         "--extra-val-cases", "2", "--seed", "3", "--out", str(tmp_path)]
+    )  # fmt: skip
+    cases = example.split_cases(args)
+    assert [c.case_id for c in cases["val_extra"]] == ["7", "8"]  # after 5 split + 2 training
+    assert {c.case_id for c in cases["train"]}.isdisjoint(c.case_id for c in cases["val_extra"])
+    assert len(cases["val"]) == 3 and max(int(c.case_id) for c in cases["val"]) < args.cases
+    expected, _, _ = make_phantom(30_008, shape=(8, 32, 32))  # seed 3's phantom, case 8
+    np.testing.assert_array_equal(load_case(cases["val_extra"][1]).volume, expected)
+    # training validates on --val-cases' cases only; the choices after it see the extra too
+    seen = {}
+    monkeypatch.setattr(example.fd, "stage_datasets",
+                        lambda stage, train, val, **kw: seen.setdefault(stage, val))  # fmt: skip
+    example.datasets("liver", cases, args)
+    assert [c.case_id for c in seen["liver"]] == [c.case_id for c in cases["val"]]
+    assert example.parse_args([]).extra_val_cases == example.PRESETS["cpu"]["extra_val_cases"]
+    assert example.parse_args(["--data", str(tmp_path)]).extra_val_cases == 0
+    for wrong in (
+        ["--data", str(tmp_path), "--extra-val-cases", "3"],
+        ["--extra-val-cases", "-1"],
+        ["--cases", "9990", "--extra-train-cases", "5", "--extra-val-cases", "6"],
+    ):
+        with pytest.raises(SystemExit):
+            example.parse_args(wrong)
+
+
+def test_tumour_lr_reaches_the_tumour_stage_alone(
+    example: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    from types import SimpleNamespace
+
+    class Stop(Exception):
+        pass
+
+    seen: dict[str, float] = {}
+
+    def trainer(model, train, val, **options):
+        seen[options["name"].split()[0]] = options["lr"]
+        raise Stop
+
+    monkeypatch.setattr(example, "datasets", lambda stage, cases, args: ([0], [0]))
+    student = SimpleNamespace(spatial_dims=2, in_channels=1)
+    monkeypatch.setattr(example, "make_student", lambda *a: student)
+    monkeypatch.setattr(example, "build_variant", lambda *a, **k: None)
+    monkeypatch.setattr(example, "variant_trainer", trainer)
+    for extra, expected in ((["--tumour-lr", "0.002"], 0.002), ([], 0.01)):
+        args = example.parse_args([*TINY, "--lr", "0.01", *extra, "--out", str(tmp_path)])
+        for stage in ("liver", "tumour"):
+            with pytest.raises(Stop):
+                example.train_stage(stage, {}, args)
+        assert seen == {"liver": 0.01, "tumour": expected}
+    for wrong in (["--tumour-lr", "0"], ["--lr", "-1"]):
         with pytest.raises(SystemExit):
             example.parse_args(wrong)
 
