@@ -101,11 +101,12 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
 
     The tumour stage's Dice leaves the background out (tumours are small). The liver
     stage's Dice takes the lesion weight's pixel map (``--liver-lesion-weight``); with
-    ``--liver-lesion-terms both`` its CE term does too.
+    ``--liver-lesion-terms both`` its CE term does too. The tumour stage's CE term is focal
+    with ``--tumour-focal-gamma`` above 0.
     """
     if stage == "liver":
         return SegLoss(weight_ce=args.liver_lesion_terms == "both")
-    return SegLoss(include_background=False)
+    return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " tumour slices as they come (dark lesions dominate); 1 serves dark, near-isodense "
         "and bright lesions equally often; between, a mix (0.5 and 1 scored lower on "
         "validation in three splits of three; docs/cascade.md)")  # fmt: skip
+    add("--tumour-focal-gamma", type=float, default=0.0, help="2D and 3D tumour stage: the "
+        "focal exponent of its CE term (0: plain CE, the paper's Seg-Loss; 2: pixels the "
+        "model already gets right count less)")  # fmt: skip
     add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
         " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
         "scratch (0.126 +- 0.122 lower validation Dice per case over three seeds; "
@@ -229,6 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
+        (not args.tumour_focal_gamma >= 0,
+         f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
          f"--lr, --tumour-lr: expected > 0, got {args.lr}, {args.tumour_lr}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),

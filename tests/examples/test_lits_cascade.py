@@ -376,6 +376,12 @@ def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) 
     assert example.stage_loss("liver", both).options["weight_ce"] is True
     tumour = example.stage_loss("tumour", both).options
     assert tumour["weight_ce"] is False and tumour["include_background"] is False
+    assert tumour["focal_gamma"] == 0.0  # plain CE unless asked
+    focal = example.parse_args([*TINY, "--tumour-focal-gamma", "2"])
+    assert example.stage_loss("tumour", focal).options["focal_gamma"] == 2.0
+    assert example.stage_loss("liver", focal).options["focal_gamma"] == 0.0
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-focal-gamma", "-1"])
 
 
 @pytest.mark.slow
