@@ -107,7 +107,7 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     cascade = Cascade(saved.liver_model, saved.tumour_model, **{
         **cascade_arguments(saved), "liver_crf": None, "tumour_crf": None,
         "tumour_threshold": 0.5, "tumour_min_voxels": 0})  # fmt: skip
-    sets = {"base": val, "more": [*val, *extra]}
+    sets = {"base": val} if args.base_only else {"base": val, "more": [*val, *extra]}
     cache: dict[tuple, Any] = {}
     out: dict[str, Any] = {"validation": {k: [c.case_id for c in v] for k, v in sets.items()},
                            "held_out": [c.case_id for c in held]}  # fmt: skip
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("examples", type=Path, nargs="+", help="finished example runs (their --out)")
     p.add_argument("--fresh", type=int, default=30, help="fresh phantom cases per run")
     p.add_argument("--extra", type=int, default=10, help="of them, extra validation cases")
+    p.add_argument("--base-only", action="store_true", help="tune on the runs' own validation "
+                   "cases only (the example's choice), to compare runs on the same held-out "
+                   "cases (--fresh and --extra as for the runs they are compared with)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     for folder in args.examples:
         runs[str(folder)] = run(folder, args)
         write_json(args.json, {"fresh": args.fresh, "extra": args.extra, "runs": runs})
-    keys = [f"{s}/{g}" for s in ("base", "more") for g in GRIDS]
+    keys = [f"{s}/{g}" for s in ("base",) + ("more",) * (not args.base_only) for g in GRIDS]
     print(
         f"\nheld-out tumour Dice per case / global, liver ({args.fresh - args.extra} cases a run)"
     )
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("base/grid", "base/wide"),
         ("more/grid", "more/wide"),
     ):
+        if b not in keys:
+            continue
         d = [np.mean([r[b][m] - r[a][m] for m in ("tumour_per_case", "tumour_global")])
              for r in runs.values()]  # fmt: skip
         liver = [r[b]["liver_per_case"] - r[a]["liver_per_case"] for r in runs.values()]

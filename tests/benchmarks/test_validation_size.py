@@ -66,6 +66,17 @@ def test_choices_on_more_cases_are_scored_on_fresh_held_out_ones(tmp_path: Path)
         float(tumour_criterion(counts[0, 0], "per_case")))  # fmt: skip
     assert set(report["paired"]) == {
         "more/grid - base/grid", "base/wide - base/grid", "more/wide - more/grid"}  # fmt: skip
+    # --base-only: the run's own choice alone, on the same held-out cases
+    again = validation_size.main(
+        [str(folder), "--fresh", "3", "--extra", "1", "--base-only", "--work",
+         str(tmp_path / "work")]
+    )["runs"][str(folder)]  # fmt: skip
+    assert set(again) == {"validation", "held_out", "base/grid", "base/wide"}
+    assert again["held_out"] == run["held_out"]
+    timeless = [
+        {k: v for k, v in r.items() if k != "tuning_seconds"} for r in (again["base/grid"], row)
+    ]
+    assert timeless[0] == timeless[1]
 
 
 def test_extra_must_leave_held_out_cases(
