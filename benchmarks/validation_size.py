@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--extra", type=int, default=10, help="of them, extra validation cases")
     p.add_argument("--base-only", action="store_true", help="tune on the runs' own validation "
                    "cases only (the example's choice), to compare runs on the same held-out "
-                   "cases (--fresh and --extra as for the runs they are compared with)")  # fmt: skip
+                   "cases (--fresh, --extra as for the runs they are compared with)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
