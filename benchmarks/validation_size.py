@@ -61,7 +61,8 @@ def fresh_cases(folder: Path, out: Path, n: int) -> list[fd.LitsCase]:
     if "phantom_seed" not in metrics:
         raise SystemExit(f"{folder}: expected a phantom run (metrics.json has no phantom_seed)")
     settings = metrics["settings"]
-    used = settings["cases"] + (settings.get("extra_train_cases") or 0)
+    extras = ("extra_train_cases", "extra_val_cases")
+    used = settings["cases"] + sum(settings.get(key) or 0 for key in extras)
     if used > FRESH_OFFSET:
         raise SystemExit(f"{folder}: its {used} cases reach the fresh seeds ({FRESH_OFFSET} on)")
     fd.write_phantom_dataset(out, n, shape=settings["phantom_shape"],
@@ -101,13 +102,14 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     fresh = fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)
     val = example_split(folder, ("val",))["val"]
     extra, held = fresh[: args.extra], fresh[args.extra :]
-    loaded = {c.case_id: fd.load_case(c) for c in [*val, *fresh]}
+    extra = [] if args.base_only else extra  # written all the same: the held-out ids stay
+    sets = {"base": val, **({"more": [*val, *extra]} if extra else {})}
+    loaded = {c.case_id: fd.load_case(c) for c in [*val, *extra, *held]}
     held_arrays = [_case_arrays(loaded[c.case_id], i) for i, c in enumerate(held)]
     saved = Cascade.load(folder / "cascade.pt", device="cpu")
     cascade = Cascade(saved.liver_model, saved.tumour_model, **{
         **cascade_arguments(saved), "liver_crf": None, "tumour_crf": None,
         "tumour_threshold": 0.5, "tumour_min_voxels": 0})  # fmt: skip
-    sets = {"base": val} if args.base_only else {"base": val, "more": [*val, *extra]}
     cache: dict[tuple, Any] = {}
     out: dict[str, Any] = {"validation": {k: [c.case_id for c in v] for k, v in sets.items()},
                            "held_out": [c.case_id for c in held]}  # fmt: skip
