@@ -37,13 +37,14 @@ from _example_run import example_split
 from scipy import ndimage
 
 from featsup.data import lesion_contrasts, load_case
+from featsup.data.slices import CONTRAST_HU
 from featsup.inference import Cascade
 from featsup.inference.bundle import cascade_arguments
 from featsup.training import load_model
 
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
-CONTRASTS = {"hypodense": (-np.inf, -15.0), "near-isodense": (-15.0, 15.0),
-             "hyperdense": (15.0, np.inf)}  # fmt: skip
+CONTRASTS = {"hypodense": (-np.inf, -CONTRAST_HU), "near-isodense": (-CONTRAST_HU, CONTRAST_HU),
+             "hyperdense": (CONTRAST_HU, np.inf)}  # fmt: skip
 WHICH = {"val": "validation", "train": "training"}
 SIZES = {"< 100": (0, 100), "100-499": (100, 500), "500-1999": (500, 2000),
          ">= 2000": (2000, np.inf)}  # fmt: skip

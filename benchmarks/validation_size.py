@@ -100,7 +100,8 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """
     settings = json.loads((folder / "metrics.json").read_text())["settings"]
     fresh = fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)
-    val = example_split(folder, ("val",))["val"]
+    split = example_split(folder, ("val", "val_extra"))  # the run's own choices were made on both
+    val = split["val"] + split["val_extra"]
     extra, held = fresh[: args.extra], fresh[args.extra :]
     extra = [] if args.base_only else extra  # written all the same: the held-out ids stay
     sets = {"base": val, **({"more": [*val, *extra]} if extra else {})}
