@@ -1,0 +1,193 @@
+"""Where the cascade's held-out tumour Dice is lost: the liver stage, false positives, or misses.
+
+The example's tumour Dice on held-out phantom cases is well below its liver Dice
+(docs/cascade.md). This script splits the gap with oracles, on fresh held-out phantom
+cases (the same ones ``benchmarks/validation_size.py`` scores: seeds ``5000 + i`` after
+the run's, the ``--extra`` first left out), with each finished run's saved cascade and
+every choice it made on validation (heads, CRF stages, threshold, smallest tumour):
+
+- ``chosen``: the cascade as the run saved it;
+- ``true_liver``: the reference liver (``labels > 0``) instead of the liver stage, so the
+  ROI, the tumour model's input and the share-inside rule all see the true liver;
+- ``no_fp``: the cascade's tumours, with every predicted component that touches no
+  reference tumour relabelled liver (every false-positive component gone);
+- ``true_liver_no_fp``: both.
+
+``true_liver`` minus ``chosen`` is what a perfect liver stage would add, ``no_fp`` minus
+``chosen`` what removing every false-positive lesion would add; what ``true_liver_no_fp``
+still misses is the tumour model's misses (lesions not found, found lesions' voxels).
+Per run it also gives the share of reference tumour voxels inside the liver stage's mask
+and the lesions found, by size (a lesion counts as found when a predicted tumour voxel
+touches it).
+
+    python benchmarks/tumour_gap.py outputs/run55 outputs/s27/x100_s40 --json F
+
+Only the fresh cases are loaded, never a run's test or validation cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _example_run import write_json
+from scipy import ndimage
+from validation_size import fresh_cases
+
+from featsup import data as fd
+from featsup.inference import Cascade, tumour_criterion
+
+ARMS = ("chosen", "true_liver", "no_fp", "true_liver_no_fp")
+SIZES = ((0, 100), (100, 500), (500, 2000), (2000, None))
+"""Lesion size bins, voxels (the upper bound excluded)."""
+
+
+def without_false_positives(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``pred`` (bool, (D, H, W)) without its components (26-connected) that touch no
+    ``truth`` voxel.
+
+    Example:
+        >>> pred = np.zeros((1, 1, 6), bool); pred[0, 0, [0, 1, 4]] = True
+        >>> truth = np.zeros_like(pred); truth[0, 0, 1] = True
+        >>> without_false_positives(pred, truth).astype(int).tolist()
+        [[[1, 1, 0, 0, 0, 0]]]
+    """
+    components, n = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return pred.copy()
+    hit = np.zeros(n + 1, bool)
+    hit[np.unique(components[truth & pred])] = True
+    hit[0] = False
+    return hit[components]
+
+
+def lesions_found(pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, bool]]:
+    """(voxels, found) of every reference lesion (26-connected component of ``truth``)."""
+    components, n = ndimage.label(truth, structure=np.ones((3, 3, 3)))
+    voxels = np.bincount(components.ravel(), minlength=n + 1)
+    touched = np.bincount(components[pred].ravel(), minlength=n + 1)
+    return [(int(voxels[i]), bool(touched[i] > 0)) for i in range(1, n + 1)]
+
+
+def counts(pred: np.ndarray, truth: np.ndarray) -> list[int]:
+    """[both, predicted, reference] tumour voxels."""
+    return [int((pred & truth).sum()), int(pred.sum()), int(truth.sum())]
+
+
+def case_gap(cascade: Cascade, volume: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Every arm's tumour counts on one case, with the liver stage's coverage and lesions."""
+    truth = labels == 2
+    liver = cascade.liver_stage(volume)
+    chosen = cascade.tumour_stage(liver).labels == 2
+    known = cascade.liver_stage(volume, mask=labels > 0)
+    oracle = cascade.tumour_stage(known).labels == 2
+    preds = {
+        "chosen": chosen, "true_liver": oracle,
+        "no_fp": without_false_positives(chosen, truth),
+        "true_liver_no_fp": without_false_positives(oracle, truth),
+    }  # fmt: skip
+    return {
+        "counts": {arm: counts(p, truth) for arm, p in preds.items()},
+        "inside_liver_mask": int((truth & liver.mask).sum()),
+        "lesions": {arm: lesions_found(preds[arm], truth) for arm in ("chosen", "true_liver")},
+    }
+
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tumour Dice per case and global of every arm, coverage and lesions found by size."""
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        rows = np.array([c["counts"][arm] for c in cases])
+        out[arm] = {"per_case": float(tumour_criterion(rows, "per_case")),
+                    "global": float(tumour_criterion(rows, "global"))}  # fmt: skip
+    both, pred, truth = np.array([c["counts"]["chosen"] for c in cases]).sum(axis=0)
+    out["recall"], out["precision"] = both / max(truth, 1), both / max(pred, 1)
+    out["coverage"] = sum(c["inside_liver_mask"] for c in cases) / max(truth, 1)
+    for arm in ("chosen", "true_liver"):
+        lesions = [x for c in cases for x in c["lesions"][arm]]
+        bins = {}
+        for low, high in SIZES:
+            inside = [f for v, f in lesions if v >= low and (high is None or v < high)]
+            name = f"{low}-{high}" if high else f">={low}"
+            bins[name] = {"lesions": len(inside), "found": int(sum(inside))}
+        out[f"lesions_{arm}"] = bins
+    return out
+
+
+def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One run's saved cascade on its held-out fresh cases, every arm."""
+    fresh = fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)
+    held = fresh[args.extra :]
+    cascade = Cascade.load(folder / "cascade.pt", device="cpu")
+    start, cases = time.perf_counter(), []
+    for case in held:
+        loaded = fd.load_case(case)
+        cases.append(
+            {
+                "case": case.case_id,
+                **case_gap(cascade, np.asarray(loaded.volume), np.asarray(loaded.labels)),
+            }
+        )
+    summary = summarise(cases)
+    print(f"  {folder}: " + ", ".join(
+        f"{arm} {summary[arm]['per_case']:.3f} / {summary[arm]['global']:.3f}" for arm in ARMS)
+        + f"; recall {summary['recall']:.3f}, precision {summary['precision']:.3f}, coverage "
+        f"{summary['coverage']:.3f} ({time.perf_counter() - start:.0f} s)",
+        flush=True)  # fmt: skip
+    return {"held_out": [c.case_id for c in held], "summary": summary, "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("examples", type=Path, nargs="+", help="finished example runs (their --out)")
+    p.add_argument("--fresh", type=int, default=30, help="fresh phantom cases per run")
+    p.add_argument("--extra", type=int, default=10, help="of them, the first left out (those "
+                   "validation_size.py adds to the validation cases)")  # fmt: skip
+    p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args(argv)
+    if not 0 <= args.extra < args.fresh:
+        p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
+
+    runs: dict[str, Any] = {}
+    for folder in args.examples:
+        runs[str(folder)] = run(folder, args)
+        write_json(args.json, {"fresh": args.fresh, "extra": args.extra, "runs": runs})
+    print(f"\nheld-out tumour Dice per case / global ({args.fresh - args.extra} cases a run)")
+    extra = ("recall", "precision", "coverage")
+    head = "".join(f"{arm:>20}" for arm in ARMS) + "".join(f"{k:>10}" for k in extra)
+    print(f"{'run':24}{head}")
+    for folder, r in runs.items():
+        s = r["summary"]
+        print(f"{Path(folder).name:24}" + "".join(
+            f"{s[a]['per_case']:>12.3f} /{s[a]['global']:.3f}" for a in ARMS)
+            + "".join(f"{s[k]:>10.3f}" for k in extra))  # fmt: skip
+    means: dict[str, Any] = {}
+    for arm in ARMS:
+        d = [np.mean([r["summary"][arm][m] - r["summary"]["chosen"][m]
+                      for m in ("per_case", "global")]) for r in runs.values()]  # fmt: skip
+        means[arm] = {
+            m: float(np.mean([r["summary"][arm][m] for r in runs.values()]))
+            for m in ("per_case", "global")
+        }
+        means[arm]["d_vs_chosen"] = [float(x) for x in d]
+        print(f"{arm:18} mean {means[arm]['per_case']:.3f} / {means[arm]['global']:.3f};"
+              f" d vs chosen {np.mean(d):+.3f}")  # fmt: skip
+    for arm in ("chosen", "true_liver"):
+        key = f"lesions_{arm}"
+        first = runs[next(iter(runs))]["summary"][key]
+        bins = {b: [sum(r["summary"][key][b][k] for r in runs.values())
+                    for k in ("found", "lesions")] for b in first}  # fmt: skip
+        means[key] = bins
+        found = ", ".join(f"{b} vx {f}/{n}" for b, (f, n) in bins.items())
+        print(f"lesions found, {arm}: {found}")
+    report = {"fresh": args.fresh, "extra": args.extra, "runs": runs, "means": means}
+    write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""benchmarks/tumour_gap.py: its oracles, and a tiny finished 'run' end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
+
+from _cascades import threshold_cascade
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+pytest.importorskip("nibabel")
+tumour_gap = pytest.importorskip("tumour_gap")
+
+SHAPE = [8, 48, 48]
+masks = arrays(bool, (3, 5, 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks, masks)
+def test_removing_false_positives_keeps_every_true_positive_and_no_stray_component(
+    pred: np.ndarray, truth: np.ndarray
+) -> None:
+    kept = tumour_gap.without_false_positives(pred, truth)
+    assert not (kept & ~pred).any()  # only removes
+    np.testing.assert_array_equal(kept & truth, pred & truth)  # every true positive stays
+    # each component left touches the truth; each one removed touched none
+    from scipy import ndimage
+
+    components, n = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+    for i in range(1, n + 1):
+        part = components == i
+        assert kept[part].all() == (part & truth).any()
+        assert kept[part].all() or not kept[part].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks, masks)
+def test_lesions_found_counts_every_reference_voxel_once(
+    pred: np.ndarray, truth: np.ndarray
+) -> None:
+    lesions = tumour_gap.lesions_found(pred, truth)
+    assert sum(v for v, _ in lesions) == truth.sum()
+    assert any(f for _, f in lesions) == (pred & truth).any()
+
+
+def test_the_oracles_on_a_finished_run(tmp_path: Path) -> None:
+    from featsup import data as fd
+    from featsup.inference import tumour_criterion
+
+    folder = tmp_path / "run"
+    fd.write_phantom_dataset(folder / "phantom", 3, shape=SHAPE, seed=70_000)
+    cascade = threshold_cascade(liver=(0.9, 0.35))
+    cascade.save(folder / "cascade.pt")
+    metrics = {"settings": {"cases": 3, "extra_train_cases": 0, "phantom_shape": SHAPE},
+               "phantom_seed": 70_000, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "gap.json"
+    report = tumour_gap.main([str(folder), "--fresh", "3", "--extra", "1", "--work",
+                              str(tmp_path / "work"), "--json", str(out)])  # fmt: skip
+    run = report["runs"][str(folder)]
+    assert run["held_out"] == ["5001", "5002"]  # the same held-out cases as validation_size's
+    assert json.loads(out.read_text())["runs"][str(folder)]["held_out"] == run["held_out"]
+    # "chosen" is the saved cascade as it is, scored again by hand
+    fresh = fd.find_cases(tmp_path / "work" / "run" / "fresh")[1:]
+    rows = []
+    for case in fresh:
+        loaded = fd.load_case(case)
+        pred, truth = cascade(loaded.volume).labels == 2, loaded.labels == 2
+        rows.append([(pred & truth).sum(), pred.sum(), truth.sum()])
+    summary = run["summary"]
+    assert summary["chosen"]["global"] == pytest.approx(
+        float(tumour_criterion(np.array(rows), "global"))
+    )
+    # an oracle without false positives can only gain; every arm has the same reference
+    for arm in ("no_fp", "true_liver_no_fp"):
+        base = "chosen" if arm == "no_fp" else "true_liver"
+        assert summary[arm]["per_case"] >= summary[base]["per_case"]
+        assert summary[arm]["global"] >= summary[base]["global"]
+    for case in run["cases"]:
+        assert len({c[2] for c in case["counts"].values()}) == 1
+        fp = case["counts"]["no_fp"]
+        assert fp[0] == case["counts"]["chosen"][0]
+    assert all(0.0 <= summary[k] <= 1.0 for k in ("coverage", "recall", "precision"))
+
+
+def test_extra_must_leave_held_out_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        tumour_gap.main([str(tmp_path), "--fresh", "5", "--extra", "5"])
+    assert "--extra: expected between 0 and --fresh - 1 (4), got 5" in capsys.readouterr().err
