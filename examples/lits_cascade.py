@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-focal-gamma", type=float, default=0.0, help="2D and 3D tumour stage: the "
         "focal exponent of its CE term (0: plain CE, the paper's Seg-Loss; 2: pixels the "
         "model already gets right count less)")  # fmt: skip
+    add("--tumour-hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        default=list(fd.HU_WINDOW), help="2D and 3D tumour stage: its HU window (default "
+        "the liver stage's, the paper's -100 400); the CRFs keep the liver stage's")  # fmt: skip
     add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
         " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
         "scratch (0.126 +- 0.122 lower validation Dice per case over three seeds; "
@@ -233,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
+        (not args.tumour_hu_window[0] < args.tumour_hu_window[1],
+         f"--tumour-hu-window: expected LOW < HIGH, got {args.tumour_hu_window}"),
         (not args.tumour_focal_gamma >= 0,
          f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
@@ -305,6 +311,15 @@ def split_cases(args: argparse.Namespace) -> dict[str, list[fd.LitsCase]]:
     return cases
 
 
+def stage_preprocessing(stage: str, args: argparse.Namespace) -> fd.Preprocessing:
+    """The stage's preprocessing: PREPROCESSING's, the tumour stage's HU window from
+    ``--tumour-hu-window``."""
+    default = PREPROCESSING[stage]
+    if stage == "liver" or tuple(args.tumour_hu_window) == tuple(default.hu_window):
+        return default  # the very object: the cache keys of earlier runs stay valid
+    return replace(default, hu_window=tuple(args.tumour_hu_window))
+
+
 def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, Any]:
     liver, patch = stage == "liver", args.patch if stage == "tumour" and args.dims == 3 else None
     context = 0 if liver or patch else args.tumour_context
@@ -315,7 +330,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         mask_outside=args.tumour_scope == "liver",
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
-        cache_dir=args.out / "cache", preprocessing=PREPROCESSING[stage],
+        cache_dir=args.out / "cache", preprocessing=stage_preprocessing(stage, args),
         lesion_weight=args.liver_lesion_weight if liver and args.liver_lesion_weight != 1 else None,
         lesion_balance=0.0 if liver or patch else args.tumour_lesion_balance,
         contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,

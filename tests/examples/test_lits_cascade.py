@@ -214,6 +214,9 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-context", "-1"])
     assert "--tumour-context: expected >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-hu-window", "250", "-50"])
+    assert "--tumour-hu-window: expected LOW < HIGH" in capsys.readouterr().err
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
@@ -403,11 +406,16 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     tumour_train, tumour_val = example.datasets("tumour", cases, balanced)
     assert (tumour_train.contrast_balance, tumour_val.contrast_balance) == (0.5, 0.0)
     assert example.datasets("tumour", cases, args)[0].contrast_balance == 0.0  # off by default
+    assert example.datasets("tumour", cases, args)[0].preprocessing.hu_window == (-100, 400)
     metrics = example.main([*TINY, "--out", str(out), "--liver-lesion-weight", "3",
-                            "--validation-only", "--crf", "none"])  # fmt: skip
+                            "--validation-only", "--crf", "none",
+                            "--tumour-hu-window", "-50", "250"])  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
     assert "test evaluation" not in saved["seconds"] and "cases" not in saved
     assert not (out / "predictions").exists()  # nothing predicted on a test case
     assert saved["settings"]["liver_lesion_weight"] == 3.0 and metrics["split"]["test"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # chosen on validation, kept
+    # the tumour model reads the volume through its own window; the liver's is the paper's
+    assert cascade.tumour_preprocessing.hu_window == (-50.0, 250.0)
+    assert cascade.preprocessing.hu_window == (-100.0, 400.0)
     assert cascade.tumour_threshold == saved["chosen_on_validation"]["tumour_threshold"]

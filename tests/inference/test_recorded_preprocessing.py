@@ -15,6 +15,7 @@ from featsup.data import (
     LiverSliceDataset,
     Preprocessing,
     find_cases,
+    hu_window,
     load_case,
     preprocess_volume,
     write_phantom_dataset,
@@ -107,10 +108,23 @@ def test_cascade_feeds_each_model_its_own_recorded_preprocessing(
     assert np.abs(result - tumour_probability(same)).max() > 1e-4
 
 
-def test_cascade_refuses_models_trained_with_different_windows(
+def test_a_tumour_model_with_its_own_window_reads_the_volume_through_it(
     trained: tuple[Path, np.ndarray],
 ) -> None:
-    liver, tumour = load_model(trained[0]), load_model(trained[0])
-    tumour.preprocessing = Preprocessing()
-    with pytest.raises(ValueError, match="one hu_window"):
-        Cascade(liver, tumour, liver_size=32, tumour_size=32, device="cpu")
+    path, volume = trained
+    liver, tumour = load_model(path), load_model(path)
+    wide = Preprocessing(clahe=False)  # the paper's window, not the liver model's
+    tumour.preprocessing = wide
+    cascade = Cascade(liver, tumour, liver_size=32, tumour_size=32, device="cpu")
+    assert (cascade.preprocessing, cascade.tumour_preprocessing) == (WINDOW, wide)
+    mask = load_case(find_cases(path.parent / "data")[0]).labels > 0
+    expected = preprocess_volume(volume, preprocessing=wide)
+    liver_u8 = hu_window(volume, low=WINDOW.hu_window[0], high=WINDOW.hu_window[1])
+    assert np.abs(expected - preprocess_volume(volume, preprocessing=WINDOW)).max() > 0.05
+    for stage in (cascade.liver_stage(volume), cascade.liver_stage(volume, mask=mask)):
+        np.testing.assert_array_equal(stage.image, expected)  # the tumour model's window
+        np.testing.assert_array_equal(stage.image_u8, liver_u8)  # the CRFs keep the liver's
+    same = Cascade(liver, load_model(path), liver_size=32, tumour_size=32, device="cpu")
+    np.testing.assert_array_equal(  # the liver stage does not depend on the tumour's window
+        same.liver_stage(volume).probability, cascade.liver_stage(volume).probability
+    )

@@ -128,8 +128,8 @@ class Cascade:
             defaults (the paper's).
         tumour_preprocessing: the tumour model's; None takes ``preprocessing`` when given,
             else the one the tumour model's checkpoint recorded, else the liver stage's.
-            Both stages read one HU window (the CRF's image); CLAHE and normalisation
-            may differ.
+            Its HU window may differ from the liver stage's (the tumour model then reads
+            the volume through its own); both CRFs read the liver stage's window.
         liver_crf: None for no CRF on the liver stage, else keyword arguments of
             :func:`featsup.postprocess.dense_crf` (``{}`` for its defaults; the phantom-
             tuned ``CRF_PRESETS["liver"]`` differs from them), applied slice by slice.
@@ -267,6 +267,17 @@ class Cascade:
         image = preprocess_window(image_u8, preprocessing=self.preprocessing)
         return image, image_u8, time.perf_counter() - start
 
+    def _tumour_image(self, volume_hu: np.ndarray, image_u8: np.ndarray) -> np.ndarray:
+        """(D, H, W) float32 tumour-model input from the liver stage's uint8 window.
+
+        The volume is windowed again when the tumour model was trained with its own window.
+        """
+        window = self.tumour_preprocessing.hu_window
+        if window != self.preprocessing.hu_window:
+            image_u8 = hu_window(np.asarray(volume_hu), low=window[0], high=window[1],
+                                 output="uint8")  # fmt: skip
+        return preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
+
     def _liver_probabilities(
         self, image: np.ndarray, heads: list[int | None]
     ) -> tuple[dict[int | None, np.ndarray], float]:
@@ -316,7 +327,7 @@ class Cascade:
         begin = time.perf_counter()
         low, high = self.preprocessing.hu_window
         image_u8 = hu_window(np.asarray(volume_hu), low=low, high=high, output="uint8")
-        image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
+        image = self._tumour_image(volume_hu, image_u8)
         t = {"preprocess": time.perf_counter() - begin}
         known = np.asarray(mask, dtype=bool)
         return LiverStage(image, image_u8, known.astype(np.float32), known, t,
@@ -359,7 +370,7 @@ class Cascade:
         if self.tumour_preprocessing != self.preprocessing:  # the tumour model's own input,
             del image  # made once for every head, after the liver's is freed
             start = time.perf_counter()
-            image = preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
+            image = self._tumour_image(volume_hu, image_u8)
             seconds += time.perf_counter() - start
         stages = []
         for k in wanted:
@@ -584,12 +595,6 @@ def _stage_preprocessings(
     )
     liver = preprocessing or liver_record or tumour_record or Preprocessing()
     tumour = tumour_preprocessing or preprocessing or tumour_record or liver
-    if tumour.hu_window != liver.hu_window:
-        raise ValueError(
-            f"tumour_preprocessing: expected the liver stage's HU window {liver.hu_window} (both "
-            f"models and the CRF read one window), got {tumour.hu_window}; fix: train both "
-            f"stages with one hu_window (CLAHE and normalisation may differ)"
-        )
     return liver, tumour
 
 
