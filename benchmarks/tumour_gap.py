@@ -21,6 +21,7 @@ and the lesions found, by size (a lesion counts as found when a predicted tumour
 touches it).
 
     python benchmarks/tumour_gap.py outputs/run55 outputs/s27/x100_s40 --json F
+    python benchmarks/tumour_gap.py outputs/run57_seed30 --figure 5010 docs/images/F.png
 
 Only the fresh cases are loaded, never a run's test or validation cases.
 """
@@ -140,6 +141,45 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"held_out": [c.case_id for c in held], "summary": summary, "cases": cases}
 
 
+def figure(folder: Path, case_id: str, path: Path, args: argparse.Namespace) -> None:
+    """One held-out case of a run: CT, reference, the cascade's labels and its tumour
+    probability, on the slice with the most reference tumour, cropped to the liver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fresh = {c.case_id: c for c in fresh_cases(folder, args.work / folder.name / "fresh",
+                                               args.fresh)}  # fmt: skip
+    if case_id not in fresh:
+        raise SystemExit(f"--figure: {case_id} is not one of {folder}'s fresh cases")
+    loaded = fd.load_case(fresh[case_id])
+    volume, labels = np.asarray(loaded.volume), np.asarray(loaded.labels)
+    result = Cascade.load(folder / "cascade.pt", device="cpu")(volume)
+    z = int(np.argmax((labels == 2).sum(axis=(1, 2))))
+    rows, cols = np.nonzero(labels[z] > 0)
+    box = (z, slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    tumour, liver = volume[box][labels[box] == 2], volume[box][labels[box] == 1]
+    panels = (
+        (np.clip(volume[box], -100, 400), "gray", f"CT, slice {z} (tumour {np.median(tumour):.0f}"
+         f" HU, liver {np.median(liver):.0f})" if tumour.size else f"CT, slice {z}"),
+        (labels[box], "viridis", "reference (liver, tumour)"),
+        (result.labels[box], "viridis", "cascade"),
+        (result.tumour_probability[box], "magma", "tumour probability"),
+    )  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    for ax, (image, cmap, title) in zip(axes, panels, strict=True):
+        limits = {"viridis": {"vmin": 0, "vmax": 2}, "magma": {"vmin": 0, "vmax": 1}}
+        ax.imshow(image, cmap=cmap, **limits.get(cmap, {}))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{folder.name}, held-out case {case_id}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("examples", type=Path, nargs="+", help="finished example runs (their --out)")
@@ -148,10 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
                    "validation_size.py adds to the validation cases)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--figure", nargs=2, metavar=("CASE", "PNG"), help="instead: draw one "
+                   "held-out case of the (first) run to PNG")  # fmt: skip
     args = p.parse_args(argv)
     if not 0 <= args.extra < args.fresh:
         p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
 
+    if args.figure:
+        figure(args.examples[0], args.figure[0], Path(args.figure[1]), args)
+        return {}
     runs: dict[str, Any] = {}
     for folder in args.examples:
         runs[str(folder)] = run(folder, args)
