@@ -181,6 +181,7 @@ def test_tiny_cascade_with_a_3d_tumour_stage(example: ModuleType, tmp_path: Path
     assert tumour.pooling[0] == (1, 2, 2) and tumour.pooling == teacher.pooling
     cascade = Cascade.load(out / "cascade.pt", device="cpu")
     assert cascade.tumour_patch == (8, 32, 32) and cascade.tumour_model.spatial_dims == 3
+    assert cascade.tumour_preprocessing.hu_window == (-100, 400)  # 3D: the paper's window
     case_id = saved["split"]["test"][0]
     case = {c.case_id: c for c in find_cases(out / "phantom")}[case_id]
     save_prediction(cascade(load_case(case).volume).labels, case, tmp_path / "again.nii.gz")
@@ -406,16 +407,18 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     tumour_train, tumour_val = example.datasets("tumour", cases, balanced)
     assert (tumour_train.contrast_balance, tumour_val.contrast_balance) == (0.5, 0.0)
     assert example.datasets("tumour", cases, args)[0].contrast_balance == 0.0  # off by default
-    assert example.datasets("tumour", cases, args)[0].preprocessing.hu_window == (-100, 400)
+    # the 2D tumour stage reads a liver window by default, the 3D one the paper's
+    assert example.datasets("tumour", cases, args)[0].preprocessing.hu_window == (-50, 250)
+    assert example.parse_args([*TINY, "--dims", "3"]).tumour_hu_window == [-100, 400]
     metrics = example.main([*TINY, "--out", str(out), "--liver-lesion-weight", "3",
                             "--validation-only", "--crf", "none",
-                            "--tumour-hu-window", "-50", "250"])  # fmt: skip
+                            "--tumour-hu-window", "-80", "300"])  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
     assert "test evaluation" not in saved["seconds"] and "cases" not in saved
     assert not (out / "predictions").exists()  # nothing predicted on a test case
     assert saved["settings"]["liver_lesion_weight"] == 3.0 and metrics["split"]["test"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # chosen on validation, kept
     # the tumour model reads the volume through its own window; the liver's is the paper's
-    assert cascade.tumour_preprocessing.hu_window == (-50.0, 250.0)
+    assert cascade.tumour_preprocessing.hu_window == (-80.0, 300.0)
     assert cascade.preprocessing.hu_window == (-100.0, 400.0)
     assert cascade.tumour_threshold == saved["chosen_on_validation"]["tumour_threshold"]
