@@ -111,11 +111,13 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
     The tumour stage's Dice leaves the background out (tumours are small). The liver
     stage's Dice takes the lesion weight's pixel map (``--liver-lesion-weight``); with
     ``--liver-lesion-terms both`` its CE term does too. The tumour stage's CE term is focal
-    with ``--tumour-focal-gamma`` above 0.
+    with ``--tumour-focal-gamma`` above 0, and its Dice term the Tversky loss with
+    ``--tumour-tversky-beta``.
     """
     if stage == "liver":
         return SegLoss(weight_ce=args.liver_lesion_terms == "both")
-    return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma)
+    return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma,
+                   tversky_beta=args.tumour_tversky_beta)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,6 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-focal-gamma", type=float, default=0.0, help="2D and 3D tumour stage: the "
         "focal exponent of its CE term (0: plain CE, the paper's Seg-Loss; 2: pixels the "
         "model already gets right count less)")  # fmt: skip
+    add("--tumour-tversky-beta", type=float, metavar="BETA", help="2D and 3D tumour stage: "
+        "replace its Dice term by the Tversky loss, missed voxels weighted BETA and false "
+        "ones 1 - BETA (default: Dice, which is BETA 0.5; above 0.5 favours recall)")  # fmt: skip
     add("--tumour-hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
         help="2D and 3D tumour stage: its HU window (default -50 250 in 2D, chosen on "
         "held-out validation cases, docs/cascade.md; in 3D the paper's -100 400); the "
@@ -252,6 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-hu-window: expected LOW < HIGH, got {args.tumour_hu_window}"),
         (not args.tumour_focal_gamma >= 0,
          f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
+        (args.tumour_tversky_beta is not None and not 0 <= args.tumour_tversky_beta <= 1,
+         f"--tumour-tversky-beta: expected in [0, 1], got {args.tumour_tversky_beta}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
          f"--lr, --tumour-lr: expected > 0, got {args.lr}, {args.tumour_lr}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),

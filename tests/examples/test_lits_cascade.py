@@ -386,6 +386,12 @@ def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) 
     assert example.stage_loss("liver", focal).options["focal_gamma"] == 0.0
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-focal-gamma", "-1"])
+    assert tumour["tversky_beta"] is None  # Dice unless asked
+    tversky = example.parse_args([*TINY, "--tumour-tversky-beta", "0.7"])
+    assert example.stage_loss("tumour", tversky).options["tversky_beta"] == 0.7
+    assert example.stage_loss("liver", tversky).options["tversky_beta"] is None
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-tversky-beta", "1.5"])
 
 
 @pytest.mark.slow

@@ -10,7 +10,14 @@ from featsup.losses.compose import (
     deep_supervision_loss,
     seg_loss,
 )
-from featsup.losses.dice import DiceLoss, WeightedDiceLoss, dice_loss, weighted_dice_loss
+from featsup.losses.dice import (
+    DiceLoss,
+    TverskyLoss,
+    WeightedDiceLoss,
+    dice_loss,
+    tversky_loss,
+    weighted_dice_loss,
+)
 from featsup.losses.feature import FeatureLoss, feature_loss
 from featsup.losses.focal import FocalLoss, focal_loss
 from featsup.losses.weight_map import boundary_weight_map
@@ -22,6 +29,7 @@ __all__ = [
     "FocalLoss",
     "SegLoss",
     "TotalLoss",
+    "TverskyLoss",
     "WeightedDiceLoss",
     "boundary_weight_map",
     "deep_supervision_loss",
@@ -30,5 +38,6 @@ __all__ = [
     "focal_loss",
     "one_hot",
     "seg_loss",
+    "tversky_loss",
     "weighted_dice_loss",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
 from featsup.losses._utils import Activation, resolve_activation
-from featsup.losses.dice import _weight_like, dice_loss, weighted_dice_loss
+from featsup.losses.dice import _weight_like, dice_loss, tversky_loss, weighted_dice_loss
 from featsup.losses.feature import FeatureLoss, _check_weights
 from featsup.losses.focal import focal_loss
 
@@ -40,13 +40,16 @@ def seg_loss(
     batch_dice: bool = False,
     reduction: Literal["mean", "sum"] = "mean",
     weight_ce: bool = False,
+    tversky_beta: float | None = None,
 ) -> torch.Tensor:
     r"""Seg-Loss, paper eq. 13: :math:`w_1 \cdot \mathrm{Dice} + w_2 \cdot \mathrm{CE}`.
 
     The Dice term is :func:`~featsup.losses.dice_loss`, or the weighted Dice of eq. 11
-    when a pixel ``weight`` map is given. The CE term is cross-entropy (softmax) or binary
-    cross-entropy (sigmoid); ``focal_gamma > 0`` swaps it for the focal loss of eq. 12,
-    which the paper uses for tumours. A term whose weight is 0 is not computed.
+    when a pixel ``weight`` map is given; with ``tversky_beta`` it is
+    :func:`~featsup.losses.tversky_loss` instead (alpha = 1 - beta). The CE term is
+    cross-entropy (softmax) or binary cross-entropy (sigmoid); ``focal_gamma > 0`` swaps it
+    for the focal loss of eq. 12, which the paper uses for tumours. A term whose weight is 0
+    is not computed.
 
     Args:
         logits: (B, C, H, W) or (B, C, D, H, W) raw scores.
@@ -68,6 +71,9 @@ def seg_loss(
         weight_ce: weigh the CE (or focal) term's pixels by ``weight`` too. ``"mean"`` is
             then the weighted mean :math:`\sum w \ell / \sum w` (so uniform weights change
             nothing), ``"sum"`` the weighted sum. Ignored when ``weight`` is None.
+        tversky_beta: None for Dice, or a weight in [0, 1] of missed voxels: the Dice term
+            becomes the Tversky loss with false negatives weighted ``tversky_beta`` and
+            false positives ``1 - tversky_beta`` (0.5 is Dice; above 0.5 favours recall).
 
     Returns:
         A scalar tensor.
@@ -95,9 +101,16 @@ def seg_loss(
         "batch": batch_dice,
         "reduction": reduction,
     }
+    if tversky_beta is not None:
+        _check_tversky_beta(tversky_beta)
     total = torch.zeros((), dtype=logits.dtype, device=logits.device)
     if dice_weight:
-        if weight is None:
+        if tversky_beta is not None:
+            dice = tversky_loss(
+                logits, target, weight, alpha=1 - tversky_beta, beta=tversky_beta,
+                **dice_options,  # type: ignore[arg-type]
+            )  # fmt: skip
+        elif weight is None:
             dice = dice_loss(logits, target, **dice_options)  # type: ignore[arg-type]
         else:
             dice = weighted_dice_loss(logits, target, weight, **dice_options)  # type: ignore[arg-type]
@@ -111,6 +124,14 @@ def seg_loss(
             )
         total = total + ce_weight * ce
     return total
+
+
+def _check_tversky_beta(beta: float) -> float:
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(
+            f"tversky_beta: expected a weight in [0, 1] (or None for Dice), got {beta}"
+        )
+    return float(beta)
 
 
 def _weighted_ce(
@@ -159,6 +180,7 @@ class SegLoss(nn.Module):
         batch_dice: bool = False,
         reduction: Literal["mean", "sum"] = "mean",
         weight_ce: bool = False,
+        tversky_beta: float | None = None,
     ) -> None:
         super().__init__()
         resolve_activation(activation, 2)
@@ -172,6 +194,7 @@ class SegLoss(nn.Module):
             "batch_dice": bool(batch_dice),
             "reduction": check_choice("reduction", reduction, _SEG_REDUCTIONS),
             "weight_ce": bool(weight_ce),
+            "tversky_beta": None if tversky_beta is None else _check_tversky_beta(tversky_beta),
         }
 
     def forward(

@@ -1,4 +1,4 @@
-"""Soft Dice loss (paper eq. 8) and the weighted Dice loss (eq. 11).
+"""Soft Dice loss (paper eq. 8), the weighted Dice loss (eq. 11) and the Tversky loss.
 
 Both work on logits and take targets as integer label maps or one-hot tensors, in 2D
 ``(B, C, H, W)`` or 3D ``(B, C, D, H, W)``.
@@ -22,7 +22,14 @@ from featsup.losses._utils import (
     spatial_dims,
 )
 
-__all__ = ["DiceLoss", "WeightedDiceLoss", "dice_loss", "weighted_dice_loss"]
+__all__ = [
+    "DiceLoss",
+    "TverskyLoss",
+    "WeightedDiceLoss",
+    "dice_loss",
+    "tversky_loss",
+    "weighted_dice_loss",
+]
 
 
 def dice_loss(
@@ -125,6 +132,69 @@ def weighted_dice_loss(
     )
 
 
+def tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    activation: Activation = "auto",
+    include_background: bool = True,
+    smooth: float = 1e-5,
+    batch: bool = False,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Tversky loss: :math:`1 - (2 TP + s) / (2 TP + 2 \alpha FP + 2 \beta FN + s)`.
+
+    The Tversky index (Salehi et al., 2017) weighs false positives by ``alpha`` and false
+    negatives (missed voxels) by ``beta``; ``beta > alpha`` favours recall, which suits
+    small lesions that a Dice-trained model tends to leave out. Soft counts:
+    ``TP = sum(P G)``, ``FP = sum(P (1 - G))``, ``FN = sum((1 - P) G)``. With
+    ``alpha = beta = 0.5`` it is exactly :func:`dice_loss` (or, with ``weight``,
+    :func:`weighted_dice_loss`); the factor 2 keeps ``smooth`` on Dice's scale. Empty masks
+    behave as in :func:`dice_loss`.
+
+    Args:
+        logits: (B, C, H, W) or (B, C, D, H, W) raw scores.
+        target: label map or one-hot target, as in :func:`dice_loss`.
+        weight: optional pixel weights, as in :func:`weighted_dice_loss`.
+        alpha: weight of false positives, >= 0.
+        beta: weight of false negatives, >= 0; ``alpha + beta > 0``.
+        activation: see :func:`dice_loss`.
+        include_background: see :func:`dice_loss`.
+        smooth: see :func:`dice_loss`.
+        batch: see :func:`dice_loss`.
+        reduction: see :func:`dice_loss`.
+
+    Returns:
+        As :func:`dice_loss`.
+
+    Raises:
+        ValueError: on bad shapes or option values, as :func:`dice_loss`.
+        TypeError: if an input is not a tensor.
+
+    Example:
+        >>> logits = torch.tensor([[[[9.0, 9.0, -9.0, -9.0]]]])  # (1, 1, 1, 4): finds 2 of 3
+        >>> target = torch.tensor([[[1, 1, 1, 0]]])
+        >>> round(tversky_loss(logits, target, alpha=0.5, beta=0.5).item(), 3)  # Dice: 1 - 4/5
+        0.2
+        >>> round(tversky_loss(logits, target, alpha=0.3, beta=0.7).item(), 3)  # 1 - 4/5.4
+        0.259
+    """
+    check_positive("alpha", alpha, strict=False)
+    check_positive("beta", beta, strict=False)
+    if alpha + beta <= 0:
+        raise ValueError(
+            f"alpha, beta: expected a positive sum, got {alpha} and {beta}; "
+            "fix: alpha = beta = 0.5 is the Dice loss"
+        )
+    return _dice(
+        logits, target, weight, activation, include_background, smooth, False, batch, reduction,
+        alpha=alpha, beta=beta,
+    )  # fmt: skip
+
+
 def _dice(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -135,6 +205,9 @@ def _dice(
     squared: bool,
     batch: bool,
     reduction: str,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
 ) -> torch.Tensor:
     check_logits(logits)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -155,8 +228,11 @@ def _dice(
     intersection = (wp * onehot).sum(dims)
     if squared:
         denominator = (wp * prob).sum(dims) + (wg * onehot).sum(dims)
-    else:
+    elif alpha == beta == 0.5:
         denominator = wp.sum(dims) + wg.sum(dims)
+    else:  # 2 (TP + alpha FP + beta FN), FP = |P| - TP, FN = |G| - TP
+        predicted, reference = wp.sum(dims), wg.sum(dims)
+        denominator = 2 * ((1 - alpha - beta) * intersection + alpha * predicted + beta * reference)
     numerator, denominator = 2 * intersection + smooth, denominator + smooth
     empty = denominator == 0
     ratio = torch.where(
@@ -238,6 +314,47 @@ class DiceLoss(_DiceBase):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`dice_loss` for shapes."""
         return dice_loss(logits, target, **self._options())
+
+
+class TverskyLoss(_DiceBase):
+    """Module form of :func:`tversky_loss`; options are checked here.
+
+    Example:
+        >>> loss = TverskyLoss(alpha=0.3, beta=0.7, include_background=False)
+        >>> loss(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        activation: Activation = "auto",
+        include_background: bool = True,
+        smooth: float = 1e-5,
+        batch: bool = False,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(
+            activation=activation, include_background=include_background, smooth=smooth,
+            batch=batch, reduction=reduction,
+        )  # fmt: skip
+        self.alpha = check_positive("alpha", alpha, strict=False)
+        self.beta = check_positive("beta", beta, strict=False)
+        if alpha + beta <= 0:
+            raise ValueError(f"alpha, beta: expected a positive sum, got {alpha} and {beta}")
+
+    def _options(self) -> dict:
+        options = {"alpha": self.alpha, "beta": self.beta, **super()._options()}
+        del options["squared"]
+        return options
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Compute the loss; see :func:`tversky_loss` for shapes."""
+        return tversky_loss(logits, target, weight, **self._options())
 
 
 class WeightedDiceLoss(_DiceBase):
