@@ -182,13 +182,7 @@ def tversky_loss(
         >>> round(tversky_loss(logits, target, alpha=0.3, beta=0.7).item(), 3)  # 1 - 4/5.4
         0.259
     """
-    check_positive("alpha", alpha, strict=False)
-    check_positive("beta", beta, strict=False)
-    if alpha + beta <= 0:
-        raise ValueError(
-            f"alpha, beta: expected a positive sum, got {alpha} and {beta}; "
-            "fix: alpha = beta = 0.5 is the Dice loss"
-        )
+    _check_tversky_weights(alpha, beta)
     return _dice(
         logits, target, weight, activation, include_background, smooth, False, batch, reduction,
         alpha=alpha, beta=beta,
@@ -239,6 +233,17 @@ def _dice(
         empty, torch.ones_like(numerator), numerator / denominator.masked_fill(empty, 1)
     )
     return reduce(1 - ratio, reduction)
+
+
+def _check_tversky_weights(alpha: float, beta: float) -> tuple[float, float]:
+    check_positive("alpha", alpha, strict=False)
+    check_positive("beta", beta, strict=False)
+    if alpha + beta <= 0:
+        raise ValueError(
+            f"alpha, beta: expected a positive sum, got {alpha} and {beta}; "
+            "fix: alpha = beta = 0.5 is the Dice loss"
+        )
+    return float(alpha), float(beta)
 
 
 def _check_background(include_background: bool, num_classes: int) -> None:
@@ -340,10 +345,7 @@ class TverskyLoss(_DiceBase):
             activation=activation, include_background=include_background, smooth=smooth,
             batch=batch, reduction=reduction,
         )  # fmt: skip
-        self.alpha = check_positive("alpha", alpha, strict=False)
-        self.beta = check_positive("beta", beta, strict=False)
-        if alpha + beta <= 0:
-            raise ValueError(f"alpha, beta: expected a positive sum, got {alpha} and {beta}")
+        self.alpha, self.beta = _check_tversky_weights(alpha, beta)
 
     def _options(self) -> dict:
         options = {"alpha": self.alpha, "beta": self.beta, **super()._options()}
