@@ -7,6 +7,10 @@ of ``--repeats`` after a warm-up. bfloat16 pays on CPUs with bfloat16 matrix uni
 (Intel AMX); elsewhere oneDNN emulates it.
 
     python benchmarks/cpu_amp.py --repeats 15 --json cpu_amp.json
+    python benchmarks/cpu_amp.py --widths 8 16 32 64 128 --widths 16 32 64 128 256 --variants UN-DS
+
+With several ``--widths`` every setting is timed once a round, and the last column is each
+width set's bfloat16 step over the first set's, per round, then the median.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from _timing import timed_step
 
 from featsup.models import UNetPlusPlus
-from featsup.supervision.variants import build_variant, segmentation_step
+from featsup.supervision.variants import VARIANTS, build_variant, segmentation_step
 from featsup.training import cpu_has_bf16_units
 
 
@@ -44,29 +48,54 @@ def make_step(variant: str, widths: list[int], size: int, batch: int):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--widths", type=int, nargs=5, default=[8, 16, 32, 64, 128])
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs=5,
+        action="append",
+        help="UNet++ widths per "
+        "depth; give it again to time several sets interleaved (default 8 .. 128)",
+    )
+    p.add_argument("--variants", nargs="+", default=["UN-DS", "ES-DS"], choices=VARIANTS)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    rows = {}
+    args.widths = args.widths or [[8, 16, 32, 64, 128]]
+    if args.repeats < 1:
+        p.error(f"--repeats: expected at least 1, got {args.repeats}")
     print(f"CPU: {platform.processor() or platform.machine()}; bf16 units: {cpu_has_bf16_units()}")
-    print(f"threads {torch.get_num_threads()}, widths {args.widths}, {args.size}^2, "
-          f"batch {args.batch}")  # fmt: skip
-    print("| variant | fp32 ms | bf16 ms | fp32 / bf16 |\n|---|---|---|---|")
-    for variant in ("UN-DS", "ES-DS"):
-        step = make_step(variant, args.widths, args.size, args.batch)
-        for amp in (False, True, False, True):  # warm-up both
+    print(f"threads {torch.get_num_threads()}, {args.size}^2, batch {args.batch}, "
+          f"median of {args.repeats} interleaved rounds")  # fmt: skip
+    keys = [("-".join(map(str, w[::4])), w, v) for w in args.widths for v in args.variants]
+    steps = {(name, v): make_step(v, w, args.size, args.batch) for name, w, v in keys}
+    for step in steps.values():  # warm-up, both precisions
+        for amp in (False, True):
             step(amp)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(args.repeats):
+    times = {key: {False: [], True: []} for key in steps}
+    for _ in range(args.repeats):  # every setting once a round: drift hits them alike
+        for key, step in steps.items():
             for amp in (False, True):
-                times[amp].append(step(amp))
-        fp32, bf16 = (1e3 * float(np.median(times[a])) for a in (False, True))
-        ratios = np.array(times[False]) / np.array(times[True])
-        rows[variant] = {"fp32_ms": fp32, "bf16_ms": bf16, "ratio": float(np.median(ratios))}
-        print(f"| {variant} | {fp32:.0f} | {bf16:.0f} | {rows[variant]['ratio']:.2f}x |")
+                times[key][amp].append(step(amp))
+    first = {v: (keys[0][0], v) for v in args.variants}
+    rows = {}
+    print("| widths | variant | fp32 ms | bf16 ms | fp32 / bf16 | bf16 / first widths' bf16 |")
+    print("|---|---|---|---|---|---|")
+    for key, t in times.items():
+        fp32, bf16 = (np.array(t[a]) for a in (False, True))
+        versus = bf16 / np.array(times[first[key[1]]][True])  # per round, then the median
+        row = {
+            "fp32_ms": 1e3 * float(np.median(fp32)),
+            "bf16_ms": 1e3 * float(np.median(bf16)),
+            "ratio": float(np.median(fp32 / bf16)),
+            "bf16_vs_first": float(np.median(versus)),
+        }
+        rows[" ".join(key)] = row
+        print(
+            f"| {key[0]} | {key[1]} | {row['fp32_ms']:.0f} | {row['bf16_ms']:.0f} | "
+            f"{row['ratio']:.2f}x | {row['bf16_vs_first']:.2f}x |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args), "rows": rows}, default=str))
     return rows
