@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         nargs=5,
         action="append",
-        help="UNet++ widths per "
-        "depth; give it again to time several sets interleaved (default 8 .. 128)",
+        help="UNet++ widths per depth; give it again to time several sets interleaved "
+        "(default 8 .. 128)",
     )
     p.add_argument("--variants", nargs="+", default=["UN-DS", "ES-DS"], choices=VARIANTS)
     p.add_argument("--size", type=int, default=128)
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"CPU: {platform.processor() or platform.machine()}; bf16 units: {cpu_has_bf16_units()}")
     print(f"threads {torch.get_num_threads()}, {args.size}^2, batch {args.batch}, "
           f"median of {args.repeats} interleaved rounds")  # fmt: skip
-    keys = [("-".join(map(str, w[::4])), w, v) for w in args.widths for v in args.variants]
+    names = ["-".join(map(str, w[::4])) for w in args.widths]  # first-last: 8-128
+    if len(set(names)) < len(names):
+        p.error(f"--widths: expected sets that differ in their first or last width, got {names}")
+    keys = [(name, w, v) for name, w in zip(names, args.widths, strict=True) for v in args.variants]
     steps = {(name, v): make_step(v, w, args.size, args.batch) for name, w, v in keys}
     for step in steps.values():  # warm-up, both precisions
         for amp in (False, True):

@@ -26,3 +26,10 @@ def test_width_sets_are_timed_side_by_side(tmp_path: Path) -> None:
 def test_no_repeats_is_refused() -> None:
     with pytest.raises(SystemExit):
         cpu_amp.main(["--repeats", "0"])
+
+
+def test_width_sets_with_the_same_name_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):  # both would be "8-128" and one would hide the other
+        cpu_amp.main(["--widths", "8", "16", "32", "64", "128", "--widths", "8", "32", "32", "64",
+                      "128"])  # fmt: skip
+    assert "differ in their first or last width" in capsys.readouterr().err
