@@ -71,23 +71,28 @@ def main(argv: list[str] | None = None) -> dict:
     names = ["-".join(map(str, w[::4])) for w in args.widths]  # first-last: 8-128
     if len(set(names)) < len(names):
         p.error(f"--widths: expected sets that differ in their first or last width, got {names}")
-    keys = [(name, w, v) for name, w in zip(names, args.widths, strict=True) for v in args.variants]
-    steps = {(name, v): make_step(v, w, args.size, args.batch) for name, w, v in keys}
+    variants = list(dict.fromkeys(args.variants))  # one row per variant, even if named twice
+    steps = {
+        (name, v): make_step(v, w, args.size, args.batch)
+        for name, w in zip(names, args.widths, strict=True)
+        for v in variants
+    }
     for step in steps.values():  # warm-up, both precisions
         for amp in (False, True):
             step(amp)
-    times = {key: {False: [], True: []} for key in steps}
+    times: dict[tuple[str, str], dict[bool, list[float]]] = {
+        key: {False: [], True: []} for key in steps
+    }
     for _ in range(args.repeats):  # every setting once a round: drift hits them alike
         for key, step in steps.items():
             for amp in (False, True):
                 times[key][amp].append(step(amp))
-    first = {v: (keys[0][0], v) for v in args.variants}
     rows = {}
     print("| widths | variant | fp32 ms | bf16 ms | fp32 / bf16 | bf16 / first widths' bf16 |")
     print("|---|---|---|---|---|---|")
     for key, t in times.items():
         fp32, bf16 = (np.array(t[a]) for a in (False, True))
-        versus = bf16 / np.array(times[first[key[1]]][True])  # per round, then the median
+        versus = bf16 / np.array(times[names[0], key[1]][True])  # per round, then the median
         row = {
             "fp32_ms": 1e3 * float(np.median(fp32)),
             "bf16_ms": 1e3 * float(np.median(bf16)),
