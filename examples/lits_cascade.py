@@ -110,10 +110,13 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
 
     The tumour stage's Dice leaves the background out (tumours are small). The liver
     stage's Dice takes the lesion weight's pixel map (``--liver-lesion-weight``); with
-    ``--liver-lesion-terms both`` its CE term does too. The tumour stage's CE term is focal
-    with ``--tumour-focal-gamma`` above 0, and its Dice term the Tversky loss with
-    ``--tumour-tversky-beta``.
+    ``--liver-lesion-terms both`` its CE term does too. A three-class liver stage
+    (``--liver-classes 3``) pools its Dice over the batch and weighs no pixel. The tumour
+    stage's CE term is focal with ``--tumour-focal-gamma`` above 0, and its Dice term the
+    Tversky loss with ``--tumour-tversky-beta``.
     """
+    if stage == "liver" and args.liver_classes == 3:  # a tumour class: Dice over the batch
+        return SegLoss(batch_dice=True)  # (per slice, a tumour-free slice's term costs ~1)
     if stage == "liver":
         return SegLoss(weight_ce=args.liver_lesion_terms == "both")
     return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma,
@@ -158,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " keeps dark lesions inside the liver mask (20 chosen on validation: coverage "
         "+0.050, tumour Dice +0.030 per case and +0.025 global over six splits; "
         "docs/cascade.md)")  # fmt: skip
+    add("--liver-classes", type=int, choices=(2, 3), default=2, help="the liver stage's "
+        "classes: 2 (background, liver with its lesions: the paper) or 3 (background, liver, "
+        "tumour; its Dice pooled over the batch, no lesion weight), whose weights then start "
+        "the tumour stage knowing lesions; the cascade's liver is 1 - p(background)")  # fmt: skip
     add("--liver-lesion-terms", choices=("dice", "both"), default="dice", help="where "
         "--liver-lesion-weight applies: the Dice term only, or the CE term too (a weighted "
         "mean over pixels); no effect with weight 1")  # fmt: skip
@@ -351,7 +358,9 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
         cache_dir=args.out / "cache", preprocessing=stage_preprocessing(stage, args),
-        lesion_weight=args.liver_lesion_weight if liver and args.liver_lesion_weight != 1 else None,
+        lesion_weight=args.liver_lesion_weight
+        if liver and args.liver_lesion_weight != 1 and args.liver_classes == 2 else None,
+        classes="all" if liver and args.liver_classes == 3 else "liver",
         lesion_balance=0.0 if liver or patch else args.tumour_lesion_balance,
         contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,
     )  # fmt: skip
@@ -378,7 +387,7 @@ def teacher(stage: str, variant: str, train: Any, val: Any, args: argparse.Names
         train, recipe = Subset(train, first), {"crop": (d, h // 2, w // 2), "probe_size": (d, h, w)}
         recipe["batch_size"] = 2 * args.patch_batch_size
     model = matching_teacher(
-        student, train, val_labels=val, num_classes=2, steps=args.teacher_steps,
+        student, train, val_labels=val, num_classes=student.num_classes, steps=args.teacher_steps,
         dice_threshold=0.97, eval_every=100, amp="bf16" if args.amp == "bf16" else None,
         channels_last=student.channels_last, device=args.device, seed=args.seed,
         path=args.out / "teachers" / f"{stage}.pt", **recipe,
@@ -400,9 +409,13 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
         student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
     else:
         channels = 2 * args.tumour_context + 1 if stage == "tumour" else 1
-        student = UNetPlusPlus(channels, 2, widths=args.widths)
+        classes = args.liver_classes if stage == "liver" else 2
+        student = UNetPlusPlus(channels, classes, widths=args.widths)
         if init is not None:  # transfer learning (paper 4.2.5): start from the liver model,
-            transfer_weights(init, student)  # its kernel on the centre slice (2.5D)
+            # its kernel on the centre slice (2.5D); from a three-class one, the tumour head
+            # its tumour head and the rest the mean of its background and liver heads
+            groups = [(0, 1), (2,)] if init.num_classes == 3 else None
+            transfer_weights(init, student, classes=groups)
     return student.use_channels_last()  # weights and inputs: faster convolutions
 
 
@@ -416,7 +429,7 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     model = build_variant(
         variant,
         in_channels=student.in_channels,
-        num_classes=2,
+        num_classes=student.num_classes,
         widths=args.widths,
         teacher=encoding_teacher,
         student=student,
@@ -425,7 +438,8 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
     batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
     lr = args.lr if stage == "liver" else args.tumour_lr or args.lr
     trainer = variant_trainer(
-        model, train, val, num_classes=2, loss=DeepSupervisionLoss(stage_loss(stage, args)),
+        model, train, val, num_classes=student.num_classes,
+        loss=DeepSupervisionLoss(stage_loss(stage, args)),
         lr=lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
         checkpoint_dir=folder, warmup_steps=min(50, steps // 10), device=args.device,
         seed=args.seed, amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
@@ -443,6 +457,7 @@ def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: A
     patch = {"tumour_patch": args.patch} if args.dims == 3 else flat
     return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
                    tumour_scope=args.tumour_scope, tumour_min_inside=args.tumour_min_inside,
+                   liver_classes=(1, 2) if args.liver_classes == 3 else (1,),
                    device=args.device, **patch, **options)  # fmt: skip
 
 

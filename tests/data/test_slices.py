@@ -377,6 +377,14 @@ def test_stage_datasets_follow_the_stage_recipes(phantom_folder) -> None:
     for stage, patch in (("liver", None), ("tumour", (4, 16, 16))):
         with pytest.raises(ValueError, match="lesion_balance"):
             stage_datasets(stage, [first], [third], size=24, patch=patch, lesion_balance=0.5)
+    three, three_val = stage_datasets("liver", [first], [third], size=32, classes="all")
+    assert three.classes == three_val.classes == "all" and liver.classes == "liver"
+    served = np.concatenate([three[i]["target"].numpy().ravel() for i in range(len(three))])
+    assert set(np.unique(served)) == {0, 1, 2}  # the phantom's tumours keep their class
+    with pytest.raises(ValueError, match="lesion_weight"):
+        stage_datasets("liver", [first], [third], size=32, classes="all", lesion_weight=4)
+    with pytest.raises(ValueError, match="classes"):
+        stage_datasets("tumour", [first], [third], size=24, classes="all")
 
 
 @pytest.mark.parametrize("augment", [None, SliceAugment(flip_p=0.0)])

@@ -428,3 +428,33 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     assert cascade.tumour_preprocessing.hu_window == (-80.0, 300.0)
     assert cascade.preprocessing.hu_window == (-100.0, 400.0)
     assert cascade.tumour_threshold == saved["chosen_on_validation"]["tumour_threshold"]
+
+
+@pytest.mark.slow
+def test_a_three_class_liver_stage_starts_the_tumour_stage(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    import torch
+
+    from featsup.inference import Cascade
+    from featsup.training import load_model
+
+    out = tmp_path / "run"
+    args = example.parse_args([*TINY, "--out", str(out), "--liver-classes", "3"])
+    cases = example.split_cases(args)
+    train, val = example.datasets("liver", cases, args)
+    assert train.classes == val.classes == "all" and train.lesion_weight is None
+    assert example.stage_loss("liver", args).options["batch_dice"]
+    assert not example.stage_loss("liver", example.parse_args(TINY)).options["batch_dice"]
+    liver = example.make_student("liver", train, args, None)
+    assert liver.num_classes == 3
+    tumour = example.make_student("tumour", None, args, liver)
+    assert tumour.num_classes == 2  # its tumour head is the liver model's tumour head
+    torch.testing.assert_close(tumour.heads.x0_4.bias[1], liver.heads.x0_4.bias[2])
+    example.main([*TINY, "--out", str(out), "--liver-classes", "3", "--validation-only",
+                  "--crf", "none"])  # fmt: skip
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["settings"]["liver_classes"] == 3
+    assert load_model(out / "liver" / "best.pt").num_classes == 3
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")
+    assert cascade.liver_classes == (1, 2) and cascade.liver_model.num_classes == 3

@@ -292,3 +292,32 @@ def test_liver_crf_on_its_box_agrees_with_the_crf_of_the_whole_slices() -> None:
     out = liver_crf(far, image, options)
     np.testing.assert_array_equal(out, far)
     assert out is not far
+
+
+class _ThreeClass(torch.nn.Module):
+    """A 'model' of three classes (background, liver, tumour) by the input's brightness."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image[:, :1]
+        return torch.cat([20 * (0.3 - x), 20 * (x - 0.3) - 30 * (x > 0.8), 20 * (x - 0.8)], 1)
+
+
+def test_a_three_class_liver_model_gives_the_liver_as_one_minus_background() -> None:
+    pytest.importorskip("cv2")
+    volume = np.full((4, 32, 32), -500, dtype=np.int16)
+    volume[1:3, 8:24, 8:24] = 60  # liver
+    volume[1:3, 12:16, 12:16] = 400  # a lesion the three-class model calls tumour
+    kwargs = {"tumour_size": 16, "device": "cpu", "preprocessing": Preprocessing(clahe=False)}
+    three = Cascade(_ThreeClass(), _Oracle(0.8), liver_classes=[1, 2], **kwargs)
+    liver_only = Cascade(_ThreeClass(), _Oracle(0.8), **kwargs)  # class 1 alone
+    both, one = three.liver_stage(volume), liver_only.liver_stage(volume)
+    image = three._liver_input(volume)[0]
+    every = predict_volume(_ThreeClass(), image, device="cpu")  # (3, D, H, W)
+    np.testing.assert_allclose(both.probability, 1 - every[0], atol=1e-5)
+    assert both.mask[1:3, 12:16, 12:16].all()  # the lesion is inside the liver
+    assert not one.mask[1:3, 12:16, 12:16].any()  # with class 1 alone it is a hole
+    assert three(volume).labels[1:3, 12:16, 12:16].min() == 2
+    assert three.liver_classes == (1, 2) and liver_only.liver_classes == (1,)
+    for bad in ([], [0, 1], [1, 1]):
+        with pytest.raises(ValueError, match="liver_classes"):
+            Cascade(_ThreeClass(), _Oracle(0.8), liver_classes=bad, **kwargs)

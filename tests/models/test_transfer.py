@@ -1,4 +1,5 @@
-"""transfer_weights: a 2.5D model starts as the single-slice model it learns from."""
+"""transfer_weights: a 2.5D model starts as the single-slice model it learns from; a model of
+other classes starts from the mean of the source classes it is given."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ def test_incompatible_models_are_refused() -> None:
         transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS))
     with pytest.raises(ValueError, match="odd number of slices"):
         transfer_weights(source, UNetPlusPlus(1, 3, widths=WIDTHS))  # another class count
+
+
+def test_classes_average_the_source_outputs() -> None:
+    source = UNetPlusPlus(1, 3, widths=WIDTHS).eval()  # background, liver, tumour
+    target = transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS), classes=[(0, 1), (2,)])
+    image = torch.randn(2, 1, 16, 16)
+    for got, have in zip(target.eval()(image), source(image), strict=True):  # every head
+        torch.testing.assert_close(got[:, 0], have[:, :2].mean(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[:, 1], have[:, 2], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_class_groups_are_refused() -> None:
+    source = UNetPlusPlus(1, 3, widths=WIDTHS)
+    for classes in ([], [(0,), ()], [(0,), (-1,)]):
+        with pytest.raises(ValueError, match="non-empty group"):
+            transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS), classes=classes)
+    with pytest.raises(ValueError, match="below 3"):
+        transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS), classes=[(0,), (3,)])
+    with pytest.raises(ValueError, match="odd number of slices"):  # 2 groups, 4 classes
+        transfer_weights(source, UNetPlusPlus(1, 4, widths=WIDTHS), classes=[(0,), (2,)])

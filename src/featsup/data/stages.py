@@ -39,6 +39,7 @@ def stage_datasets(
     lesion_weight: float | None = None,
     lesion_balance: float = 0.0,
     contrast_balance: float = 0.0,
+    classes: Literal["liver", "all"] = "liver",
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -83,6 +84,9 @@ def stage_datasets(
         contrast_balance: 2D tumour stage only: how evenly the training slices serve
             dark, near-isodense and bright lesions (``TumourSliceDataset(contrast_balance=)``:
             0 as they come, 1 each class present equally often).
+        classes: liver stage only: ``"liver"`` (targets 0 background, 1 liver or lesion)
+            or ``"all"`` (0 background, 1 liver, 2 tumour; no ``lesion_weight``), for a
+            three-class liver model (``LiverSliceDataset(classes=)``).
 
     Returns:
         ``(train, val)``; items ``{"image": (2 * context + 1, size, size),
@@ -105,6 +109,11 @@ def stage_datasets(
         raise ValueError(
             f"lesion_weight: expected None for the {stage} stage (it weighs the liver "
             f"stage's tumour pixels), got {lesion_weight}"
+        )
+    if classes != "liver" and stage != "liver":
+        raise ValueError(
+            f"classes: expected 'liver' for the {stage} stage (it picks the liver stage's "
+            f"targets), got {classes!r}"
         )
     if lesion_balance and (stage != "tumour" or patch is not None):
         raise ValueError(
@@ -141,10 +150,10 @@ def stage_datasets(
     if stage == "liver":
         train = LiverSliceDataset(
             list(train_cases), augment=augment or SliceAugment(flip_p=0.0), seed=seed,
-            empty_fraction=empty, lesion_weight=lesion_weight, **common,
+            empty_fraction=empty, lesion_weight=lesion_weight, classes=classes, **common,
         )  # fmt: skip
         return train, LiverSliceDataset(
-            list(val_cases), empty_fraction=val_empty_fraction, **common
+            list(val_cases), empty_fraction=val_empty_fraction, classes=classes, **common
         )
     tumour = TumourSliceDataset(
         list(train_cases), augment=augment or SliceAugment(), seed=seed,

@@ -109,7 +109,8 @@ class Cascade:
     the two halves, with another head when asked, to score heads without re-preparing.
 
     Args:
-        liver_model: 2D model, liver (1) vs background (0) logits.
+        liver_model: 2D model, liver (1) vs background (0) logits, or more classes with
+            ``liver_classes``.
         tumour_model: 2D model, tumour (1) vs rest (0) logits on liver-ROI crops, or a
             3D one on liver-ROI patches (with ``tumour_patch``).
         liver_size: in-plane size the liver model was trained at (slices are resized).
@@ -169,6 +170,9 @@ class Cascade:
             model takes for a lesion lies mostly outside the mask, a lesion at the
             liver's edge mostly inside (chosen on validation cases, docs/cascade.md).
             Cascade files saved before it existed load with 0, as they were tuned.
+        liver_classes: the liver model's classes whose probabilities add up to the
+            liver: ``(1,)`` for a liver model, ``(1, 2)`` for a three-class one
+            (background, liver, tumour), whose liver is 1 - p(background).
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -208,8 +212,10 @@ class Cascade:
         tumour_threshold: float = 0.5,
         tumour_scope: Literal["liver", "roi"] = "liver",
         tumour_min_inside: float = 0.5,
+        liver_classes: Sequence[int] = (1,),
     ) -> None:
         check_positive("batch_size", batch_size)
+        self.liver_classes = _liver_classes(liver_classes)
         check_tta("tta", tta)
         self.tumour_tta: TTA = check_tta("tumour_tta", tta if tumour_tta is None else tumour_tta)
         self.tumour_scope = check_choice("tumour_scope", tumour_scope, ("liver", "roi"))
@@ -286,17 +292,17 @@ class Cascade:
         A deeply supervised UNet++ gives them from one pass of the whole network; any
         other model runs once per head.
         """
-        options = {"size": self.liver_size, "context": self.context, "classes": [1],
-                   **self.predict_options}  # fmt: skip
+        options = {"size": self.liver_size, "context": self.context,
+                   "classes": list(self.liver_classes), **self.predict_options}  # fmt: skip
         if len(heads) > 1 and heads_of(self.liver_model) > 1:
             model = self.prepared("liver", "all")  # prepared outside the timing
             start = time.perf_counter()
-            every = predict_volume(model, image, **options)[:, 0]  # (N, D, H, W)
+            every = _summed(predict_volume(model, image, **options), axis=1)  # (N, D, H, W)
             probs = {k: every[-1 if k is None else k - 1] for k in heads}
             return probs, time.perf_counter() - start
         models = {k: self.prepared("liver", k) for k in heads}
         start = time.perf_counter()
-        probs = {k: predict_volume(models[k], image, **options)[0] for k in heads}
+        probs = {k: _summed(predict_volume(models[k], image, **options), 0) for k in heads}
         return probs, time.perf_counter() - start
 
     def liver_stage(
@@ -580,6 +586,24 @@ class Cascade:
         from featsup.inference.heads import choose_heads
 
         return choose_heads(self, cases, tolerance=tolerance)
+
+
+def _liver_classes(classes: Sequence[int]) -> tuple[int, ...]:
+    """``liver_classes`` checked: distinct foreground classes (>= 1), at least one."""
+    values = tuple(int(c) for c in classes)
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise ValueError(
+            "liver_classes: expected distinct classes >= 1 (0 is the background), at least "
+            f"one, got {classes!r}"
+        )
+    return values
+
+
+def _summed(probs: np.ndarray, axis: int) -> np.ndarray:
+    """``probs`` summed over its class ``axis`` (the one class as it is: no copy)."""
+    if probs.shape[axis] == 1:
+        return probs[(slice(None),) * axis + (0,)]
+    return probs.sum(axis=axis, dtype=probs.dtype)
 
 
 def _stage_preprocessings(

@@ -1,6 +1,12 @@
-"""Transfer learning between models whose inputs differ in slices (paper 4.2.5, 2.5D)."""
+"""Transfer learning between models whose inputs differ in slices (paper 4.2.5, 2.5D).
+
+Their outputs may differ in classes too (a three-class liver model starting a two-class
+tumour model).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -8,7 +14,9 @@ from torch import nn
 __all__ = ["transfer_weights"]
 
 
-def transfer_weights(source: nn.Module, target: nn.Module) -> nn.Module:
+def transfer_weights(
+    source: nn.Module, target: nn.Module, *, classes: Sequence[Sequence[int]] | None = None
+) -> nn.Module:
     """Copy ``source``'s weights into ``target``, a model that may read more input slices.
 
     Every tensor is copied as it is, except an input convolution of ``target`` that reads
@@ -17,17 +25,27 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> nn.Module:
     ``source``'s function and learns what the neighbours add (the cascade's tumour model
     from its single-slice liver model).
 
+    With ``classes``, ``target`` may also predict other classes than ``source``: every
+    output layer (a tensor whose first dimension is ``source``'s number of classes there
+    and ``len(classes)`` in ``target``) gets, for its class ``k``, the mean of
+    ``source``'s rows ``classes[k]``. A three-class liver model (background, liver,
+    tumour) starts a two-class tumour model with ``classes=[(0, 1), (2,)]``: its
+    background the mean of the background and liver outputs, its tumour the tumour output.
+
     Args:
         source: the trained model.
         target: a model of the same architecture; its input convolution's channels may
             be an odd multiple of ``source``'s.
+        classes: for each of ``target``'s classes, the ``source`` classes whose output
+            weights it averages; None: the same classes.
 
     Returns:
         ``target``, with the copied weights.
 
     Raises:
         ValueError: if the state dicts differ in keys, or in shapes anywhere but an input
-            convolution's channel dimension by an odd factor.
+            convolution's channel dimension by an odd factor (or, with ``classes``, an
+            output layer's classes); or if ``classes`` names no class or a missing one.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -36,7 +54,12 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> nn.Module:
         >>> x = torch.randn(1, 1, 16, 16)
         >>> torch.allclose(tumour(x.repeat(1, 3, 1, 1))[-1], liver.eval()(x)[-1], atol=1e-5)
         True
+        >>> three = UNetPlusPlus(1, 3, widths=(4, 8))
+        >>> two = transfer_weights(three, UNetPlusPlus(1, 2, widths=(4, 8)), classes=[(0, 1), (2,)])
+        >>> torch.equal(two.heads.x0_1.bias[1], three.heads.x0_1.bias[2])
+        True
     """
+    groups = _class_groups(classes)
     have, want = source.state_dict(), target.state_dict()
     if have.keys() != want.keys():
         missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
@@ -51,6 +74,14 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> nn.Module:
         if value.shape == shape:
             copied[name] = value
             continue
+        if groups is not None and value.shape[1:] == shape[1:] and shape[0] == len(groups):
+            if max(max(g) for g in groups) >= value.shape[0]:
+                raise ValueError(
+                    f"classes: expected source classes below {value.shape[0]} ({name} has "
+                    f"{value.shape[0]} outputs), got {[list(g) for g in groups]}"
+                )
+            copied[name] = torch.stack([value[list(g)].mean(0) for g in groups])
+            continue
         ratio, rest = divmod(shape[1], value.shape[1]) if value.ndim > 1 else (0, 1)
         if value.shape[:1] + value.shape[2:] != shape[:1] + shape[2:] or rest or ratio % 2 == 0:
             raise ValueError(
@@ -64,3 +95,16 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> nn.Module:
         copied[name] = grown
     target.load_state_dict(copied)
     return target
+
+
+def _class_groups(classes: Sequence[Sequence[int]] | None) -> list[tuple[int, ...]] | None:
+    """``classes`` checked: one non-empty group of non-negative source classes per class."""
+    if classes is None:
+        return None
+    groups = [tuple(int(c) for c in group) for group in classes]
+    if not groups or any(not g or min(g) < 0 for g in groups):
+        raise ValueError(
+            "classes: expected one non-empty group of source classes (>= 0) per target class, "
+            f"got {classes!r}"
+        )
+    return groups
