@@ -394,16 +394,22 @@ def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) 
         example.parse_args(["--tumour-tversky-beta", "1.5"])
 
 
+def _liver_datasets(example: ModuleType, tmp_path: Path, *flags: str) -> tuple:
+    """(out, args, cases, (train, val)) of the liver stage of a tiny run with ``flags``."""
+    out = tmp_path / "run"
+    args = example.parse_args([*TINY, "--out", str(out), *flags])
+    cases = example.split_cases(args)
+    return out, args, cases, example.datasets("liver", cases, args)
+
+
 @pytest.mark.slow
 def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     example: ModuleType, tmp_path: Path
 ) -> None:
     from featsup.inference import Cascade
 
-    out = tmp_path / "run"
-    args = example.parse_args([*TINY, "--out", str(out), "--liver-lesion-weight", "3"])
-    cases = example.split_cases(args)
-    train, val = example.datasets("liver", cases, args)
+    weighed = ("--liver-lesion-weight", "3")
+    out, args, cases, (train, val) = _liver_datasets(example, tmp_path, *weighed)
     assert train.lesion_weight == 3.0 and val.lesion_weight is None
     assert "weight" not in example.datasets("tumour", cases, args)[0][0]  # the liver's only
     assert example.datasets("liver", cases, example.parse_args(TINY))[0].lesion_weight == 20.0
@@ -439,10 +445,7 @@ def test_a_three_class_liver_stage_starts_the_tumour_stage(
     from featsup.inference import Cascade
     from featsup.training import load_model
 
-    out = tmp_path / "run"
-    args = example.parse_args([*TINY, "--out", str(out), "--liver-classes", "3"])
-    cases = example.split_cases(args)
-    train, val = example.datasets("liver", cases, args)
+    out, args, _, (train, val) = _liver_datasets(example, tmp_path, "--liver-classes", "3")
     assert train.classes == val.classes == "all" and train.lesion_weight is None
     assert example.stage_loss("liver", args).options["batch_dice"]
     assert not example.stage_loss("liver", example.parse_args(TINY)).options["batch_dice"]
