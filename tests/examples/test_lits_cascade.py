@@ -339,7 +339,7 @@ def test_tumour_lr_reaches_the_tumour_stage_alone(
         raise Stop
 
     monkeypatch.setattr(example, "datasets", lambda stage, cases, args: ([0], [0]))
-    student = SimpleNamespace(spatial_dims=2, in_channels=1)
+    student = SimpleNamespace(spatial_dims=2, in_channels=1, num_classes=2)
     monkeypatch.setattr(example, "make_student", lambda *a: student)
     monkeypatch.setattr(example, "build_variant", lambda *a, **k: None)
     monkeypatch.setattr(example, "variant_trainer", trainer)
