@@ -65,3 +65,5 @@ def test_bad_class_groups_are_refused() -> None:
         transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS), classes=[(0,), (3,)])
     with pytest.raises(ValueError, match="odd number of slices"):  # 2 groups, 4 classes
         transfer_weights(source, UNetPlusPlus(1, 4, widths=WIDTHS), classes=[(0,), (2,)])
+    with pytest.raises(ValueError, match="found none"):  # same classes: nothing to map
+        transfer_weights(source, UNetPlusPlus(1, 3, widths=WIDTHS), classes=[(2,), (1,), (0,)])

@@ -45,7 +45,8 @@ def transfer_weights(
     Raises:
         ValueError: if the state dicts differ in keys, or in shapes anywhere but an input
             convolution's channel dimension by an odd factor (or, with ``classes``, an
-            output layer's classes); or if ``classes`` names no class or a missing one.
+            output layer's classes); or if ``classes`` names no class or a missing one, or
+            maps no layer (``source`` and ``target`` have the same classes).
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -60,6 +61,7 @@ def transfer_weights(
         True
     """
     groups = _class_groups(classes)
+    top = None if groups is None else max(max(g) for g in groups)
     have, want = source.state_dict(), target.state_dict()
     if have.keys() != want.keys():
         missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
@@ -75,7 +77,7 @@ def transfer_weights(
             copied[name] = value
             continue
         if groups is not None and value.shape[1:] == shape[1:] and shape[0] == len(groups):
-            if max(max(g) for g in groups) >= value.shape[0]:
+            if top is not None and top >= value.shape[0]:
                 raise ValueError(
                     f"classes: expected source classes below {value.shape[0]} ({name} has "
                     f"{value.shape[0]} outputs), got {[list(g) for g in groups]}"
@@ -93,6 +95,11 @@ def transfer_weights(
         centre = ratio // 2 * value.shape[1]
         grown[:, centre : centre + value.shape[1]] = value
         copied[name] = grown
+    if groups is not None and all(copied[k] is have[k] for k in have):
+        raise ValueError(
+            f"classes: expected an output layer whose classes differ ({len(groups)} in target), "
+            "found none; fix: leave classes out for models of the same classes"
+        )
     target.load_state_dict(copied)
     return target
 
