@@ -8,7 +8,8 @@ true and predicted tumour voxels and their overlap; the false positives' compone
 how many lie outside the true liver, how many within ``--rim`` mm of its surface in 3D
 (voxel spacing included, so the thick slices count), how many in the first or last slice
 of the liver, their mean tumour probability against the true positives', and the HU
-medians of false positives, liver and tumour.
+medians of false positives, liver and tumour; and per run, the tumour Dice per case and
+global (``--split train`` against the validation cases: does the model fit what it saw?).
 
 Then the misses, per true lesion (26-connected component of the tumour label): its size,
 its contrast (mean HU inside minus the mean of the liver in a 3-voxel ring around it)
@@ -40,6 +41,7 @@ from featsup.data import lesion_contrasts, load_case
 from featsup.data.slices import CONTRAST_HU
 from featsup.inference import Cascade
 from featsup.inference.bundle import cascade_arguments
+from featsup.metrics import dice_score
 from featsup.training import load_model
 
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
@@ -80,7 +82,8 @@ def case_errors(cascade: Cascade, case, rim_mm: float) -> dict:
     return {
         "case": case.case_id,
         "tumour_true": int(tumour.sum()), "tumour_pred": int(pred.sum()),
-        "overlap": int(tp.sum()), "fp": int(fp.sum()), "fp_components": len(sizes),
+        "overlap": int(tp.sum()), "dice": dice_score(pred, tumour),
+        "fp": int(fp.sum()), "fp_components": len(sizes),
         "fp_largest": sorted(int(s) for s in sizes)[-3:],
         "fp_outside_liver": int((fp & ~liver).sum()),
         "fp_within_rim": int((fp & (depth <= rim_mm)).sum()),
@@ -104,6 +107,16 @@ def recall_table(records: list[dict]) -> list[dict]:
                          "touched": sum(x["found"] > 0 for x in sel), "voxels": voxels,
                          "recall": found / voxels if voxels else None})  # fmt: skip
     return rows
+
+
+def dice_summary(records: list[dict]) -> dict:
+    """Tumour Dice per case (a case with no tumour either way scores 1) and global."""
+    if not records:
+        return {"cases": 0, "per_case": None, "global": None}
+    both = sum(r["tumour_pred"] + r["tumour_true"] for r in records)
+    pooled = 2.0 * sum(r["overlap"] for r in records) / both if both else 1.0
+    return {"cases": len(records), "per_case": float(np.mean([r["dice"] for r in records])),
+            "global": pooled}  # fmt: skip
 
 
 def run_cascade(spec: str) -> tuple[Path, Cascade]:
@@ -142,9 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
         cases = example_split(run, (args.split,))[args.split][: args.limit]
         rows = [case_errors(cascade, load_case(case), args.rim) for case in cases]
         result["runs"][spec] = rows
+        result.setdefault("dice", {})[spec] = summary = dice_summary(rows)
         print(f"\n{spec}: {WHICH[args.split]} cases, tumour threshold {cascade.tumour_threshold}, "
               f"smallest tumour {cascade.tumour_min_voxels}, tumour CRF "
-              f"{cascade.tumour_crf is not None}")  # fmt: skip
+              f"{cascade.tumour_crf is not None}; tumour Dice per case / global "
+              f"{fmt(summary['per_case'], '.3f')} / {fmt(summary['global'], '.3f')}")  # fmt: skip
         print(f"| case | true | predicted | overlap | false pos. | components (largest) | "
               f"outside liver | within {args.rim:g} mm of its surface | in its end slices | "
               "p false / true | HU false / liver / tumour |")  # fmt: skip

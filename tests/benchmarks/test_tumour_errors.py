@@ -40,3 +40,16 @@ def test_bad_split_or_limit_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         tumour_errors.main(["outputs/run", "--split", "test"])  # never the test cases
     assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
+def test_dice_summary_pools_the_cases_and_scores_an_empty_case_one() -> None:
+    records = [
+        {"overlap": 30, "tumour_pred": 40, "tumour_true": 50, "dice": 60 / 90},
+        {"overlap": 0, "tumour_pred": 0, "tumour_true": 0, "dice": 1.0},  # tumour-free, none found
+        {"overlap": 0, "tumour_pred": 10, "tumour_true": 0, "dice": 0.0},  # a false positive
+    ]
+    summary = tumour_errors.dice_summary(records)
+    assert summary["cases"] == 3
+    assert summary["per_case"] == pytest.approx((60 / 90 + 1.0 + 0.0) / 3)
+    assert summary["global"] == pytest.approx(60 / 100)
+    assert tumour_errors.dice_summary([])["per_case"] is None
