@@ -173,8 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "serves each lesion equally often; between, a mix")  # fmt: skip
     add("--tumour-contrast-balance", type=float, default=0.0, help="2D tumour stage: 0 serves"
         " tumour slices as they come (dark lesions dominate); 1 serves dark, near-isodense "
-        "and bright lesions equally often; between, a mix (0.5 and 1 scored lower on "
-        "validation in three splits of three; docs/cascade.md)")  # fmt: skip
+        "and bright lesions equally often; between, a mix (1 learns the bright lesions but "
+        "finds fewer small ones: not adopted, docs/cascade.md)")  # fmt: skip
+    add("--tumour-augment", choices=tuple(TUMOUR_AUGMENT), default="full", help="2D tumour "
+        "stage's training augmentation: full (flips, rotations up to 10 degrees, intensity "
+        "jitter), flips only, or none")  # fmt: skip
     add("--tumour-focal-gamma", type=float, default=0.0, help="2D and 3D tumour stage: the "
         "focal exponent of its CE term (0: plain CE, the paper's Seg-Loss; 2: pixels the "
         "model already gets right count less)")  # fmt: skip
@@ -257,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-lesion-balance: expected in [0, 1], got {args.tumour_lesion_balance}"),
         (not 0 <= args.tumour_contrast_balance <= 1,
          f"--tumour-contrast-balance: expected in [0, 1], got {args.tumour_contrast_balance}"),
+        (args.tumour_augment != "full" and args.dims == 3,
+         f"--tumour-augment: expected full with --dims 3 (3D patches are only flipped), got "
+         f"{args.tumour_augment}"),
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
@@ -281,6 +287,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if wrong:
             p.error(message)
     return args
+
+
+# --tumour-augment: the 2D tumour stage's training augmentation (None: stage_datasets' own,
+# SliceAugment's defaults)
+TUMOUR_AUGMENT = {
+    "full": None,
+    "flips": fd.SliceAugment(rotation_p=0.0, intensity_scale=0.0, intensity_shift=0.0),
+    "none": fd.SliceAugment(flip_p=0.0, rotation_p=0.0, intensity_scale=0.0, intensity_shift=0.0),
+}
 
 
 # --seed S writes phantom cases S * 10000, S * 10000 + 1, ...: each seed its own phantom.
@@ -363,6 +378,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         classes="all" if liver and args.liver_classes == 3 else "liver",
         lesion_balance=0.0 if liver or patch else args.tumour_lesion_balance,
         contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,
+        augment=None if liver or patch else TUMOUR_AUGMENT[args.tumour_augment],
     )  # fmt: skip
 
 

@@ -11,6 +11,9 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
+
+from featsup import data as fd
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lits_cascade.py"
 TINY = [
@@ -236,6 +239,10 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-contrast-balance", "2"])
     assert "--tumour-contrast-balance: expected in [0, 1]" in capsys.readouterr().err
+    assert example.parse_args([]).tumour_augment == "full"
+    with pytest.raises(SystemExit):
+        example.parse_args(["--dims", "3", "--tumour-augment", "none"])
+    assert "--tumour-augment: expected full with --dims 3" in capsys.readouterr().err
     assert example.parse_args([]).tumour_min_inside == 0.5  # chosen on validation
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-min-inside", "-0.5"])
@@ -419,6 +426,21 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     tumour_train, tumour_val = example.datasets("tumour", cases, balanced)
     assert (tumour_train.contrast_balance, tumour_val.contrast_balance) == (0.5, 0.0)
     assert example.datasets("tumour", cases, args)[0].contrast_balance == 0.0  # off by default
+    full = example.datasets("tumour", cases, args)[0].augment  # flips, rotations, jitter
+    assert (full.flip_p, full.rotation_p, full.intensity_scale) == (0.5, 0.5, 0.1)
+    flips = example.parse_args([*TINY, "--tumour-augment", "flips"])
+    kept = example.datasets("tumour", cases, flips)[0].augment
+    assert (kept.flip_p, kept.rotation_p, kept.intensity_scale, kept.intensity_shift) == (
+        0.5, 0.0, 0.0, 0.0)  # fmt: skip
+    plain = example.parse_args([*TINY, "--tumour-augment", "none"])
+    tumour_plain = example.datasets("tumour", cases, plain)[0]
+    assert example.datasets("liver", cases, plain)[0].augment.rotation_p == 0.5  # the liver's own
+    bare = fd.TumourSliceDataset(cases["train"], size=(args.tumour_size,) * 2, seed=args.seed,
+                                 empty_fraction=0.3, mask_outside=False, cache_dir=out / "cache",
+                                 preprocessing=tumour_plain.preprocessing)  # fmt: skip
+    for i in range(0, len(bare), max(1, len(bare) // 4)):  # served as stored
+        assert torch.equal(tumour_plain[i]["image"], bare[i]["image"])
+        assert torch.equal(tumour_plain[i]["target"], bare[i]["target"])
     # the 2D tumour stage reads a liver window by default, the 3D one the paper's
     assert example.datasets("tumour", cases, args)[0].preprocessing.hu_window == (-50, 250)
     assert example.parse_args([*TINY, "--dims", "3"]).tumour_hu_window == [-100, 400]
