@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "finds fewer small ones: not adopted, docs/cascade.md)")  # fmt: skip
     add("--tumour-augment", choices=tuple(TUMOUR_AUGMENT), default="full", help="2D tumour "
         "stage's training augmentation: full (flips, rotations up to 10 degrees, intensity "
-        "jitter), flips only, or none (none fits its training cases better, but was not "
+        "jitter), flips only, or none (none fits its training cases better; neither was "
         "adopted on held-out cases: docs/cascade.md)")  # fmt: skip
     add("--tumour-focal-gamma", type=float, default=0.0, help="2D and 3D tumour stage: the "
         "focal exponent of its CE term (0: plain CE, the paper's Seg-Loss; 2: pixels the "
