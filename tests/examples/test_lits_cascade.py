@@ -436,7 +436,8 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     tumour_plain = example.datasets("tumour", cases, plain)[0]
     assert example.datasets("liver", cases, plain)[0].augment.rotation_p == 0.5  # the liver's own
     bare = fd.TumourSliceDataset(cases["train"], size=(args.tumour_size,) * 2, seed=args.seed,
-                                 empty_fraction=0.3, mask_outside=False, cache_dir=out / "cache",
+                                 empty_fraction=fd.STAGE_EMPTY_FRACTION["tumour"],
+                                 mask_outside=False, cache_dir=out / "cache",
                                  preprocessing=tumour_plain.preprocessing)  # fmt: skip
     for i in range(0, len(bare), max(1, len(bare) // 4)):  # served as stored
         assert torch.equal(tumour_plain[i]["image"], bare[i]["image"])
