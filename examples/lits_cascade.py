@@ -210,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--resume", action="store_true", help="continue from checkpoints in --out")
     add("--seed", type=int, default=0, help="seeds the phantom (its own cases per seed), the "
         "split and training")  # fmt: skip
+    add("--train-seed", type=int, help="seeds training alone (weights, sampling, augmentation; "
+        "default: --seed): a second training on the same phantom and split")  # fmt: skip
     add("--cases", type=int, help="phantom cases (train + val + test)")
     add("--extra-train-cases", type=int, help="phantom only: more cases (the phantom seeds "
         "after --cases'), for training only; validation and test stay --cases' split "
@@ -278,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
         (cases < val + 2, f"--cases: expected at least {val + 2}, got {cases}"),
         (args.seed < 0, f"--seed: expected >= 0, got {args.seed}"),
+        (args.train_seed is not None and args.train_seed < 0,
+         f"--train-seed: expected >= 0, got {args.train_seed}"),
         (args.extra_train_cases < 0,
          f"--extra-train-cases: expected >= 0, got {args.extra_train_cases}"),
         (args.extra_val_cases < 0, f"--extra-val-cases: expected >= 0, got {args.extra_val_cases}"),
@@ -307,6 +311,12 @@ PHANTOM_SEED_STRIDE = 10_000
 # Phantom cases are written by this many processes (the same files: each case is its seed's;
 # on a 2-core AMD EPYC, 10 cases at 48 x 256 x 256 in 1.8-2.0 s against 3.4-4.0 s in one).
 PHANTOM_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def train_seed(args: argparse.Namespace) -> int:
+    """The seed of training (``--train-seed``, else ``--seed``); the phantom and split keep
+    ``--seed``."""
+    return args.seed if args.train_seed is None else args.train_seed
 
 
 def phantom_seed(seed: int) -> int:
@@ -369,7 +379,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
     patches = args.tumour_steps * (args.patch_batch_size or 1)  # 3D: no patch seen twice
     return fd.stage_datasets(  # liver validation: a fifth liver-free; tumour: every ROI slice
         stage, cases["train"], cases["val"], size=args.size if liver else args.tumour_size,
-        context=context, seed=args.seed, mask_dilation=args.mask_dilation, patch=patch,
+        context=context, seed=train_seed(args), mask_dilation=args.mask_dilation, patch=patch,
         mask_outside=args.tumour_scope == "liver",
         patches_per_case=-(-patches // len(cases["train"])),
         val_empty_fraction=fd.STAGE_EMPTY_FRACTION["liver"] if liver else None,
@@ -406,7 +416,7 @@ def teacher(stage: str, variant: str, train: Any, val: Any, args: argparse.Names
     model = matching_teacher(
         student, train, val_labels=val, num_classes=student.num_classes, steps=args.teacher_steps,
         dice_threshold=0.97, eval_every=100, amp="bf16" if args.amp == "bf16" else None,
-        channels_last=student.channels_last, device=args.device, seed=args.seed,
+        channels_last=student.channels_last, device=args.device, seed=train_seed(args),
         path=args.out / "teachers" / f"{stage}.pt", **recipe,
     )  # fmt: skip
     if model.training_report["reused"]:
@@ -459,7 +469,8 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         loss=DeepSupervisionLoss(stage_loss(stage, args)),
         lr=lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
         checkpoint_dir=folder, warmup_steps=min(50, steps // 10), device=args.device,
-        seed=args.seed, amp="bf16" if args.amp == "bf16" else None, name=f"{stage} {variant}",
+        seed=train_seed(args), amp="bf16" if args.amp == "bf16" else None,
+        name=f"{stage} {variant}",
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)
@@ -527,7 +538,7 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(train_seed(args))
     args.out.mkdir(parents=True, exist_ok=True)
     start, seconds = time.perf_counter(), {}
 

@@ -361,6 +361,42 @@ def test_tumour_lr_reaches_the_tumour_stage_alone(
             example.parse_args(wrong)
 
 
+def test_train_seed_reseeds_training_but_not_the_phantom_or_split(
+    example: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    from types import SimpleNamespace
+
+    class Stop(Exception):
+        pass
+
+    out = str(tmp_path / "run")
+    again = example.parse_args([*TINY, "--out", out, "--train-seed", "7"])
+    first = example.parse_args([*TINY, "--out", out])
+    assert (first.train_seed, example.train_seed(first), example.train_seed(again)) == (None, 0, 7)
+    cases = example.split_cases(again)
+    ids = {k: [c.case_id for c in v] for k, v in cases.items()}
+    assert ids == {k: [c.case_id for c in v] for k, v in example.split_cases(first).items()}
+    assert example.datasets("tumour", cases, again)[0].seed == 7
+    assert example.datasets("tumour", cases, first)[0].seed == 0
+    seen: list[int] = []
+
+    def trainer(model, train, val, **options):
+        seen.append(options["seed"])
+        raise Stop
+
+    monkeypatch.setattr(example, "datasets", lambda stage, cases, args: ([0], [0]))
+    student = SimpleNamespace(spatial_dims=2, in_channels=1, num_classes=2)
+    monkeypatch.setattr(example, "make_student", lambda *a: student)
+    monkeypatch.setattr(example, "build_variant", lambda *a, **k: None)
+    monkeypatch.setattr(example, "variant_trainer", trainer)
+    for args in (again, first):
+        with pytest.raises(Stop):
+            example.train_stage("tumour", {}, args)
+    assert seen == [7, 0]
+    with pytest.raises(SystemExit):
+        example.parse_args(["--train-seed", "-1"])
+
+
 def test_folder_without_pairs_is_reported(example: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no volumes here")
     args = example.parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "o")])
