@@ -7,6 +7,10 @@ their equivalent diameters (the sphere of the same volume), the contrast to the 
 labelled component in voxels, the parenchyma median HU and the generation time; then a
 summary over all cases. No assertions: it measures.
 
+It also prints what the lesion sizes allow: the tumour Dice per case and global of an
+oracle that finds every lesion of at least N voxels exactly and nothing else (a case whose
+lesions are all smaller scores 0, a tumour-free case 1), for N in ``--oracle-sizes``.
+
 Usage:
     python benchmarks/phantom_stats.py [--seeds 50] [--shape 48 256 256] [--workers 2]
                                        [--json out.json]
@@ -107,12 +111,39 @@ def summary(cases: list[dict]) -> dict:
     }  # fmt: skip
 
 
+def oracle_dice(cases: list[dict], min_voxels: int) -> tuple[float, float]:
+    """(Dice per case, Dice global) of finding exactly the lesions of >= ``min_voxels``.
+
+    ``cases`` are :func:`case_stats` rows (their ``voxels``: one size per lesion).
+
+    Example:
+        >>> rows = [{"voxels": [40, 400]}, {"voxels": [30]}, {"voxels": []}]
+        >>> oracle_dice(rows, 0), [round(x, 3) for x in oracle_dice(rows, 100)]
+        ((1.0, 1.0), [0.651, 0.92])
+    """
+    per_case, found_sum, truth_sum = [], 0, 0
+    for c in cases:
+        truth = sum(c["voxels"])
+        found = sum(v for v in c["voxels"] if v >= min_voxels)
+        per_case.append(1.0 if truth == 0 else 2.0 * found / (truth + found))
+        found_sum, truth_sum = found_sum + found, truth_sum + truth
+    total = truth_sum + found_sum
+    return float(np.mean(per_case)), 1.0 if total == 0 else 2.0 * found_sum / total
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments, measure every seed in a process pool, print and save."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=50, help="cases: seeds 0 .. seeds-1")
     p.add_argument("--shape", type=int, nargs=3, default=[48, 256, 256], metavar=("D", "H", "W"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--oracle-sizes",
+        type=int,
+        nargs="+",
+        default=[0, 50, 100, 200, 500, 1000, 2000],
+        help="the oracle finds every lesion of at least this many voxels",
+    )
     p.add_argument("--json", help="also write the per-case rows and the summary here")
     args = p.parse_args(argv)
     shape = tuple(args.shape)
@@ -123,6 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     for key, value in total.items():
         print(f"{key}: {value}")
+    print("\nan oracle that finds every lesion of >= N voxels exactly and nothing else:")
+    print(f"{'N':>6} {'Dice per case':>13} {'Dice global':>11}")
+    oracle = {}
+    for n in args.oracle_sizes:
+        oracle[n] = oracle_dice(cases, n)
+        print(f"{n:>6} {oracle[n][0]:>13.3f} {oracle[n][1]:>11.3f}")
+    total["oracle_dice_per_case_global"] = {str(n): list(v) for n, v in oracle.items()}
     result = {
         "shape": shape,
         "workers": args.workers,
