@@ -331,31 +331,40 @@ def test_extra_validation_cases_follow_the_training_ones_and_only_join_the_choic
             example.parse_args(wrong)
 
 
-def test_tumour_lr_reaches_the_tumour_stage_alone(
-    example: ModuleType, tmp_path: Path, monkeypatch
-) -> None:
+class _Stop(Exception):
+    """Raised by the stub trainer of :func:`_trainer_options`: the stage stops there."""
+
+
+def _trainer_options(example: ModuleType, monkeypatch) -> list[dict]:
+    """Stub everything ``train_stage`` builds; the returned list collects the options each
+    call hands the trainer, which then raises :class:`_Stop`."""
     from types import SimpleNamespace
 
-    class Stop(Exception):
-        pass
-
-    seen: dict[str, float] = {}
+    seen: list[dict] = []
 
     def trainer(model, train, val, **options):
-        seen[options["name"].split()[0]] = options["lr"]
-        raise Stop
+        seen.append(options)
+        raise _Stop
 
     monkeypatch.setattr(example, "datasets", lambda stage, cases, args: ([0], [0]))
     student = SimpleNamespace(spatial_dims=2, in_channels=1, num_classes=2)
     monkeypatch.setattr(example, "make_student", lambda *a: student)
     monkeypatch.setattr(example, "build_variant", lambda *a, **k: None)
     monkeypatch.setattr(example, "variant_trainer", trainer)
+    return seen
+
+
+def test_tumour_lr_reaches_the_tumour_stage_alone(
+    example: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    seen = _trainer_options(example, monkeypatch)
     for extra, expected in ((["--tumour-lr", "0.002"], 0.002), ([], 0.01)):
         args = example.parse_args([*TINY, "--lr", "0.01", *extra, "--out", str(tmp_path)])
         for stage in ("liver", "tumour"):
-            with pytest.raises(Stop):
+            with pytest.raises(_Stop):
                 example.train_stage(stage, {}, args)
-        assert seen == {"liver": 0.01, "tumour": expected}
+        lrs = {o["name"].split()[0]: o["lr"] for o in seen[-2:]}
+        assert lrs == {"liver": 0.01, "tumour": expected}
     for wrong in (["--tumour-lr", "0"], ["--lr", "-1"]):
         with pytest.raises(SystemExit):
             example.parse_args(wrong)
@@ -364,11 +373,6 @@ def test_tumour_lr_reaches_the_tumour_stage_alone(
 def test_train_seed_reseeds_training_but_not_the_phantom_or_split(
     example: ModuleType, tmp_path: Path, monkeypatch
 ) -> None:
-    from types import SimpleNamespace
-
-    class Stop(Exception):
-        pass
-
     out = str(tmp_path / "run")
     again = example.parse_args([*TINY, "--out", out, "--train-seed", "7"])
     first = example.parse_args([*TINY, "--out", out])
@@ -378,21 +382,11 @@ def test_train_seed_reseeds_training_but_not_the_phantom_or_split(
     assert ids == {k: [c.case_id for c in v] for k, v in example.split_cases(first).items()}
     assert example.datasets("tumour", cases, again)[0].seed == 7
     assert example.datasets("tumour", cases, first)[0].seed == 0
-    seen: list[int] = []
-
-    def trainer(model, train, val, **options):
-        seen.append(options["seed"])
-        raise Stop
-
-    monkeypatch.setattr(example, "datasets", lambda stage, cases, args: ([0], [0]))
-    student = SimpleNamespace(spatial_dims=2, in_channels=1, num_classes=2)
-    monkeypatch.setattr(example, "make_student", lambda *a: student)
-    monkeypatch.setattr(example, "build_variant", lambda *a, **k: None)
-    monkeypatch.setattr(example, "variant_trainer", trainer)
+    seen = _trainer_options(example, monkeypatch)
     for args in (again, first):
-        with pytest.raises(Stop):
+        with pytest.raises(_Stop):
             example.train_stage("tumour", {}, args)
-    assert seen == [7, 0]
+    assert [o["seed"] for o in seen] == [7, 0]
     with pytest.raises(SystemExit):
         example.parse_args(["--train-seed", "-1"])
 
