@@ -109,6 +109,10 @@ def training_spread(baseline: dict[int, list[tuple[float, float]]]) -> float | N
     return float(np.sqrt(np.mean(np.square(ds)))) if ds else None
 
 
+def _load(files: list[Path]) -> list[dict]:
+    return [json.loads(f.read_text()) for f in files]
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments, pair the runs, print and optionally save the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -119,9 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--choice", default="base/grid", help="validation_size.py's choice key")
     p.add_argument("--json", type=Path, help="write the rows and the summary here")
     args = p.parse_args(argv)
-    load = lambda files: [json.loads(f.read_text()) for f in files]  # noqa: E731
-    baseline = runs_by_split(load(args.baseline), args.baseline_prefix, args.choice)
-    arm = runs_by_split(load(args.arm), args.arm_prefix, args.choice)
+    baseline = runs_by_split(_load(args.baseline), args.baseline_prefix, args.choice)
+    arm = runs_by_split(_load(args.arm), args.arm_prefix, args.choice)
     rows = paired_d(baseline, arm)
     if not rows:
         p.error(f"no split holds both baseline runs {args.baseline_prefix} (splits "
