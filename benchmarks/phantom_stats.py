@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from featsup.data import make_phantom
+from featsup.metrics import dice_from_counts
 
 CUBE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
 
@@ -121,14 +122,10 @@ def oracle_dice(cases: list[dict], min_voxels: int) -> tuple[float, float]:
         >>> oracle_dice(rows, 0), [round(x, 3) for x in oracle_dice(rows, 100)]
         ((1.0, 1.0), [0.651, 0.92])
     """
-    per_case, found_sum, truth_sum = [], 0, 0
-    for c in cases:
-        truth = sum(c["voxels"])
-        found = sum(v for v in c["voxels"] if v >= min_voxels)
-        per_case.append(1.0 if truth == 0 else 2.0 * found / (truth + found))
-        found_sum, truth_sum = found_sum + found, truth_sum + truth
-    total = truth_sum + found_sum
-    return float(np.mean(per_case)), 1.0 if total == 0 else 2.0 * found_sum / total
+    pairs = [(sum(v for v in c["voxels"] if v >= min_voxels), sum(c["voxels"])) for c in cases]
+    per_case = [dice_from_counts(found, found, truth) for found, truth in pairs]
+    found, truth = sum(f for f, _ in pairs), sum(t for _, t in pairs)
+    return float(np.mean(per_case)), dice_from_counts(found, found, truth)
 
 
 def main(argv: list[str] | None = None) -> dict:

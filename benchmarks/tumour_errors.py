@@ -41,7 +41,7 @@ from featsup.data import lesion_contrasts, load_case
 from featsup.data.slices import CONTRAST_HU
 from featsup.inference import Cascade
 from featsup.inference.bundle import cascade_arguments
-from featsup.metrics import dice_score
+from featsup.metrics import dice_from_counts, dice_score
 from featsup.training import load_model
 
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
@@ -113,8 +113,8 @@ def dice_summary(records: list[dict]) -> dict:
     """Tumour Dice per case (a case with no tumour either way scores 1) and global."""
     if not records:
         return {"cases": 0, "per_case": None, "global": None}
-    both = sum(r["tumour_pred"] + r["tumour_true"] for r in records)
-    pooled = 2.0 * sum(r["overlap"] for r in records) / both if both else 1.0
+    pooled = dice_from_counts(*(sum(r[k] for r in records)
+                                for k in ("overlap", "tumour_pred", "tumour_true")))  # fmt: skip
     return {"cases": len(records), "per_case": float(np.mean([r["dice"] for r in records])),
             "global": pooled}  # fmt: skip
 

@@ -15,6 +15,7 @@ from featsup.metrics import (
     MetricAccumulator,
     average_symmetric_surface_distance,
     case_metrics,
+    dice_from_counts,
     dice_score,
     maximum_symmetric_surface_distance,
     relative_volume_difference,
@@ -274,3 +275,17 @@ def test_lits_metrics_score_liver_as_label_ge_1_and_tumour_as_label_2(seed: int)
     assert len(scores) == 3
     with pytest.raises(ValueError, match="shape"):
         scores.update(pred[:1], truth)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(0, 2**31 - 1))
+def test_dice_from_counts_matches_dice_score(bits, seed) -> None:
+    pred = np.array(bits)
+    target = np.random.default_rng(seed).random(pred.size) < 0.5
+    counts = (int((pred & target).sum()), int(pred.sum()), int(target.sum()))
+    assert dice_from_counts(*counts) == pytest.approx(dice_score(pred, target))
+
+
+def test_dice_from_counts_refuses_impossible_counts() -> None:
+    for bad in ((-1, 0, 0), (3, 2, 5), (1, 4, 0)):
+        with pytest.raises(ValueError, match="overlap"):
+            dice_from_counts(*bad)

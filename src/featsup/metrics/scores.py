@@ -38,6 +38,7 @@ __all__ = [
     "boundary",
     "bounding_box",
     "case_metrics",
+    "dice_from_counts",
     "dice_score",
     "maximum_symmetric_surface_distance",
     "relative_volume_difference",
@@ -65,6 +66,27 @@ def dice_score(pred: Any, target: Any) -> float:
         0.6666666666666666
     """
     return dice(*counts(*binary_pair(pred, target)))
+
+
+def dice_from_counts(overlap: int, n_pred: int, n_target: int) -> float:
+    r"""Dice from voxel counts, :math:`2 |G \cap P| / (|G| + |P|)`; 1.0 if both are empty.
+
+    For Dice global, pool the counts of all cases first; for Dice per case, average the
+    cases' values. Counts must satisfy ``0 <= overlap <= min(n_pred, n_target)``.
+
+    Raises:
+        ValueError: for negative counts or an overlap larger than either mask.
+
+    Example:
+        >>> dice_from_counts(1, 1, 2), dice_from_counts(0, 0, 0)
+        (0.6666666666666666, 1.0)
+    """
+    if min(overlap, n_pred, n_target) < 0 or overlap > min(n_pred, n_target):
+        raise ValueError(
+            f"counts: expected 0 <= overlap <= min(n_pred, n_target), got overlap {overlap}, "
+            f"n_pred {n_pred}, n_target {n_target}"
+        )
+    return dice(int(overlap), int(n_pred), int(n_target))
 
 
 def volume_overlap_error(pred: Any, target: Any) -> float:
