@@ -11,6 +11,14 @@ of ``--repeats`` after a warm-up. bfloat16 pays on CPUs with bfloat16 matrix uni
 
 With several ``--widths`` every setting is timed once a round, and the last column is each
 width set's bfloat16 step over the first set's, per round, then the median.
+
+``--compile`` adds a copy of every setting with its student under :func:`torch.compile`,
+timed in the same rounds: its rows say ``compiled``, with the seconds of its first step in
+each precision (the compilation, paid once per process and precision) and its bfloat16
+step against the eager one's, per round, then the median. ``--compile-backend`` picks the
+backend (default ``inductor``, the one that generates kernels).
+
+    python benchmarks/cpu_amp.py --variants UN-DS --compile --repeats 9
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from featsup.supervision.variants import VARIANTS, build_variant, segmentation_s
 from featsup.training import cpu_has_bf16_units
 
 
-def make_step(variant: str, widths: list[int], size: int, batch: int):
+def make_step(variant: str, widths: list[int], size: int, batch: int, compiled: str | None = None):
+    torch.manual_seed(0)  # the same weights eager and compiled
     teacher = UNetPlusPlus(2, 2, widths=widths, skip_connections=False).eval()
     student = UNetPlusPlus(1, 2, widths=widths).to(memory_format=torch.channels_last)
+    if compiled:
+        student = torch.compile(student, backend=compiled)
     model = build_variant(
         variant, in_channels=1, num_classes=2, widths=widths, teacher=teacher, student=student
     )
@@ -60,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd students")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.widths = args.widths or [[8, 16, 32, 64, 128]]
@@ -72,11 +85,14 @@ def main(argv: list[str] | None = None) -> dict:
     if len(set(names)) < len(names):
         p.error(f"--widths: expected sets that differ in their first or last width, got {names}")
     variants = list(dict.fromkeys(args.variants))  # one row per variant, even if named twice
+    kinds = ("", " compiled") if args.compile else ("",)
     steps = {
-        (name, v): make_step(v, w, args.size, args.batch)
+        (name, v + kind): make_step(v, w, args.size, args.batch, kind and args.compile_backend)
         for name, w in zip(names, args.widths, strict=True)
         for v in variants
+        for kind in kinds
     }
+    first = {key: {amp: step(amp) for amp in (False, True)} for key, step in steps.items()}
     for step in steps.values():  # warm-up, both precisions
         for amp in (False, True):
             step(amp)
@@ -92,18 +108,29 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|---|---|---|")
     for key, t in times.items():
         fp32, bf16 = (np.array(t[a]) for a in (False, True))
-        versus = bf16 / np.array(times[names[0], key[1]][True])  # per round, then the median
+        eager = key[1].removesuffix(" compiled")
+        versus = bf16 / np.array(times[names[0], eager][True])  # per round, then the median
         row = {
             "fp32_ms": 1e3 * float(np.median(fp32)),
             "bf16_ms": 1e3 * float(np.median(bf16)),
             "ratio": float(np.median(fp32 / bf16)),
             "bf16_vs_first": float(np.median(versus)),
         }
+        if eager != key[1]:
+            row["eager_bf16_vs_compiled"] = float(
+                np.median(np.array(times[key[0], eager][True]) / bf16)
+            )
+            row["first_step_s"] = {"fp32": first[key][False], "bf16": first[key][True]}
         rows[" ".join(key)] = row
         print(
             f"| {key[0]} | {key[1]} | {row['fp32_ms']:.0f} | {row['bf16_ms']:.0f} | "
             f"{row['ratio']:.2f}x | {row['bf16_vs_first']:.2f}x |"
         )
+    for name, row in rows.items():
+        if "first_step_s" in row:
+            print(f"{name}: eager bf16 / compiled bf16 {row['eager_bf16_vs_compiled']:.2f}x; first "
+                  f"step (compilation) {row['first_step_s']['fp32']:.1f} s fp32, "
+                  f"{row['first_step_s']['bf16']:.1f} s bf16")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args), "rows": rows}, default=str))
     return rows
