@@ -2,8 +2,10 @@
 
 Loads ``RUN/cascade.pt`` (with every choice made on validation) and runs it on the
 validation cases that ``RUN/metrics.json`` records (``--split train``: its training
-cases, ``--limit N`` the first N; whether the model learnt what it misses at all); test
-cases are never loaded. Per case:
+cases, ``--limit N`` the first N; whether the model learnt what it misses at all;
+``--split fresh``: the held-out fresh phantom cases that ``validation_size.py`` and
+``tumour_gap.py`` score, ``--fresh`` written under ``--work`` and the first ``--extra``
+left out, so the same cases as theirs); test cases are never loaded. Per case:
 true and predicted tumour voxels and their overlap; the false positives' components,
 how many lie outside the true liver, how many within ``--rim`` mm of its surface in 3D
 (voxel spacing included, so the thick slices count), how many in the first or last slice
@@ -25,6 +27,7 @@ models are compared on themselves.
     python benchmarks/tumour_errors.py outputs/run29_seed17 outputs/run31_seed18
     python benchmarks/tumour_errors.py outputs/run33_seed19:outputs/sweep/MODEL/best.pt
     python benchmarks/tumour_errors.py outputs/s27/cb1.0_s40 --split train --limit 20
+    python benchmarks/tumour_errors.py outputs/s38/t_s40 --split fresh --fresh 30 --extra 10
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from _example_run import example_split
 from scipy import ndimage
+from validation_size import fresh_cases
 
 from featsup.data import lesion_contrasts, load_case
 from featsup.data.slices import CONTRAST_HU
@@ -47,7 +51,7 @@ from featsup.training import load_model
 # lesion contrast classes (HU, lesion mean minus the liver around it) and size bins (voxels)
 CONTRASTS = {"hypodense": (-np.inf, -CONTRAST_HU), "near-isodense": (-CONTRAST_HU, CONTRAST_HU),
              "hyperdense": (CONTRAST_HU, np.inf)}  # fmt: skip
-WHICH = {"val": "validation", "train": "training"}
+WHICH = {"val": "validation", "train": "training", "fresh": "held-out fresh"}
 SIZES = {"< 100": (0, 100), "100-499": (100, 500), "500-1999": (500, 2000),
          ">= 2000": (2000, np.inf)}  # fmt: skip
 
@@ -131,6 +135,13 @@ def run_cascade(spec: str) -> tuple[Path, Cascade]:
     return Path(run), cascade
 
 
+def split_cases(run: Path, args: argparse.Namespace) -> list:
+    """The cases of ``args.split`` for one run (held-out fresh ones written on first use)."""
+    if args.split == "fresh":
+        return fresh_cases(run, args.work / run.name / "fresh", args.fresh)[args.extra :]
+    return example_split(run, (args.split,))[args.split]
+
+
 def fmt(value: float | None, spec: str) -> str:
     """``value`` formatted, or "-" where there was nothing to measure."""
     return "-" if value is None else format(value, spec)
@@ -142,17 +153,26 @@ def main(argv: list[str] | None = None) -> dict:
                    help="examples/lits_cascade.py --out folders")  # fmt: skip
     p.add_argument("--rim", type=float, default=6.0, help="mm from the liver's surface")
     p.add_argument("--json", type=Path, help="write the records here")
-    p.add_argument("--split", choices=("val", "train"), default="val", help="the run's "
-                   "validation cases, or its training cases (does the model learn what it "
-                   "misses at all?); never its test cases")  # fmt: skip
+    p.add_argument("--split", choices=tuple(WHICH), default="val", help="the run's "
+                   "validation cases, its training cases (does the model learn what it "
+                   "misses at all?), or held-out fresh phantom cases; never its test "
+                   "cases")  # fmt: skip
     p.add_argument("--limit", type=int, help="only the first N cases of the split")
+    p.add_argument("--fresh", type=int, default=30, help="--split fresh: fresh phantom cases "
+                   "per run, as validation_size.py writes them")  # fmt: skip
+    p.add_argument("--extra", type=int, default=10, help="--split fresh: of them, the first "
+                   "left out (those validation_size.py adds to the validation cases)")  # fmt: skip
+    p.add_argument("--work", type=Path, default=Path("outputs/validation_size"),
+                   help="--split fresh: where the fresh cases are (written once)")  # fmt: skip
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit: expected at least 1, got {args.limit}")
+    if args.split == "fresh" and not 0 <= args.extra < args.fresh:
+        p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
     result: dict = {"rim_mm": args.rim, "runs": {}}
     for spec in args.runs:
         run, cascade = run_cascade(spec)
-        cases = example_split(run, (args.split,))[args.split][: args.limit]
+        cases = split_cases(run, args)[: args.limit]
         rows = [case_errors(cascade, load_case(case), args.rim) for case in cases]
         result["runs"][spec] = rows
         result.setdefault("dice", {})[spec] = summary = dice_summary(rows)

@@ -1,12 +1,16 @@
-"""benchmarks/tumour_errors.py: the per-lesion record and its table (no model needed)."""
+"""benchmarks/tumour_errors.py: the per-lesion record and its table, and a tiny finished
+'run' on its held-out fresh cases."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _cascades import threshold_cascade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 tumour_errors = pytest.importorskip("tumour_errors")
@@ -53,3 +57,33 @@ def test_dice_summary_pools_the_cases_and_scores_an_empty_case_one() -> None:
     assert summary["per_case"] == pytest.approx((60 / 90 + 1.0 + 0.0) / 3)
     assert summary["global"] == pytest.approx(60 / 100)
     assert tumour_errors.dice_summary([])["per_case"] is None
+
+
+def test_held_out_fresh_cases_are_those_of_tumour_gap(tmp_path: Path) -> None:
+    from featsup import data as fd
+
+    shape = [8, 48, 48]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cascade = threshold_cascade(liver=(0.9, 0.35))
+    cascade.save(folder / "cascade.pt")
+    metrics = {"settings": {"cases": 3, "extra_train_cases": 0, "phantom_shape": shape},
+               "phantom_seed": 70_000, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "errors.json"
+    result = tumour_errors.main([str(folder), "--split", "fresh", "--fresh", "3", "--extra", "1",
+                                 "--work", str(tmp_path / "work"), "--json", str(out)])  # fmt: skip
+    rows = result["runs"][str(folder)]
+    assert [r["case"] for r in rows] == ["5001", "5002"]  # validation_size's held-out cases
+    for row, case in zip(rows, fd.find_cases(tmp_path / "work" / "run" / "fresh")[1:], strict=True):
+        loaded = fd.load_case(case)  # the saved cascade, scored again by hand
+        pred, truth = cascade(loaded.volume).labels == 2, np.asarray(loaded.labels) == 2
+        assert (row["overlap"], row["tumour_pred"]) == (int((pred & truth).sum()), int(pred.sum()))
+        assert row["tumour_true"] == int(truth.sum()) == sum(x["voxels"] for x in row["lesions"])
+    assert json.loads(out.read_text())["dice"] == result["dice"]
+
+
+def test_fresh_extra_must_leave_held_out_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        tumour_errors.main(["outputs/run", "--split", "fresh", "--fresh", "5", "--extra", "5"])
+    assert "--extra: expected between 0 and --fresh - 1 (4), got 5" in capsys.readouterr().err
