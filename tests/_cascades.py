@@ -10,7 +10,9 @@ liver: every label appears on a phantom, at known places, with no training. Impo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -60,3 +62,17 @@ def threshold_cascade(
     liver_net = threshold_unetpp(liver)
     tumour_net = threshold_unetpp(tumour, bright=False)
     return Cascade(liver_net, tumour_net, **{**settings, **options})  # type: ignore[arg-type]
+
+
+def finished_phantom_run(folder: Path, shape: Sequence[int], seed: int = 70_000) -> Cascade:
+    """A tiny finished example 'run' in ``folder``: a threshold cascade saved as
+    ``cascade.pt`` and a ``metrics.json`` of 3 phantom cases from ``seed`` at ``shape``, as
+    the held-out benchmarks (``validation_size.py``, ``tumour_gap.py``,
+    ``tumour_errors.py --split fresh``) read them. Returns the cascade."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cascade = threshold_cascade(liver=(0.9, 0.35))
+    cascade.save(folder / "cascade.pt")
+    metrics = {"settings": {"cases": 3, "extra_train_cases": 0, "phantom_shape": list(shape)},
+               "phantom_seed": seed, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return cascade

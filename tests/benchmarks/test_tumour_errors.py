@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _cascades import threshold_cascade
+from _cascades import finished_phantom_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 tumour_errors = pytest.importorskip("tumour_errors")
@@ -62,14 +62,8 @@ def test_dice_summary_pools_the_cases_and_scores_an_empty_case_one() -> None:
 def test_held_out_fresh_cases_are_those_of_tumour_gap(tmp_path: Path) -> None:
     from featsup import data as fd
 
-    shape = [8, 48, 48]
     folder = tmp_path / "run"
-    folder.mkdir()
-    cascade = threshold_cascade(liver=(0.9, 0.35))
-    cascade.save(folder / "cascade.pt")
-    metrics = {"settings": {"cases": 3, "extra_train_cases": 0, "phantom_shape": shape},
-               "phantom_seed": 70_000, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    cascade = finished_phantom_run(folder, [8, 48, 48])
     out = tmp_path / "errors.json"
     result = tumour_errors.main([str(folder), "--split", "fresh", "--fresh", "3", "--extra", "1",
                                  "--work", str(tmp_path / "work"), "--json", str(out)])  # fmt: skip

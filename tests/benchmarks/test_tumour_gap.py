@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
-from _cascades import threshold_cascade
+from _cascades import finished_phantom_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 pytest.importorskip("nibabel")
@@ -55,11 +55,7 @@ def test_the_oracles_on_a_finished_run(tmp_path: Path) -> None:
 
     folder = tmp_path / "run"
     fd.write_phantom_dataset(folder / "phantom", 3, shape=SHAPE, seed=70_000)
-    cascade = threshold_cascade(liver=(0.9, 0.35))
-    cascade.save(folder / "cascade.pt")
-    metrics = {"settings": {"cases": 3, "extra_train_cases": 0, "phantom_shape": SHAPE},
-               "phantom_seed": 70_000, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    cascade = finished_phantom_run(folder, SHAPE)
     out = tmp_path / "gap.json"
     report = tumour_gap.main([str(folder), "--fresh", "3", "--extra", "1", "--work",
                               str(tmp_path / "work"), "--json", str(out)])  # fmt: skip
