@@ -1,4 +1,5 @@
-"""Where a finished example run's tumour errors lie, on its validation cases only.
+"""Where a finished example run's tumour errors lie, on its validation, training or held-out
+fresh cases (never its test cases).
 
 Loads ``RUN/cascade.pt`` (with every choice made on validation) and runs it on the
 validation cases that ``RUN/metrics.json`` records (``--split train``: its training
