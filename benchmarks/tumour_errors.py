@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from _example_run import example_split
 from scipy import ndimage
-from validation_size import fresh_cases
+from validation_size import check_held_out_arguments, held_out_arguments, held_out_cases
 
 from featsup.data import lesion_contrasts, load_case
 from featsup.data.slices import CONTRAST_HU
@@ -139,7 +139,7 @@ def run_cascade(spec: str) -> tuple[Path, Cascade]:
 def split_cases(run: Path, args: argparse.Namespace) -> list:
     """The cases of ``args.split`` for one run (held-out fresh ones written on first use)."""
     if args.split == "fresh":
-        return fresh_cases(run, args.work / run.name / "fresh", args.fresh)[args.extra :]
+        return held_out_cases(run, args)
     return example_split(run, (args.split,))[args.split]
 
 
@@ -159,17 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "misses at all?), or held-out fresh phantom cases; never its test "
                    "cases")  # fmt: skip
     p.add_argument("--limit", type=int, help="only the first N cases of the split")
-    p.add_argument("--fresh", type=int, default=30, help="--split fresh: fresh phantom cases "
-                   "per run, as validation_size.py writes them")  # fmt: skip
-    p.add_argument("--extra", type=int, default=10, help="--split fresh: of them, the first "
-                   "left out (those validation_size.py adds to the validation cases)")  # fmt: skip
-    p.add_argument("--work", type=Path, default=Path("outputs/validation_size"),
-                   help="--split fresh: where the fresh cases are (written once)")  # fmt: skip
+    held_out_arguments(p, note="--split fresh: ")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit: expected at least 1, got {args.limit}")
-    if args.split == "fresh" and not 0 <= args.extra < args.fresh:
-        p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
+    if args.split == "fresh":
+        check_held_out_arguments(p, args)
     result: dict = {"rim_mm": args.rim, "runs": {}}
     for spec in args.runs:
         run, cascade = run_cascade(spec)

@@ -36,7 +36,12 @@ from typing import Any
 import numpy as np
 from _example_run import write_json
 from scipy import ndimage
-from validation_size import fresh_cases
+from validation_size import (
+    check_held_out_arguments,
+    fresh_cases,
+    held_out_arguments,
+    held_out_cases,
+)
 
 from featsup import data as fd
 from featsup.inference import Cascade, tumour_criterion
@@ -120,8 +125,7 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One run's saved cascade on its held-out fresh cases, every arm."""
-    fresh = fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)
-    held = fresh[args.extra :]
+    held = held_out_cases(folder, args)
     cascade = Cascade.load(folder / "cascade.pt", device="cpu")
     start, cases = time.perf_counter(), []
     for case in held:
@@ -183,16 +187,12 @@ def figure(folder: Path, case_id: str, path: Path, args: argparse.Namespace) -> 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("examples", type=Path, nargs="+", help="finished example runs (their --out)")
-    p.add_argument("--fresh", type=int, default=30, help="fresh phantom cases per run")
-    p.add_argument("--extra", type=int, default=10, help="of them, the first left out (those "
-                   "validation_size.py adds to the validation cases)")  # fmt: skip
-    p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
+    held_out_arguments(p)
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--figure", nargs=2, metavar=("CASE", "PNG"), help="instead: draw one "
                    "held-out case of the (first) run to PNG")  # fmt: skip
     args = p.parse_args(argv)
-    if not 0 <= args.extra < args.fresh:
-        p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
+    check_held_out_arguments(p, args)
 
     if args.figure:
         figure(args.examples[0], args.figure[0], Path(args.figure[1]), args)

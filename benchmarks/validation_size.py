@@ -71,6 +71,27 @@ def fresh_cases(folder: Path, out: Path, n: int) -> list[fd.LitsCase]:
     return fd.find_cases(out)
 
 
+def held_out_arguments(p: argparse.ArgumentParser, note: str = "") -> None:
+    """``--fresh``, ``--extra`` and ``--work`` for a tool that scores this script's held-out
+    cases (the fresh ones after the first ``--extra``); ``note`` starts each help text."""
+    p.add_argument("--fresh", type=int, default=30, help=f"{note}fresh phantom cases per run")
+    p.add_argument("--extra", type=int, default=10, help=f"{note}of them, the first left out "
+                   "(those validation_size.py adds to the validation cases)")  # fmt: skip
+    p.add_argument("--work", type=Path, default=Path("outputs/validation_size"),
+                   help=f"{note}where the fresh cases are written (once)")  # fmt: skip
+
+
+def check_held_out_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse an ``--extra`` that leaves no held-out case."""
+    if not 0 <= args.extra < args.fresh:
+        p.error(f"--extra: expected between 0 and --fresh - 1 ({args.fresh - 1}), got {args.extra}")
+
+
+def held_out_cases(folder: Path, args: argparse.Namespace) -> list[fd.LitsCase]:
+    """A run's held-out fresh cases: the same ones for every tool given the same arguments."""
+    return fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)[args.extra :]
+
+
 def held_out_scores(
     tuned: Cascade, crf: str, choice: tuple[float, int],
     held: list[tuple[np.ndarray, np.ndarray]], cache: dict[tuple, Any],
