@@ -10,7 +10,8 @@ of ``--repeats`` after a warm-up. bfloat16 pays on CPUs with bfloat16 matrix uni
     python benchmarks/cpu_amp.py --widths 8 16 32 64 128 --widths 16 32 64 128 256 --variants UN-DS
 
 With several ``--widths`` every setting is timed once a round, and the last column is each
-width set's bfloat16 step over the first set's, per round, then the median.
+width set's bfloat16 step over the first set's, per round, then the median. A compiled
+row's last column divides by the first set's *eager* bfloat16 step of its variant.
 
 ``--compile`` adds a copy of every setting with its student under :func:`torch.compile`,
 timed in the same rounds: its rows say ``compiled``, with the seconds of its first step in
