@@ -189,6 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="2D and 3D tumour stage: its HU window (default -50 250 in 2D, chosen on "
         "held-out validation cases, docs/cascade.md; in 3D the paper's -100 400); the "
         "liver stage and the CRFs keep the paper's")  # fmt: skip
+    add("--tumour-ema-decay", type=float, metavar="DECAY", help="2D and 3D tumour stage: "
+        "keep an exponential moving average of its weights (Trainer(ema_decay=)), which its "
+        "validation, best checkpoint and the cascade use (default: none, the weights "
+        "themselves)")  # fmt: skip
     add("--tumour-init", choices=("liver", "none"), default="liver", help="2D tumour stage:"
         " start from the liver model's weights (transfer learning, paper 4.2.5) or from "
         "scratch (0.126 +- 0.122 lower validation Dice per case over three seeds; "
@@ -275,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
         (args.tumour_tversky_beta is not None and not 0 <= args.tumour_tversky_beta <= 1,
          f"--tumour-tversky-beta: expected in [0, 1], got {args.tumour_tversky_beta}"),
+        (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
+         f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
          f"--lr, --tumour-lr: expected > 0, got {args.lr}, {args.tumour_lr}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
@@ -470,7 +476,7 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         lr=lr, max_steps=steps, batch_size=batch, val_every=max(25, steps // 8),
         checkpoint_dir=folder, warmup_steps=min(50, steps // 10), device=args.device,
         seed=train_seed(args), amp="bf16" if args.amp == "bf16" else None,
-        name=f"{stage} {variant}",
+        ema_decay=None if stage == "liver" else args.tumour_ema_decay, name=f"{stage} {variant}",
     )  # fmt: skip
     last = folder / "last.pt"
     trainer.fit(resume_from=last if args.resume and last.exists() else None)

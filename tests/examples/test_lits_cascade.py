@@ -370,6 +370,25 @@ def test_tumour_lr_reaches_the_tumour_stage_alone(
             example.parse_args(wrong)
 
 
+def test_tumour_ema_decay_reaches_the_tumour_stage_alone(
+    example: ModuleType, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _trainer_options(example, monkeypatch)
+    for extra, expected in ((["--tumour-ema-decay", "0.99"], 0.99), ([], None)):
+        args = example.parse_args([*TINY, *extra, "--out", str(tmp_path)])
+        for stage in ("liver", "tumour"):
+            with pytest.raises(_Stop):
+                example.train_stage(stage, {}, args)
+        decays = {o["name"].split()[0]: o["ema_decay"] for o in seen[-2:]}
+        assert decays == {"liver": None, "tumour": expected}
+    for wrong in ("0", "1", "-0.5"):
+        with pytest.raises(SystemExit):
+            example.parse_args(["--tumour-ema-decay", wrong])
+        assert (
+            f"--tumour-ema-decay: expected in (0, 1), got {float(wrong)}" in capsys.readouterr().err
+        )
+
+
 def test_train_seed_reseeds_training_but_not_the_phantom_or_split(
     example: ModuleType, tmp_path: Path, monkeypatch
 ) -> None:
