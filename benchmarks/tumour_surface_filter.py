@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
         + " | ".join("{:.3f} / {:.3f}".format(*scores(r["cases"], None)) for r in runs.values())
         + " | |"
     )
-    for i, (k, f) in enumerate(cells):
+    for i, (depth, fraction) in enumerate(cells):  # not k, f: those name --rule's cell
         row = " | ".join("{:.3f} / {:.3f}".format(*scores(r["cases"], i)) for r in runs.values())
         d = np.mean([paired_d(r["cases"], i) for r in runs.values()])
-        print(f"| {k} | {f:g} | {row} | {d:+.3f} |")
+        print(f"| {depth} | {fraction:g} | {row} | {d:+.3f} |")
     best = best_cell(runs, cells[: len(GRID)])
     print(f"best cell of the grid: {best['cell'] or 'no rule'} (mean d {best['d']:+.3f})")
     found = [c for r in runs.values() for case in r["cases"] for c in case["components"]]

@@ -101,6 +101,12 @@ def test_a_finished_run_on_validation_and_held_out_cases(tmp_path: Path) -> None
     )
     assert json.loads(out.read_text())["rule"]["mean_d"] == pytest.approx(report["rule"]["mean_d"])
     fd.write_phantom_dataset(folder / "phantom", 3, shape=(8, 48, 48), seed=70_000)
+    inside = surface.main([str(folder), "--split", "fresh", *work, "--rule", "2", "0.9"])
+    assert len(inside["cells"]) == len(surface.GRID)  # a cell of the grid: not added twice
+    assert inside["rule"]["cell"] == [2, 0.9]  # not the grid's last cell
+    assert inside["rule"]["runs"]["run"]["d"] == pytest.approx(
+        surface.paired_d(cases, surface.GRID.index((2, 0.9)))
+    )
     both = surface.main([str(folder), "--split", "val+extra", *work])
     assert [c["case"] for c in both["runs"]["run"]["cases"]] == ["1", "2", "5000"]
 
