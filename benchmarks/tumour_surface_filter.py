@@ -3,10 +3,11 @@
 The example's false positives are confident (peak probability near 1) and hug the
 liver's surface, many in its first or last slice, where partial volume with fat or lung
 darkens the liver (``tumour_errors.py``, docs/cascade.md). A post-processing rule a user
-might try, F(k, f): drop every predicted tumour component (26-connected) of which at
-least a share ``f`` lies in the outer shell of the *predicted* liver mask (``k``
-6-connected erosions deep: ``k`` slices in z, ``k`` pixels in-plane); its voxels become
-liver. For each finished run's saved cascade (every choice made on validation) this
+might try, F(k, f) (:func:`featsup.postprocess.drop_surface_tumours`, or
+``Cascade(tumour_surface=(k, f))``): drop every predicted tumour component (26-connected)
+of which at least a share ``f`` lies in the outer shell of the *predicted* liver mask
+(``k`` 6-connected erosions deep: ``k`` slices in z, ``k`` pixels in-plane); its voxels
+become liver. For each finished run's saved cascade (every choice made on validation) this
 scores, on the cases of ``--split``, the tumour Dice per case and global with no rule
 and with each cell of the grid (``k`` in DEPTHS, ``f`` in FRACTIONS), the mean paired
 difference d of each cell against no rule (the mean of the per-case and global
@@ -49,6 +50,7 @@ from validation_size import (
 from featsup.data import load_case
 from featsup.inference import Cascade
 from featsup.inference.heads import tumour_criterion
+from featsup.postprocess import drop_surface_tumours
 
 FRACTIONS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 DEPTHS = (1, 2, 3)
@@ -59,32 +61,6 @@ WHICH = {
     "val+extra": "validation and validation-type fresh",
     "fresh": "held-out fresh",
 }
-
-
-def surface_filter(labels: np.ndarray, depth: int, fraction: float) -> np.ndarray:
-    """``labels`` (D, H, W; 0 background, 1 liver, 2 tumour) with every tumour component
-    (26-connected) that has at least ``fraction`` of its voxels in the outer shell of the
-    liver mask (``labels > 0``, ``depth`` 6-connected erosions deep) relabelled liver.
-
-    Example:
-        >>> labels = np.ones((5, 9, 9), np.uint8)
-        >>> labels[2, 0, 3:6] = 2  # on the surface
-        >>> labels[1:4, 3:6, 3:6] = 2  # deep inside
-        >>> kept = surface_filter(labels, 1, 0.95)
-        >>> int((labels == 2).sum()), int((kept == 2).sum())
-        (30, 27)
-    """
-    if depth < 1 or not 0 < fraction <= 1:
-        raise ValueError(f"depth, fraction: expected >= 1 and in (0, 1], got {depth}, {fraction}")
-    liver = labels > 0
-    components, n = ndimage.label(labels == 2, np.ones((3, 3, 3)))
-    shell = liver & ~ndimage.binary_erosion(liver, iterations=depth)
-    sizes = np.maximum(np.bincount(components.ravel(), minlength=n + 1), 1)
-    drop = np.bincount(components[shell], minlength=n + 1) / sizes >= fraction
-    drop[0] = False
-    out = labels.copy()
-    out[drop[components]] = 1
-    return out
 
 
 def counts(pred: np.ndarray, truth: np.ndarray) -> list[int]:
@@ -108,7 +84,7 @@ def case_scores(cascade: Cascade, case, cells: tuple[tuple[int, float], ...] = G
     return {
         "case": case.case_id,
         "none": counts(result.labels == 2, truth),
-        "cells": [counts(surface_filter(result.labels, k, f) == 2, truth) for k, f in cells],
+        "cells": [counts(drop_surface_tumours(result.labels, k, f) == 2, truth) for k, f in cells],
         "components": found,
     }
 

@@ -1,5 +1,5 @@
-"""benchmarks/tumour_surface_filter.py: the filter, the choice of a cell, and a tiny
-finished 'run' on its validation and held-out fresh cases."""
+"""benchmarks/tumour_surface_filter.py: the choice of a cell, and a tiny finished 'run' on
+its validation and held-out fresh cases (the filter itself: tests/postprocess)."""
 
 from __future__ import annotations
 
@@ -9,48 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from _cascades import finished_phantom_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 surface = pytest.importorskip("tumour_surface_filter")
-
-
-def test_a_component_on_the_surface_is_dropped_and_one_inside_kept() -> None:
-    labels = np.zeros((7, 12, 12), np.uint8)
-    labels[1:6, 1:11, 1:11] = 1
-    labels[3, 1, 4:7] = 2  # 3 voxels, all in the outer layer
-    labels[2:5, 5:8, 5:8] = 2  # 27 voxels, none in it
-    labels[1:3, 8:10, 1:3] = 2  # 8 voxels, 6 in the outer layer (75 %)
-    kept = surface.surface_filter(labels, 1, 0.95)
-    assert (kept == 2).sum() == 35 and (kept[3, 1, 4:7] == 1).all()
-    assert (surface.surface_filter(labels, 1, 0.75) == 2).sum() == 27  # 6 of 8 reach 0.75
-    assert (surface.surface_filter(labels, 1, 0.76) == 2).sum() == 35
-    assert ((kept > 0) == (labels > 0)).all()  # the liver mask is unchanged
-    with pytest.raises(ValueError, match="depth, fraction"):
-        surface.surface_filter(labels, 0, 0.9)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.integers(0, 2**31 - 1), st.sampled_from(surface.DEPTHS), st.sampled_from(surface.FRACTIONS)
-)
-def test_the_filter_only_removes_tumour_and_deeper_or_laxer_removes_more(
-    seed: int, depth: int, fraction: float
-) -> None:
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((6, 14, 14), np.uint8)
-    labels[1:5, 2:12, 2:12] = 1
-    labels[(rng.random(labels.shape) < 0.15) & (labels == 1)] = 2
-    tumour = labels == 2
-    kept = surface.surface_filter(labels, depth, fraction) == 2
-    assert not (kept & ~tumour).any()
-    assert ((surface.surface_filter(labels, depth, fraction) > 0) == (labels > 0)).all()
-    laxer = surface.surface_filter(labels, depth, fraction / 2) == 2
-    deeper = surface.surface_filter(labels, depth + 1, fraction) == 2
-    assert not (laxer & ~kept).any() and not (deeper & ~kept).any()
 
 
 def rows(none: list[int], *cells: list[int]) -> dict:
@@ -76,6 +39,7 @@ def test_the_best_cell_needs_a_gain_and_ties_keep_the_earlier() -> None:
 
 def test_a_finished_run_on_validation_and_held_out_cases(tmp_path: Path) -> None:
     from featsup import data as fd
+    from featsup.postprocess import drop_surface_tumours
 
     folder = tmp_path / "run"
     cascade = finished_phantom_run(folder, [8, 48, 48])
@@ -92,7 +56,7 @@ def test_a_finished_run_on_validation_and_held_out_cases(tmp_path: Path) -> None
         labels, truth = cascade(loaded.volume).labels, np.asarray(loaded.labels) == 2
         pred = labels == 2
         assert row["none"] == [int((pred & truth).sum()), int(pred.sum()), int(truth.sum())]
-        rule = surface.surface_filter(labels, 1, 0.4) == 2
+        rule = drop_surface_tumours(labels, 1, 0.4) == 2
         assert row["cells"][-1] == [int((rule & truth).sum()), int(rule.sum()), int(truth.sum())]
     assert report["cells"][-1] == [1, 0.4] and len(report["cells"]) == len(surface.GRID) + 1
     assert list(report["rule"]["splits"]) == ["70000"]  # one phantom seed, one split

@@ -79,6 +79,15 @@ def test_tumour_min_inside_is_kept_and_older_files_take_a_touch(tmp_path: Path) 
     assert load_cascade(path, device="cpu").tumour_min_inside == 0.0  # as it was tuned
 
 
+def test_tumour_surface_is_kept_and_older_files_take_none(tmp_path: Path) -> None:
+    _, path = _saved(tmp_path, tumour_surface=(2, 0.9))
+    assert load_cascade(path, device="cpu").tumour_surface == (2, 0.9)
+    state = torch.load(path, weights_only=False)
+    del state["settings"]["tumour_surface"]  # a file written before the key existed
+    torch.save(state, path)
+    assert load_cascade(path, device="cpu").tumour_surface is None
+
+
 def test_liver_classes_are_kept_and_older_files_take_class_1(tmp_path: Path) -> None:
     _, path = _saved(tmp_path, liver_classes=(1, 2))
     assert load_cascade(path, device="cpu").liver_classes == (1, 2)

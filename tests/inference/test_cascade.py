@@ -175,6 +175,22 @@ def test_tumour_components_below_min_voxels_become_liver() -> None:
         threshold_cascade(tumour_min_voxels=-1)
 
 
+def test_tumour_surface_drops_the_components_on_the_liver_surface_last() -> None:
+    from featsup.postprocess import drop_surface_tumours
+
+    volume = make_phantom(5, (16, 64, 64)).volume
+    every = threshold_cascade(tumour=0.45)(volume).labels
+    dropped = drop_surface_tumours(every, 1, 0.5)
+    assert (dropped == 2).sum() < (every == 2).sum()  # the check can fail: some go, not all
+    assert (dropped == 2).any()
+    assert np.array_equal(threshold_cascade(tumour=0.45, tumour_surface=(1, 0.5))(volume).labels,
+                          dropped)  # fmt: skip
+    assert threshold_cascade(tumour_surface=[2, 0.9]).tumour_surface == (2, 0.9)  # a file's list
+    for wrong in ((0, 0.9), (1, 0.0), (1.5, 0.9)):
+        with pytest.raises(ValueError, match="tumour_surface"):
+            threshold_cascade(tumour_surface=wrong)
+
+
 def test_tumour_threshold_labels_only_the_more_probable_voxels() -> None:
     volume = make_phantom(5, (16, 64, 64)).volume
     argmax = threshold_cascade(tumour=0.45)(volume)

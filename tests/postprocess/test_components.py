@@ -10,6 +10,7 @@ from scipy import ndimage
 from featsup.metrics import dice_score
 from featsup.postprocess import (
     drop_small_tumours,
+    drop_surface_tumours,
     label_tumours,
     tumour_counts_by_min_voxels,
     tumour_dice_by_min_voxels,
@@ -169,3 +170,34 @@ def test_label_tumours_roi_scope_example_and_bad_scope() -> None:
     assert label_tumours(liver, prob, scope="roi", min_voxels=3).tolist() == [[[1, 1, 1, 0, 0, 0]]]
     with pytest.raises(ValueError, match="scope"):
         label_tumours(liver, prob, scope="organ")  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels_3d, st.integers(1, 3), st.sampled_from([0.5, 0.8, 0.95, 1.0]))
+def test_surface_tumours_only_become_liver_and_a_deeper_or_laxer_shell_drops_more(
+    labels: np.ndarray, depth: int, fraction: float
+) -> None:
+    kept = drop_surface_tumours(labels, depth, fraction)
+    assert kept.dtype == labels.dtype and kept is not labels
+    assert ((kept > 0) == (labels > 0)).all()  # the liver is unchanged
+    assert not ((kept == 2) & (labels != 2)).any()  # no tumour is added
+    lost = (labels == 2) & (kept != 2)
+    components = ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))[0]
+    assert not (np.isin(components, np.unique(components[lost])) & (kept == 2)).any()  # whole
+    for laxer in (drop_surface_tumours(labels, depth + 1, fraction),
+                  drop_surface_tumours(labels, depth, fraction / 2)):  # fmt: skip
+        assert not ((laxer == 2) & (kept != 2)).any()
+
+
+def test_a_surface_tumour_goes_and_a_deep_one_stays() -> None:
+    labels = np.zeros((7, 12, 12), np.uint8)
+    labels[1:6, 1:11, 1:11] = 1
+    labels[3, 1, 4:7] = 2  # 3 voxels, all in the outer layer
+    labels[2:5, 5:8, 5:8] = 2  # 27 voxels, none in it
+    labels[1:3, 8:10, 1:3] = 2  # 8 voxels, 6 in the outer layer
+    assert (drop_surface_tumours(labels, 1, 0.95) == 2).sum() == 35
+    assert (drop_surface_tumours(labels, 1, 0.75) == 2).sum() == 27
+    assert (drop_surface_tumours(labels, 2, 0.95) == 2).sum() == 27  # 2 deep: all 8 inside
+    for depth, fraction in ((0, 0.9), (1.5, 0.9), (1, 0.0), (1, 1.2)):
+        with pytest.raises(ValueError, match=r"depth|fraction"):
+            drop_surface_tumours(labels, depth, fraction)  # type: ignore[arg-type]

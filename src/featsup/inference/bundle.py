@@ -43,7 +43,8 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "tumour_context",
              "roi_margin", "tumour_scope", "liver_classes")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_tta", "tumour_patch", "tumour_overlap",
-                     "tumour_min_voxels", "tumour_threshold", "tumour_min_inside")  # fmt: skip
+                     "tumour_min_voxels", "tumour_threshold", "tumour_min_inside",
+                     "tumour_surface")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 _PREPROCESSINGS = ("preprocessing", "tumour_preprocessing")
 
@@ -84,6 +85,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "tumour_min_voxels": cascade.tumour_min_voxels,
         "tumour_threshold": cascade.tumour_threshold,
         "tumour_min_inside": cascade.tumour_min_inside,
+        "tumour_surface": cascade.tumour_surface,
     }
 
 
@@ -247,6 +249,7 @@ def load_cascade(
         tumour_min_voxels=settings.get("tumour_min_voxels", 0),
         tumour_threshold=settings.get("tumour_threshold", 0.5),
         tumour_min_inside=settings.get("tumour_min_inside", 0.0),  # older files: a touch
+        tumour_surface=settings.get("tumour_surface"),  # older files: none
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

@@ -42,7 +42,7 @@ from featsup.inference.predict import (
     predict_volume,
     prepare_model,
 )
-from featsup.postprocess.components import label_tumours
+from featsup.postprocess.components import drop_surface_tumours, label_tumours
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -173,6 +173,11 @@ class Cascade:
         liver_classes: the liver model's classes whose probabilities add up to the
             liver: ``(1,)`` for a liver model, ``(1, 2)`` for a three-class one
             (background, liver, tumour), whose liver is 1 - p(background).
+        tumour_surface: ``(depth, fraction)``: last, every tumour component with at
+            least ``fraction`` of its voxels in the liver's outer shell, ``depth`` voxels
+            deep, becomes liver (:func:`~featsup.postprocess.drop_surface_tumours`);
+            None (the default) keeps them. Cascade files saved before it existed load
+            with None.
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -213,6 +218,7 @@ class Cascade:
         tumour_scope: Literal["liver", "roi"] = "liver",
         tumour_min_inside: float = 0.5,
         liver_classes: Sequence[int] = (1,),
+        tumour_surface: tuple[int, float] | None = None,
     ) -> None:
         check_positive("batch_size", batch_size)
         self.liver_classes = _liver_classes(liver_classes)
@@ -225,6 +231,7 @@ class Cascade:
         self.tumour_min_inside = float(
             check_in_range("tumour_min_inside", tumour_min_inside, 0.0, 1.0)
         )
+        self.tumour_surface = _tumour_surface(tumour_surface)
         self.tumour_patch = check_tumour_patch(tumour_model, tumour_patch)
         self.tumour_overlap = check_in_range("tumour_overlap", tumour_overlap, 0.0, 0.999)
         check_positive("roi_margin", roi_margin, strict=False)
@@ -470,6 +477,8 @@ class Cascade:
             min_voxels=self.tumour_min_voxels, scope=self.tumour_scope,
             min_inside=self.tumour_min_inside,
         )  # fmt: skip
+        if self.tumour_surface is not None:
+            labels = drop_surface_tumours(labels, *self.tumour_surface)
         t["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)
@@ -586,6 +595,19 @@ class Cascade:
         from featsup.inference.heads import choose_heads
 
         return choose_heads(self, cases, tolerance=tolerance)
+
+
+def _tumour_surface(value: Sequence[float] | None) -> tuple[int, float] | None:
+    """``tumour_surface`` checked: None, or (depth >= 1, fraction in (0, 1])."""
+    if value is None:
+        return None
+    depth, fraction = value  # a pair, as a file's list stores it
+    if int(depth) != depth or depth < 1 or not 0 < fraction <= 1:
+        raise ValueError(
+            "tumour_surface: expected None or (depth, fraction), an integer depth >= 1 and "
+            f"a fraction in (0, 1], got {value!r}"
+        )
+    return int(depth), float(fraction)
 
 
 def _liver_classes(classes: Sequence[int]) -> tuple[int, ...]:

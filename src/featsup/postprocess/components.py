@@ -15,6 +15,7 @@ __all__ = [
     "TUMOUR_MIN_VOXELS",
     "TUMOUR_THRESHOLDS",
     "drop_small_tumours",
+    "drop_surface_tumours",
     "inside_shares",
     "label_tumours",
     "tumour_counts_by_min_voxels",
@@ -69,6 +70,50 @@ def drop_small_tumours(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     small[0] = False
     labels[small[components]] = 1
     return labels
+
+
+def drop_surface_tumours(labels: np.ndarray, depth: int, fraction: float) -> np.ndarray:
+    """Relabel as liver (1) the tumour (2) components that lie on the liver's surface.
+
+    A component goes when at least ``fraction`` of its voxels lie in the outer shell of
+    the liver (``labels > 0``), ``depth`` voxels deep: what ``depth`` 6-connected
+    erosions of the liver remove (``depth`` slices in z, ``depth`` pixels in-plane; the
+    array's border counts as outside). Components are 26-connected in 3D. The liver,
+    ``labels > 0``, is unchanged. A false tumour that hugs the liver's surface (partial
+    volume with fat or lung darkens it there) goes; a lesion that reaches deeper stays
+    (docs/cascade.md, rules U-X).
+
+    Args:
+        labels: integer labels {0, 1, 2}, (D, H, W) or any number of dimensions.
+        depth: the shell's depth in voxels, at least 1.
+        fraction: the smallest share of a component in the shell that drops it, in (0, 1].
+
+    Returns:
+        A new array of ``labels``' dtype.
+
+    Raises:
+        ValueError: for a ``depth`` under 1 or a ``fraction`` outside (0, 1].
+
+    Example:
+        >>> labels = np.ones((5, 9, 9), np.uint8)
+        >>> labels[2, 0, 3:6] = 2  # on the surface
+        >>> labels[1:4, 3:6, 3:6] = 2  # deep inside
+        >>> int((drop_surface_tumours(labels, 1, 0.95) == 2).sum())
+        27
+    """
+    if int(depth) != depth or depth < 1:
+        raise ValueError(f"depth: expected an integer >= 1, got {depth}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a share in (0, 1], got {fraction}")
+    liver = np.asarray(labels) > 0
+    components, sizes = _tumour_components(np.asarray(labels))
+    shell = liver & ~ndimage.binary_erosion(liver, iterations=int(depth))
+    in_shell = np.bincount(components[shell], minlength=len(sizes))
+    drop = in_shell / np.maximum(sizes, 1) >= fraction
+    drop[0] = False
+    out = np.array(labels, copy=True)
+    out[drop[components]] = 1
+    return out
 
 
 def label_tumours(
