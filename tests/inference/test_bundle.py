@@ -70,31 +70,23 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
     assert loaded.tumour_tta is True  # None when saved: the liver's
 
 
-def test_tumour_min_inside_is_kept_and_older_files_take_a_touch(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path, tumour_scope="roi", tumour_min_inside=0.3)
-    assert load_cascade(path, device="cpu").tumour_min_inside == 0.3
+@pytest.mark.parametrize(
+    ("options", "key", "kept", "older"),
+    [
+        ({"tumour_scope": "roi", "tumour_min_inside": 0.3}, "tumour_min_inside", 0.3, 0.0),
+        ({"tumour_surface": (2, 0.9)}, "tumour_surface", (2, 0.9), None),
+        ({"liver_classes": (1, 2)}, "liver_classes", (1, 2), (1,)),
+    ],
+)
+def test_a_setting_is_kept_and_older_files_without_it_load_as_they_were_tuned(
+    tmp_path: Path, options: dict, key: str, kept: object, older: object
+) -> None:
+    _, path = _saved(tmp_path, **options)
+    assert getattr(load_cascade(path, device="cpu"), key) == kept
     state = torch.load(path, weights_only=False)
-    del state["settings"]["tumour_min_inside"]  # a file written before the key existed
+    del state["settings"][key]  # a file written before the key existed
     torch.save(state, path)
-    assert load_cascade(path, device="cpu").tumour_min_inside == 0.0  # as it was tuned
-
-
-def test_tumour_surface_is_kept_and_older_files_take_none(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path, tumour_surface=(2, 0.9))
-    assert load_cascade(path, device="cpu").tumour_surface == (2, 0.9)
-    state = torch.load(path, weights_only=False)
-    del state["settings"]["tumour_surface"]  # a file written before the key existed
-    torch.save(state, path)
-    assert load_cascade(path, device="cpu").tumour_surface is None
-
-
-def test_liver_classes_are_kept_and_older_files_take_class_1(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path, liver_classes=(1, 2))
-    assert load_cascade(path, device="cpu").liver_classes == (1, 2)
-    state = torch.load(path, weights_only=False)
-    del state["settings"]["liver_classes"]  # a file written before the key existed
-    torch.save(state, path)
-    assert load_cascade(path, device="cpu").liver_classes == (1,)
+    assert getattr(load_cascade(path, device="cpu"), key) == older  # min_inside: a touch
 
 
 def test_tumour_tta_is_kept_and_older_files_take_tta(tmp_path: Path) -> None:
