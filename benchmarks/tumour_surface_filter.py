@@ -42,7 +42,7 @@ from _example_run import example_split, write_json
 from scipy import ndimage
 from validation_size import (
     check_held_out_arguments,
-    fresh_cases,
+    extra_cases,
     held_out_arguments,
     held_out_cases,
 )
@@ -118,7 +118,7 @@ def split_cases(run: Path, args: argparse.Namespace) -> list:
         return held_out_cases(run, args)
     val = example_split(run, ("val",))["val"] if args.split != "extra" else []
     if args.split in ("extra", "val+extra"):
-        return val + fresh_cases(run, args.work / run.name / "fresh", args.fresh)[: args.extra]
+        return val + extra_cases(run, args)
     return val
 
 

@@ -92,6 +92,12 @@ def held_out_cases(folder: Path, args: argparse.Namespace) -> list[fd.LitsCase]:
     return fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)[args.extra :]
 
 
+def extra_cases(folder: Path, args: argparse.Namespace) -> list[fd.LitsCase]:
+    """A run's first ``--extra`` fresh cases, those this script adds to the validation
+    cases (validation-type, never held out)."""
+    return fresh_cases(folder, args.work / folder.name / "fresh", args.fresh)[: args.extra]
+
+
 def held_out_scores(
     tuned: Cascade, crf: str, choice: tuple[float, int],
     held: list[tuple[np.ndarray, np.ndarray]], cache: dict[tuple, Any],
