@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from _example_run import example_split, write_json
 from scipy import ndimage
+from tumour_gap import counts
 from validation_size import (
     check_held_out_arguments,
     extra_cases,
@@ -61,11 +62,6 @@ WHICH = {
     "val+extra": "validation and validation-type fresh",
     "fresh": "held-out fresh",
 }
-
-
-def counts(pred: np.ndarray, truth: np.ndarray) -> list[int]:
-    """[tumour voxels of both, of the prediction, of the truth]."""
-    return [int((pred & truth).sum()), int(pred.sum()), int(truth.sum())]
 
 
 def case_scores(cascade: Cascade, case, cells: tuple[tuple[int, float], ...] = GRID) -> dict:
