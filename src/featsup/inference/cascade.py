@@ -42,7 +42,11 @@ from featsup.inference.predict import (
     predict_volume,
     prepare_model,
 )
-from featsup.postprocess.components import drop_surface_tumours, label_tumours
+from featsup.postprocess.components import (
+    drop_surface_tumours,
+    label_tumours,
+    surface_setting,
+)
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -602,12 +606,10 @@ def _tumour_surface(value: Sequence[float] | None) -> tuple[int, float] | None:
     if value is None:
         return None
     depth, fraction = value  # a pair, as a file's list stores it
-    if int(depth) != depth or depth < 1 or not 0 < fraction <= 1:
-        raise ValueError(
-            "tumour_surface: expected None or (depth, fraction), an integer depth >= 1 and "
-            f"a fraction in (0, 1], got {value!r}"
-        )
-    return int(depth), float(fraction)
+    try:
+        return surface_setting(depth, fraction)
+    except ValueError as error:
+        raise ValueError(f"tumour_surface: expected None or (depth, fraction); {error}") from None
 
 
 def _liver_classes(classes: Sequence[int]) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ __all__ = [
     "drop_surface_tumours",
     "inside_shares",
     "label_tumours",
+    "surface_setting",
     "tumour_counts_by_min_voxels",
     "tumour_dice_by_min_voxels",
 ]
@@ -103,19 +104,29 @@ def drop_surface_tumours(labels: np.ndarray, depth: int, fraction: float) -> np.
         >>> int((drop_surface_tumours(labels, 1, 0.95) == 2).sum())
         27
     """
-    if int(depth) != depth or depth < 1:
-        raise ValueError(f"depth: expected an integer >= 1, got {depth}")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction: expected a share in (0, 1], got {fraction}")
+    depth, fraction = surface_setting(depth, fraction)
     liver = np.asarray(labels) > 0
     components, sizes = _tumour_components(np.asarray(labels))
-    shell = liver & ~ndimage.binary_erosion(liver, iterations=int(depth))
+    shell = liver & ~ndimage.binary_erosion(liver, iterations=depth)
     in_shell = np.bincount(components[shell], minlength=len(sizes))
     drop = in_shell / np.maximum(sizes, 1) >= fraction
     drop[0] = False
     out = np.array(labels, copy=True)
     out[drop[components]] = 1
     return out
+
+
+def surface_setting(depth: float, fraction: float) -> tuple[int, float]:
+    """:func:`drop_surface_tumours`' ``(depth, fraction)`` checked: (int >= 1, float in (0, 1]).
+
+    Raises:
+        ValueError: for a ``depth`` under 1 or not whole, or a ``fraction`` outside (0, 1].
+    """
+    if int(depth) != depth or depth < 1:
+        raise ValueError(f"depth: expected an integer >= 1, got {depth}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a share in (0, 1], got {fraction}")
+    return int(depth), float(fraction)
 
 
 def label_tumours(
