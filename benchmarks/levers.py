@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from featsup.viz import save_figure
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_d import METRICS, paired_d, runs_by_split, training_spread
 
@@ -284,10 +286,7 @@ def figure(levers: list[dict], sticks: dict, path: Path) -> None:
     )
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.005), fontsize=7, frameon=False)
     ax.set_ylim(-0.7, n - 0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> dict:

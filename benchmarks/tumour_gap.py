@@ -45,6 +45,7 @@ from validation_size import (
 
 from featsup import data as fd
 from featsup.inference import Cascade, tumour_criterion
+from featsup.viz import save_figure
 
 ARMS = ("chosen", "true_liver", "no_fp", "true_liver_no_fp")
 SIZES = ((0, 100), (100, 500), (500, 2000), (2000, None))
@@ -178,10 +179,7 @@ def figure(folder: Path, case_id: str, path: Path, args: argparse.Namespace) -> 
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{folder.name}, held-out case {case_id}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,6 +20,7 @@ __all__ = [
     "plot_cascade_panels",
     "plot_curves",
     "plot_training_curves",
+    "save_figure",
 ]
 
 _LIVER, _TUMOUR, _TRUTH = (0.1, 0.8, 0.2), (0.95, 0.15, 0.1), (1.0, 0.9, 0.0)
@@ -36,6 +37,27 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (folders made) and close it.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure``.
+        path: the image file to write; its suffix picks the format (``.png``, ``.pdf``...).
+        dpi: dots per inch.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out, dpi=dpi)
+    finally:
+        _pyplot().close(fig)
+    return out
 
 
 def _overlay(ax: Any, image: np.ndarray, mask: np.ndarray | None, color: Sequence[float]) -> None:
@@ -92,12 +114,7 @@ def plot_cascade_panels(
     axes[3].set_title("tumour (red), truth (yellow)")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def load_history(path: str | os.PathLike[str]) -> list[dict[str, float]]:
@@ -150,12 +167,7 @@ def plot_curves(
         raise ValueError(f"keys: none of {list(keys)} is in the histories")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_training_curves(
