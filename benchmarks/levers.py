@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-Y of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-Z of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -158,6 +158,9 @@ LEVERS = (
         "tumour_surface_filter_rules_w_x.json", (("rows",),), "d_x"), "5050-5069", _NO),
     Lever("Y", "rule T's stage, fresh trainings of both", Stored(
         "contrast_balance_half_rule_y.json", (("paired_rule_y", "rows"),)), "5070-5109", _NO),
+    Lever("Z", "tumour ROI 160 px, today's steps", Paired(
+        "tumour_size160_rule_z.json", ("z",), "tumour_size160_rule_z.json", ("b", "base")),
+        "5110-5149", _NO),
 )  # fmt: skip
 
 
