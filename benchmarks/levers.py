@@ -5,7 +5,7 @@ Each lever the cascade's tumour stage was tested with on fresh held-out phantom 
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
-lever minus today's recipe of the day; docs/cascade.md), and prints one markdown row per
+lever minus the recipe of its day; docs/cascade.md), and prints one markdown row per
 lever: the mean d, its standard deviation over splits, the 95 % interval of the mean
 (t over splits), how many splits are above 0, and the verdict its rule gave. With
 ``--figure`` it draws them as a forest plot against two yardsticks, both computed from the
@@ -13,8 +13,9 @@ files as well: how much two trainings of one recipe on one split differ (the roo
 square of their d, rule O), and the gap between today's recipe held out and the tumour
 goal of 0.60 per case and 0.70 global.
 
-Nothing here trains or scores a model: it is a reading of results already committed, so
-a lever whose files are edited by hand would show here as well as in its own section.
+Nothing here trains or scores a model: it reads results already committed, and its rows
+are only as right as those files (the tests pin fourteen rows to the numbers quoted in
+docs/cascade.md).
 
 Usage:
     python benchmarks/levers.py [--results docs/results] [--json out.json] \\
@@ -68,7 +69,7 @@ class Paired:
 
 @dataclass(frozen=True)
 class Stored:
-    """d per split as the rule's reading stored it: rows under ``path`` in ``file``.
+    """d per split as the rule's reading stored it: the rows under each of ``paths`` in ``file``.
 
     The rows are a list of objects with ``"seed"`` and ``key``, or an object keyed by split
     seed or by run name (``t_s40``); several rows of one split (two trainings) are averaged.
