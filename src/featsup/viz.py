@@ -50,12 +50,12 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Pa
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=dpi)
-    finally:
+    finally:  # closed however it ends: figures left open pile up in a long loop
         _pyplot().close(fig)
     return out
 
