@@ -175,6 +175,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " tumour slices as they come (dark lesions dominate); 1 serves dark, near-isodense "
         "and bright lesions equally often; between, a mix (1 learns the bright lesions but "
         "finds fewer small ones: not adopted, docs/cascade.md)")  # fmt: skip
+    add("--tumour-crop", type=int, metavar="PX", help="2D tumour stage: train on random PX x "
+        "PX windows of its ROI slices, half centred on tumour, with (tumour size / PX)**2 "
+        "times the batch, so a step costs about what a step of whole slices does (default: "
+        "whole slices)")  # fmt: skip
     add("--tumour-augment", choices=tuple(TUMOUR_AUGMENT), default="full", help="2D tumour "
         "stage's training augmentation: full (flips, rotations up to 10 degrees, intensity "
         "jitter), flips only, or none (none fits its training cases better; neither was "
@@ -268,6 +272,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-lesion-balance: expected in [0, 1], got {args.tumour_lesion_balance}"),
         (not 0 <= args.tumour_contrast_balance <= 1,
          f"--tumour-contrast-balance: expected in [0, 1], got {args.tumour_contrast_balance}"),
+        (args.tumour_crop is not None and (args.dims == 3 or not
+                                           0 < args.tumour_crop <= args.tumour_size),
+         f"--tumour-crop: expected 1..--tumour-size ({args.tumour_size}) pixels in 2D, got "
+         f"{args.tumour_crop}{' with --dims 3' if args.dims == 3 else ''}"),
         (args.tumour_augment != "full" and args.dims == 3,
          f"--tumour-augment: expected full with --dims 3 (3D patches are only flipped), got "
          f"{args.tumour_augment}"),
@@ -397,6 +405,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         lesion_balance=0.0 if liver or patch else args.tumour_lesion_balance,
         contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,
         augment=None if liver or patch else TUMOUR_AUGMENT[args.tumour_augment],
+        crop=None if liver or patch else args.tumour_crop,
     )  # fmt: skip
 
 
@@ -453,6 +462,16 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
     return student.use_channels_last()  # weights and inputs: faster convolutions
 
 
+def stage_batch(stage: str, args: argparse.Namespace) -> int:
+    """A stage's training batch: 3D patches, or 2D slices; with ``--tumour-crop``, as many
+    pixels a step as whole slices."""
+    if stage == "tumour" and args.dims == 3:
+        return int(args.patch_batch_size)
+    if stage == "tumour" and args.tumour_crop:
+        return round(args.batch_size * (args.tumour_size / args.tumour_crop) ** 2)
+    return int(args.batch_size)
+
+
 def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
     """Train one stage's model (teacher first); return its best student in eval mode."""
     train, val = datasets(stage, cases, args)
@@ -469,7 +488,7 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         student=student,
     )
     folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
-    batch = args.patch_batch_size if student.spatial_dims == 3 else args.batch_size
+    batch = stage_batch(stage, args)
     lr = args.lr if stage == "liver" else args.tumour_lr or args.lr
     trainer = variant_trainer(
         model, train, val, num_classes=student.num_classes,

@@ -475,3 +475,43 @@ def test_lesion_contrasts_measure_the_liver_around_each_lesion() -> None:
     assert np.isnan(contrast[components[1, 12, 12]]) and np.isnan(contrast[0])
     with pytest.raises(ValueError, match="ring"):
         lesion_contrasts(image, labels, ring=0)
+
+
+def test_tumour_crops_are_windows_of_the_whole_slices(phantom_folder: Path) -> None:
+    # the same seed, epoch and index: the crop is a window of the item served whole
+    whole = TumourSliceDataset(phantom_folder, size=(48, 48), empty_fraction=None, seed=3)
+    kw = {"size": (48, 48), "empty_fraction": None, "seed": 3}
+    every = TumourSliceDataset(phantom_folder, crop=16, crop_lesion=1.0, **kw)
+    anywhere = TumourSliceDataset(phantom_folder, crop=16, crop_lesion=0.0, **kw)
+    assert len(every) == len(whole)
+    centred = 0
+    for i in range(len(whole)):
+        full, item = whole[i], every[i]
+        image, target = item["image"], item["target"]
+        assert image.shape == (1, 16, 16) and target.shape == (16, 16)
+        # find the window: it matches the whole slice somewhere, image and target alike
+        windows = full["image"][0].unfold(0, 16, 1).unfold(1, 16, 1)
+        match = (windows == image[0]).flatten(2).all(-1).nonzero()
+        assert len(match), f"item {i}: the crop is no window of the whole slice"
+        r, c = match[0].tolist()
+        torch.testing.assert_close(full["target"][r : r + 16, c : c + 16], target)
+        if full["target"].any():  # crop_lesion 1: centred on tumour, so it shows some
+            assert target.any()
+            centred += 1
+    assert centred > 0
+    shown = [bool(anywhere[i]["target"].any()) for i in range(len(anywhere))]
+    assert sum(shown) < centred  # anywhere: windows miss the small lesions now and then
+
+
+def test_tumour_crop_is_checked(phantom_folder: Path) -> None:
+    first, second, third = find_cases(phantom_folder)
+    with pytest.raises(ValueError, match="crop"):
+        TumourSliceDataset(phantom_folder, size=(24, 24), crop=32)
+    with pytest.raises(ValueError, match="crop"):
+        TumourSliceDataset(phantom_folder, crop=16)  # no size: slices differ
+    with pytest.raises(ValueError, match="crop_lesion"):
+        TumourSliceDataset(phantom_folder, size=(24, 24), crop=16, crop_lesion=1.5)
+    cropped, val = stage_datasets("tumour", [first], [third], size=24, crop=16)
+    assert cropped[0]["image"].shape == (1, 16, 16) and val[0]["image"].shape == (1, 24, 24)
+    with pytest.raises(ValueError, match="crop"):
+        stage_datasets("liver", [first], [third], size=24, crop=16)

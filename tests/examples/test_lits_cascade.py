@@ -239,6 +239,15 @@ def test_bad_flags_give_clear_messages(
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-contrast-balance", "2"])
     assert "--tumour-contrast-balance: expected in [0, 1]" in capsys.readouterr().err
+    assert example.parse_args([]).tumour_crop is None  # whole slices by default
+    for wrong in (["--tumour-crop", "0"], ["--tumour-crop", "200"],
+                  ["--dims", "3", "--tumour-crop", "64"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            example.parse_args(wrong)
+        assert "--tumour-crop: expected 1..--tumour-size" in capsys.readouterr().err
+    plain, cropped = (example.parse_args(a) for a in ([], ["--tumour-crop", "64"]))
+    assert example.stage_batch("tumour", cropped) == 4 * example.stage_batch("tumour", plain)
+    assert example.stage_batch("liver", cropped) == plain.batch_size
     assert example.parse_args([]).tumour_augment == "full"
     with pytest.raises(SystemExit):
         example.parse_args(["--dims", "3", "--tumour-augment", "none"])
@@ -475,6 +484,11 @@ def test_validation_only_scores_no_test_case_and_weighs_the_liver_lesions(
     tumour_train, tumour_val = example.datasets("tumour", cases, balanced)
     assert (tumour_train.contrast_balance, tumour_val.contrast_balance) == (0.5, 0.0)
     assert example.datasets("tumour", cases, args)[0].contrast_balance == 0.0  # off by default
+    windows = example.parse_args([*TINY, "--tumour-crop", str(args.tumour_size // 2)])
+    crop_train, crop_val = example.datasets("tumour", cases, windows)
+    assert crop_train[0]["image"].shape[-1] == args.tumour_size // 2  # training windows,
+    assert crop_val[0]["image"].shape[-1] == args.tumour_size  # whole validation slices
+    assert example.datasets("tumour", cases, args)[0].crop is None
     full = example.datasets("tumour", cases, args)[0].augment  # flips, rotations, jitter
     assert (full.flip_p, full.rotation_p, full.intensity_scale) == (0.5, 0.5, 0.1)
     flips = example.parse_args([*TINY, "--tumour-augment", "flips"])

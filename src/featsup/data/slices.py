@@ -89,6 +89,8 @@ class _SliceDataset(Dataset[dict[str, Any]]):
             self.cases, preprocessing, cache_dir=cache_dir, num_workers=num_workers
         )
         self.epoch = 0
+        if not hasattr(self, "crop"):  # set by a subclass that crops (TumourSliceDataset)
+            self.crop, self.crop_lesion = None, 0.0
         self._index = self._build_index()
         if len(self._index) == 0:
             raise ValueError(
@@ -153,6 +155,9 @@ class _SliceDataset(Dataset[dict[str, Any]]):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
             image, target = self.augment(image, target, rng)
+        if self.crop is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index % len(self), 2])
+            image, target = _random_crop(image, target, self.crop, self.crop_lesion, rng)
         target, weight = self._split_target(target)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
@@ -304,6 +309,12 @@ class TumourSliceDataset(_SliceDataset):
             the class of the lesion with the most voxels in it; between, the mix
             ``(1 - c) * uniform + c * balanced``. With ``lesion_balance`` too, the two
             factors multiply (and are rescaled to keep the number of tumour slices).
+        crop: serve a random ``crop`` x ``crop`` window of each (resized, augmented)
+            slice instead of the whole slice (None), so that a step of ``(size / crop)**2``
+            times the batch costs what a step of whole slices does; needs ``size``.
+        crop_lesion: with ``crop``, the share of windows centred on a random tumour
+            pixel of a slice that has one (nnU-Net's foreground oversampling); the rest
+            lie anywhere in the slice.
         context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
             :class:`LiverSliceDataset`.
             Without ``size`` each volume keeps its own ROI size, so batches only stack
@@ -332,12 +343,23 @@ class TumourSliceDataset(_SliceDataset):
         empty_fraction: float | None = 0.3,
         lesion_balance: float = 0.0,
         contrast_balance: float = 0.0,
+        crop: int | None = None,
+        crop_lesion: float = 0.5,
         augment: SliceAugment | None = None,
         seed: int = 0,
         preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
     ) -> None:
+        if crop is not None:
+            check_positive("crop", crop)
+            if size is None or min(size) < crop:
+                raise ValueError(
+                    f"crop: expected at most the slices' size, got crop {crop} with size "
+                    f"{size}; fix: set size to (S, S) with S >= crop"
+                )
+        self.crop = None if crop is None else int(crop)
+        self.crop_lesion = float(check_in_range("crop_lesion", crop_lesion, 0.0, 1.0))
         self.lesion_balance = float(check_in_range("lesion_balance", lesion_balance, 0.0, 1.0))
         self.contrast_balance = float(
             check_in_range("contrast_balance", contrast_balance, 0.0, 1.0)
@@ -520,3 +542,33 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return np.stack([ndimage.binary_fill_holes(m) for m in mask])
+
+
+def _random_crop(
+    image: np.ndarray, target: np.ndarray, crop: int, lesion: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``crop`` x ``crop`` window of ``image`` (C, H, W) and ``target`` (H, W).
+
+    With probability ``lesion`` (and a foreground pixel in ``target``) the window is
+    centred on a random foreground pixel, shifted to stay inside; otherwise it lies
+    anywhere. ``crop`` must not exceed H or W.
+
+    Example:
+        >>> target = np.zeros((8, 8), np.int64); target[6, 6] = 1
+        >>> image = np.zeros((1, 8, 8), np.float32)
+        >>> _, t = _random_crop(image, target, 4, 1.0, np.random.default_rng(0))
+        >>> t.shape, int(t.sum())
+        ((4, 4), 1)
+    """
+    h, w = target.shape
+    if crop > min(h, w):
+        raise ValueError(f"crop: expected at most {min(h, w)} (the slice), got {crop}")
+    fg = np.flatnonzero(target > 0)
+    if len(fg) and rng.random() < lesion:
+        r, c = divmod(int(fg[rng.integers(len(fg))]), w)
+        top = min(max(r - crop // 2, 0), h - crop)
+        left = min(max(c - crop // 2, 0), w - crop)
+    else:
+        top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+    window = (slice(top, top + crop), slice(left, left + crop))
+    return image[(slice(None), *window)], target[window]

@@ -39,6 +39,8 @@ def stage_datasets(
     lesion_weight: float | None = None,
     lesion_balance: float = 0.0,
     contrast_balance: float = 0.0,
+    crop: int | None = None,
+    crop_lesion: float = 0.5,
     classes: Literal["liver", "all"] = "liver",
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
@@ -84,6 +86,10 @@ def stage_datasets(
         contrast_balance: 2D tumour stage only: how evenly the training slices serve
             dark, near-isodense and bright lesions (``TumourSliceDataset(contrast_balance=)``:
             0 as they come, 1 each class present equally often).
+        crop: 2D tumour stage only: train on random ``crop`` x ``crop`` windows of the
+            slices, ``crop_lesion`` of them centred on tumour
+            (``TumourSliceDataset(crop=, crop_lesion=)``); validation serves whole slices.
+        crop_lesion: see ``crop``.
         classes: liver stage only: ``"liver"`` (targets 0 background, 1 liver or lesion)
             or ``"all"`` (0 background, 1 liver, 2 tumour; no ``lesion_weight``), for a
             three-class liver model (``LiverSliceDataset(classes=)``).
@@ -125,6 +131,11 @@ def stage_datasets(
             f"contrast_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
             f"(it balances the 2D tumour stage's lesions), got {contrast_balance}"
         )
+    if crop is not None and (stage != "tumour" or patch is not None):
+        raise ValueError(
+            f"crop: expected None for the {stage} stage{' in 3D' if patch else ''} (it crops "
+            f"the 2D tumour stage's training slices), got {crop}"
+        )
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
         if stage != "tumour":
@@ -159,7 +170,7 @@ def stage_datasets(
         list(train_cases), augment=augment or SliceAugment(), seed=seed,
         empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
         mask_fill_holes=mask_dilation > 0, lesion_balance=lesion_balance,
-        contrast_balance=contrast_balance, **common,
+        contrast_balance=contrast_balance, crop=crop, crop_lesion=crop_lesion, **common,
     )  # fmt: skip
     val = TumourSliceDataset(
         list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside, **common
