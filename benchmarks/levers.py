@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-Z of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-AA of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -14,7 +14,7 @@ square of their d, rule O), and the gap between today's recipe held out and the 
 goal of 0.60 per case and 0.70 global.
 
 Nothing here trains or scores a model: it reads results already committed, and its rows
-are only as right as those files (the tests pin fourteen rows to the numbers quoted in
+are only as right as those files (the tests pin fifteen rows to the numbers quoted in
 docs/cascade.md).
 
 Usage:
@@ -163,6 +163,9 @@ LEVERS = (
     Lever("Z", "tumour ROI 160 px, today's steps", Paired(
         "tumour_size160_rule_z.json", ("z",), "tumour_size160_rule_z.json", ("b", "base")),
         "5110-5149", _NO),
+    Lever("AA", "64-px training windows, half on tumour", Paired(
+        "tumour_crop_rule_aa.json", ("c",), "tumour_crop_rule_aa.json", ("b", "base")),
+        "5150-5189", _NO),
 )  # fmt: skip
 
 
