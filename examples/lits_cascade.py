@@ -113,14 +113,16 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
     ``--liver-lesion-terms both`` its CE term does too. A three-class liver stage
     (``--liver-classes 3``) pools its Dice over the batch and weighs no pixel. The tumour
     stage's CE term is focal with ``--tumour-focal-gamma`` above 0, and its Dice term the
-    Tversky loss with ``--tumour-tversky-beta``.
+    Tversky loss with ``--tumour-tversky-beta``, pooled over the batch with
+    ``--tumour-batch-dice``.
     """
     if stage == "liver" and args.liver_classes == 3:  # a tumour class: Dice over the batch
         return SegLoss(batch_dice=True)  # (per slice, a tumour-free slice's term costs ~1)
     if stage == "liver":
         return SegLoss(weight_ce=args.liver_lesion_terms == "both")
     return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma,
-                   tversky_beta=args.tumour_tversky_beta)  # fmt: skip
+                   tversky_beta=args.tumour_tversky_beta,
+                   batch_dice=args.tumour_batch_dice)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,6 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-tversky-beta", type=float, metavar="BETA", help="2D and 3D tumour stage: "
         "replace its Dice term by the Tversky loss, missed voxels weighted BETA and false "
         "ones 1 - BETA (default: Dice, which is BETA 0.5; above 0.5 favours recall)")  # fmt: skip
+    add("--tumour-batch-dice", action="store_true", help="2D and 3D tumour stage: pool its "
+        "Dice term over the batch (nnU-Net's batch Dice) instead of per slice, so that "
+        "false tumour on tumour-free slices costs Dice too (default: per slice)")  # fmt: skip
     add("--tumour-hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
         help="2D and 3D tumour stage: its HU window (default -50 250 in 2D, chosen on "
         "held-out validation cases, docs/cascade.md; in 3D the paper's -100 400); the "

@@ -457,6 +457,10 @@ def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) 
     assert example.stage_loss("liver", tversky).options["tversky_beta"] is None
     with pytest.raises(SystemExit):
         example.parse_args(["--tumour-tversky-beta", "1.5"])
+    assert tumour["batch_dice"] is False  # per slice unless asked
+    pooled = example.parse_args([*TINY, "--tumour-batch-dice"])
+    assert example.stage_loss("tumour", pooled).options["batch_dice"] is True
+    assert example.stage_loss("liver", pooled).options["batch_dice"] is False
 
 
 def _liver_datasets(example: ModuleType, tmp_path: Path, *flags: str) -> tuple:
