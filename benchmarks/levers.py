@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-AA of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-AB of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -14,7 +14,7 @@ square of their d, rule O), and the gap between today's recipe held out and the 
 goal of 0.60 per case and 0.70 global.
 
 Nothing here trains or scores a model: it reads results already committed, and its rows
-are only as right as those files (the tests pin fifteen rows to the numbers quoted in
+are only as right as those files (the tests pin sixteen rows to the numbers quoted in
 docs/cascade.md).
 
 Usage:
@@ -165,6 +165,9 @@ LEVERS = (
         "5110-5149", _NO),
     Lever("AA", "64-px training windows, half on tumour", Paired(
         "tumour_crop_rule_aa.json", ("c",), "tumour_crop_rule_aa.json", ("b", "base")),
+        "5150-5189", _NO),
+    Lever("AB", "the tumour Dice pooled over the batch", Paired(
+        "tumour_batch_dice_rule_ab.json", ("d",), "tumour_crop_rule_aa.json", ("b", "base")),
         "5150-5189", _NO),
 )  # fmt: skip
 

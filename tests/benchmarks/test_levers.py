@@ -26,7 +26,7 @@ def test_the_committed_files_give_the_readings_the_docs_quote() -> None:
         "S": (0.040, 0.062, 2, 3), "T": (0.008, 0.059, 4, 6), "U": (0.009, 0.007, 6, 6),
         "V": (0.004, 0.021, 5, 6), "W": (-0.001, 0.019, 3, 6), "X": (0.034, 0.059, 4, 6),
         "Y": (0.019, 0.038, 4, 6), "Z": (-0.004, 0.070, 5, 6),
-        "AA": (0.005, 0.069, 3, 6),
+        "AA": (0.005, 0.069, 3, 6), "AB": (-0.009, 0.029, 1, 6),
     }  # fmt: skip
     for rule, (mean, sd, above, splits) in quoted.items():
         r = by_rule[rule]
