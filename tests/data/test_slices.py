@@ -504,7 +504,7 @@ def test_tumour_crops_are_windows_of_the_whole_slices(phantom_folder: Path) -> N
 
 
 def test_tumour_crop_is_checked(phantom_folder: Path) -> None:
-    first, second, third = find_cases(phantom_folder)
+    first, _, third = find_cases(phantom_folder)
     with pytest.raises(ValueError, match="crop"):
         TumourSliceDataset(phantom_folder, size=(24, 24), crop=32)
     with pytest.raises(ValueError, match="crop"):

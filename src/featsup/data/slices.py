@@ -49,6 +49,9 @@ def _margin2(margin: int | Sequence[int]) -> tuple[int, int]:
 class _SliceDataset(Dataset[dict[str, Any]]):
     """Shared machinery: preparation, slice index with an empty share, items, seeding."""
 
+    crop: int | None = None  #: training windows (set by TumourSliceDataset); None: whole
+    crop_lesion: float = 0.0  #: with ``crop``, the share of windows centred on target
+
     def __init__(
         self,
         cases: CaseSource,
@@ -89,8 +92,6 @@ class _SliceDataset(Dataset[dict[str, Any]]):
             self.cases, preprocessing, cache_dir=cache_dir, num_workers=num_workers
         )
         self.epoch = 0
-        if not hasattr(self, "crop"):  # set by a subclass that crops (TumourSliceDataset)
-            self.crop, self.crop_lesion = None, 0.0
         self._index = self._build_index()
         if len(self._index) == 0:
             raise ValueError(
@@ -570,5 +571,5 @@ def _random_crop(
         left = min(max(c - crop // 2, 0), w - crop)
     else:
         top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
-    window = (slice(top, top + crop), slice(left, left + crop))
-    return image[(slice(None), *window)], target[window]
+    rows, cols = slice(top, top + crop), slice(left, left + crop)
+    return image[:, rows, cols], target[rows, cols]
