@@ -121,21 +121,17 @@ def stage_datasets(
             f"classes: expected 'liver' for the {stage} stage (it picks the liver stage's "
             f"targets), got {classes!r}"
         )
-    if lesion_balance and (stage != "tumour" or patch is not None):
-        raise ValueError(
-            f"lesion_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
-            f"(it balances the 2D tumour stage's lesions), got {lesion_balance}"
-        )
-    if contrast_balance and (stage != "tumour" or patch is not None):
-        raise ValueError(
-            f"contrast_balance: expected 0 for the {stage} stage{' in 3D' if patch else ''} "
-            f"(it balances the 2D tumour stage's lesions), got {contrast_balance}"
-        )
-    if crop is not None and (stage != "tumour" or patch is not None):
-        raise ValueError(
-            f"crop: expected None for the {stage} stage{' in 3D' if patch else ''} (it crops "
-            f"the 2D tumour stage's training slices), got {crop}"
-        )
+    only_2d_tumour = (  # (name, value, its off value, what it does)
+        ("lesion_balance", lesion_balance, 0, "balances the 2D tumour stage's lesions"),
+        ("contrast_balance", contrast_balance, 0, "balances the 2D tumour stage's lesions"),
+        ("crop", crop, None, "crops the 2D tumour stage's training slices"),
+    )
+    for name, value, off, what in only_2d_tumour:
+        if value != off and (stage != "tumour" or patch is not None):
+            raise ValueError(
+                f"{name}: expected {off} for the {stage} stage{' in 3D' if patch else ''} "
+                f"(it {what}), got {value}"
+            )
     empty = STAGE_EMPTY_FRACTION[stage] if empty_fraction is None else empty_fraction
     if patch is not None:
         if stage != "tumour":
