@@ -106,6 +106,7 @@ class Lever:
 
 
 _TWO = BASELINES[1]  # today's recipe: the mean of its two trainings (rule O on)
+_ON_ITS_LIVER = ("b", "base")  # rules Z-AB: two trainings of today's recipe on the arm's liver
 _H20, _NO, _VAL = "5010-5029", "not adopted", "not adopted (validation)"
 #: every lever, in the order it was tested. ``cases``: the fresh held-out phantom seeds.
 LEVERS = (
@@ -161,13 +162,13 @@ LEVERS = (
     Lever("Y", "rule T's stage, fresh trainings of both", Stored(
         "contrast_balance_half_rule_y.json", (("paired_rule_y", "rows"),)), "5070-5109", _NO),
     Lever("Z", "tumour ROI 160 px, today's steps", Paired(
-        "tumour_size160_rule_z.json", ("z",), "tumour_size160_rule_z.json", ("b", "base")),
+        "tumour_size160_rule_z.json", ("z",), "tumour_size160_rule_z.json", _ON_ITS_LIVER),
         "5110-5149", _NO),
     Lever("AA", "64-px training windows, half on tumour", Paired(
-        "tumour_crop_rule_aa.json", ("c",), "tumour_crop_rule_aa.json", ("b", "base")),
+        "tumour_crop_rule_aa.json", ("c",), "tumour_crop_rule_aa.json", _ON_ITS_LIVER),
         "5150-5189", _NO),
     Lever("AB", "the tumour Dice pooled over the batch", Paired(
-        "tumour_batch_dice_rule_ab.json", ("d",), "tumour_crop_rule_aa.json", ("b", "base")),
+        "tumour_batch_dice_rule_ab.json", ("d",), "tumour_crop_rule_aa.json", _ON_ITS_LIVER),
         "5150-5189", _NO),
 )  # fmt: skip
 
