@@ -44,7 +44,7 @@ from featsup.inference import (
 )
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import head_table, json_safe, summary_table
-from featsup.models import UNetPlusPlus, pooling_for_spacing, transfer_weights
+from featsup.models import Ensemble, UNetPlusPlus, pooling_for_spacing, transfer_weights
 from featsup.postprocess import CRF_PRESETS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
@@ -194,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-batch-dice", action="store_true", help="2D and 3D tumour stage: pool its "
         "Dice term over the batch (nnU-Net's batch Dice) instead of per slice, so that "
         "false tumour on tumour-free slices costs Dice too (default: per slice)")  # fmt: skip
+    add("--tumour-members", type=int, default=1, metavar="K", help="2D and 3D tumour stage: "
+        "train K models of one recipe, each with its own training seed and "
+        "--tumour-steps steps, and average their probabilities (models.Ensemble; "
+        "default 1: one model)")  # fmt: skip
     add("--tumour-hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
         help="2D and 3D tumour stage: its HU window (default -50 250 in 2D, chosen on "
         "held-out validation cases, docs/cascade.md; in 3D the paper's -100 400); the "
@@ -293,6 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
         (args.tumour_tversky_beta is not None and not 0 <= args.tumour_tversky_beta <= 1,
          f"--tumour-tversky-beta: expected in [0, 1], got {args.tumour_tversky_beta}"),
+        (args.tumour_members < 1, f"--tumour-members: expected >= 1, got {args.tumour_members}"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
@@ -477,8 +482,29 @@ def stage_batch(stage: str, args: argparse.Namespace) -> int:
     return int(args.batch_size)
 
 
-def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
-    """Train one stage's model (teacher first); return its best student in eval mode."""
+def member_args(args: argparse.Namespace, member: int) -> argparse.Namespace:
+    """``args`` for the tumour stage's ensemble member ``member`` (0: the first, as one
+    model): its own training seed, 1000 apart, and its own folder ``tumour_<k+1>``."""
+    if member == 0:
+        return args
+    return argparse.Namespace(**{**vars(args), "train_seed": train_seed(args) + 1000 * member})
+
+
+def train_tumour(cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
+    """The tumour stage: one model, or an Ensemble of ``--tumour-members`` trainings."""
+    members = [
+        train_stage("tumour", cases, member_args(args, k), init=init,
+                    folder=args.out / ("tumour" if k == 0 else f"tumour_{k + 1}"))
+        for k in range(args.tumour_members)
+    ]  # fmt: skip
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
+
+
+def train_stage(
+    stage: str, cases: dict, args: argparse.Namespace, init: Any = None, folder: Path | None = None
+) -> Any:
+    """Train one stage's model (teacher first) in ``folder`` (default: ``--out``/stage);
+    return its best student in eval mode."""
     train, val = datasets(stage, cases, args)
     student, variant = make_student(stage, train, args, init), stage_variant(stage, args)
     unit = "patches" if student.spatial_dims == 3 else "slices"
@@ -492,7 +518,8 @@ def train_stage(stage: str, cases: dict, args: argparse.Namespace, init: Any = N
         teacher=encoding_teacher,
         student=student,
     )
-    folder, steps = args.out / stage, args.steps if stage == "liver" else args.tumour_steps
+    folder = folder or args.out / stage
+    steps = args.steps if stage == "liver" else args.tumour_steps
     batch = stage_batch(stage, args)
     lr = args.lr if stage == "liver" else args.tumour_lr or args.lr
     trainer = variant_trainer(
@@ -580,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict:
     lap("data")
     liver = train_stage("liver", cases, args)
     lap("liver training")
-    tumour = train_stage("tumour", cases, args, init=liver if args.tumour_init == "liver" else None)
+    tumour = train_tumour(cases, args, init=liver if args.tumour_init == "liver" else None)
     lap("tumour training")
     tuning = tune(liver, tumour, cases["val"] + cases.get("val_extra", []), args)
     lap("validation choices")

@@ -551,3 +551,32 @@ def test_a_three_class_liver_stage_starts_the_tumour_stage(
     assert load_model(out / "liver" / "best.pt").num_classes == 3
     cascade = Cascade.load(out / "cascade.pt", device="cpu")
     assert cascade.liver_classes == (1, 2) and cascade.liver_model.num_classes == 3
+
+
+@pytest.mark.slow
+def test_tumour_members_train_apart_and_predict_as_one_ensemble(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    from featsup.inference import Cascade
+    from featsup.models import Ensemble
+    from featsup.training import load_model
+
+    with pytest.raises(SystemExit):
+        example.parse_args([*TINY, "--tumour-members", "0"])
+    assert example.parse_args(TINY).tumour_members == 1  # one model unless asked
+    args = example.parse_args([*TINY, "--seed", "3"])
+    assert example.member_args(args, 0) is args
+    assert example.member_args(args, 2).train_seed == 2003 and args.train_seed is None
+    out = tmp_path / "run"
+    example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none",
+                  "--tumour-members", "2"])  # fmt: skip
+    first, second = (load_model(out / f / "best.pt") for f in ("tumour", "tumour_2"))
+    weights = [m.state_dict().values() for m in (first, second)]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(*weights, strict=True)
+    )  # two trainings (their own seeds), not one saved twice
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")
+    assert isinstance(cascade.tumour_model, Ensemble)
+    kept = [m.state_dict() for m in cascade.tumour_model.members]
+    for saved, trained in zip(kept, (first, second), strict=True):
+        assert all(torch.equal(saved[k], v) for k, v in trained.state_dict().items())

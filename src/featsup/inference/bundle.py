@@ -96,7 +96,7 @@ def _student_record(name: str, model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, dict) or not callable(getattr(cls, "from_config", None)):
         raise TypeError(
             f"{name}_model: expected a model with .config and from_config (a featsup "
-            f"UNetPlusPlus), got {cls.__name__}; fix: save its state_dict yourself"
+            f"UNetPlusPlus or Ensemble), got {cls.__name__}; fix: save its state_dict yourself"
         )
     weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     return {
@@ -112,7 +112,8 @@ def save_cascade(
     """Write a cascade to one file (see the module docstring for what it holds).
 
     Args:
-        cascade: the cascade; each model must be a featsup UNet++ (or hold one as
+        cascade: the cascade; each model must be a featsup UNet++ or an
+            :class:`~featsup.models.Ensemble` of them (or hold one as
             ``.student``, as a :class:`~featsup.FeatureSupervisor` does).
         path: destination file (``.pt``); its folder is created. An existing file is
             replaced atomically.

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from featsup._checks import check_ndim, check_positive, check_type, resolve_device
 from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import Preprocessing, preprocess_volume
+from featsup.models.ensemble import Ensemble
 from featsup.models.unetpp import UNetPlusPlus
 
 __all__ = [
@@ -99,7 +100,7 @@ class PreparedModel(nn.Module):
         super().__init__()
         self.network, self.head, self.device = network, head, device
         self.preprocessing = preprocessing
-        self._pick = None if isinstance(network, UNetPlusPlus) else head
+        self._pick = None if isinstance(network, (UNetPlusPlus, Ensemble)) else head
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """(B, C, H, W) image -> (B, K, H, W) logits of the prepared head.
@@ -178,17 +179,18 @@ def prepare_model(
 def select_head(model: nn.Module, head: Head, *, optimize: bool = True) -> nn.Module:
     """Return the network that computes ``head`` alone, in eval mode.
 
-    For a featsup :class:`~featsup.models.UNetPlusPlus` this is ``model.pruned(head)``
-    (optimised for inference when ``optimize``), which computes only the nodes the head
-    needs; ``head=None`` means the deepest head, and ``head="all"`` a copy of the whole
-    network that returns every head's logits. Any other model is returned as is and
+    For a featsup :class:`~featsup.models.UNetPlusPlus` (or an
+    :class:`~featsup.models.Ensemble` of them) this is ``model.pruned(head)`` (optimised
+    for inference when ``optimize``), which computes only the nodes the head needs;
+    ``head=None`` means the deepest head, and ``head="all"`` a copy of the whole network
+    that returns every head's logits. Any other model is returned as is and
     ``head`` picks an element when its output is a list.
 
     Raises:
         ValueError: if ``head`` is out of range for a UNet++.
     """
     student = supervised_student(model) or unwrap(model)  # a supervisor: with its student
-    if not isinstance(student, UNetPlusPlus):
+    if not isinstance(student, (UNetPlusPlus, Ensemble)):
         return student.eval()
     if head == "all":
         whole = student.optimize_for_inference() if optimize else copy.deepcopy(student).eval()
@@ -200,14 +202,14 @@ def select_head(model: nn.Module, head: Head, *, optimize: bool = True) -> nn.Mo
 def heads_of(model: nn.Module) -> int:
     """How many heads ``prepare_model(model, head="all")`` gives.
 
-    A UNet++'s depth (a supervisor's student's), else 1.
+    A UNet++'s or an ensemble's depth (a supervisor's student's), else 1.
 
     Example:
         >>> heads_of(UNetPlusPlus(1, 2, widths=(4, 8, 16))), heads_of(nn.Conv2d(1, 2, 1))
         (2, 1)
     """
     student = supervised_student(model) or unwrap(model)
-    return student.depth if isinstance(student, UNetPlusPlus) else 1
+    return student.depth if isinstance(student, (UNetPlusPlus, Ensemble)) else 1
 
 
 def stack_context(volume: np.ndarray, context: int) -> np.ndarray:

@@ -13,12 +13,14 @@ from featsup.models.blocks import (
     fold_batchnorm,
     fuse_for_inference,
 )
+from featsup.models.ensemble import Ensemble, mean_probability_logits
 from featsup.models.transfer import transfer_weights
 from featsup.models.unetpp import FeatureInfo, UNetPlusPlus
 
 __all__ = [
     "ConvBNReLU",
     "ConvBlock",
+    "Ensemble",
     "FeatureInfo",
     "FusedConvReLU",
     "UNetPlusPlus",
@@ -27,6 +29,7 @@ __all__ = [
     "bilinear_kernel",
     "fold_batchnorm",
     "fuse_for_inference",
+    "mean_probability_logits",
     "pooling_for_spacing",
     "transfer_weights",
 ]
