@@ -442,8 +442,8 @@ def teacher(stage: str, variant: str, train: Any, val: Any, args: argparse.Names
     model = matching_teacher(
         student, train, val_labels=val, num_classes=student.num_classes, steps=args.teacher_steps,
         dice_threshold=0.97, eval_every=100, amp="bf16" if args.amp == "bf16" else None,
-        channels_last=student.channels_last, device=args.device, seed=train_seed(args),
-        path=args.out / "teachers" / f"{stage}.pt", **recipe,
+        channels_last=student.channels_last, device=args.device,
+        seed=train_seed(args), path=args.out / "teachers" / f"{stage}.pt", **recipe,
     )  # fmt: skip
     if model.training_report["reused"]:
         print(f"reusing the {stage} teacher (same label maps and recipe)")
@@ -484,16 +484,18 @@ def stage_batch(stage: str, args: argparse.Namespace) -> int:
 
 def member_args(args: argparse.Namespace, member: int) -> argparse.Namespace:
     """``args`` for the tumour stage's ensemble member ``member`` (0: the first, as one
-    model): its own training seed, 1000 apart, and its own folder ``tumour_<k+1>``."""
+    model): its own training seed, 1000 apart."""
     if member == 0:
         return args
     return argparse.Namespace(**{**vars(args), "train_seed": train_seed(args) + 1000 * member})
 
 
 def train_tumour(cases: dict, args: argparse.Namespace, init: Any = None) -> Any:
-    """The tumour stage: one model, or an Ensemble of ``--tumour-members`` trainings."""
+    """The tumour stage: one model, or an Ensemble of ``--tumour-members`` trainings (an ES
+    or BS stage's members share the first member's teacher)."""
+    teachers: dict[str, Any] = {}
     members = [
-        train_stage("tumour", cases, member_args(args, k), init=init,
+        train_stage("tumour", cases, member_args(args, k), init=init, teachers=teachers,
                     folder=args.out / ("tumour" if k == 0 else f"tumour_{k + 1}"))
         for k in range(args.tumour_members)
     ]  # fmt: skip
@@ -501,15 +503,23 @@ def train_tumour(cases: dict, args: argparse.Namespace, init: Any = None) -> Any
 
 
 def train_stage(
-    stage: str, cases: dict, args: argparse.Namespace, init: Any = None, folder: Path | None = None
-) -> Any:
+    stage: str, cases: dict, args: argparse.Namespace, init: Any = None,
+    folder: Path | None = None, teachers: dict[str, Any] | None = None,
+) -> Any:  # fmt: skip
     """Train one stage's model (teacher first) in ``folder`` (default: ``--out``/stage);
-    return its best student in eval mode."""
+    return its best student in eval mode. ``teachers``: the stage's teacher is taken from
+    it when there, and left in it."""
     train, val = datasets(stage, cases, args)
     student, variant = make_student(stage, train, args, init), stage_variant(stage, args)
     unit = "patches" if student.spatial_dims == 3 else "slices"
     print(f"\n== {stage} stage: {variant}, {len(train)} training {unit} ==")
-    encoding_teacher = teacher(stage, variant, train, val, args, student)
+    if teachers is not None and stage in teachers:
+        encoding_teacher = teachers[stage]
+        print(f"the {stage} teacher of the first member")
+    else:
+        encoding_teacher = teacher(stage, variant, train, val, args, student)
+    if teachers is not None:
+        teachers[stage] = encoding_teacher
     model = build_variant(
         variant,
         in_channels=student.in_channels,

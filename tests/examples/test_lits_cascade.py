@@ -555,7 +555,7 @@ def test_a_three_class_liver_stage_starts_the_tumour_stage(
 
 @pytest.mark.slow
 def test_tumour_members_train_apart_and_predict_as_one_ensemble(
-    example: ModuleType, tmp_path: Path
+    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from featsup.inference import Cascade
     from featsup.models import Ensemble
@@ -569,8 +569,11 @@ def test_tumour_members_train_apart_and_predict_as_one_ensemble(
     assert example.member_args(args, 2).train_seed == 2003 and args.train_seed is None
     out = tmp_path / "run"
     example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none",
-                  "--tumour-members", "2"])  # fmt: skip
-    first, second = (load_model(out / f / "best.pt") for f in ("tumour", "tumour_2"))
+                  "--tumour-members", "2", "--tumour-variant", "ES-DS"])  # fmt: skip
+    printed = capsys.readouterr().out  # one teacher, trained by member 1, for both
+    assert printed.count("the tumour teacher of the first member") == 1
+    folders = ("tumour", "tumour_2")
+    first, second = (load_model(out / f / "best.pt", part="student") for f in folders)
     weights = [m.state_dict().values() for m in (first, second)]
     assert any(
         not torch.equal(a, b) for a, b in zip(*weights, strict=True)
