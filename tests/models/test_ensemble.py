@@ -33,6 +33,11 @@ def test_mean_probability_logits_softmax_to_the_mean_probability(logits: np.ndar
     assert torch.isfinite(got).all()  # no log(0), however confident a member is
     assert torch.allclose(got.softmax(1), mean, atol=1e-5)
     assert torch.allclose(mean_probability_logits(z[:1]).softmax(1), z[0].softmax(1), atol=1e-5)
+    one = [t[:, :1] for t in z]  # one channel: the mean sigmoid
+    mean_sigmoid = torch.stack([t.sigmoid() for t in one]).mean(0)
+    got_one = mean_probability_logits(one)
+    assert torch.isfinite(got_one).all()
+    assert torch.allclose(got_one.sigmoid(), mean_sigmoid, atol=1e-5)
     with pytest.raises(ValueError, match="at least one"):
         mean_probability_logits([])
 

@@ -23,26 +23,39 @@ _SHARED = ("in_channels", "num_classes", "depth", "spatial_dims")
 
 
 def mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Logits whose softmax is the mean of the softmaxes of ``logits``.
+    """Logits whose probabilities are the mean of the probabilities of ``logits``.
 
-    ``log(mean_k softmax(z_k))``, computed as a log-sum-exp of log-softmaxes, so that no
+    With C > 1 classes, ``log(mean_k softmax(z_k))``, whose softmax is the mean softmax;
+    with one channel (a sigmoid output, as ``predict_volume`` reads it),
+    ``log(mean_k sigmoid(z_k)) - log(mean_k sigmoid(-z_k))``, whose sigmoid is the mean
+    sigmoid. Both are computed as log-sum-exps of log-probabilities, so that no
     probability underflows to ``log(0)``.
 
     Args:
         logits: K tensors of one shape (B, C, *S), classes on axis 1.
 
     Returns:
-        (B, C, *S) log mean probabilities (valid logits: they softmax to the mean).
+        (B, C, *S) float32 logits of the mean probabilities.
+
+    Raises:
+        ValueError: if ``logits`` is empty.
 
     Example:
         >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
         >>> mean_probability_logits([a, b]).softmax(1)
         tensor([[0.5000, 0.5000]])
+        >>> mean_probability_logits([torch.tensor([[3.0]]), torch.tensor([[-3.0]])]).sigmoid()
+        tensor([[0.5000]])
     """
     if not logits:
         raise ValueError("logits: expected at least one tensor, got none")
-    stacked = torch.stack([z.float().log_softmax(1) for z in logits])  # (K, B, C, *S)
-    return torch.logsumexp(stacked, 0) - math.log(len(logits))
+    log_k = math.log(len(logits))
+    z = torch.stack([t.float() for t in logits])  # (K, B, C, *S)
+    if z.shape[2] == 1:  # one channel: the mean sigmoid, as its logit
+        yes = torch.logsumexp(nn.functional.logsigmoid(z), 0)
+        no = torch.logsumexp(nn.functional.logsigmoid(-z), 0)
+        return yes - no
+    return torch.logsumexp(z.log_softmax(2), 0) - log_k
 
 
 class Ensemble(nn.Module):
@@ -50,8 +63,9 @@ class Ensemble(nn.Module):
 
     The members must agree on input channels, classes, depth and spatial dimensions;
     their widths may differ. The forward returns logits whose softmax is the mean of the
-    members' softmaxes (:func:`mean_probability_logits`); with deep supervision, one such
-    tensor per head. Any code that softmaxes a model's logits (``predict_volume``, the
+    members' softmaxes (their sigmoid the mean sigmoid, for one output channel;
+    :func:`mean_probability_logits`); with deep supervision, one such tensor per head.
+    Any code that turns a model's logits into probabilities (``predict_volume``, the
     cascade, the metrics) therefore sees the averaged probabilities.
 
     Args:
