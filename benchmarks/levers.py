@@ -108,6 +108,14 @@ class Lever:
 _TWO = BASELINES[1]  # today's recipe: the mean of its two trainings (rule O on)
 _ON_ITS_LIVER = ("b", "base")  # rules Z-AD: two trainings of today's recipe on the arm's liver
 _H20, _NO, _VAL = "5010-5029", "not adopted", "not adopted (validation)"
+
+
+def _on_aa_block(rule: str, what: str, name: str, prefix: str, verdict: str = _NO) -> Lever:
+    """A lever read on rule AA's held-out block (5150-5189) against AA's baseline scorings."""
+    read = Paired(name, (prefix,), "tumour_crop_rule_aa.json", _ON_ITS_LIVER)
+    return Lever(rule, what, read, "5150-5189", verdict)
+
+
 #: every lever, in the order it was tested. ``cases``: the fresh held-out phantom seeds.
 LEVERS = (
     Lever("B", "tumour HU window [-50, 250] (today's since run 60)", Stored(
@@ -164,18 +172,12 @@ LEVERS = (
     Lever("Z", "tumour ROI 160 px, today's steps", Paired(
         "tumour_size160_rule_z.json", ("z",), "tumour_size160_rule_z.json", _ON_ITS_LIVER),
         "5110-5149", _NO),
-    Lever("AA", "64-px training windows, half on tumour", Paired(
-        "tumour_crop_rule_aa.json", ("c",), "tumour_crop_rule_aa.json", _ON_ITS_LIVER),
-        "5150-5189", _NO),
-    Lever("AB", "the tumour Dice pooled over the batch", Paired(
-        "tumour_batch_dice_rule_ab.json", ("d",), "tumour_crop_rule_aa.json", _ON_ITS_LIVER),
-        "5150-5189", _NO),
-    Lever("AC", "two 625-step trainings averaged", Paired(
-        "tumour_members_rule_ac.json", ("e",), "tumour_crop_rule_aa.json", _ON_ITS_LIVER),
-        "5150-5189", _NO),
-    Lever("AD", "two full trainings averaged (diagnostic)", Paired(
-        "ensemble_two_trainings_rule_ad.json", ("f",), "tumour_crop_rule_aa.json",
-        _ON_ITS_LIVER), "5150-5189", "level (diagnostic)"),
+    _on_aa_block("AA", "64-px training windows, half on tumour", "tumour_crop_rule_aa.json", "c"),
+    _on_aa_block("AB", "the tumour Dice pooled over the batch", "tumour_batch_dice_rule_ab.json",
+                 "d"),
+    _on_aa_block("AC", "two 625-step trainings averaged", "tumour_members_rule_ac.json", "e"),
+    _on_aa_block("AD", "two full trainings averaged (diagnostic)",
+                 "ensemble_two_trainings_rule_ad.json", "f", "level (diagnostic)"),
 )  # fmt: skip
 
 
