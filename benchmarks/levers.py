@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-AD of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-AE of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -14,7 +14,7 @@ square of their d, rule O), and the gap between today's recipe held out and the 
 goal of 0.60 per case and 0.70 global.
 
 Nothing here trains or scores a model: it reads results already committed, and its rows
-are only as right as those files (the tests pin eighteen rows to the numbers quoted in
+are only as right as those files (the tests pin twenty rows to the numbers quoted in
 docs/cascade-record.md).
 
 Usage:
@@ -106,7 +106,7 @@ class Lever:
 
 
 _TWO = BASELINES[1]  # today's recipe: the mean of its two trainings (rule O on)
-_ON_ITS_LIVER = ("b", "base")  # rules Z-AD: two trainings of today's recipe on the arm's liver
+_ON_ITS_LIVER = ("b", "base")  # rules Z-AE: two trainings of today's recipe on the arm's liver
 _H20, _NO, _VAL = "5010-5029", "not adopted", "not adopted (validation)"
 
 
@@ -178,6 +178,12 @@ LEVERS = (
     _on_aa_block("AC", "two 625-step trainings averaged", "tumour_members_rule_ac.json", "e"),
     _on_aa_block("AD", "two full trainings averaged (diagnostic)",
                  "ensemble_two_trainings_rule_ad.json", "f", "level (diagnostic)"),
+    Lever("AE1", "2500 tumour steps (diagnostic)", Paired(
+        "tumour_steps_rule_ae.json", ("g25",), "tumour_steps_rule_ae.json", _ON_ITS_LIVER),
+        "5190-5229", "see AE2"),
+    Lever("AE2", "5000 tumour steps (diagnostic)", Paired(
+        "tumour_steps_rule_ae.json", ("g50",), "tumour_steps_rule_ae.json", _ON_ITS_LIVER),
+        "5190-5229", "steps help, the gap stays"),
 )  # fmt: skip
 
 
