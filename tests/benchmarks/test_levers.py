@@ -43,16 +43,10 @@ def test_the_committed_files_give_the_readings_the_docs_quote() -> None:
     assert sticks["goal_gap"] == pytest.approx(((0.60 - 0.434) + (0.70 - 0.587)) / 2, abs=1e-3)
 
 
-def _validation_size_report(path: Path, scores: dict[str, tuple[float, float]]) -> None:
-    runs = {f"out/{name}": {"base/grid": {"tumour_per_case": a, "tumour_global": b}}
-            for name, (a, b) in scores.items()}  # fmt: skip
-    path.write_text(json.dumps({"runs": runs}))
-
-
-def test_paired_and_stored_readings(tmp_path: Path) -> None:
-    _validation_size_report(tmp_path / "base.json", {
+def test_paired_and_stored_readings(tmp_path: Path, write_report) -> None:
+    write_report("base.json", {
         "win_s40": (0.4, 0.6), "rep_s40": (0.6, 0.6), "win_s41": (0.5, 0.5)})  # fmt: skip
-    _validation_size_report(tmp_path / "arm.json", {"a_s40": (0.6, 0.7), "a_s41": (0.4, 0.5)})
+    write_report("arm.json", {"a_s40": (0.6, 0.7), "a_s41": (0.4, 0.5)})
     read = levers.Paired("arm.json", ("a",), "base.json", ("win", "rep"))
     d = read.split_d(tmp_path)
     assert d == pytest.approx({40: 0.1, 41: -0.05})  # 40: arm 0.6 / 0.7 against 0.5 / 0.6

@@ -13,24 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 paired_d = pytest.importorskip("paired_d")
 
 
-def _report(path: Path, scores: dict[str, tuple[float, float]]) -> Path:
-    runs = {f"out/{name}": {"base/grid": {"tumour_per_case": a, "tumour_global": b}}
-            for name, (a, b) in scores.items()}  # fmt: skip
-    path.write_text(json.dumps({"runs": runs}))
-    return path
-
-
 def test_docstring_examples_hold() -> None:
     assert doctest.testmod(paired_d).failed == 0
 
 
-def test_d_against_the_mean_of_two_trainings(tmp_path: Path, capsys) -> None:
-    base = _report(tmp_path / "base.json", {
+def test_d_against_the_mean_of_two_trainings(tmp_path: Path, capsys, write_report) -> None:
+    base = write_report("base.json", {
         "win_s1": (0.5, 0.6), "rep_s1": (0.3, 0.4),  # mean 0.4 / 0.5
         "win_s2": (0.5, 0.5), "rep_s2": (0.5, 0.7),  # mean 0.5 / 0.6
         "win_s3": (0.9, 0.9),  # no arm run: left out
     })  # fmt: skip
-    arm = _report(tmp_path / "arm.json", {"x_s1": (0.5, 0.5), "x_s2": (0.4, 0.6), "y_s2": (0, 0)})
+    arm = write_report("arm.json", {"x_s1": (0.5, 0.5), "x_s2": (0.4, 0.6), "y_s2": (0, 0)})
     out = tmp_path / "d.json"
     flags = ["--baseline-prefix", "win", "rep", "--arm-prefix", "x", "--json", str(out)]
     result = paired_d.main(["--baseline", str(base), "--arm", str(arm), *flags])
@@ -46,9 +39,9 @@ def test_d_against_the_mean_of_two_trainings(tmp_path: Path, capsys) -> None:
     assert "| 1 | 0.400 / 0.500 (2) | 0.500 / 0.500 (1) |" in capsys.readouterr().out
 
 
-def test_no_common_split_or_missing_choice_is_refused(tmp_path: Path, capsys) -> None:
-    base = _report(tmp_path / "base.json", {"win_s1": (0.5, 0.6)})
-    arm = _report(tmp_path / "arm.json", {"x_s2": (0.5, 0.6)})
+def test_no_common_split_or_missing_choice_is_refused(write_report, capsys) -> None:
+    base = write_report("base.json", {"win_s1": (0.5, 0.6)})
+    arm = write_report("arm.json", {"x_s2": (0.5, 0.6)})
     with pytest.raises(SystemExit):
         paired_d.main(["--baseline", str(base), "--arm", str(arm), "--arm-prefix", "x"])
     assert "no split holds both" in capsys.readouterr().err

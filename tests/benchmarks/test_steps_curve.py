@@ -13,19 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 steps_curve = pytest.importorskip("steps_curve")
 
 
-def _report(path: Path, scores: dict[str, tuple[float, float]]) -> Path:
-    runs = {f"out/{name}": {"base/grid": {"tumour_per_case": a, "tumour_global": b}}
-            for name, (a, b) in scores.items()}  # fmt: skip
-    path.write_text(json.dumps({"runs": runs}))
-    return path
-
-
 def test_docstring_examples_hold() -> None:
     assert doctest.testmod(steps_curve).failed == 0
 
 
-def test_curve_averages_trainings_and_pairs_splits(tmp_path: Path, capsys) -> None:
-    report = _report(tmp_path / "r.json", {
+def test_curve_averages_trainings_and_pairs_splits(tmp_path: Path, capsys, write_report) -> None:
+    report = write_report("r.json", {
         "b_s1": (0.40, 0.50), "base_s1": (0.30, 0.40),  # 1250: mean 0.35 / 0.45
         "g25_s1": (0.40, 0.55), "g50_s1": (0.43, 0.61),
         "b_s2": (0.50, 0.60), "g25_s2": (0.54, 0.60), "g50_s2": (0.55, 0.61),
@@ -65,8 +58,8 @@ def test_curve_averages_trainings_and_pairs_splits(tmp_path: Path, capsys) -> No
     assert "left out of the mean" in printed and "5.5 more doublings" in printed
 
 
-def test_no_gain_means_no_extrapolation(tmp_path: Path, capsys) -> None:
-    report = _report(tmp_path / "r.json", {"a_s1": (0.5, 0.6), "c_s1": (0.45, 0.6)})
+def test_no_gain_means_no_extrapolation(write_report, capsys) -> None:
+    report = write_report("r.json", {"a_s1": (0.5, 0.6), "c_s1": (0.45, 0.6)})
     summary = steps_curve.main([str(report), "--points", "a=100", "c=400"])
     assert summary["mean"]["tumour_per_case"]["gain_per_doubling"] == pytest.approx([-0.025])
     assert summary["mean"]["tumour_per_case"]["doublings_to_target"] is None
@@ -80,8 +73,8 @@ def test_no_gain_means_no_extrapolation(tmp_path: Path, capsys) -> None:
     (["a100", "c=10"], "PREFIX=STEPS"),
     (["x=100", "y=200"], "no split holds every step count"),
 ])  # fmt: skip
-def test_bad_points_are_refused(tmp_path: Path, capsys, points, message) -> None:
-    report = _report(tmp_path / "r.json", {"a_s1": (0.5, 0.6), "c_s1": (0.45, 0.6)})
+def test_bad_points_are_refused(write_report, capsys, points, message) -> None:
+    report = write_report("r.json", {"a_s1": (0.5, 0.6), "c_s1": (0.45, 0.6)})
     with pytest.raises(SystemExit):
         steps_curve.main([str(report), "--points", *points])
     assert message in capsys.readouterr().err
