@@ -1,10 +1,13 @@
-"""Shared test fixtures: a fixed seed for every test; doctests of a missing extra skip."""
+"""Shared test fixtures: a fixed seed for every test; doctests of a missing extra skip;
+the benchmark scripts' held-out reports."""
 
 from __future__ import annotations
 
 import doctest
+import json
 import random
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +72,19 @@ class _SkipDoctestsOfMissingExtras:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_SkipDoctestsOfMissingExtras(), "featsup-doctest-extras")
+
+
+@pytest.fixture
+def write_report(tmp_path: Path) -> Callable[[str, dict[str, tuple[float, float]]], Path]:
+    """``write(file name, {run: (tumour Dice per case, global)}) -> path``: a
+    ``benchmarks/validation_size.py --json`` report in ``tmp_path`` whose runs
+    ``out/RUN`` hold the scores of the example's choice (for the benchmark scripts' tests)."""
+
+    def write(name: str, scores: dict[str, tuple[float, float]]) -> Path:
+        runs = {f"out/{run}": {"base/grid": {"tumour_per_case": a, "tumour_global": b}}
+                for run, (a, b) in scores.items()}  # fmt: skip
+        path = tmp_path / name
+        path.write_text(json.dumps({"runs": runs}))
+        return path
+
+    return write
