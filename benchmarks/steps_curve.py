@@ -68,10 +68,8 @@ def build_curve(reports: list[dict], points: dict[str, int], choice: str = "base
     for steps in sorted(set(points.values())):
         prefixes = [p for p, s in points.items() if s == steps]
         by_split = runs_by_split(reports, prefixes, choice)
-        curve[steps] = {
-            split: (float(np.mean([r[0] for r in runs])), float(np.mean([r[1] for r in runs])))
-            for split, runs in by_split.items()
-        }
+        curve[steps] = {split: tuple(np.mean(runs, axis=0).tolist())
+                        for split, runs in by_split.items()}  # fmt: skip
     return curve
 
 
@@ -117,27 +115,25 @@ def summarise(curve: Curve, targets: tuple[float, float]) -> dict[str, Any]:
     if not splits:
         raise ValueError(f"no split holds every step count {steps}: "
                          f"{ {s: sorted(curve[s]) for s in steps} }")  # fmt: skip
-    rows = {}
-    for split in splits:
-        values = [curve[s][split] for s in steps]
-        rows[split] = {m: [v[i] for v in values] for i, m in enumerate(METRICS)}
-    mean = {m: [float(np.mean([rows[sp][m][k] for sp in splits])) for k in range(len(steps))]
-            for m in METRICS}  # fmt: skip
-    out: dict[str, Any] = {"steps": steps, "splits": splits,
-                           "missing": {s: sorted(set(curve[s]) - set(splits)) for s in steps},
-                           "per_split": {}, "mean": {}}  # fmt: skip
-    for name, series in [*((str(sp), rows[sp]) for sp in splits), ("mean", mean)]:
-        entry: dict[str, Any] = {}
-        for metric, target in zip(METRICS, targets, strict=True):
-            gains = gains_per_doubling(steps, series[metric])
-            entry[metric] = {"dice": series[metric], "gain_per_doubling": gains,
-                             "target": target,
-                             "doublings_to_target": doublings_to(target, series[metric][-1],
-                                                                 gains[-1])}  # fmt: skip
-        if name == "mean":
-            out["mean"] = entry
-        else:
-            out["per_split"][name] = entry
+    # (split, step, metric) -> the per-split series and their mean over the splits
+    dice = np.array([[curve[st][sp] for st in steps] for sp in splits])
+
+    def entry(series: np.ndarray) -> dict[str, Any]:  # series: (steps, metrics)
+        out: dict[str, Any] = {}
+        for i, (metric, target) in enumerate(zip(METRICS, targets, strict=True)):
+            values = series[:, i].tolist()
+            gains = gains_per_doubling(steps, values)
+            left = doublings_to(target, values[-1], gains[-1])
+            out[metric] = {"dice": values, "gain_per_doubling": gains, "target": target,
+                           "doublings_to_target": left}  # fmt: skip
+        return out
+
+    out: dict[str, Any] = {
+        "steps": steps, "splits": splits,
+        "missing": {s: sorted(set(curve[s]) - set(splits)) for s in steps},
+        "per_split": {str(sp): entry(dice[k]) for k, sp in enumerate(splits)},
+        "mean": entry(dice.mean(axis=0)),
+    }  # fmt: skip
     return out
 
 
