@@ -18,6 +18,18 @@ the targets.
         --points b=1250 base=1250 g25=2500 g50=5000 --target 0.60 0.70 \\
         --json out.json --figure docs/images/tumour_steps_rule_ae.png
 
+``--by-block`` reads each report as its own block of held-out cases instead (blocks differ
+in difficulty, so their Dice do not pool): per block, each split's d at every step count
+the block holds, against the block's smallest count (d: the mean of the per-case and global
+differences, as the rules read it), and the mean d over the block's splits. It prints one
+row per block and count, and ``--figure`` draws every block's d against the steps with the
+first block's least-squares line (d against log2 of the steps) carried on past its last
+count: what that block predicts for the others, an extrapolation drawn as one.
+
+    python benchmarks/steps_curve.py docs/results/tumour_steps_rule_ae.json \
+        docs/results/tumour_steps_rule_af.json --by-block \
+        --points b=1250 base=1250 g25=2500 g50=5000 h=10000 --figure steps_blocks.png
+
 No assertions: it measures.
 """
 
@@ -137,6 +149,105 @@ def summarise(curve: Curve, targets: tuple[float, float]) -> dict[str, Any]:
     return out
 
 
+def line_fit(steps: list[int], d: list[float]) -> tuple[float, float]:
+    """Least-squares ``d = a + b * log2(steps / steps[0])``: ``(a, b)``, b per doubling.
+
+    Example:
+        >>> [round(v, 4) for v in line_fit([1250, 2500, 5000], [0.0, 0.017, 0.048])]
+        [-0.0023, 0.024]
+    """
+    x = np.log2(np.asarray(steps, dtype=float) / steps[0])
+    slope, intercept = np.polyfit(x, np.asarray(d, dtype=float), 1)
+    return round(float(intercept), 12) + 0.0, round(float(slope), 12) + 0.0  # no -0.0
+
+
+def by_block(
+    reports: dict[str, dict], points: dict[str, int], choice: str = "base/grid"
+) -> list[dict[str, Any]]:
+    """Each report (``{label: report}``) as one block: d per split against its smallest count.
+
+    Raises:
+        ValueError: if a block holds fewer than two of the step counts, or no split holds
+            every count it does hold.
+    """
+    blocks = []
+    for label, report in reports.items():
+        held = {p: s for p, s in points.items() if runs_by_split([report], [p], choice)}
+        if len(set(held.values())) < 2:
+            raise ValueError(f"block {label}: expected runs at two step counts or more, "
+                             f"found {sorted(set(held.values()))}")  # fmt: skip
+        curve = build_curve([report], held, choice)
+        steps, splits = sorted(curve), complete_splits(curve)
+        if not splits:
+            raise ValueError(f"block {label}: no split holds every step count {steps}")
+        dice = np.array([[curve[st][sp] for st in steps] for sp in splits])
+        d = (dice - dice[:, :1]).mean(axis=2)  # (splits, steps): per case and global pooled
+        blocks.append({
+            "block": label, "steps": steps, "splits": splits,
+            "d": {str(sp): d[k].tolist() for k, sp in enumerate(splits)},
+            "mean_d": d.mean(axis=0).tolist(),
+            "mean_dice": dice.mean(axis=0).tolist(),  # (steps, 2): per case, global
+        })  # fmt: skip
+    return blocks
+
+
+def print_blocks(blocks: list[dict[str, Any]]) -> None:
+    """One row per block and step count; then what the first block's line predicts."""
+    print("| block | steps | d per split | mean d | mean Dice per case / global |")
+    print("| --- | --- | --- | --- | --- |")
+    for b in blocks:
+        for i, steps in enumerate(b["steps"]):
+            per = ", ".join(f"{sp}: {d[i]:+.3f}" for sp, d in b["d"].items())
+            pc, gl = b["mean_dice"][i]
+            print(f"| {b['block']} | {steps} | {per} | {b['mean_d'][i]:+.3f} | "
+                  f"{pc:.3f} / {gl:.3f} |")  # fmt: skip
+    first = blocks[0]
+    if len(first["steps"]) < 3:
+        return
+    a, slope = line_fit(first["steps"], first["mean_d"])
+    print(f"\n{first['block']}'s line: d = {a:+.3f} {slope:+.3f} per doubling")
+    for b in blocks[1:]:
+        for steps, d in zip(b["steps"][1:], b["mean_d"][1:], strict=True):
+            guess = a + slope * math.log2(steps / first["steps"][0])
+            print(f"{b['block']} at {steps} steps: d {d:+.3f}, the line predicts {guess:+.3f} "
+                  "(an extrapolation)")  # fmt: skip
+
+
+def blocks_figure(blocks: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Every block's d against the steps (splits thin, mean thick), the first's line dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from featsup.viz import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    every = sorted({s for b in blocks for s in b["steps"]})
+    for k, b in enumerate(blocks):
+        color = f"C{k}"
+        for d in b["d"].values():
+            ax.plot(b["steps"], d, "o-", lw=0.8, ms=3, alpha=0.45, color=color)
+        ax.plot(b["steps"], b["mean_d"], "o-", lw=2.5, color=color,
+                label=f"{b['block']} (splits {', '.join(map(str, b['splits']))})")  # fmt: skip
+    first = blocks[0]
+    if len(first["steps"]) >= 3:
+        a, slope = line_fit(first["steps"], first["mean_d"])
+        xs = [s for s in every if s >= first["steps"][0]]
+        ax.plot(xs, [a + slope * math.log2(s / first["steps"][0]) for s in xs], "--",
+                color="grey", lw=1.2, label=f"{first['block']}'s line, carried on")  # fmt: skip
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(every, [str(s) for s in every])
+    ax.set_xlabel("tumour training steps")
+    ax.set_ylabel("held-out d against the block's smallest count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_figure(fig, path, dpi=90)
+
+
 def print_table(summary: dict[str, Any]) -> None:
     """The summary as a markdown table, then the mean's gains and extrapolation."""
     steps = summary["steps"]
@@ -215,6 +326,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", type=Path, help="write the summary here")
     p.add_argument("--figure", type=Path, help="draw the curves to this PNG")
     p.add_argument("--title", default="", help="the figure's title")
+    p.add_argument("--by-block", action="store_true",
+                   help="each report its own block of held-out cases: d against its smallest "
+                        "count, blocks side by side")  # fmt: skip
+    p.add_argument("--labels", nargs="+", help="--by-block: one name per report (default: "
+                   "the file names)")  # fmt: skip
     args = p.parse_args(argv)
     try:
         points = parse_points(args.points)
@@ -224,6 +340,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not path.is_file():
             p.error(f"{path}: no such file")
     reports = [json.loads(path.read_text()) for path in args.reports]
+    if args.by_block:
+        labels = args.labels or [path.stem for path in args.reports]
+        if len(labels) != len(args.reports) or len(set(labels)) < len(labels):
+            p.error(f"--by-block: expected one distinct label per report, got {labels}; fix: "
+                    "--labels")  # fmt: skip
+        try:
+            blocks = by_block(dict(zip(labels, reports, strict=True)), points, args.choice)
+        except ValueError as error:
+            p.error(str(error))
+        print_blocks(blocks)
+        if args.json:
+            args.json.write_text(json.dumps({"blocks": blocks}, indent=1))
+        if args.figure:
+            blocks_figure(blocks, args.figure, args.title)
+        return {"blocks": blocks}
     try:
         summary = summarise(build_curve(reports, points, args.choice), tuple(args.target))
     except ValueError as error:

@@ -84,3 +84,53 @@ def test_missing_report_is_refused(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         steps_curve.main([str(tmp_path / "none.json"), "--points", "a=1", "c=2"])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_blocks_are_read_apart_and_against_the_first_blocks_line(
+    tmp_path: Path, capsys, write_report
+) -> None:
+    # block one: d 0, +0.02, +0.05 on split 1 and 0, +0.02, +0.03 on split 2
+    one = write_report("one.json", {
+        "b_s1": (0.40, 0.50), "g25_s1": (0.42, 0.52), "g50_s1": (0.45, 0.55),
+        "b_s2": (0.60, 0.60), "g25_s2": (0.62, 0.62), "g50_s2": (0.63, 0.63),
+    })  # fmt: skip
+    # block two, harder: the same split names, a baseline far below block one's
+    two = write_report("two.json", {"b_s1": (0.10, 0.20), "h_s1": (0.20, 0.24)})
+    png, out = tmp_path / "blocks.png", tmp_path / "blocks.json"
+    result = steps_curve.main([
+        str(one), str(two), "--by-block", "--points", "b=1250", "g25=2500", "g50=5000",
+        "h=10000", "--figure", str(png), "--json", str(out),
+    ])  # fmt: skip
+    first, second = result["blocks"]
+    assert first["block"] == "one" and first["steps"] == [1250, 2500, 5000]
+    assert first["d"]["1"] == pytest.approx([0.0, 0.02, 0.05])
+    assert first["mean_d"] == pytest.approx([0.0, 0.02, 0.04])
+    # block two's d is against its own baseline, not pooled with block one's b_s1
+    assert second["steps"] == [1250, 10000] and second["d"]["1"] == pytest.approx([0.0, 0.07])
+    assert second["mean_dice"][0] == pytest.approx([0.10, 0.20])
+    a, slope = steps_curve.line_fit(first["steps"], first["mean_d"])
+    assert slope == pytest.approx(0.02) and a == pytest.approx(0.0, abs=1e-12)
+    printed = capsys.readouterr().out
+    guess = a + 3 * slope  # 10000 steps: three doublings past 1250
+    assert f"two at 10000 steps: d +0.070, the line predicts {guess:+.3f}" in printed
+    assert json.loads(out.read_text())["blocks"][1]["mean_d"] == pytest.approx([0.0, 0.07])
+    assert png.stat().st_size > 0
+
+
+def test_a_block_with_one_step_count_is_refused(write_report, capsys) -> None:
+    one = write_report("one.json", {"b_s1": (0.4, 0.5), "g25_s1": (0.42, 0.52)})
+    two = write_report("two.json", {"b_s1": (0.1, 0.2)})
+    with pytest.raises(SystemExit):
+        steps_curve.main([str(one), str(two), "--by-block", "--points", "b=1250", "g25=2500"])
+    assert "block two: expected runs at two step counts or more" in capsys.readouterr().err
+
+
+def test_blocks_need_distinct_labels(write_report, capsys) -> None:
+    one = write_report("one.json", {"b_s1": (0.4, 0.5), "g25_s1": (0.42, 0.52)})
+    two = write_report("two.json", {"b_s1": (0.1, 0.2), "g25_s1": (0.2, 0.2)})
+    points = ["--points", "b=1250", "g25=2500"]
+    with pytest.raises(SystemExit):
+        steps_curve.main([str(one), str(two), "--by-block", *points, "--labels", "x", "x"])
+    assert "one distinct label per report" in capsys.readouterr().err
+    result = steps_curve.main([str(one), str(two), "--by-block", *points, "--labels", "A", "B"])
+    assert [b["block"] for b in result["blocks"]] == ["A", "B"]
