@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-AE of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-AF of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -184,6 +184,9 @@ LEVERS = (
     Lever("AE2", "5000 tumour steps (diagnostic)", Paired(
         "tumour_steps_rule_ae.json", ("g50",), "tumour_steps_rule_ae.json", _ON_ITS_LIVER),
         "5190-5229", "steps help, the gap stays"),
+    Lever("AF", "10 000 tumour steps (diagnostic)", Paired(
+        "tumour_steps_rule_af.json", ("h",), "tumour_steps_rule_af.json", ("b",)),
+        "5230-5269", "the gain per doubling holds"),
 )  # fmt: skip
 
 
