@@ -14,7 +14,7 @@ square of their d, rule O), and the gap between today's recipe held out and the 
 goal of 0.60 per case and 0.70 global.
 
 Nothing here trains or scores a model: it reads results already committed, and its rows
-are only as right as those files (the tests pin twenty rows to the numbers quoted in
+are only as right as those files (the tests pin twenty-one rows to the numbers quoted in
 docs/cascade-record.md).
 
 Usage:
