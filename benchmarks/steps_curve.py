@@ -161,6 +161,18 @@ def line_fit(steps: list[int], d: list[float]) -> tuple[float, float]:
     return round(float(intercept), 12) + 0.0, round(float(slope), 12) + 0.0  # no -0.0
 
 
+def predicted_d(first: dict[str, Any], steps: int) -> float:
+    """What a block's least-squares line (needs three counts or more) gives at ``steps``.
+
+    Example:
+        >>> block = {"steps": [1250, 2500, 5000], "mean_d": [0.0, 0.02, 0.04]}
+        >>> round(predicted_d(block, 10000), 6)
+        0.06
+    """
+    a, slope = line_fit(first["steps"], first["mean_d"])
+    return a + slope * math.log2(steps / first["steps"][0])
+
+
 def by_block(
     reports: dict[str, dict], points: dict[str, int], choice: str = "base/grid"
 ) -> list[dict[str, Any]]:
@@ -208,9 +220,8 @@ def print_blocks(blocks: list[dict[str, Any]]) -> None:
     print(f"\n{first['block']}'s line: d = {a:+.3f} {slope:+.3f} per doubling")
     for b in blocks[1:]:
         for steps, d in zip(b["steps"][1:], b["mean_d"][1:], strict=True):
-            guess = a + slope * math.log2(steps / first["steps"][0])
-            print(f"{b['block']} at {steps} steps: d {d:+.3f}, the line predicts {guess:+.3f} "
-                  "(an extrapolation)")  # fmt: skip
+            print(f"{b['block']} at {steps} steps: d {d:+.3f}, the line predicts "
+                  f"{predicted_d(first, steps):+.3f} (an extrapolation)")  # fmt: skip
 
 
 def blocks_figure(blocks: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -232,9 +243,8 @@ def blocks_figure(blocks: list[dict[str, Any]], path: Path, title: str = "") -> 
                 label=f"{b['block']} (splits {', '.join(map(str, b['splits']))})")  # fmt: skip
     first = blocks[0]
     if len(first["steps"]) >= 3:
-        a, slope = line_fit(first["steps"], first["mean_d"])
         xs = [s for s in every if s >= first["steps"][0]]
-        ax.plot(xs, [a + slope * math.log2(s / first["steps"][0]) for s in xs], "--",
+        ax.plot(xs, [predicted_d(first, s) for s in xs], "--",
                 color="grey", lw=1.2, label=f"{first['block']}'s line, carried on")  # fmt: skip
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xscale("log", base=2)
@@ -340,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not path.is_file():
             p.error(f"{path}: no such file")
     reports = [json.loads(path.read_text()) for path in args.reports]
+    if args.labels and not args.by_block:
+        p.error("--labels: only with --by-block")
     if args.by_block:
         labels = args.labels or [path.stem for path in args.reports]
         if len(labels) != len(args.reports) or len(set(labels)) < len(labels):

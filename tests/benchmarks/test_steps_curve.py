@@ -132,5 +132,8 @@ def test_blocks_need_distinct_labels(write_report, capsys) -> None:
     with pytest.raises(SystemExit):
         steps_curve.main([str(one), str(two), "--by-block", *points, "--labels", "x", "x"])
     assert "one distinct label per report" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        steps_curve.main([str(one), str(two), *points, "--labels", "A", "B"])
+    assert "only with --by-block" in capsys.readouterr().err
     result = steps_curve.main([str(one), str(two), "--by-block", *points, "--labels", "A", "B"])
     assert [b["block"] for b in result["blocks"]] == ["A", "B"]
