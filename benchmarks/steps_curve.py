@@ -120,15 +120,28 @@ def doublings_to(target: float, value: float, gain: float) -> float | None:
     return round((target - value) / gain, 12) if gain > 0 else None
 
 
-def summarise(curve: Curve, targets: tuple[float, float]) -> dict[str, Any]:
-    """Per split and on the mean of the complete splits: Dice, gains and doublings left."""
-    steps = sorted(curve)
-    splits = complete_splits(curve)
+def paired_dice(curve: Curve) -> tuple[list[int], list[int], np.ndarray]:
+    """The step counts, the splits that hold them all, and their Dice, shape (split, step,
+    metric).
+
+    Raises:
+        ValueError: if no split holds every step count.
+
+    Example:
+        >>> steps, splits, dice = paired_dice({1: {7: (0.4, 0.5)}, 2: {7: (0.5, 0.6), 8: (0, 0)}})
+        >>> steps, splits, dice.shape
+        ([1, 2], [7], (1, 2, 2))
+    """
+    steps, splits = sorted(curve), complete_splits(curve)
     if not splits:
         raise ValueError(f"no split holds every step count {steps}: "
                          f"{ {s: sorted(curve[s]) for s in steps} }")  # fmt: skip
-    # (split, step, metric) -> the per-split series and their mean over the splits
-    dice = np.array([[curve[st][sp] for st in steps] for sp in splits])
+    return steps, splits, np.array([[curve[st][sp] for st in steps] for sp in splits])
+
+
+def summarise(curve: Curve, targets: tuple[float, float]) -> dict[str, Any]:
+    """Per split and on the mean of the complete splits: Dice, gains and doublings left."""
+    steps, splits, dice = paired_dice(curve)  # dice: (split, step, metric)
 
     def entry(series: np.ndarray) -> dict[str, Any]:  # series: (steps, metrics)
         out: dict[str, Any] = {}
@@ -184,15 +197,14 @@ def by_block(
     """
     blocks = []
     for label, report in reports.items():
-        held = {p: s for p, s in points.items() if runs_by_split([report], [p], choice)}
-        if len(set(held.values())) < 2:
+        curve = {st: runs for st, runs in build_curve([report], points, choice).items() if runs}
+        if len(curve) < 2:
             raise ValueError(f"block {label}: expected runs at two step counts or more, "
-                             f"found {sorted(set(held.values()))}")  # fmt: skip
-        curve = build_curve([report], held, choice)
-        steps, splits = sorted(curve), complete_splits(curve)
-        if not splits:
-            raise ValueError(f"block {label}: no split holds every step count {steps}")
-        dice = np.array([[curve[st][sp] for st in steps] for sp in splits])
+                             f"found {sorted(curve)}")  # fmt: skip
+        try:
+            steps, splits, dice = paired_dice(curve)
+        except ValueError as error:
+            raise ValueError(f"block {label}: {error}") from None
         d = (dice - dice[:, :1]).mean(axis=2)  # (splits, steps): per case and global pooled
         blocks.append({
             "block": label, "steps": steps, "splits": splits,
