@@ -114,7 +114,7 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
     (``--liver-classes 3``) pools its Dice over the batch and weighs no pixel. The tumour
     stage's CE term is focal with ``--tumour-focal-gamma`` above 0, and its Dice term the
     Tversky loss with ``--tumour-tversky-beta``, pooled over the batch with
-    ``--tumour-batch-dice``.
+    ``--tumour-batch-dice``; ``--tumour-blob-weight`` adds one Dice per lesion.
     """
     if stage == "liver" and args.liver_classes == 3:  # a tumour class: Dice over the batch
         return SegLoss(batch_dice=True)  # (per slice, a tumour-free slice's term costs ~1)
@@ -122,7 +122,8 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
         return SegLoss(weight_ce=args.liver_lesion_terms == "both")
     return SegLoss(include_background=False, focal_gamma=args.tumour_focal_gamma,
                    tversky_beta=args.tumour_tversky_beta,
-                   batch_dice=args.tumour_batch_dice)  # fmt: skip
+                   batch_dice=args.tumour_batch_dice,
+                   blob_weight=args.tumour_blob_weight)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,6 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-batch-dice", action="store_true", help="2D and 3D tumour stage: pool its "
         "Dice term over the batch (nnU-Net's batch Dice) instead of per slice, so that "
         "false tumour on tumour-free slices costs Dice too (default: per slice)")  # fmt: skip
+    add("--tumour-blob-weight", type=float, default=0.0, metavar="W", help="2D and 3D tumour "
+        "stage: add the blob Dice (losses.blob_dice_loss: one Dice per lesion of each slice, "
+        "so a small lesion missed costs as much as a big one) weighted W (default 0: "
+        "none)")  # fmt: skip
     add("--tumour-members", type=int, default=1, metavar="K", help="2D and 3D tumour stage: "
         "train K models of one recipe, each with its own training seed and "
         "--tumour-steps steps, and average their probabilities (models.Ensemble; "
@@ -297,6 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-focal-gamma: expected >= 0, got {args.tumour_focal_gamma}"),
         (args.tumour_tversky_beta is not None and not 0 <= args.tumour_tversky_beta <= 1,
          f"--tumour-tversky-beta: expected in [0, 1], got {args.tumour_tversky_beta}"),
+        (not args.tumour_blob_weight >= 0,
+         f"--tumour-blob-weight: expected >= 0, got {args.tumour_blob_weight}"),
         (args.tumour_members < 1, f"--tumour-members: expected >= 1, got {args.tumour_members}"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),

@@ -461,6 +461,12 @@ def test_liver_lesion_terms_reach_the_liver_stages_ce_only(example: ModuleType) 
     pooled = example.parse_args([*TINY, "--tumour-batch-dice"])
     assert example.stage_loss("tumour", pooled).options["batch_dice"] is True
     assert example.stage_loss("liver", pooled).options["batch_dice"] is False
+    assert tumour["blob_weight"] == 0.0  # no per-lesion term unless asked
+    blob = example.parse_args([*TINY, "--tumour-blob-weight", "1"])
+    assert example.stage_loss("tumour", blob).options["blob_weight"] == 1.0
+    assert example.stage_loss("liver", blob).options["blob_weight"] == 0.0
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-blob-weight", "-0.5"])
 
 
 def _liver_datasets(example: ModuleType, tmp_path: Path, *flags: str) -> tuple:

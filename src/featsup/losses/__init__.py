@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from featsup.losses._utils import one_hot
+from featsup.losses.blob import BlobDiceLoss, blob_dice_loss, label_components
 from featsup.losses.compose import (
     DeepSupervisionLoss,
     SegLoss,
@@ -23,6 +24,7 @@ from featsup.losses.focal import FocalLoss, focal_loss
 from featsup.losses.weight_map import boundary_weight_map
 
 __all__ = [
+    "BlobDiceLoss",
     "DeepSupervisionLoss",
     "DiceLoss",
     "FeatureLoss",
@@ -31,11 +33,13 @@ __all__ = [
     "TotalLoss",
     "TverskyLoss",
     "WeightedDiceLoss",
+    "blob_dice_loss",
     "boundary_weight_map",
     "deep_supervision_loss",
     "dice_loss",
     "feature_loss",
     "focal_loss",
+    "label_components",
     "one_hot",
     "seg_loss",
     "tversky_loss",

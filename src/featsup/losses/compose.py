@@ -11,6 +11,7 @@ from torch import nn
 
 from featsup._checks import check_choice, check_positive, check_type
 from featsup.losses._utils import Activation, resolve_activation
+from featsup.losses.blob import blob_dice_loss
 from featsup.losses.dice import _weight_like, dice_loss, tversky_loss, weighted_dice_loss
 from featsup.losses.feature import FeatureLoss, _check_weights
 from featsup.losses.focal import focal_loss
@@ -41,6 +42,7 @@ def seg_loss(
     reduction: Literal["mean", "sum"] = "mean",
     weight_ce: bool = False,
     tversky_beta: float | None = None,
+    blob_weight: float = 0.0,
 ) -> torch.Tensor:
     r"""Seg-Loss, paper eq. 13: :math:`w_1 \cdot \mathrm{Dice} + w_2 \cdot \mathrm{CE}`.
 
@@ -49,7 +51,8 @@ def seg_loss(
     :func:`~featsup.losses.tversky_loss` instead (alpha = 1 - beta). The CE term is
     cross-entropy (softmax) or binary cross-entropy (sigmoid); ``focal_gamma > 0`` swaps it
     for the focal loss of eq. 12, which the paper uses for tumours. A term whose weight is 0
-    is not computed.
+    is not computed. ``blob_weight > 0`` adds a third term,
+    :func:`~featsup.losses.blob_dice_loss` (one Dice per lesion), weighted so.
 
     Args:
         logits: (B, C, H, W) or (B, C, D, H, W) raw scores.
@@ -74,6 +77,9 @@ def seg_loss(
         tversky_beta: None for Dice, or a weight in [0, 1] of missed voxels: the Dice term
             becomes the Tversky loss with false negatives weighted ``tversky_beta`` and
             false positives ``1 - tversky_beta`` (0.5 is Dice; above 0.5 favours recall).
+        blob_weight: w3 >= 0, the weight of the blob Dice term (0: not computed); it
+            takes ``activation``, ``smooth`` and ``reduction`` (over lesions), never
+            ``weight``.
 
     Returns:
         A scalar tensor.
@@ -93,6 +99,7 @@ def seg_loss(
     """
     check_positive("dice_weight", dice_weight, strict=False)
     check_positive("ce_weight", ce_weight, strict=False)
+    check_positive("blob_weight", blob_weight, strict=False)
     check_choice("reduction", reduction, _SEG_REDUCTIONS)
     dice_options = {
         "activation": activation,
@@ -123,6 +130,10 @@ def seg_loss(
                 logits, target, gamma=focal_gamma, activation=activation, reduction=reduction
             )
         total = total + ce_weight * ce
+    if blob_weight:
+        blob = blob_dice_loss(logits, target, activation=activation, smooth=smooth,
+                              reduction=reduction)  # fmt: skip
+        total = total + blob_weight * blob
     return total
 
 
@@ -181,6 +192,7 @@ class SegLoss(nn.Module):
         reduction: Literal["mean", "sum"] = "mean",
         weight_ce: bool = False,
         tversky_beta: float | None = None,
+        blob_weight: float = 0.0,
     ) -> None:
         super().__init__()
         resolve_activation(activation, 2)
@@ -195,6 +207,7 @@ class SegLoss(nn.Module):
             "reduction": check_choice("reduction", reduction, _SEG_REDUCTIONS),
             "weight_ce": bool(weight_ce),
             "tversky_beta": None if tversky_beta is None else _check_tversky_beta(tversky_beta),
+            "blob_weight": check_positive("blob_weight", blob_weight, strict=False),
         }
 
     def forward(
