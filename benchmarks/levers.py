@@ -187,6 +187,9 @@ LEVERS = (
     Lever("AF", "10 000 tumour steps (diagnostic)", Paired(
         "tumour_steps_rule_af.json", ("h",), "tumour_steps_rule_af.json", ("b",)),
         "5230-5269", "the gain per doubling holds"),
+    Lever("AG", "one Dice per lesion added (blob Dice, weight 1)", Paired(
+        "tumour_blob_rule_ag.json", ("g",), "tumour_blob_rule_ag.json", ("b",)),
+        "5270-5309", _NO),
 )  # fmt: skip
 
 
