@@ -68,6 +68,7 @@ def test_one_term_per_component_bounded_and_differentiable(seed: int, size: int)
         assert logits.grad.abs().sum() > 0
     else:
         assert loss.item() == 0.0 and logits.grad.abs().sum() == 0
+        assert loss.dtype == torch.float32
 
 
 @settings(max_examples=30, deadline=None)
@@ -173,3 +174,13 @@ def test_seg_loss_adds_the_blob_term_with_its_weight() -> None:
     with pytest.raises(ValueError, match="blob_weight"):
         SegLoss(blob_weight=-1.0)
     torch.testing.assert_close(BlobDiceLoss()(logits, target), blob)
+
+
+def test_no_lesion_gives_a_float32_zero_with_a_zero_gradient() -> None:
+    logits = torch.randn(2, 2, 5, 5, dtype=torch.bfloat16, requires_grad=True)
+    loss = blob_dice_loss(logits, torch.zeros(2, 5, 5, dtype=torch.long))
+    loss.backward()
+    assert loss.dtype == torch.float32 and loss.item() == 0.0
+    assert logits.grad is not None and not logits.grad.float().abs().any()
+    empty = blob_dice_loss(logits, torch.zeros(2, 5, 5, dtype=torch.long), reduction="none")
+    assert empty.shape == (0,)

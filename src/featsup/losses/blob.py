@@ -87,7 +87,7 @@ def blob_dice_loss(
 ) -> torch.Tensor:
     r"""Blob Dice loss: the mean over lesions of one soft Dice loss per lesion.
 
-    For each foreground class ``c`` (every channel but 0 under softmax; the one channel
+    For each foreground class ``c`` (every channel but 0 under softmax; every channel
     under sigmoid) and each connected component ``k`` of ``target == c`` in a sample, with
     ``P`` the class's probability map, ``G_k`` the component and ``R_k`` the pixels outside
     every other component of the class:
@@ -137,7 +137,7 @@ def blob_dice_loss(
     if reduction == "none":
         return values
     if values.numel() == 0:
-        return logits.sum() * 0.0
+        return prob.sum() * 0.0  # float32 like the terms, and connected to the graph
     return reduce(values, reduction)
 
 
