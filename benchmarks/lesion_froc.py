@@ -1,0 +1,345 @@
+"""Does the tumour model rank small lesions above the liver's noise, and would a plain
+dark-spot detector beside it help? On validation-type cases.
+
+For each finished example run on the phantom (its ``--out``), the saved cascade runs on
+the first ``--cases`` of ``validation_size.py``'s fresh cases that it adds to validation
+(validation-type: never a rule's held-out block when ``--extra`` is that rule's, never a
+test case). Two scores are read on each case, by one protocol:
+
+- **model**: the cascade's tumour probability (its chosen head, before the threshold and
+  the smallest-tumour rule);
+- **dark**: :func:`liver_darkness`, how far the liver's local mean (sigma 3.5 mm) lies
+  below its background (sigma 12 mm), both over the liver mask (the cascade's own, or
+  with ``--liver true`` the reference's), so that the fat around it does not count.
+
+**FROC.** A lesion (26-connected component of the tumour label) scores the maximum inside
+it. A false site is a local maximum (3 x 7 x 7 voxels) of the score in lesion-free liver at
+least ``--depth`` mm inside the reference liver and 3 voxels from any lesion: the liver's
+interior, where noise, not the surface, makes false positives. Printed per lesion size:
+the share of lesions scoring above the score that 0.1, 0.3, 1 and 3 false sites per case
+reach (sensitivity at a fixed false-site rate: a threshold-free comparison of rankings).
+
+**Spots added.** :func:`dark_spots` (seeds at least ``--depth`` mm inside the cascade's
+liver mask, regions above half the threshold, at most 500 voxels; optionally kept only
+where the model's probability reaches a floor) added to the cascade's tumours at several
+thresholds; the tumour Dice per case and global of each, against the cascade alone.
+
+    python benchmarks/lesion_froc.py outputs/s46/b_s42 outputs/s46/b_s0 --cases 20 \\
+        --work outputs/s46/vsa --fresh 310 --extra 270 --json docs/results/lesion_froc.json \\
+        --figure docs/images/lesion_froc.png
+    python benchmarks/lesion_froc.py --json docs/results/lesion_froc.json \\
+        --figure docs/images/lesion_froc.png --replot     # redraw only
+
+What it leaves out, on purpose: lesions brighter than the liver in the FROC (the darkness
+score cannot see them; they stay in the lesion counts, so they count against it), and the
+liver's surface in the false sites (where the darkness score fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from _example_run import write_json
+from scipy import ndimage
+from validation_size import check_held_out_arguments, extra_cases, held_out_arguments
+
+from featsup.data import load_case
+from featsup.inference import Cascade, tumour_criterion
+from featsup.viz import save_figure
+
+SIZES = {"< 100": (0, 100), "100-499": (100, 500), ">= 500": (500, np.inf)}
+RATES = (0.1, 0.3, 1.0, 3.0)
+#: (darkness threshold in HU, the model's probability floor or None) of the spots tried.
+SPOTS = tuple((t, floor) for floor in (None, 0.2) for t in (15.0, 20.0, 25.0, 30.0, 40.0))
+_CUBE = np.ones((3, 3, 3), bool)
+
+
+def _masked_mean(
+    volume: np.ndarray, mask: np.ndarray, sigma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian mean of ``volume`` over ``mask`` only (normalised convolution), and the
+    share of the kernel inside the mask."""
+    weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+    total = ndimage.gaussian_filter(np.where(mask, volume, 0).astype(np.float32), sigma)
+    return total / np.maximum(weight, np.float32(1e-3)), weight
+
+
+def liver_darkness(volume_hu: np.ndarray, liver: np.ndarray, spacing, *, scale_mm: float = 3.5,
+                   background_mm: float = 12.0) -> np.ndarray:  # fmt: skip
+    """(D, H, W) float32: HU by which the liver's local Gaussian mean (sigma ``scale_mm``
+    on every axis) lies below its background (sigma ``background_mm``), both over the bool
+    ``liver`` mask only; 0 outside it and where over half the local kernel falls outside.
+
+    >>> liver = np.zeros((9, 40, 40), bool)
+    >>> liver[1:8, 4:36, 4:36] = True
+    >>> ct = np.where(liver, 110.0, -100.0).astype(np.float32)
+    >>> ct[4:6, 17:24, 17:24] = 60.0  # a 1-cm spot 50 HU below the liver
+    >>> d = liver_darkness(ct, liver, (5.0, 1.5, 1.5))
+    >>> round(float(d[4, 20, 20])), bool(abs(d[4, 6, 20]) < 2), float(d[0, 0, 0])
+    (27, True, 0.0)
+    """
+    volume_hu, liver = np.asarray(volume_hu, np.float32), np.asarray(liver, bool)
+    if volume_hu.ndim != 3 or volume_hu.shape != liver.shape:
+        raise ValueError(f"volume_hu, liver: expected one (D, H, W) shape, got "
+                         f"{volume_hu.shape} and {liver.shape}")  # fmt: skip
+    mm = np.asarray(spacing, dtype=np.float64)
+    if mm.shape != (3,) or not np.all(mm > 0) or scale_mm <= 0 or background_mm <= 0:
+        raise ValueError(f"spacing, scale_mm, background_mm: expected positive mm, got "
+                         f"{tuple(spacing)}, {scale_mm}, {background_mm}")  # fmt: skip
+    local, share = _masked_mean(volume_hu, liver, scale_mm / mm)
+    background, _ = _masked_mean(volume_hu, liver, background_mm / mm)
+    out = background - local
+    out[~liver | (share <= 0.5)] = 0.0
+    return out
+
+
+def dark_spots(
+    darkness: np.ndarray,
+    liver: np.ndarray,
+    depth: np.ndarray,
+    threshold: float,
+    *,
+    min_depth_mm: float = 5.0,
+    max_voxels: int = 500,
+    probability: np.ndarray | None = None,
+    floor: float | None = None,
+) -> np.ndarray:
+    """Bool mask of dark spots: 26-connected regions of ``liver`` where ``darkness`` is at
+    least ``threshold / 2``, holding a seed of at least ``threshold`` that lies
+    ``min_depth_mm`` or more inside the mask (``depth``: its distance map, mm), of at most
+    ``max_voxels`` voxels; with ``floor``, only where ``probability`` reaches it.
+
+    >>> liver = np.ones((3, 9, 9), bool)
+    >>> dark = np.zeros(liver.shape, np.float32)
+    >>> dark[1, 3:6, 3:6], dark[1, 4, 4] = 13.0, 30.0
+    >>> depth = np.full(liver.shape, 9.0)
+    >>> [int(dark_spots(dark, liver, depth, t).sum()) for t in (25.0, 31.0)]
+    [9, 0]
+    """
+    seeds = (darkness >= threshold) & (depth >= min_depth_mm)
+    if not seeds.any():
+        return np.zeros(liver.shape, bool)
+    regions, count = ndimage.label((darkness >= threshold / 2) & liver, structure=_CUBE)
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(regions[seeds])] = True
+    keep &= np.bincount(regions.ravel(), minlength=count + 1) <= max_voxels
+    if floor is not None and probability is not None:
+        peak = ndimage.maximum(probability, regions, index=np.arange(count + 1))
+        keep &= np.asarray(peak) >= floor
+    keep[0] = False
+    return keep[regions]
+
+
+def lesion_peaks(score: np.ndarray, truth: np.ndarray) -> list[tuple[int, float]]:
+    """(voxels, the score's maximum inside) per 26-connected lesion of bool ``truth``."""
+    components, _ = ndimage.label(truth, structure=_CUBE)
+    return [(int((components[box] == k).sum()), float(score[box][components[box] == k].max()))
+            for k, box in enumerate(ndimage.find_objects(components), start=1)]  # fmt: skip
+
+
+def false_sites(score: np.ndarray, labels: np.ndarray, spacing, depth_mm: float) -> np.ndarray:
+    """Scores of the local maxima (3 x 7 x 7) of ``score`` in lesion-free liver interior:
+    at least ``depth_mm`` inside the reference liver (``labels > 0``) and 3 voxels from any
+    lesion (``labels == 2``); only maxima above 0."""
+    liver = labels > 0
+    depth = ndimage.distance_transform_edt(liver, sampling=spacing)
+    near = ndimage.binary_dilation(labels == 2, structure=_CUBE, iterations=3)
+    allowed = liver & (depth >= depth_mm) & ~near
+    peaks = (score == ndimage.maximum_filter(score, size=(3, 7, 7))) & allowed & (score > 0)
+    return score[peaks].astype(np.float64)
+
+
+def sensitivity(peaks: np.ndarray, sites: np.ndarray, cases: int, rate: float) -> float:
+    """Share of ``peaks`` above the score that ``rate`` false sites per case reach.
+
+    One false site allowed over two cases: the bar is the second highest site, 0.4.
+
+    >>> round(sensitivity(np.array([0.9, 0.5, 0.2]), np.array([0.8, 0.4, 0.1, 0.05]), 2, 0.5), 3)
+    0.667
+    """
+    if not len(peaks):
+        return float("nan")
+    k = int(rate * cases)  # the k-th highest false site (0-based) sets the bar
+    ordered = np.sort(sites)[::-1]
+    bar = ordered[k] if k < len(ordered) else -np.inf
+    return float(np.mean(peaks > bar))
+
+
+def froc_table(lesions: list[tuple[int, float]], sites: np.ndarray, cases: int) -> dict:
+    """{size bin: {"lesions": n, "sensitivity": {rate: share, None without lesions}}}."""
+    table = {}
+    sizes = np.array([v for v, _ in lesions], dtype=np.int64)
+    peaks = np.array([p for _, p in lesions], dtype=np.float64)
+    for name, (low, high) in SIZES.items():
+        sel = peaks[(sizes >= low) & (sizes < high)]
+        shares = {str(r): sensitivity(sel, sites, cases, r) if len(sel) else None for r in RATES}
+        table[name] = {"lesions": len(sel), "sensitivity": shares}
+    return table
+
+
+def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
+    """Both scores' lesion peaks, FROC table and ``keep`` highest false sites (enough for
+    any table pooled over every run) over one run's cases."""
+    start = time.perf_counter()
+    cascade = Cascade.load(run / "cascade.pt", device="cpu")
+    found: dict[str, dict] = {name: {"lesions": [], "sites": []} for name in ("model", "dark")}
+    cases = extra_cases(run, args)[: args.cases]
+    counts: list[list[tuple[int, int, int]]] = []  # per case: the cascade, then each of SPOTS
+    for case in cases:
+        loaded = load_case(case)
+        volume, labels = np.asarray(loaded.volume), np.asarray(loaded.labels)
+        result = cascade(volume)
+        liver = labels > 0 if args.liver == "true" else result.liver_mask
+        scores = {"model": result.tumour_probability,
+                  "dark": liver_darkness(volume, liver, loaded.spacing)}  # fmt: skip
+        truth, pred = labels == 2, result.labels == 2
+        mask = result.liver_mask
+        dark = (
+            scores["dark"]
+            if args.liver == "cascade"
+            else liver_darkness(volume, mask, loaded.spacing)
+        )
+        depth = ndimage.distance_transform_edt(mask, sampling=loaded.spacing)
+        rows = [(int((pred & truth).sum()), int(pred.sum()), int(truth.sum()))]
+        for threshold, floor in SPOTS:
+            more = pred | dark_spots(dark, mask, depth, threshold, min_depth_mm=args.depth,
+                                     probability=result.tumour_probability,
+                                     floor=floor)  # fmt: skip
+            rows.append((int((more & truth).sum()), int(more.sum()), int(truth.sum())))
+        counts.append(rows)
+        for name, score in scores.items():
+            found[name]["lesions"] += lesion_peaks(score, labels == 2)
+            found[name]["sites"].append(false_sites(score, labels, loaded.spacing, args.depth))
+    out: dict = {"cases": len(cases), "counts": counts,
+                 "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    for name, f in found.items():
+        sites = np.concatenate(f["sites"]) if f["sites"] else np.zeros(0)
+        top = np.sort(sites)[::-1][:keep]
+        out[name] = {"froc": froc_table(f["lesions"], sites, len(cases)),
+                     "lesions": [(v, round(x, 4)) for v, x in f["lesions"]],
+                     "sites": len(sites),
+                     "site_scores": [round(float(x), 4) for x in top]}  # fmt: skip
+    return out
+
+
+def pooled(report: dict) -> dict:
+    """The FROC tables over every run: lesions and false sites pooled."""
+    out = {}
+    for name in ("model", "dark"):
+        lesions = [tuple(x) for r in report["runs"].values() for x in r[name]["lesions"]]
+        sites = np.concatenate(
+            [np.asarray(r[name]["site_scores"]) for r in report["runs"].values()]
+        )
+        cases = sum(r["cases"] for r in report["runs"].values())
+        out[name] = froc_table(lesions, sites, cases)  # type: ignore[arg-type]
+    return out
+
+
+def spot_names() -> list[str]:
+    """Row names of the spots table: the cascade alone, then each of :data:`SPOTS`."""
+    return ["cascade alone"] + [f"+ spots >= {t:g} HU" + ("" if f is None else f", p >= {f:g}")
+                                for t, f in SPOTS]  # fmt: skip
+
+
+def spots_table(report: dict) -> dict[str, dict[str, float]]:
+    """Tumour Dice per case and global of each spots option, every run's cases pooled, and
+    the mean over runs of each run's per-case Dice minus the cascade's."""
+    counts = [np.asarray(r["counts"], dtype=np.float64) for r in report["runs"].values()]
+    every = np.concatenate(counts)  # (cases, options, 3)
+    out = {}
+    for i, name in enumerate(spot_names()):
+        diffs = [float(tumour_criterion(c[:, i], "per_case")
+                       - tumour_criterion(c[:, 0], "per_case")) for c in counts]  # fmt: skip
+        out[name] = {"per_case": float(tumour_criterion(every[:, i], "per_case")),
+                     "global": float(tumour_criterion(every[:, i], "global")),
+                     "per_case_minus_cascade_by_run": diffs}  # fmt: skip
+    return out
+
+
+def figure(report: dict, path: Path) -> Path:
+    """FROC curves of both scores, one panel per lesion size, every run pooled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"].values()
+    cases = sum(r["cases"] for r in runs)
+    rates = np.geomspace(0.05, max(RATES), 40)
+    fig, axes = plt.subplots(1, len(SIZES), figsize=(10, 3.4), sharey=True)
+    for ax, (size, (low, high)) in zip(axes, SIZES.items(), strict=True):
+        for name, style in (("model", "-"), ("dark", "--")):
+            peaks = np.array([p for r in runs for v, p in r[name]["lesions"] if low <= v < high])
+            sites = np.concatenate([np.asarray(r[name]["site_scores"]) for r in runs])
+            curve = [sensitivity(peaks, sites, cases, rate) for rate in rates]
+            label = {"model": "tumour model", "dark": "darkness score"}[name]
+            ax.plot(rates, curve, style, label=f"{label} ({len(peaks)} lesions)")
+        ax.set_xscale("log")
+        ax.set_title(f"lesions {size} voxels")
+        ax.set_xlabel("false sites per case (liver interior)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("lesions found")
+    fig.suptitle(f"{len(report['runs'])} runs, {cases} validation-type cases", fontsize=10)
+    return save_figure(fig, path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="examples/lits_cascade.py --out folders")
+    held_out_arguments(p)
+    p.add_argument("--cases", type=int, default=20, help="the first N validation-type fresh cases")
+    p.add_argument("--depth", type=float, default=5.0, help="false sites this deep, mm")
+    p.add_argument("--liver", choices=("cascade", "true"), default="cascade",
+                   help="the liver mask of the darkness score")  # fmt: skip
+    p.add_argument("--json", type=Path, help="write the records here")
+    p.add_argument("--figure", type=Path, help="draw the FROC curves here (.png)")
+    p.add_argument("--replot", action="store_true",
+                   help="no runs: read --json and draw --figure")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.replot:
+        if args.json is None or args.figure is None:
+            p.error("--replot: expected --json and --figure")
+        report = json.loads(args.json.read_text())
+        figure(report, args.figure)
+        return report
+    if not args.runs:
+        p.error("expected at least one run folder (or --replot)")
+    check_held_out_arguments(p, args)
+    if not 1 <= args.cases <= args.extra:
+        p.error(f"--cases: expected 1 to --extra ({args.extra}), got {args.cases}")
+    report: dict = {"settings": {"cases": args.cases, "depth_mm": args.depth, "liver": args.liver,
+                                 "rates": list(RATES)}, "runs": {}}  # fmt: skip
+    keep = int(max(RATES) * args.cases * len(args.runs)) + 1
+    for run in args.runs:
+        report["runs"][run.name] = evaluate_run(run, args, keep)
+        print(f"{run.name}: {report['runs'][run.name]['seconds']:.0f} s", flush=True)
+    head = " | ".join(f"{r:g} / case" for r in RATES)
+    print(f"\n| score | lesions (voxels) | n | sensitivity at {head} |")
+    print("| --- | --- | --- |" + " --- |" * len(RATES))
+    report["pooled"] = pooled(report)
+    for name, table in report["pooled"].items():
+        for size, row in table.items():
+            cells = " | ".join(
+                "-" if v is None else f"{v:.2f}" for v in row["sensitivity"].values()
+            )
+            print(f"| {name} | {size} | {row['lesions']} | {cells} |")
+    report["spots"] = spots_table(report)
+    print("\n| cascade | tumour Dice per case / global | per case minus the cascade's, by run |")
+    print("| --- | --- | --- |")
+    for name, row in report["spots"].items():
+        by_run = " / ".join(f"{x:+.3f}" for x in row["per_case_minus_cascade_by_run"])
+        print(f"| {name} | {row['per_case']:.3f} / {row['global']:.3f} | {by_run} |")
+    write_json(args.json, report)
+    if args.figure is not None:
+        figure(report, args.figure)
+    return report
+
+
+if __name__ == "__main__":
+    main()
