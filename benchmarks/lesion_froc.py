@@ -4,18 +4,23 @@ dark-spot detector beside it help? On validation-type cases.
 For each finished example run on the phantom (its ``--out``), the saved cascade runs on
 the first ``--cases`` of ``validation_size.py``'s fresh cases that it adds to validation
 (validation-type: never a rule's held-out block when ``--extra`` is that rule's, never a
-test case). Two scores are read on each case, by one protocol:
+test case). Three scores are read on each case, by one protocol:
 
 - **model**: the cascade's tumour probability (its chosen head, before the threshold and
   the smallest-tumour rule);
 - **dark**: :func:`liver_darkness`, how far the liver's local mean (sigma 3.5 mm) lies
-  below its background (sigma 12 mm), both over the liver mask (the cascade's own, or
-  with ``--liver true`` the reference's), so that the fat around it does not count.
+  below its background (sigma 12 mm), both over the cascade's liver mask, so that the
+  fat around it does not count;
+- **dark_true**: the same over the reference liver (what a perfect liver stage would give).
 
-**FROC.** A lesion (26-connected component of the tumour label) scores the maximum inside
-it. A false site is a local maximum (3 x 7 x 7 voxels) of the score in lesion-free liver at
-least ``--depth`` mm inside the reference liver and 3 voxels from any lesion: the liver's
-interior, where noise, not the surface, makes false positives. Printed per lesion size:
+**FROC, in the liver's interior.** Both lesions and false sites are read at least
+``--depth`` mm inside the reference liver, where noise, not the surface, makes false
+positives: a lesion (26-connected component of the tumour label) scores the maximum over
+its voxels there (a lesion with none there is left out), a false site is a local maximum
+(3 x 7 x 7 voxels) of the score there, in lesion-free liver 3 voxels from any lesion.
+The default, 8 mm, leaves out the slice next to the liver's top and bottom (5.2 mm deep
+at the example's spacing), which mixes with the lung at the dome and is as dark as a
+lesion. Printed per lesion size:
 the share of lesions scoring above the score that 0.1, 0.3, 1 and 3 false sites per case
 reach (sensitivity at a fixed false-site rate: a threshold-free comparison of rankings).
 
@@ -53,6 +58,9 @@ from featsup.viz import save_figure
 
 SIZES = {"< 100": (0, 100), "100-499": (100, 500), ">= 500": (500, np.inf)}
 RATES = (0.1, 0.3, 1.0, 3.0)
+#: the scores compared, and their names in the figure.
+SCORES = {"model": "tumour model", "dark": "darkness, the cascade's liver",
+          "dark_true": "darkness, the true liver"}  # fmt: skip
 #: (darkness threshold in HU, the model's probability floor or None) of the spots tried.
 SPOTS = tuple((t, floor) for floor in (None, 0.2) for t in (15.0, 20.0, 25.0, 30.0, 40.0))
 _CUBE = np.ones((3, 3, 3), bool)
@@ -103,7 +111,7 @@ def dark_spots(
     depth: np.ndarray,
     threshold: float,
     *,
-    min_depth_mm: float = 5.0,
+    min_depth_mm: float = 8.0,
     max_voxels: int = 500,
     probability: np.ndarray | None = None,
     floor: float | None = None,
@@ -134,21 +142,33 @@ def dark_spots(
     return keep[regions]
 
 
-def lesion_peaks(score: np.ndarray, truth: np.ndarray) -> list[tuple[int, float]]:
-    """(voxels, the score's maximum inside) per 26-connected lesion of bool ``truth``."""
+def lesion_peaks(
+    score: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None
+) -> list[tuple[int, float]]:
+    """(voxels, the score's maximum inside) per 26-connected lesion of bool ``truth``; with
+    ``where``, the maximum over the lesion's voxels in ``where``, and lesions with none
+    there left out (the region both scores are compared in)."""
     components, _ = ndimage.label(truth, structure=_CUBE)
-    return [(int((components[box] == k).sum()), float(score[box][components[box] == k].max()))
-            for k, box in enumerate(ndimage.find_objects(components), start=1)]  # fmt: skip
+    out = []
+    for k, box in enumerate(ndimage.find_objects(components), start=1):
+        lesion = components[box] == k
+        inside = lesion if where is None else lesion & where[box]
+        if inside.any():
+            out.append((int(lesion.sum()), float(score[box][inside].max())))
+    return out
 
 
-def false_sites(score: np.ndarray, labels: np.ndarray, spacing, depth_mm: float) -> np.ndarray:
+def interior(labels: np.ndarray, spacing, depth_mm: float) -> np.ndarray:
+    """Bool: at least ``depth_mm`` inside the reference liver (``labels > 0``)."""
+    return ndimage.distance_transform_edt(labels > 0, sampling=spacing) >= depth_mm
+
+
+def false_sites(score: np.ndarray, labels: np.ndarray, deep: np.ndarray) -> np.ndarray:
     """Scores of the local maxima (3 x 7 x 7) of ``score`` in lesion-free liver interior:
-    at least ``depth_mm`` inside the reference liver (``labels > 0``) and 3 voxels from any
-    lesion (``labels == 2``); only maxima above 0."""
-    liver = labels > 0
-    depth = ndimage.distance_transform_edt(liver, sampling=spacing)
+    in ``deep`` (:func:`interior`) and 3 voxels from any lesion (``labels == 2``); only
+    maxima above 0."""
     near = ndimage.binary_dilation(labels == 2, structure=_CUBE, iterations=3)
-    allowed = liver & (depth >= depth_mm) & ~near
+    allowed = deep & ~near
     peaks = (score == ndimage.maximum_filter(score, size=(3, 7, 7))) & allowed & (score > 0)
     return score[peaks].astype(np.float64)
 
@@ -186,23 +206,19 @@ def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
     any table pooled over every run) over one run's cases."""
     start = time.perf_counter()
     cascade = Cascade.load(run / "cascade.pt", device="cpu")
-    found: dict[str, dict] = {name: {"lesions": [], "sites": []} for name in ("model", "dark")}
+    found: dict[str, dict] = {name: {"lesions": [], "sites": []} for name in SCORES}
     cases = extra_cases(run, args)[: args.cases]
     counts: list[list[tuple[int, int, int]]] = []  # per case: the cascade, then each of SPOTS
     for case in cases:
         loaded = load_case(case)
         volume, labels = np.asarray(loaded.volume), np.asarray(loaded.labels)
         result = cascade(volume)
-        liver = labels > 0 if args.liver == "true" else result.liver_mask
-        scores = {"model": result.tumour_probability,
-                  "dark": liver_darkness(volume, liver, loaded.spacing)}  # fmt: skip
-        truth, pred = labels == 2, result.labels == 2
         mask = result.liver_mask
-        dark = (
-            scores["dark"]
-            if args.liver == "cascade"
-            else liver_darkness(volume, mask, loaded.spacing)
-        )
+        scores = {"model": result.tumour_probability,
+                  "dark": liver_darkness(volume, mask, loaded.spacing),
+                  "dark_true": liver_darkness(volume, labels > 0, loaded.spacing)}  # fmt: skip
+        truth, pred = labels == 2, result.labels == 2
+        dark = scores["dark"]
         depth = ndimage.distance_transform_edt(mask, sampling=loaded.spacing)
         rows = [(int((pred & truth).sum()), int(pred.sum()), int(truth.sum()))]
         for threshold, floor in SPOTS:
@@ -211,9 +227,10 @@ def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
                                      floor=floor)  # fmt: skip
             rows.append((int((more & truth).sum()), int(more.sum()), int(truth.sum())))
         counts.append(rows)
+        deep = interior(labels, loaded.spacing, args.depth)
         for name, score in scores.items():
-            found[name]["lesions"] += lesion_peaks(score, labels == 2)
-            found[name]["sites"].append(false_sites(score, labels, loaded.spacing, args.depth))
+            found[name]["lesions"] += lesion_peaks(score, labels == 2, deep)
+            found[name]["sites"].append(false_sites(score, labels, deep))
     out: dict = {"cases": len(cases), "counts": counts,
                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     for name, f in found.items():
@@ -229,7 +246,7 @@ def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
 def pooled(report: dict) -> dict:
     """The FROC tables over every run: lesions and false sites pooled."""
     out = {}
-    for name in ("model", "dark"):
+    for name in SCORES:
         lesions = [tuple(x) for r in report["runs"].values() for x in r[name]["lesions"]]
         sites = np.concatenate(
             [np.asarray(r[name]["site_scores"]) for r in report["runs"].values()]
@@ -272,12 +289,11 @@ def figure(report: dict, path: Path) -> Path:
     rates = np.geomspace(0.05, max(RATES), 40)
     fig, axes = plt.subplots(1, len(SIZES), figsize=(10, 3.4), sharey=True)
     for ax, (size, (low, high)) in zip(axes, SIZES.items(), strict=True):
-        for name, style in (("model", "-"), ("dark", "--")):
+        for name, style in zip(SCORES, ("-", "--", ":"), strict=True):
             peaks = np.array([p for r in runs for v, p in r[name]["lesions"] if low <= v < high])
             sites = np.concatenate([np.asarray(r[name]["site_scores"]) for r in runs])
             curve = [sensitivity(peaks, sites, cases, rate) for rate in rates]
-            label = {"model": "tumour model", "dark": "darkness score"}[name]
-            ax.plot(rates, curve, style, label=f"{label} ({len(peaks)} lesions)")
+            ax.plot(rates, curve, style, label=SCORES[name])
         ax.set_xscale("log")
         ax.set_title(f"lesions {size} voxels")
         ax.set_xlabel("false sites per case (liver interior)")
@@ -294,9 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("runs", nargs="*", type=Path, help="examples/lits_cascade.py --out folders")
     held_out_arguments(p)
     p.add_argument("--cases", type=int, default=20, help="the first N validation-type fresh cases")
-    p.add_argument("--depth", type=float, default=5.0, help="false sites this deep, mm")
-    p.add_argument("--liver", choices=("cascade", "true"), default="cascade",
-                   help="the liver mask of the darkness score")  # fmt: skip
+    p.add_argument("--depth", type=float, default=8.0,
+                   help="false sites and spot seeds this deep, mm")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the records here")
     p.add_argument("--figure", type=Path, help="draw the FROC curves here (.png)")
     p.add_argument("--replot", action="store_true",
@@ -313,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_held_out_arguments(p, args)
     if not 1 <= args.cases <= args.extra:
         p.error(f"--cases: expected 1 to --extra ({args.extra}), got {args.cases}")
-    report: dict = {"settings": {"cases": args.cases, "depth_mm": args.depth, "liver": args.liver,
+    report: dict = {"settings": {"cases": args.cases, "depth_mm": args.depth,
                                  "rates": list(RATES)}, "runs": {}}  # fmt: skip
     keep = int(max(RATES) * args.cases * len(args.runs)) + 1
     for run in args.runs:

@@ -106,8 +106,17 @@ def test_lesion_peaks_and_false_sites() -> None:
     score[3, 2, 24] = 0.8  # at the surface: not a site
     score[3, 13, 14] = 0.7  # next to the lesion: not a site
     assert lesion_froc.lesion_peaks(score, labels == 2) == [(9, pytest.approx(0.9))]
-    sites = lesion_froc.false_sites(score, labels, SPACING, depth_mm=4.0)
+    deep = lesion_froc.interior(labels, SPACING, 4.0)
+    sites = lesion_froc.false_sites(score, labels, deep)
     assert sites.tolist() == pytest.approx([0.4])
+    # read in the interior only: a lesion at the surface is left out, one half in keeps
+    # the maximum of its deep part
+    assert lesion_froc.lesion_peaks(score, labels == 2, deep) == [(9, pytest.approx(0.9))]
+    assert lesion_froc.lesion_peaks(score, labels == 2, np.zeros_like(deep)) == []
+    half = deep.copy()
+    half[3, 11, 11] = False
+    score[3, 10, 10] = 0.5
+    assert lesion_froc.lesion_peaks(score, labels == 2, half) == [(9, pytest.approx(0.5))]
 
 
 def test_sensitivity_at_a_false_site_rate() -> None:
@@ -129,6 +138,7 @@ def test_a_tiny_run_on_its_validation_type_cases(tmp_path: Path) -> None:
                                "--work", str(tmp_path / "work"), "--json", str(out)])  # fmt: skip
     run = report["runs"]["run"]
     assert run["cases"] == 1 and len(run["counts"]) == 1
+    assert set(lesion_froc.SCORES) <= set(run) and set(report["pooled"]) == set(lesion_froc.SCORES)
     assert len(run["counts"][0]) == 1 + len(lesion_froc.SPOTS)
     truth = {row[2] for row in run["counts"][0]}
     assert len(truth) == 1  # every option scored against the same reference
