@@ -35,9 +35,10 @@ thresholds; the tumour Dice per case and global of each, against the cascade alo
     python benchmarks/lesion_froc.py --json docs/results/lesion_froc.json \\
         --figure docs/images/lesion_froc.png --replot     # redraw only
 
-What it leaves out, on purpose: lesions brighter than the liver in the FROC (the darkness
-score cannot see them; they stay in the lesion counts, so they count against it), and the
-liver's surface in the false sites (where the darkness score fails).
+What it leaves out, on purpose: the liver's outer ``--depth`` mm, for lesions and false
+sites alike (where the darkness score fails, at the fat and the lung), and the
+segmentation of what is found (a detection count, not a Dice). Lesions brighter than the
+liver stay in the counts, where the darkness score cannot see them.
 """
 
 from __future__ import annotations
@@ -202,8 +203,8 @@ def froc_table(lesions: list[tuple[int, float]], sites: np.ndarray, cases: int) 
 
 
 def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
-    """Both scores' lesion peaks, FROC table and ``keep`` highest false sites (enough for
-    any table pooled over every run) over one run's cases."""
+    """Every score's lesion peaks, FROC table and ``keep`` highest false sites (enough for
+    any table pooled over every run), and the spots' tumour counts, over one run's cases."""
     start = time.perf_counter()
     cascade = Cascade.load(run / "cascade.pt", device="cpu")
     found: dict[str, dict] = {name: {"lesions": [], "sites": []} for name in SCORES}
@@ -264,7 +265,7 @@ def spot_names() -> list[str]:
 
 def spots_table(report: dict) -> dict[str, dict[str, float]]:
     """Tumour Dice per case and global of each spots option, every run's cases pooled, and
-    the mean over runs of each run's per-case Dice minus the cascade's."""
+    each run's per-case Dice minus the cascade's alone."""
     counts = [np.asarray(r["counts"], dtype=np.float64) for r in report["runs"].values()]
     every = np.concatenate(counts)  # (cases, options, 3)
     out = {}
@@ -278,7 +279,7 @@ def spots_table(report: dict) -> dict[str, dict[str, float]]:
 
 
 def figure(report: dict, path: Path) -> Path:
-    """FROC curves of both scores, one panel per lesion size, every run pooled."""
+    """FROC curves of every score, one panel per lesion size, every run pooled."""
     import matplotlib
 
     matplotlib.use("Agg")
