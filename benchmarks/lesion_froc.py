@@ -164,13 +164,16 @@ def interior(labels: np.ndarray, spacing, depth_mm: float) -> np.ndarray:
     return ndimage.distance_transform_edt(labels > 0, sampling=spacing) >= depth_mm
 
 
-def false_sites(score: np.ndarray, labels: np.ndarray, deep: np.ndarray) -> np.ndarray:
-    """Scores of the local maxima (3 x 7 x 7) of ``score`` in lesion-free liver interior:
-    in ``deep`` (:func:`interior`) and 3 voxels from any lesion (``labels == 2``); only
-    maxima above 0."""
-    near = ndimage.binary_dilation(labels == 2, structure=_CUBE, iterations=3)
-    allowed = deep & ~near
-    peaks = (score == ndimage.maximum_filter(score, size=(3, 7, 7))) & allowed & (score > 0)
+def site_region(labels: np.ndarray, deep: np.ndarray) -> np.ndarray:
+    """Bool: where false sites are read, in ``deep`` (:func:`interior`) and 3 voxels from
+    any lesion (``labels == 2``); one region for every score of a case."""
+    return deep & ~ndimage.binary_dilation(labels == 2, structure=_CUBE, iterations=3)
+
+
+def false_sites(score: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Scores of the local maxima (3 x 7 x 7) of ``score`` in ``region``
+    (:func:`site_region`); only maxima above 0."""
+    peaks = (score == ndimage.maximum_filter(score, size=(3, 7, 7))) & region & (score > 0)
     return score[peaks].astype(np.float64)
 
 
@@ -229,9 +232,10 @@ def evaluate_run(run: Path, args: argparse.Namespace, keep: int) -> dict:
             rows.append((int((more & truth).sum()), int(more.sum()), int(truth.sum())))
         counts.append(rows)
         deep = interior(labels, loaded.spacing, args.depth)
+        region = site_region(labels, deep)
         for name, score in scores.items():
-            found[name]["lesions"] += lesion_peaks(score, labels == 2, deep)
-            found[name]["sites"].append(false_sites(score, labels, deep))
+            found[name]["lesions"] += lesion_peaks(score, truth, deep)
+            found[name]["sites"].append(false_sites(score, region))
     out: dict = {"cases": len(cases), "counts": counts,
                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     for name, f in found.items():

@@ -107,7 +107,7 @@ def test_lesion_peaks_and_false_sites() -> None:
     score[3, 13, 14] = 0.7  # next to the lesion: not a site
     assert lesion_froc.lesion_peaks(score, labels == 2) == [(9, pytest.approx(0.9))]
     deep = lesion_froc.interior(labels, SPACING, 4.0)
-    sites = lesion_froc.false_sites(score, labels, deep)
+    sites = lesion_froc.false_sites(score, lesion_froc.site_region(labels, deep))
     assert sites.tolist() == pytest.approx([0.4])
     # read in the interior only: a lesion at the surface is left out, one half in keeps
     # the maximum of its deep part
