@@ -150,6 +150,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-size", type=int, help="tumour-stage ROI size")
     add("--tumour-context", type=int, help="2D tumour stage: neighbouring slices on each side "
         "as input channels (2.5D)")  # fmt: skip
+    add("--tumour-darkness", action="store_true", help="2D tumour stage: add a darkness "
+        "channel, the liver's local mean below its background (featsup.data.darkness_channel,"
+        " sigmas 2.5 and 8.5 pixels: 3.5 and 12 mm at the phantom's 1.4 mm), as its last "
+        "input channel (rule AH, docs/cascade.md)")  # fmt: skip
     add("--widths", type=int, nargs=5, help="UNet++ widths per depth")
     add("--dims", type=int, choices=(2, 3), default=2, help="tumour stage in 2D or 3D")
     add("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="--dims 3 tumour patch")
@@ -296,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not 0 <= args.tumour_min_inside <= 1,
          f"--tumour-min-inside: expected a share in [0, 1], got {args.tumour_min_inside}"),
         (args.tumour_context < 0, f"--tumour-context: expected >= 0, got {args.tumour_context}"),
+        (args.tumour_darkness and args.dims == 3,
+         "--tumour-darkness: expected --dims 2 (only the 2D tumour stage takes it)"),
         (not args.tumour_hu_window[0] < args.tumour_hu_window[1],
          f"--tumour-hu-window: expected LOW < HIGH, got {args.tumour_hu_window}"),
         (not args.tumour_focal_gamma >= 0,
@@ -423,6 +429,7 @@ def datasets(stage: str, cases: dict, args: argparse.Namespace) -> tuple[Any, An
         contrast_balance=0.0 if liver or patch else args.tumour_contrast_balance,
         augment=None if liver or patch else TUMOUR_AUGMENT[args.tumour_augment],
         crop=None if liver or patch else args.tumour_crop,
+        darkness=fd.DARKNESS_SIGMAS if args.tumour_darkness and not (liver or patch) else None,
     )  # fmt: skip
 
 
@@ -468,14 +475,16 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
         pooling = pooling_for_spacing(train.spacing, depth=len(args.widths) - 1)
         student = UNetPlusPlus(1, 2, widths=args.widths, spatial_dims=3, pooling=pooling)
     else:
-        channels = 2 * args.tumour_context + 1 if stage == "tumour" else 1
+        extra = int(stage == "tumour" and args.tumour_darkness)  # the darkness channel
+        channels = 2 * args.tumour_context + 1 + extra if stage == "tumour" else 1
         classes = args.liver_classes if stage == "liver" else 2
         student = UNetPlusPlus(channels, classes, widths=args.widths)
         if init is not None:  # transfer learning (paper 4.2.5): start from the liver model,
-            # its kernel on the centre slice (2.5D); from a three-class one, the tumour head
-            # its tumour head and the rest the mean of its background and liver heads
+            # its kernel on the centre slice (2.5D), the darkness channel's at zero; from a
+            # three-class one, the tumour head its tumour head and the rest the mean of its
+            # background and liver heads
             groups = [(0, 1), (2,)] if init.num_classes == 3 else None
-            transfer_weights(init, student, classes=groups)
+            transfer_weights(init, student, classes=groups, extra_inputs=extra)
     return student.use_channels_last()  # weights and inputs: faster convolutions
 
 
@@ -556,7 +565,10 @@ def train_stage(
 
 
 def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: Any) -> Cascade:
-    flat = {"tumour_context": args.tumour_context}  # 3D patches have no 2.5D context
+    flat = {
+        "tumour_context": args.tumour_context,  # 3D patches have no 2.5D context
+        "tumour_darkness": fd.DARKNESS_SIGMAS if args.tumour_darkness else None,
+    }
     patch = {"tumour_patch": args.patch} if args.dims == 3 else flat
     return Cascade(liver, tumour, liver_size=args.size, tumour_size=args.tumour_size,
                    tumour_scope=args.tumour_scope, tumour_min_inside=args.tumour_min_inside,

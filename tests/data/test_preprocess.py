@@ -323,3 +323,44 @@ def test_preprocessing_makes_no_volume_sized_float_temporaries() -> None:
         tracemalloc.stop()
     # whole-volume maths made 3 to 5 float32 volumes at once; chunked / in place, at most 1.5
     assert max(peaks) < 1.5 * float_bytes, [round(p / float_bytes, 2) for p in peaks]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    level=st.floats(-2.0, 2.0),
+    gain=st.floats(0.1, 5.0),
+    seed=st.integers(0, 2**16),
+)
+def test_darkness_ignores_the_livers_level_and_scales_with_contrast(
+    level: float, gain: float, seed: int
+) -> None:
+    from featsup.data import darkness_channel
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((2, 40, 40), bool)
+    mask[:, 5:35, 8:33] = True
+    image = np.where(mask, 0.5 + 0.03 * rng.standard_normal(mask.shape), -1.0)
+    base = darkness_channel(image.astype(np.float32), mask)
+    shifted = np.where(mask, gain * image + level, rng.uniform(-5, 5, mask.shape))  # outside: any
+    moved = darkness_channel(shifted.astype(np.float32), mask)
+    np.testing.assert_allclose(moved, gain * base, atol=1e-4 * (1 + gain))
+    assert not base[~mask].any()  # 0 outside the mask
+
+
+def test_darkness_reads_a_dark_spot_not_the_livers_edge() -> None:
+    from featsup.data import darkness_channel
+
+    mask = np.zeros((60, 60), bool)
+    mask[5:55, 5:55] = True
+    image = np.where(mask, 0.55, -0.2).astype(np.float32)  # fat darker than liver outside
+    image[28:33, 28:33] = 0.45  # 5 pixels, 30 HU below the liver in the -50..250 window
+    dark = darkness_channel(image, mask)
+    assert dark[30, 30] > 0.4 and dark[30, 30] == dark.max()
+    plain = np.where(mask, 0.55, -0.2).astype(np.float32)  # no spot: nothing dark anywhere,
+    assert np.abs(darkness_channel(plain, mask)).max() < 1e-4  # the fat beside the edge unseen
+    assert darkness_channel(image, np.zeros_like(mask)).sum() == 0
+    for bad in ((8.5, 2.5), (0.0, 2.0), (1.0,), None):
+        with pytest.raises(ValueError, match="sigmas"):
+            darkness_channel(image, mask, bad)
+    with pytest.raises(ValueError, match="shape"):
+        darkness_channel(image, mask[:, :50])

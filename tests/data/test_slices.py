@@ -515,3 +515,33 @@ def test_tumour_crop_is_checked(phantom_folder: Path) -> None:
     assert cropped[0]["image"].shape == (1, 16, 16) and val[0]["image"].shape == (1, 24, 24)
     with pytest.raises(ValueError, match="crop"):
         stage_datasets("liver", [first], [third], size=24, crop=16)
+
+
+def test_tumour_darkness_channel_equals_the_cascades(phantom_folder: Path, loaded) -> None:
+    # training and the cascade build the darkness channel alike: before the resize, over
+    # the mask the image is zeroed outside, appended after the slices
+    from featsup.data import DARKNESS_SIGMAS, find_roi
+    from featsup.inference._tumour_input import masked_crop
+
+    ds = TumourSliceDataset(
+        phantom_folder, size=(64, 64), empty_fraction=None, margin=8, darkness=DARKNESS_SIGMAS
+    )
+    plain = TumourSliceDataset(phantom_folder, size=(64, 64), empty_fraction=None, margin=8)
+    case = loaded[2]
+    liver = case.labels > 0
+    roi = find_roi(liver, margin=(0, 8, 8), size=(64, 64))
+    crop = masked_crop(preprocess_volume(case.volume), liver, roi, 0, DARKNESS_SIGMAS)
+    assert crop.shape[1] == 2
+    z0 = roi.bbox[0][0]
+    items = [(ds[i], plain[i]) for i in range(len(ds)) if ds[i]["case_id"] == "2"]
+    assert len(items) == crop.shape[0] and items[0][0]["image"].shape == (2, 64, 64)
+    for item, without in items:
+        torch.testing.assert_close(item["image"][:1], without["image"])  # the slice unchanged
+        torch.testing.assert_close(
+            item["image"], torch.from_numpy(crop[item["slice_index"] - z0]), atol=1e-5, rtol=0
+        )
+    dark = torch.stack([item["image"][1] for item, _ in items])
+    tumour = torch.stack([item["target"] for item, _ in items]).bool()
+    assert dark[tumour].mean() > dark[~tumour & (dark != 0)].mean()  # lesions read darker
+    with pytest.raises(ValueError, match="darkness"):
+        TumourSliceDataset(phantom_folder, darkness=(8.0, 2.0))

@@ -589,3 +589,30 @@ def test_tumour_members_train_apart_and_predict_as_one_ensemble(
     kept = [m.state_dict() for m in cascade.tumour_model.members]
     for saved, trained in zip(kept, (first, second), strict=True):
         assert all(torch.equal(saved[k], v) for k, v in trained.state_dict().items())
+
+
+def test_tumour_darkness_reaches_training_and_the_saved_cascade(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    from featsup.data import DARKNESS_SIGMAS
+    from featsup.inference import Cascade
+
+    with pytest.raises(SystemExit):
+        example.parse_args([*TINY, "--tumour-darkness", "--dims", "3"])
+    assert not example.parse_args(TINY).tumour_darkness  # off unless asked
+    out = tmp_path / "run"
+    args = example.parse_args([*TINY, "--out", str(out), "--tumour-darkness"])
+    train, val = example.datasets("tumour", example.split_cases(args), args)
+    assert train.darkness == val.darkness == DARKNESS_SIGMAS
+    assert train[0]["image"].shape[0] == val[0]["image"].shape[0] == 2
+    liver = example.make_student("liver", None, args, None)
+    tumour = example.make_student("tumour", train, args, liver)
+    kernel = tumour.encoder.x0_0.conv1.conv.weight
+    assert kernel.shape[1] == 2 and not kernel[:, 1].any()  # the darkness starts unused
+    torch.testing.assert_close(kernel[:, :1], liver.encoder.x0_0.conv1.conv.weight)
+    example.main([*TINY, "--out", str(out), "--tumour-darkness", "--validation-only",
+                  "--crf", "none"])  # fmt: skip
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["settings"]["tumour_darkness"] is True
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")
+    assert cascade.tumour_darkness == DARKNESS_SIGMAS

@@ -180,3 +180,28 @@ def test_models_without_config_cannot_be_saved(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"liver_model: expected a model with \.config"):
         save_cascade(cascade, tmp_path / "c.pt")
     assert not list(tmp_path.iterdir())
+
+
+def test_tumour_darkness_is_kept_runs_and_older_files_take_none(
+    tmp_path: Path, volume: np.ndarray
+) -> None:
+    liver = threshold_unetpp(0.35)
+    tumour = UNetPlusPlus(2, 2, widths=(4, 8, 16))  # the slice, then its darkness
+    cascade = Cascade(liver, tumour, liver_size=32, tumour_size=32, tumour_darkness=[2.5, 8.5],
+                      device="cpu")  # fmt: skip
+    assert cascade.tumour_darkness == (2.5, 8.5)
+    result = cascade(volume)  # a model of two input channels is fed two
+    assert result.labels.shape == volume.shape and (result.labels > 0).any()
+    path = cascade.save(tmp_path / "c.pt")
+    loaded = load_cascade(path, device="cpu")
+    assert loaded.tumour_darkness == (2.5, 8.5)
+    np.testing.assert_array_equal(loaded(volume).tumour_probability, result.tumour_probability)
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["tumour_darkness"]  # a file written before the key existed
+    torch.save(state, path)
+    assert load_cascade(path, device="cpu").tumour_darkness is None
+    with pytest.raises(ValueError, match="tumour_darkness"):
+        Cascade(liver, tumour, tumour_darkness=(8.5, 2.5), device="cpu")
+    with pytest.raises(ValueError, match="tumour_darkness: expected None with a 3D"):
+        Cascade(liver, UNetPlusPlus(1, 2, widths=(4, 8), spatial_dims=3), tumour_patch=(4, 8, 8),
+                tumour_darkness=(2.5, 8.5), device="cpu")  # fmt: skip

@@ -67,3 +67,20 @@ def test_bad_class_groups_are_refused() -> None:
         transfer_weights(source, UNetPlusPlus(1, 4, widths=WIDTHS), classes=[(0,), (2,)])
     with pytest.raises(ValueError, match="found none"):  # same classes: nothing to map
         transfer_weights(source, UNetPlusPlus(1, 3, widths=WIDTHS), classes=[(2,), (1,), (0,)])
+
+
+def test_extra_inputs_start_at_zero_after_the_slices() -> None:
+    source = UNetPlusPlus(1, 2, widths=WIDTHS).eval()
+    target = transfer_weights(source, UNetPlusPlus(4, 2, widths=WIDTHS), extra_inputs=1).eval()
+    kernel = target.encoder.x0_0.conv1.conv.weight  # 3 slices (context 1), then the extra
+    torch.testing.assert_close(kernel[:, 1:2], source.encoder.x0_0.conv1.conv.weight)
+    assert not kernel[:, [0, 2, 3]].any()
+    image = torch.randn(2, 4, 16, 16)
+    for got, want in zip(target(image), source(image[:, 1:2]), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    sum(o.square().mean() for o in target.train()(image)).backward()
+    assert kernel.grad is not None and kernel.grad[:, 3].abs().sum() > 0  # the extra learns
+    with pytest.raises(ValueError, match="extra"):
+        transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS), extra_inputs=0)
+    with pytest.raises(ValueError, match="extra_inputs"):
+        transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS), extra_inputs=-1)

@@ -27,12 +27,14 @@ from featsup.data.lits import (
 from featsup.data.patches import TumourPatchDataset
 from featsup.data.phantom import FIELD_OF_VIEW_MM, Phantom, make_phantom, write_phantom_dataset
 from featsup.data.preprocess import (
+    DARKNESS_SIGMAS,
     HU_WINDOW,
     Preprocessing,
     RoiCrop,
     apply_crop,
     clahe,
     crop_to_roi,
+    darkness_channel,
     find_roi,
     hu_window,
     largest_connected_component,
@@ -47,6 +49,7 @@ from featsup.data.splits import split_cases
 from featsup.data.stages import STAGE_EMPTY_FRACTION, stage_datasets
 
 __all__ = [
+    "DARKNESS_SIGMAS",
     "FIELD_OF_VIEW_MM",
     "HU_WINDOW",
     "STAGE_EMPTY_FRACTION",
@@ -65,6 +68,7 @@ __all__ = [
     "check_dataset",
     "clahe",
     "crop_to_roi",
+    "darkness_channel",
     "find_cases",
     "find_roi",
     "hu_window",

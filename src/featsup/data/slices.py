@@ -32,7 +32,7 @@ from featsup.data._arrays import resize
 from featsup.data._cache import PreparedVolume, prepare_volumes
 from featsup.data.augment import SliceAugment
 from featsup.data.lits import CaseSource, LitsCase, find_cases
-from featsup.data.preprocess import Preprocessing
+from featsup.data.preprocess import Preprocessing, darkness_channel, darkness_sigmas
 
 __all__ = ["CONTRAST_HU", "LiverSliceDataset", "TumourSliceDataset", "lesion_contrasts"]
 
@@ -316,6 +316,11 @@ class TumourSliceDataset(_SliceDataset):
         crop_lesion: with ``crop``, the share of windows centred on a random tumour
             pixel of a slice that has one (nnU-Net's foreground oversampling); the rest
             lie anywhere in the slice.
+        darkness: in-plane (local, background) Gaussian sigmas in pixels: add the centre
+            slice's :func:`~featsup.data.darkness_channel` as the last channel, computed
+            before the resize over the mask the image is zeroed outside (grown and filled
+            as above; the whole crop without ``mask_outside``). None (default): no such
+            channel. Items then have ``2 * context + 2`` channels.
         context, size, augment, seed, preprocessing, cache_dir, num_workers: as in
             :class:`LiverSliceDataset`.
             Without ``size`` each volume keeps its own ROI size, so batches only stack
@@ -346,12 +351,14 @@ class TumourSliceDataset(_SliceDataset):
         contrast_balance: float = 0.0,
         crop: int | None = None,
         crop_lesion: float = 0.5,
+        darkness: tuple[float, float] | None = None,
         augment: SliceAugment | None = None,
         seed: int = 0,
         preprocessing: Preprocessing | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
     ) -> None:
+        self.darkness = darkness_sigmas("darkness", darkness)
         if crop is not None:
             check_positive("crop", crop)
             if size is None or min(size) < crop:
@@ -475,6 +482,7 @@ class TumourSliceDataset(_SliceDataset):
         ks = self._neighbours(volume, k)
         image = volume.image((ks, rows, cols))
         labels = np.asarray(volume.labels()[ks, rows, cols])
+        inside = np.ones(labels.shape, bool)
         if self.mask_outside:
             inside = labels > 0
             if self.mask_dilation:
@@ -482,6 +490,10 @@ class TumourSliceDataset(_SliceDataset):
             if self.mask_fill_holes:
                 inside = _fill_holes(inside)
             image = np.where(inside, image, np.float32(0.0))
+        if self.darkness is not None:
+            centre = self.context
+            dark = darkness_channel(image[centre], inside[centre], self.darkness)
+            image = np.concatenate([image, dark[None]])
         target = (labels[self.context] == 2).astype(np.int64)
         return image, target
 

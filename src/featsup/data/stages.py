@@ -42,6 +42,7 @@ def stage_datasets(
     crop: int | None = None,
     crop_lesion: float = 0.5,
     classes: Literal["liver", "all"] = "liver",
+    darkness: tuple[float, float] | None = None,
 ) -> tuple[Any, Any]:
     """Training and validation datasets of one cascade stage.
 
@@ -90,6 +91,9 @@ def stage_datasets(
             slices, ``crop_lesion`` of them centred on tumour
             (``TumourSliceDataset(crop=, crop_lesion=)``); validation serves whole slices.
         crop_lesion: see ``crop``.
+        darkness: 2D tumour stage only: (local, background) sigmas in pixels of a
+            darkness channel added to its training and validation slices
+            (``TumourSliceDataset(darkness=)``); None adds none.
         classes: liver stage only: ``"liver"`` (targets 0 background, 1 liver or lesion)
             or ``"all"`` (0 background, 1 liver, 2 tumour; no ``lesion_weight``), for a
             three-class liver model (``LiverSliceDataset(classes=)``).
@@ -125,6 +129,7 @@ def stage_datasets(
         ("lesion_balance", lesion_balance, 0, "balances the 2D tumour stage's lesions"),
         ("contrast_balance", contrast_balance, 0, "balances the 2D tumour stage's lesions"),
         ("crop", crop, None, "crops the 2D tumour stage's training slices"),
+        ("darkness", darkness, None, "adds a channel to the 2D tumour stage's slices"),
     )
     for name, value, off, what in only_2d_tumour:
         if value != off and (stage != "tumour" or patch is not None):
@@ -166,9 +171,11 @@ def stage_datasets(
         list(train_cases), augment=augment or SliceAugment(), seed=seed,
         empty_fraction=empty, mask_dilation=mask_dilation, mask_outside=mask_outside,
         mask_fill_holes=mask_dilation > 0, lesion_balance=lesion_balance,
-        contrast_balance=contrast_balance, crop=crop, crop_lesion=crop_lesion, **common,
+        contrast_balance=contrast_balance, crop=crop, crop_lesion=crop_lesion,
+        darkness=darkness, **common,
     )  # fmt: skip
     val = TumourSliceDataset(
-        list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside, **common
-    )
+        list(val_cases), empty_fraction=val_empty_fraction, mask_outside=mask_outside,
+        darkness=darkness, **common,
+    )  # fmt: skip
     return tumour, val

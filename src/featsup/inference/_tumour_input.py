@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from featsup._wrappers import supervised_student, unwrap
-from featsup.data.preprocess import resize
+from featsup.data.preprocess import darkness_channel, resize
 from featsup.inference.patches import _patch, predict_patches
 from featsup.inference.predict import TTA, PreparedModel, tta_flips
 
@@ -63,21 +63,30 @@ def check_tumour_patch(model: nn.Module, patch: Sequence[int] | None) -> tuple[i
     return _patch(patch, 3)
 
 
-def masked_crop(image: np.ndarray, liver: np.ndarray | None, roi: Any, context: int) -> np.ndarray:
+def masked_crop(
+    image: np.ndarray,
+    liver: np.ndarray | None,
+    roi: Any,
+    context: int,
+    darkness: tuple[float, float] | None = None,
+) -> np.ndarray:
     """The tumour model's input: 2.5D slices zeroed outside ``liver``, cropped to ``roi``.
 
     Only the box is stacked and masked (neighbours still come from the whole volume,
     clamped at its ends), then resized in-plane as :func:`featsup.data.apply_crop` does
-    (not at all when ``roi.size`` is None).
+    (not at all when ``roi.size`` is None). With ``darkness``, each slice's
+    :func:`~featsup.data.darkness_channel` over the same mask is added last, before the
+    resize, as :class:`~featsup.data.TumourSliceDataset` adds it in training.
 
     Args:
         image: (D, H, W) float32 preprocessed volume.
         liver: (D, H, W) bool liver mask; None zeroes nothing (the whole box).
         roi: its :class:`~featsup.data.RoiCrop`.
         context: 2.5D neighbours on each side.
+        darkness: (local, background) sigmas in pixels of a darkness channel; None: none.
 
     Returns:
-        (d, 2 * context + 1, rows, cols) float32.
+        (d, C, rows, cols) float32, ``C = 2 * context + 1`` (+ 1 with ``darkness``).
 
     Example:
         >>> from featsup.data import find_roi
@@ -91,12 +100,17 @@ def masked_crop(image: np.ndarray, liver: np.ndarray | None, roi: Any, context: 
     offsets = np.arange(-context, context + 1)
     index = np.clip(np.arange(d0, d1)[:, None] + offsets[None, :], 0, image.shape[0] - 1)
     rows, cols = roi.size if roi.size is not None else (h1 - h0, w1 - w0)
-    out = np.empty((index.shape[1], d1 - d0, rows, cols), np.float32)  # (C, d, rows, cols)
-    step = max(1, _CHUNK_VOXELS // max(1, index.shape[1] * (h1 - h0) * (w1 - w0)))
+    channels = index.shape[1] + (darkness is not None)
+    out = np.empty((channels, d1 - d0, rows, cols), np.float32)  # (C, d, rows, cols)
+    step = max(1, _CHUNK_VOXELS // max(1, channels * (h1 - h0) * (w1 - w0)))
     for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
         box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
         masked = image[box] if liver is None else np.where(liver[box], image[box], np.float32(0))
         masked = masked.transpose(1, 0, 2, 3)
+        if darkness is not None:  # the centre slices' darkness over their own mask
+            inside = np.ones(masked.shape[1:], bool) if liver is None else liver[box][:, context]
+            dark = darkness_channel(masked[context], inside, darkness)
+            masked = np.concatenate([masked, dark[None]])
         if roi.size is not None:
             masked = resize(masked, roi.size, mode="linear")
         out[:, start : start + step] = masked

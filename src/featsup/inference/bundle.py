@@ -41,7 +41,7 @@ LABELS = {0: "background", 1: "liver", 2: "tumour"}
 """The label map of the cascade's output (and of LiTS segmentations)."""
 
 _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context", "tumour_context",
-             "roi_margin", "tumour_scope", "liver_classes")  # fmt: skip
+             "roi_margin", "tumour_scope", "liver_classes", "tumour_darkness")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_tta", "tumour_patch", "tumour_overlap",
                      "tumour_min_voxels", "tumour_threshold", "tumour_min_inside",
                      "tumour_surface")  # fmt: skip
@@ -237,7 +237,7 @@ def load_cascade(
     cascade = Cascade(
         _build(state["liver"], "liver", path),
         _build(state["tumour"], "tumour", path),
-        # older files lack tumour_context and liver_classes: the Cascade's defaults
+        # older files lack tumour_context, liver_classes, tumour_darkness: the defaults
         **{name: settings[name] for name in _SETTINGS if name in settings},
         **preprocessing_arguments(state),
         liver_crf=state["crf"]["liver"],

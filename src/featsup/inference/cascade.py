@@ -27,6 +27,7 @@ from featsup._checks import (
 )
 from featsup.data.preprocess import (
     Preprocessing,
+    darkness_sigmas,
     hu_window,
     largest_connected_component,
     preprocess_window,
@@ -125,6 +126,10 @@ class Cascade:
             model's, unless ``tumour_context`` is given).
         tumour_context: 2.5D neighbours on each side of the 2D tumour model's input;
             None takes ``context``.
+        tumour_darkness: (local, background) in-plane sigmas, pixels, of a darkness
+            channel (:func:`featsup.data.darkness_channel` over the liver mask) that the 2D
+            tumour model takes as its last input channel, as it was trained with
+            ``TumourSliceDataset(darkness=)``; None (default): none.
         roi_margin: in-plane margin (pixels) around the liver box, as in training.
         preprocessing: the :class:`~featsup.data.Preprocessing` the liver model was
             trained with (and the tumour model, unless ``tumour_preprocessing`` is given);
@@ -206,6 +211,7 @@ class Cascade:
         tumour_head: int | None = None,
         context: int = 0,
         tumour_context: int | None = None,
+        tumour_darkness: tuple[float, float] | None = None,
         roi_margin: int = 8,
         preprocessing: Preprocessing | None = None,
         tumour_preprocessing: Preprocessing | None = None,
@@ -242,6 +248,12 @@ class Cascade:
         check_positive("context", context, strict=False)
         tumour_context = context if tumour_context is None else tumour_context
         check_positive("tumour_context", tumour_context, strict=False)
+        self.tumour_darkness = darkness_sigmas("tumour_darkness", tumour_darkness)
+        if self.tumour_darkness is not None and self.tumour_patch is not None:
+            raise ValueError(
+                f"tumour_darkness: expected None with a 3D tumour model (tumour_patch), got "
+                f"{tumour_darkness!r}; fix: drop it (only the 2D tumour stage takes it)"
+            )
         for name, value in (("preprocessing", preprocessing),
                             ("tumour_preprocessing", tumour_preprocessing)):  # fmt: skip
             if value is not None:
@@ -429,7 +441,8 @@ class Cascade:
         roi = find_roi(liver.mask, margin=margin, size=self.tumour_size if flat else None)
         scoped = self.tumour_scope == "liver"
         crop = masked_crop(liver.image, liver.mask if scoped else None, roi,
-                           self.tumour_context if flat else 0)  # (d, C, rows, cols) # fmt: skip
+                           self.tumour_context if flat else 0,
+                           self.tumour_darkness)  # (d, C, rows, cols) # fmt: skip
         if flat and len(heads) > 1 and heads_of(self.tumour_model) > 1:
             model = self.prepared("tumour", "all")  # prepared outside the timing
             start = time.perf_counter()

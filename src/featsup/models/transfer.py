@@ -11,11 +11,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from featsup._checks import check_positive
+
 __all__ = ["transfer_weights"]
 
 
 def transfer_weights(
-    source: nn.Module, target: nn.Module, *, classes: Sequence[Sequence[int]] | None = None
+    source: nn.Module,
+    target: nn.Module,
+    *,
+    classes: Sequence[Sequence[int]] | None = None,
+    extra_inputs: int = 0,
 ) -> nn.Module:
     """Copy ``source``'s weights into ``target``, a model that may read more input slices.
 
@@ -38,6 +44,8 @@ def transfer_weights(
             be an odd multiple of ``source``'s.
         classes: for each of ``target``'s classes, the ``source`` classes whose output
             weights it averages; None: the same classes.
+        extra_inputs: input channels ``target`` reads after its slices (a derived map
+            such as the cascade's darkness channel); their kernels start at zero.
 
     Returns:
         ``target``, with the copied weights.
@@ -61,6 +69,7 @@ def transfer_weights(
         True
     """
     groups = _class_groups(classes)
+    check_positive("extra_inputs", extra_inputs, strict=False)
     top = None if groups is None else max(max(g) for g in groups)
     have, want = source.state_dict(), target.state_dict()
     if have.keys() != want.keys():
@@ -84,12 +93,13 @@ def transfer_weights(
                 )
             copied[name] = torch.stack([value[list(g)].mean(0) for g in groups])
             continue
-        ratio, rest = divmod(shape[1], value.shape[1]) if value.ndim > 1 else (0, 1)
+        slices = shape[1] - extra_inputs if value.ndim > 1 else 0
+        ratio, rest = divmod(slices, value.shape[1]) if slices > 0 else (0, 1)
         if value.shape[:1] + value.shape[2:] != shape[:1] + shape[2:] or rest or ratio % 2 == 0:
             raise ValueError(
                 f"{name}: expected {tuple(shape)} or its input channels over an odd number of "
-                f"slices, got {tuple(value.shape)}; fix: build target with 2 * context + 1 "
-                "times source's input channels"
+                f"slices (+ {extra_inputs} extra), got {tuple(value.shape)}; fix: build "
+                "target with 2 * context + 1 times source's input channels, plus extra_inputs"
             )
         grown = torch.zeros(shape, dtype=value.dtype)
         centre = ratio // 2 * value.shape[1]
