@@ -179,7 +179,7 @@ def darkness_channel(
         weight = mask[i].astype(np.float32)
         values = image[i] * weight
         means = []
-        for sigma in (local_sigma, background_sigma):  # OpenCV: 3x scipy's speed here
+        for sigma in (local_sigma, background_sigma):  # OpenCV: ~7x scipy on a 190-px slice
             share, total = (cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
                             for a in (weight, values))  # fmt: skip
             means.append((total / np.maximum(share, 1e-6), share))
