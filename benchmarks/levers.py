@@ -190,6 +190,9 @@ LEVERS = (
     Lever("AG", "one Dice per lesion added (blob Dice, weight 1)", Paired(
         "tumour_blob_rule_ag.json", ("g",), "tumour_blob_rule_ag.json", ("b",)),
         "5270-5309", _NO),
+    Lever("AH", "a darkness channel into the tumour stage", Paired(
+        "tumour_darkness_rule_ah.json", ("d",), "tumour_darkness_rule_ah.json", ("b",)),
+        "5310-5349", _NO),
 )  # fmt: skip
 
 

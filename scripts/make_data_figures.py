@@ -20,13 +20,16 @@ from matplotlib.patches import Rectangle
 from scipy import ndimage
 
 from featsup.data import (
+    Preprocessing,
     SliceAugment,
     clahe,
     crop_to_roi,
+    darkness_channel,
     hu_window,
     largest_connected_component,
     make_phantom,
     normalize,
+    preprocess_volume,
     uncrop,
 )
 
@@ -133,6 +136,26 @@ def fig_roi(vol, lab, k, out: Path) -> None:  # type: ignore[no-untyped-def]
     _save(fig, out, "data_roi_crop.png")
 
 
+def fig_darkness(vol, lab, spacing, k, out: Path) -> None:  # type: ignore[no-untyped-def]
+    tumour = Preprocessing(hu_window=(-50.0, 250.0), clahe=False)  # the example's
+    image = preprocess_volume(vol, preprocessing=tumour)[k]
+    liver = lab[k] > 0
+    (y0, y1), (x0, x1) = (np.flatnonzero(liver.any(axis=a))[[0, -1]] for a in (1, 0))
+    box = (slice(max(0, y0 - 8), y1 + 9), slice(max(0, x0 - 8), x1 + 9))
+    sigmas = (3.5 / spacing[1], 12.0 / spacing[1])  # 3.5 and 12 mm at this phantom's pixels
+    masked = np.where(liver, image, 0)[box]
+    dark = darkness_channel(masked, liver[box], sigmas)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    _show(axes[0], masked, "tumour-stage input (window -50..250, outside liver = 0)")
+    _contours(axes[0], lab[k][box])
+    shown = axes[1].imshow(dark, cmap="magma", vmin=0, vmax=2)
+    axes[1].set_title("darkness_channel (1.0 = 30 HU below the liver around)", fontsize=9)
+    axes[1].axis("off")
+    _contours(axes[1], lab[k][box])
+    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    _save(fig, out, "data_darkness.png")
+
+
 def fig_lcc(lab, out: Path) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
     noisy = lab > 0
@@ -173,6 +196,7 @@ def main() -> None:
     fig_clahe(vol, k, args.out)
     fig_normalize(vol, k, args.out)
     fig_roi(vol, lab, k, args.out)
+    fig_darkness(vol, lab, spacing, k, args.out)
     fig_lcc(lab, args.out)
     fig_augment(vol, lab, k, args.out)
 
