@@ -169,9 +169,10 @@ def darkness_channel(
     check_same_shape("image", image, "mask", mask)
     if image.ndim < 2:
         raise ValueError(f"image: expected (..., H, W), got shape {image.shape}")
-    if sigmas is None:
+    checked = darkness_sigmas("sigmas", sigmas)
+    if checked is None:
         raise ValueError("sigmas: expected (local, background) sigmas in pixels, got None")
-    local_sigma, background_sigma = darkness_sigmas("sigmas", sigmas)
+    local_sigma, background_sigma = checked
     shape = image.shape
     image, mask = image.reshape(-1, *shape[-2:]), mask.reshape(-1, *shape[-2:])
     out = np.zeros(image.shape, np.float32)
@@ -190,7 +191,7 @@ def darkness_channel(
     return out.reshape(shape)
 
 
-def darkness_sigmas(name: str, value: Any) -> Any:
+def darkness_sigmas(name: str, value: Any) -> tuple[float, float] | None:
     """Check ``value``: None, or (local, background) sigmas with ``0 < local < background``.
 
     Returns None or a tuple of two floats; raises ValueError naming ``name`` otherwise.
