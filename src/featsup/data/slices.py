@@ -482,7 +482,7 @@ class TumourSliceDataset(_SliceDataset):
         ks = self._neighbours(volume, k)
         image = volume.image((ks, rows, cols))
         labels = np.asarray(volume.labels()[ks, rows, cols])
-        inside = np.ones(labels.shape, bool)
+        inside = None
         if self.mask_outside:
             inside = labels > 0
             if self.mask_dilation:
@@ -490,9 +490,9 @@ class TumourSliceDataset(_SliceDataset):
             if self.mask_fill_holes:
                 inside = _fill_holes(inside)
             image = np.where(inside, image, np.float32(0.0))
-        if self.darkness is not None:
-            centre = self.context
-            dark = darkness_channel(image[centre], inside[centre], self.darkness)
+        if self.darkness is not None:  # the centre slice's, over the mask it is shown with
+            mask = np.ones(image.shape[1:], bool) if inside is None else inside[self.context]
+            dark = darkness_channel(image[self.context], mask, self.darkness)
             image = np.concatenate([image, dark[None]])
         target = (labels[self.context] == 2).astype(np.int64)
         return image, target

@@ -105,11 +105,12 @@ def masked_crop(
     step = max(1, _CHUNK_VOXELS // max(1, channels * (h1 - h0) * (w1 - w0)))
     for start in range(0, d1 - d0, step):  # a few slices at a time: no box-sized copies
         box = (index[start : start + step], slice(h0, h1), slice(w0, w1))
-        masked = image[box] if liver is None else np.where(liver[box], image[box], np.float32(0))
+        inside = None if liver is None else liver[box]
+        masked = image[box] if inside is None else np.where(inside, image[box], np.float32(0))
         masked = masked.transpose(1, 0, 2, 3)
         if darkness is not None:  # the centre slices' darkness over their own mask
-            inside = np.ones(masked.shape[1:], bool) if liver is None else liver[box][:, context]
-            dark = darkness_channel(masked[context], inside, darkness)
+            centre = np.ones(masked.shape[1:], bool) if inside is None else inside[:, context]
+            dark = darkness_channel(masked[context], centre, darkness)
             masked = np.concatenate([masked, dark[None]])
         if roi.size is not None:
             masked = resize(masked, roi.size, mode="linear")
