@@ -84,3 +84,5 @@ def test_extra_inputs_start_at_zero_after_the_slices() -> None:
         transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS), extra_inputs=0)
     with pytest.raises(ValueError, match="extra_inputs"):
         transfer_weights(source, UNetPlusPlus(2, 2, widths=WIDTHS), extra_inputs=-1)
+    with pytest.raises(ValueError, match="found none"):  # asked for, but nothing grew
+        transfer_weights(source, UNetPlusPlus(1, 2, widths=WIDTHS), extra_inputs=1)

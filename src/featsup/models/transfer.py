@@ -54,7 +54,8 @@ def transfer_weights(
         ValueError: if the state dicts differ in keys, or in shapes anywhere but an input
             convolution's channel dimension by an odd factor (or, with ``classes``, an
             output layer's classes); or if ``classes`` names no class or a missing one, or
-            maps no layer (``source`` and ``target`` have the same classes).
+            maps no layer (``source`` and ``target`` have the same classes); or if
+            ``extra_inputs`` is asked for and no input convolution of ``target`` has them.
 
     Example:
         >>> from featsup.models import UNetPlusPlus
@@ -105,6 +106,12 @@ def transfer_weights(
         centre = ratio // 2 * value.shape[1]
         grown[:, centre : centre + value.shape[1]] = value
         copied[name] = grown
+    if extra_inputs and all(copied[k].shape == have[k].shape for k in have):
+        raise ValueError(
+            f"extra_inputs: expected an input convolution of target with {extra_inputs} more "
+            "channels than its slices, found none; fix: build target with them, or leave "
+            "extra_inputs at 0"
+        )
     if groups is not None and all(copied[k] is have[k] for k in have):
         raise ValueError(
             f"classes: expected an output layer whose classes differ ({len(groups)} in target), "
