@@ -25,6 +25,10 @@ read from that one run.
     python benchmarks/validation_size.py outputs/run55 outputs/s27/x100_s40 \\
         --fresh 30 --extra 10 --json docs/results/validation_size.json
 
+``--tumour-head mean`` tunes with the tumour stage's heads averaged (the liver head still
+chosen), to compare that with the example's choice on the same held-out cases (rule AI,
+docs/results/rules_2026-12-05.md).
+
 Only the runs' validation cases and the fresh ones are loaded, never a run's test cases.
 """
 
@@ -40,7 +44,7 @@ import numpy as np
 from _example_run import example_split, write_json
 
 from featsup import data as fd
-from featsup.inference import Cascade, tumour_criterion, tune_on_validation
+from featsup.inference import Cascade, parse_head, tumour_criterion, tune_on_validation
 from featsup.inference.bundle import cascade_arguments
 from featsup.inference.heads import _best_postprocessing, _case_arrays, _crf_trials
 from featsup.postprocess import CRF_PRESETS, TUMOUR_MIN_VOXELS, TUMOUR_THRESHOLDS
@@ -148,6 +152,7 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
             crf=settings["crf"], liver_crf=CRF["liver"], tumour_crf=CRF["tumour"],
             tumour_threshold=WIDE_THRESHOLDS, tumour_min_voxels=WIDE_MIN_VOXELS,
             criterion=settings["tumour_criterion"],
+            heads=None if args.tumour_head is None else (None, args.tumour_head),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         t = tuning.cascade
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "cases only (the example's choice), to compare runs on the same held-out "
                    "cases (--fresh, --extra as for the runs they are compared with)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("outputs/validation_size"))
+    p.add_argument("--tumour-head", type=parse_head, help="fix the tumour head: 1-4, or mean "
+                   "(every head's probabilities averaged); default: chosen on validation as "
+                   "the example chooses it")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if not 0 < args.extra < args.fresh:

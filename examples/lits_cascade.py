@@ -38,6 +38,7 @@ from featsup.inference import (
     Cascade,
     Tuning,
     evaluate_cases,
+    parse_head,
     resolve_device,
     score_heads,
     tune_on_validation,
@@ -139,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "stage's (chosen on validation: ES-DS was level with UN-DS, -0.007 +- 0.017 over three "
         "splits, and its teacher cost 4-5 minutes; docs/cascade.md)")  # fmt: skip
     add("--head", type=int, choices=(1, 2, 3, 4), help="both stages' head (default: validation)")
+    add("--tumour-head", type=parse_head, help="the tumour stage's head: 1-4, or mean (every "
+        "head's probabilities averaged from one pass, UNet++'s accurate mode); default: "
+        "--head, else chosen on validation")  # fmt: skip
     add("--head-tolerance", type=float, default=0.005, help="smallest head within this Dice")
     add("--tumour-criterion", choices=TUMOUR_CRITERIA, default="global",
         help="how validation cases are pooled to choose the tumour threshold and smallest "
@@ -576,17 +580,29 @@ def make_cascade(liver: Any, tumour: Any, args: argparse.Namespace, **options: A
                    device=args.device, **patch, **options)  # fmt: skip
 
 
+def fixed_heads(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """(liver, tumour) heads fixed by --head and --tumour-head, None where validation chooses."""
+    heads = (args.head, args.tumour_head or args.head)
+    return None if heads == (None, None) else heads
+
+
+def head_name(head: Any) -> str:
+    """X0,k, or "heads averaged"."""
+    return "heads averaged" if head == "mean" else f"X0,{head}"
+
+
 def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuning:
     """On validation: heads (within --head-tolerance), CRF stages, tumour threshold, smallest."""
     tuning = tune_on_validation(
         make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
-        tolerance=args.head_tolerance, heads=args.head and (args.head, args.head), crf=args.crf,
+        tolerance=args.head_tolerance, heads=fixed_heads(args), crf=args.crf,
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
         tumour_tta=TUMOUR_TTA[args.tumour_tta],
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head
-    print(f"chosen on validation: heads X0,{heads[0]} (liver), X0,{heads[1]}, CRF {tuning.crf}, "
+    print(f"chosen on validation: heads {head_name(heads[0])} (liver), {head_name(heads[1])}, "
+          f"CRF {tuning.crf}, "
           f"tumour probability > {tuning.tumour_threshold:g}, tumours of >= "
           f"{tuning.tumour_min_voxels} voxels, tumour TTA {tuning.cascade.tumour_tta}")  # fmt: skip
     if tuning.tta_scores:

@@ -117,6 +117,12 @@ def test_options_change_the_prediction(model: Path, scans: Path, tmp_path: Path)
     stored = np.asarray(nib.load(tmp_path / "stored/segmentation-0.nii.gz").dataobj)
     head1 = np.asarray(nib.load(tmp_path / "head1/segmentation-0.nii.gz").dataobj)
     assert (stored >= 1).sum() > 2 * (head1 >= 1).sum()  # head 1 thresholds at 0.9
+    # the liver heads averaged (head 1 says liver above 0.9, head 2 above 0.35): between
+    assert _predict(model, volume, tmp_path / "mean", "--head", "mean", "2", "--no-crf") == 0
+    assert _predict(model, volume, tmp_path / "head2", "--head", "2", "--no-crf") == 0
+    mean, head2 = (np.asarray(nib.load(tmp_path / f"{k}/segmentation-0.nii.gz").dataobj) >= 1
+                   for k in ("mean", "head2"))  # fmt: skip
+    assert (head1 >= 1).sum() < mean.sum() < head2.sum()
 
 
 def test_usage_errors_exit_2(
@@ -125,6 +131,9 @@ def test_usage_errors_exit_2(
     assert _predict(tmp_path / "none.pt", [scans], tmp_path) == 2
     assert "featsup predict: error: " in capsys.readouterr().err
     assert _predict(model, [scans], tmp_path, "--head", "1", "2", "3") == 2
+    with pytest.raises(SystemExit) as bad_head:  # refused by argparse, with its message
+        _predict(model, [scans], tmp_path, "--head", "all")
+    assert bad_head.value.code == 2 and "expected a head 1..d or 'mean'" in capsys.readouterr().err
     assert _predict(model, [scans], tmp_path, "--workers", "-1") == 2
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--help"])

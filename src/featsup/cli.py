@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featsup.inference import parse_head
+
 __all__ = ["main"]
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -256,8 +258,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="NIfTI files or folders")  # fmt: skip
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:1...")
-    p.add_argument("--head", type=int, nargs="+", metavar="K",
-                   help="head of both stages, or two: liver tumour (default: stored)")  # fmt: skip
+    p.add_argument("--head", type=parse_head, nargs="+", metavar="K",
+                   help="head of both stages, or two: liver tumour; 1-4, or mean (every "
+                   "head's probabilities averaged) (default: stored)")  # fmt: skip
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                    help="dense CRF on (stored settings, else the presets) or off "
                    "(default: as stored)")  # fmt: skip

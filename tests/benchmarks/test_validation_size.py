@@ -79,6 +79,33 @@ def test_choices_on_more_cases_are_scored_on_fresh_held_out_ones(tmp_path: Path)
     assert timeless[0] == timeless[1]
 
 
+def test_tumour_head_mean_tunes_and_scores_the_heads_averaged(tmp_path: Path) -> None:
+    from featsup import data as fd
+    from featsup.inference import tumour_criterion, tune_on_validation
+    from featsup.inference.heads import _case_arrays, _crf_trials
+
+    folder = _run_folder(tmp_path)
+    args = [str(folder), "--fresh", "3", "--extra", "1", "--base-only", "--work",
+            str(tmp_path / "work")]  # fmt: skip
+    chosen = validation_size.main(args)["runs"][str(folder)]["base/grid"]
+    row = validation_size.main([*args, "--tumour-head", "mean"])["runs"][str(folder)]["base/grid"]
+    assert row["tumour_head"] == "mean" and chosen["tumour_head"] in (1, 2)
+    assert row["liver_head"] == chosen["liver_head"]  # the liver head still chosen
+    cases = {c.case_id: c for c in fd.find_cases(folder / "phantom")}
+    tuned = tune_on_validation(
+        threshold_cascade(liver=(0.9, 0.35)), [fd.load_case(cases[i]) for i in ("1", "2")],
+        crf="none", criterion="global", heads=(None, "mean"),
+    ).cascade  # fmt: skip
+    assert (row["threshold"], row["min_voxels"]) == (
+        tuned.tumour_threshold, tuned.tumour_min_voxels)  # fmt: skip
+    fresh = fd.find_cases(tmp_path / "work" / "run" / "fresh")
+    held = [_case_arrays(fd.load_case(c), i) for i, c in enumerate(fresh[1:])]
+    trials = _crf_trials(tuned, held, None, None, thresholds=[tuned.tumour_threshold],
+                         sizes=[tuned.tumour_min_voxels], stages=("none",))  # fmt: skip
+    counts = trials["none"]["counts"]
+    assert row["tumour_global"] == pytest.approx(float(tumour_criterion(counts[0, 0], "global")))
+
+
 def test_extra_must_leave_held_out_cases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

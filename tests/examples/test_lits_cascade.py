@@ -224,6 +224,14 @@ def test_bad_flags_give_clear_messages(
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
+    assert example.fixed_heads(example.parse_args([])) is None  # both chosen on validation
+    mean = example.parse_args(["--tumour-head", "mean"])
+    assert example.fixed_heads(mean) == (None, "mean")
+    assert example.fixed_heads(example.parse_args(["--head", "2"])) == (2, 2)
+    assert example.fixed_heads(example.parse_args(["--head", "2", "--tumour-head", "3"])) == (2, 3)
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-head", "all"])
+    assert "--tumour-head: expected a head 1..d or 'mean', got 'all'" in capsys.readouterr().err
     two, three = (example.parse_args(["--dims", d, "--device", "cpu"]) for d in ("2", "3"))
     preset = example.PRESETS_3D["cpu"]
     assert (three.patch, three.patch_batch_size) == (preset["patch"], preset["patch_batch_size"])

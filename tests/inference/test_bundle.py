@@ -76,6 +76,7 @@ def test_file_restores_every_setting(tmp_path: Path) -> None:
         ({"tumour_scope": "roi", "tumour_min_inside": 0.3}, "tumour_min_inside", 0.3, 0.0),
         ({"tumour_surface": (2, 0.9)}, "tumour_surface", (2, 0.9), None),
         ({"liver_classes": (1, 2)}, "liver_classes", (1, 2), (1,)),
+        ({"tumour_head": "mean"}, "tumour_head", "mean", None),
     ],
 )
 def test_a_setting_is_kept_and_older_files_without_it_load_as_they_were_tuned(

@@ -337,3 +337,34 @@ def test_a_three_class_liver_model_gives_the_liver_as_one_minus_background() -> 
     for bad in ([], [0, 1], [1, 1]):
         with pytest.raises(ValueError, match="liver_classes"):
             Cascade(_ThreeClass(), _Oracle(0.8), liver_classes=bad, **kwargs)
+
+
+def test_mean_heads_are_every_heads_mean_from_one_pass_or_alone(model: UNetPlusPlus) -> None:
+    hu = np.random.default_rng(11).integers(-200, 300, (3, 32, 32)).astype(np.int16)
+    hu[:, 6:26, 6:26] = 60
+    hu[1, 12:16, 12:16] = 0  # a dark spot inside
+    options = {"liver_size": 32, "tumour_size": 32, "device": "cpu", "tumour_threshold": 0.4}
+    cascade = Cascade(model, model, **options)
+    known = np.pad(np.ones((3, 22, 22), bool), ((0, 0), (5, 5), (5, 5)))
+    liver = cascade.liver_stage(hu, mask=known)
+    one, two, mean = cascade.tumour_stages(liver, [1, 2, "mean"])  # one pass of the network
+    assert not np.allclose(one.tumour_probability, two.tumour_probability)  # heads differ
+    np.testing.assert_allclose(
+        mean.tumour_probability, (one.tumour_probability + two.tumour_probability) / 2, atol=1e-6
+    )
+    alone = Cascade(model, model, tumour_head="mean", **options)  # the mean-head model alone
+    np.testing.assert_allclose(
+        alone.tumour_stage(liver).tumour_probability, mean.tumour_probability, atol=1e-5
+    )
+    assert alone.tumour_stage(liver).labels.shape == hu.shape
+    livers = cascade.liver_stages(hu, [1, 2, "mean"])
+    np.testing.assert_allclose(
+        livers[2].probability, (livers[0].probability + livers[1].probability) / 2, atol=1e-6
+    )
+    mean_liver = Cascade(model, model, liver_head="mean", **options).liver_stage(hu)
+    np.testing.assert_allclose(mean_liver.probability, livers[2].probability, atol=1e-5)
+    for bad in ({"tumour_head": "all"}, {"liver_head": 0}):
+        with pytest.raises(ValueError, match=r"_head: expected a head 1\.\.d"):
+            Cascade(model, model, **options, **bad)
+    with pytest.raises(ValueError, match=r"heads: expected a head 1\.\.d"):
+        cascade.tumour_stages(liver, [1, "best"])

@@ -95,6 +95,15 @@ def test_tune_on_validation_chooses_heads_then_crf_stages(cases: list) -> None:
     assert fixed.cascade.tumour_crf is None and len(fixed.heads.rows) == 4
     with pytest.raises(ValueError, match="crf"):
         tune_on_validation(cascade, cases, crf="tumour")  # type: ignore[arg-type]
+    # one stage fixed (the tumour heads averaged), the other chosen by the table
+    mean = tune_on_validation(cascade, cases, heads=(None, "mean"), crf="none")
+    assert (mean.cascade.liver_head, mean.cascade.tumour_head) == (2, "mean")
+    assert mean.to_dict()["tumour_head"] == "mean"
+    liver = tune_on_validation(cascade, cases, heads=("mean", None), crf="none").cascade
+    assert (liver.liver_head, liver.tumour_head) == ("mean", 1)
+    for bad in ((None, 0), (1,), "mean"):
+        with pytest.raises(ValueError, match="heads"):
+            tune_on_validation(cascade, cases, heads=bad, crf="none")  # type: ignore[arg-type]
 
 
 def test_tune_on_validation_chooses_the_smallest_tumour_on_the_crf_runs(cases: list) -> None:

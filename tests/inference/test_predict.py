@@ -1,18 +1,25 @@
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from featsup.data import Preprocessing, preprocess_volume
 from featsup.inference import (
     PreparedModel,
     heads_of,
+    parse_head,
     predict_volume,
     prepare_model,
     select_head,
     stack_context,
 )
+from featsup.inference.predict import check_head, mean_head_logits
 from featsup.models import UNetPlusPlus
 from featsup.supervision import FeatureSupervisor
 
@@ -195,3 +202,50 @@ def test_all_heads_of_a_plain_model_is_its_one_output() -> None:
     every = predict_volume(conv, volume, head="all", device="cpu")
     np.testing.assert_allclose(every[0], predict_volume(conv, volume, device="cpu"), atol=1e-6)
     assert every.shape == (1, 2, 3, 16, 16) and heads_of(conv) == 1
+
+
+def test_mean_head_is_the_mean_of_every_heads_probabilities(model: UNetPlusPlus) -> None:
+    volume = np.random.default_rng(9).random((4, 40, 36)).astype(np.float32)
+    every = predict_volume(model, volume, head="all", size=32, tta=True, batch_size=3)
+    mean = predict_volume(model, volume, head="mean", size=32, tta=True, batch_size=2)
+    assert mean.shape == (2, 4, 40, 36)
+    np.testing.assert_allclose(mean, every.mean(0), atol=1e-6)
+    np.testing.assert_allclose(mean.sum(0), 1.0, atol=1e-5)
+    prepared = prepare_model(model, head="mean", device="cpu")
+    assert isinstance(prepared(torch.zeros(1, 1, 16, 16)), torch.Tensor)
+    np.testing.assert_allclose(predict_volume(prepared, volume, size=32, tta=True), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="head"):
+        prepare_model(model, head=0, device="cpu")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 3), st.sampled_from([1, 2, 3])),
+           elements=st.floats(-60, 60, width=32)),
+)  # fmt: skip
+def test_mean_head_logits_give_the_mean_probability_even_for_large_logits(z: np.ndarray) -> None:
+    heads = [torch.from_numpy(h) for h in z]  # (N, B, K): N heads of (B, K) logits
+    out = mean_head_logits(heads)
+    assert out.shape == heads[0].shape and torch.isfinite(out).all()
+    if z.shape[-1] == 1:  # one logit: sigmoid heads
+        expected = torch.stack([torch.sigmoid(h) for h in heads]).mean(0)
+        got = torch.sigmoid(out)
+    else:
+        expected = torch.stack([h.softmax(-1) for h in heads]).mean(0)
+        got = out.softmax(-1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    if len(heads) == 1 and z.shape[-1] > 1:  # one head: its own probabilities
+        torch.testing.assert_close(got, heads[0].softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_heads_are_checked_and_parsed_with_clear_messages() -> None:
+    assert [check_head("h", h) for h in (None, 1, np.int64(3), "mean")] == [None, 1, 3, "mean"]
+    for bad in (0, -1, True, "all", "max", 2.0):
+        with pytest.raises(ValueError, match=r"h: expected a head 1\.\.d"):
+            check_head("h", bad)
+    assert parse_head("4") == 4 and parse_head("mean") == "mean"
+    for bad in ("0", "x", "all"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a head"):
+            parse_head(bad)
+    with pytest.raises(ValueError, match="none"):
+        mean_head_logits([])

@@ -37,7 +37,10 @@ from featsup.inference.predict import (
     TTA,
     Head,
     PreparedModel,
+    StageHead,
+    check_head,
     check_tta,
+    head_probability,
     heads_of,
     model_preprocessing,
     predict_volume,
@@ -120,8 +123,10 @@ class Cascade:
             3D one on liver-ROI patches (with ``tumour_patch``).
         liver_size: in-plane size the liver model was trained at (slices are resized).
         tumour_size: in-plane size of the 2D tumour model's ROI crops.
-        liver_head: UNet++ head of the liver model (None = deepest).
-        tumour_head: UNet++ head of the tumour model (None = deepest).
+        liver_head: UNet++ head of the liver model: 1..d, None (the deepest) or
+            ``"mean"`` (the mean of every head's probabilities, from one pass of the whole
+            network: UNet++'s "accurate mode").
+        tumour_head: UNet++ head of the tumour model, as ``liver_head``.
         context: 2.5D neighbours on each side of the liver model's input (and the tumour
             model's, unless ``tumour_context`` is given).
         tumour_context: 2.5D neighbours on each side of the 2D tumour model's input;
@@ -207,8 +212,8 @@ class Cascade:
         *,
         liver_size: int | tuple[int, int] | None = None,
         tumour_size: int | tuple[int, int] = 128,
-        liver_head: int | None = None,
-        tumour_head: int | None = None,
+        liver_head: StageHead = None,
+        tumour_head: StageHead = None,
         context: int = 0,
         tumour_context: int | None = None,
         tumour_darkness: tuple[float, float] | None = None,
@@ -263,7 +268,8 @@ class Cascade:
         self.tumour_size = (
             (tumour_size, tumour_size) if isinstance(tumour_size, int) else tumour_size
         )
-        self.liver_head, self.tumour_head = liver_head, tumour_head
+        self.liver_head = check_head("liver_head", liver_head)
+        self.tumour_head = check_head("tumour_head", tumour_head)
         self.context, self.tumour_context, self.roi_margin = context, tumour_context, roi_margin
         self.preprocessing, self.tumour_preprocessing = _stage_preprocessings(
             liver_model, tumour_model, preprocessing, tumour_preprocessing
@@ -279,7 +285,8 @@ class Cascade:
     def prepared(self, stage: Literal["liver", "tumour"], head: Head) -> PreparedModel:
         """The stage's model prepared for ``head``, made on first use only.
 
-        ``head``: 1..d, None (the deepest) or ``"all"`` (every head from one pass).
+        ``head``: 1..d, None (the deepest), ``"all"`` (every head from one pass) or
+        ``"mean"`` (their mean probabilities).
         """
         key = (stage, head)
         if key not in self._prepared:
@@ -308,8 +315,8 @@ class Cascade:
         return preprocess_window(image_u8, preprocessing=self.tumour_preprocessing)
 
     def _liver_probabilities(
-        self, image: np.ndarray, heads: list[int | None]
-    ) -> tuple[dict[int | None, np.ndarray], float]:
+        self, image: np.ndarray, heads: list[StageHead]
+    ) -> tuple[dict[StageHead, np.ndarray], float]:
         """({head: (D, H, W) liver probability}, model seconds) of several heads.
 
         A deeply supervised UNet++ gives them from one pass of the whole network; any
@@ -321,7 +328,7 @@ class Cascade:
             model = self.prepared("liver", "all")  # prepared outside the timing
             start = time.perf_counter()
             every = _summed(predict_volume(model, image, **options), axis=1)  # (N, D, H, W)
-            probs = {k: every[-1 if k is None else k - 1] for k in heads}
+            probs = {k: head_probability(every, k) for k in heads}
             return probs, time.perf_counter() - start
         models = {k: self.prepared("liver", k) for k in heads}
         start = time.perf_counter()
@@ -329,7 +336,7 @@ class Cascade:
         return probs, time.perf_counter() - start
 
     def liver_stage(
-        self, volume_hu: np.ndarray, *, head: int | None = None, mask: np.ndarray | None = None
+        self, volume_hu: np.ndarray, *, head: StageHead = None, mask: np.ndarray | None = None
     ) -> LiverStage:
         """Preprocess one CT volume and run the liver model (and its CRF when set).
 
@@ -362,7 +369,7 @@ class Cascade:
         return LiverStage(image, image_u8, known.astype(np.float32), known, t,
                           time.perf_counter() - begin)  # fmt: skip
 
-    def liver_stages(self, volume_hu: np.ndarray, heads: Sequence[int | None]) -> list[LiverStage]:
+    def liver_stages(self, volume_hu: np.ndarray, heads: Sequence[StageHead]) -> list[LiverStage]:
         """:meth:`liver_stage` for several liver heads, the shared work done once.
 
         One preprocessing and, for a deeply supervised UNet++, one pass of the whole
@@ -373,7 +380,8 @@ class Cascade:
 
         Args:
             volume_hu: (D, H, W) Hounsfield units in featsup's processing order.
-            heads: liver heads (None: the cascade's ``liver_head``).
+            heads: liver heads (None: the cascade's ``liver_head``; ``"mean"``: every
+                head's mean).
 
         Returns:
             One :class:`LiverStage` per head, in the order of ``heads``, each equal to
@@ -390,7 +398,7 @@ class Cascade:
             [(2, 32, 32), (2, 32, 32)]
         """
         check_ndim("volume_hu", volume_hu, 3, "(D, H, W)")
-        wanted = [self.liver_head if h is None else h for h in heads]
+        wanted = [self.liver_head if h is None else check_head("heads", h) for h in heads]
         if not wanted:
             raise ValueError("heads: expected at least one liver head, got none")
         begin = time.perf_counter()
@@ -427,8 +435,8 @@ class Cascade:
         return LiverStage(stage.image, stage.image_u8, liver_p, mask, t, seconds)
 
     def _tumour_probabilities(
-        self, liver: LiverStage, heads: list[int | None], t: dict[str, float]
-    ) -> tuple[dict[int | None, np.ndarray], Any, np.ndarray]:
+        self, liver: LiverStage, heads: list[StageHead], t: dict[str, float]
+    ) -> tuple[dict[StageHead, np.ndarray], Any, np.ndarray]:
         """({head: (D, H, W) tumour probability, 0 outside the region}, ROI, region).
 
         A deeply supervised 2D UNet++ gives every head from one pass; a 3D one, or
@@ -447,7 +455,7 @@ class Cascade:
             model = self.prepared("tumour", "all")  # prepared outside the timing
             start = time.perf_counter()
             every = predict_volume(model, crop, classes=[1], **self._tumour_options)[:, 0]
-            crops = {k: every[-1 if k is None else k - 1] for k in heads}
+            crops = {k: head_probability(every, k) for k in heads}
         else:
             models = {k: self.prepared("tumour", k) for k in heads}
             start = time.perf_counter()
@@ -500,7 +508,7 @@ class Cascade:
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)
 
-    def tumour_stage(self, liver: LiverStage, *, head: int | None = None) -> CascadeResult:
+    def tumour_stage(self, liver: LiverStage, *, head: StageHead = None) -> CascadeResult:
         """Run the tumour stage on the output of :meth:`liver_stage` and label the volume.
 
         Args:
@@ -512,7 +520,7 @@ class Cascade:
         """
         return self.tumour_stages(liver, [head])[0]
 
-    def tumour_stages(self, liver: LiverStage, heads: Sequence[int | None]) -> list[CascadeResult]:
+    def tumour_stages(self, liver: LiverStage, heads: Sequence[StageHead]) -> list[CascadeResult]:
         """:meth:`tumour_stage` for several tumour heads, the shared work done once.
 
         One ROI crop and, for a deeply supervised 2D UNet++, one pass of the whole
@@ -522,7 +530,8 @@ class Cascade:
 
         Args:
             liver: the liver stage of the volume.
-            heads: tumour heads (None: the cascade's ``tumour_head``).
+            heads: tumour heads (None: the cascade's ``tumour_head``; ``"mean"``: every
+                head's mean).
 
         Returns:
             One :class:`CascadeResult` per head, in the order of ``heads``, each equal to
@@ -539,11 +548,11 @@ class Cascade:
             >>> [r.labels.shape for r in cascade.tumour_stages(liver, [1, 2])]
             [(2, 32, 32), (2, 32, 32)]
         """
-        wanted = [self.tumour_head if h is None else h for h in heads]
+        wanted = [self.tumour_head if h is None else check_head("heads", h) for h in heads]
         if not wanted:
             raise ValueError("heads: expected at least one tumour head, got none")
         start, shared = time.perf_counter(), dict(liver.timings)
-        probs: dict[int | None, np.ndarray] = {}
+        probs: dict[StageHead, np.ndarray] = {}
         roi, region = None, None
         if liver.mask.any():
             probs, roi, region = self._tumour_probabilities(

@@ -18,7 +18,7 @@ import numpy as np
 
 from featsup._checks import check_choice, check_in_range
 from featsup.inference.cascade import Cascade
-from featsup.inference.predict import TTA, check_tta, heads_of
+from featsup.inference.predict import TTA, StageHead, check_head, check_tta, heads_of
 from featsup.metrics import LITS_STAGES, dice_score
 from featsup.postprocess.components import (
     TUMOUR_MIN_VOXELS,
@@ -485,6 +485,15 @@ class Tuning:
         }
 
 
+def _fixed_heads(heads: object) -> tuple[StageHead, StageHead]:
+    """``tune_on_validation``'s ``heads`` as a (liver, tumour) pair, None where chosen."""
+    if heads is None:
+        return None, None
+    if not isinstance(heads, (tuple, list)) or len(heads) != 2:
+        raise ValueError(f"heads: expected None or (liver_head, tumour_head), got {heads!r}")
+    return check_head("heads[0]", heads[0]), check_head("heads[1]", heads[1])
+
+
 def _candidates(name: str, value: Any, kind: type, low: float, high: float) -> list[Any]:
     """One value or a sequence of them, as a non-empty list within [low, high]."""
     values = [float(value)] if isinstance(value, Real) else [float(v) for v in value]
@@ -545,7 +554,7 @@ def tune_on_validation(
     cases: Sequence[Any],
     *,
     tolerance: float = 0.005,
-    heads: tuple[int, int] | None = None,
+    heads: tuple[StageHead, StageHead] | None = None,
     crf: Literal["auto", "none", "liver", "both"] = "auto",
     liver_crf: dict[str, Any] | None = None,
     tumour_crf: dict[str, Any] | None = None,
@@ -575,7 +584,11 @@ def tune_on_validation(
         cases: validation cases, as for :func:`choose_heads`. Never test cases.
         tolerance: allowed validation Dice below the best head, and below the best
             threshold for one nearer 0.5.
-        heads: ``(liver_head, tumour_head)`` to use whatever the table says.
+        heads: ``(liver_head, tumour_head)`` to use whatever the table says; a None
+            in it leaves that stage's head to the table. A head is 1..d or ``"mean"``
+            (every head's probabilities averaged, from one pass: UNet++'s "accurate
+            mode"), e.g. ``(None, "mean")``: the tumour heads averaged, the liver head
+            chosen.
         crf: ``"auto"`` (choose on validation) or the stages to refine.
         liver_crf: the liver stage's CRF options (default ``CRF_PRESETS["liver"]``).
         tumour_crf: the tumour stage's (default ``CRF_PRESETS["tumour"]``).
@@ -621,15 +634,17 @@ def tune_on_validation(
     thresholds = _candidates("tumour_threshold", tumour_threshold, float, 0.0, 1.0)
     sizes = _candidates("tumour_min_voxels", tumour_min_voxels, int, 0, float("inf"))
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
+    fixed = _fixed_heads(heads)
     choice = choose_heads(cascade, arrays, tolerance=tolerance)
-    liver_head, tumour_head = heads or (choice.liver_head, choice.tumour_head)
+    liver_head = choice.liver_head if fixed[0] is None else fixed[0]
+    tumour_head = choice.tumour_head if fixed[1] is None else fixed[1]
     options = {**cascade_arguments(cascade), "liver_head": liver_head, "tumour_head": tumour_head}
     if auto_tta:
         options["tumour_tta"] = TUMOUR_TTAS[0]
     crfs = {"liver": liver_crf or dict(CRF_PRESETS["liver"]),
             "tumour": tumour_crf or dict(CRF_PRESETS["tumour"])}  # fmt: skip
     trial = choice.cascade  # prepared with the chosen heads: reused, not rebuilt
-    if heads is not None or trial is None or auto_tta:
+    if fixed != (None, None) or trial is None or auto_tta:
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     scores: dict[str, dict[str, float]] = {}
     grid: dict[float, dict[int, float]] = {}

@@ -10,6 +10,7 @@ supervised UNet++ gives every head's probabilities from one pass of the full net
 
 from __future__ import annotations
 
+import argparse
 import copy
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
@@ -29,9 +30,14 @@ from featsup.models.unetpp import UNetPlusPlus
 __all__ = [
     "TTA",
     "PreparedModel",
+    "StageHead",
+    "check_head",
     "check_tta",
+    "head_probability",
     "heads_of",
+    "mean_head_logits",
     "model_preprocessing",
+    "parse_head",
     "predict_volume",
     "prepare_model",
     "resolve_device",
@@ -40,8 +46,13 @@ __all__ = [
     "tta_flips",
 ]
 
-Head: TypeAlias = int | Literal["all"] | None
-"""A UNet++ head 1..d, None for the deepest, or ``"all"`` for every head from one pass."""
+Head: TypeAlias = int | Literal["all", "mean"] | None
+"""A UNet++ head 1..d, None for the deepest, ``"all"`` for every head from one pass, or
+``"mean"`` for the mean of every head's probabilities from one pass (UNet++'s "accurate
+mode", beside the pruned "fast mode" of one head)."""
+
+StageHead: TypeAlias = int | Literal["mean"] | None
+"""The head a cascade stage predicts with: 1..d, None for the deepest, or ``"mean"``."""
 
 TTA: TypeAlias = bool | Literal["flips"]
 """Test-time augmentation: False (none), True (left-right mirror) or ``"flips"`` (the
@@ -58,6 +69,83 @@ def check_tta(name: str, tta: object) -> TTA:
     if tta is True or tta is False or tta == "flips":
         return tta  # type: ignore[return-value]
     raise ValueError(f"{name}: expected False, True (left-right) or 'flips', got {tta!r}")
+
+
+def check_head(name: str, head: object) -> StageHead:
+    """``head`` if it names one output of a stage: 1..d, None or ``"mean"``.
+
+    The upper bound d is the model's, checked where the model is pruned.
+
+    Raises:
+        ValueError: naming ``name``, for anything else.
+
+    Example:
+        >>> check_head("tumour_head", "mean"), check_head("liver_head", 2)
+        ('mean', 2)
+    """
+    if head is None or head == "mean":
+        return head  # type: ignore[return-value]
+    if isinstance(head, (int, np.integer)) and not isinstance(head, bool) and head >= 1:
+        return int(head)
+    raise ValueError(f"{name}: expected a head 1..d, None (the deepest) or 'mean', got {head!r}")
+
+
+def parse_head(text: str) -> StageHead:
+    """A head from a command line: ``"1"``..``"d"`` or ``"mean"`` (argparse's ``type=``).
+
+    Example:
+        >>> parse_head("3"), parse_head("mean")
+        (3, 'mean')
+    """
+    value: object = int(text) if text.strip().isdigit() else text
+    try:
+        return check_head("head", value)
+    except ValueError:  # argparse shows a ValueError as "invalid parse_head value"
+        raise argparse.ArgumentTypeError(f"expected a head 1..d or 'mean', got {text!r}") from None
+
+
+def mean_head_logits(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, K, ...) logits whose softmax is the mean of the heads' softmax probabilities.
+
+    ``log(mean_k softmax(z_k))``, computed in log space (float32), so that a mean-head model
+    passes through every consumer of logits (:func:`predict_volume`, TTA, patch
+    inference) unchanged. A one-logit head gives ``logit(mean_k sigmoid(z_k))``, one channel.
+
+    Example:
+        >>> z = [torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, -1.0]])]
+        >>> mean = (z[0].softmax(1) + z[1].softmax(1)) / 2
+        >>> torch.allclose(mean_head_logits(z).softmax(1), mean)
+        True
+    """
+    if not outputs:
+        raise ValueError("outputs: expected at least one head's logits, got none")
+    z = torch.stack([o.float() for o in outputs])  # (N, B, K, ...)
+    log_n = float(np.log(len(outputs)))
+    if z.shape[2] == 1:  # sigmoid heads: log of the mean p and of the mean 1 - p
+        on = torch.logsumexp(F.logsigmoid(z), dim=0) - log_n
+        off = torch.logsumexp(F.logsigmoid(-z), dim=0) - log_n
+        return on - off
+    return torch.logsumexp(torch.log_softmax(z, dim=2), dim=0) - log_n
+
+
+def head_probability(every: np.ndarray, head: StageHead) -> np.ndarray:
+    """One head's probabilities from every head's, as ``predict_volume(head="all")`` gives.
+
+    Args:
+        every: (N, ...) probabilities of heads 1..N.
+        head: 1..N, None (the deepest, N) or ``"mean"`` (their mean).
+
+    Returns:
+        (...) the head's probabilities (a view, or a new array for ``"mean"``).
+
+    Example:
+        >>> every = np.array([[0.2], [0.4], [0.9]])
+        >>> head_probability(every, 2).tolist(), head_probability(every, "mean").round(2).tolist()
+        ([0.4], [0.5])
+    """
+    if head == "mean":
+        return every.mean(axis=0, dtype=np.float32)
+    return every[-1 if head is None else int(head) - 1]
 
 
 def tta_flips(tta: TTA) -> list[tuple[int, ...]]:
@@ -78,12 +166,13 @@ class PreparedModel(nn.Module):
 
     Made by :func:`prepare_model`; :func:`predict_volume` uses it as it is, so a model
     prepared once serves any number of volumes. Its forward returns the head's logits,
-    or with ``head="all"`` the list of every head's.
+    with ``head="all"`` the list of every head's, and with ``head="mean"`` the logits of
+    the heads' mean probabilities (:func:`mean_head_logits`).
 
     Attributes:
         network: the pruned (and, on CPU, fused) network.
         head: the head it computes (None: the deepest, or the model's only output;
-            ``"all"``: every head, from one pass).
+            ``"all"``: every head, from one pass; ``"mean"``: their mean).
         device: where its parameters are.
         preprocessing: the preprocessing the source model was trained with, when its
             checkpoint recorded one (see :func:`model_preprocessing`), else None.
@@ -108,8 +197,9 @@ class PreparedModel(nn.Module):
         With ``head="all"``, a list of them, shallowest head first.
         """
         output = self.network(image)
-        if self.head == "all":
-            return list(output) if isinstance(output, (list, tuple)) else [output]
+        if self.head in ("all", "mean"):
+            every = list(output) if isinstance(output, (list, tuple)) else [output]
+            return every if self.head == "all" else mean_head_logits(every)
         return _logits_of(output, self._pick)
 
 
@@ -152,7 +242,8 @@ def prepare_model(
     Args:
         model: a 2D model returning logits or a list of them (a FeatureSupervisor
             predicts with its student).
-        head: 1..4, the UNet++ head; None = the deepest.
+        head: 1..4, the UNet++ head; None = the deepest; ``"all"``: every head, from
+            one pass of the whole network; ``"mean"``: the mean of their probabilities.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
 
     Returns:
@@ -170,6 +261,8 @@ def prepare_model(
         raise TypeError(
             "model: expected a model to prepare, got a PreparedModel; fix: use it as it is"
         )
+    if head != "all":
+        check_head("head", head)
     dev = resolve_device(device)
     network = select_head(model, head, optimize=dev.type == "cpu").to(dev)
     prep = model_preprocessing(model)
@@ -182,9 +275,10 @@ def select_head(model: nn.Module, head: Head, *, optimize: bool = True) -> nn.Mo
     For a featsup :class:`~featsup.models.UNetPlusPlus` (or an
     :class:`~featsup.models.Ensemble` of them) this is ``model.pruned(head)`` (optimised
     for inference when ``optimize``), which computes only the nodes the head needs;
-    ``head=None`` means the deepest head, and ``head="all"`` a copy of the whole network
-    that returns every head's logits. Any other model is returned as is and
-    ``head`` picks an element when its output is a list.
+    ``head=None`` means the deepest head, and ``head="all"`` or ``"mean"`` a copy of the
+    whole network that returns every head's logits (a :class:`PreparedModel` averages
+    them for ``"mean"``). Any other model is returned as is and ``head`` picks an element
+    when its output is a list.
 
     Raises:
         ValueError: if ``head`` is out of range for a UNet++.
@@ -192,7 +286,7 @@ def select_head(model: nn.Module, head: Head, *, optimize: bool = True) -> nn.Mo
     student = supervised_student(model) or unwrap(model)  # a supervisor: with its student
     if not isinstance(student, (UNetPlusPlus, Ensemble)):
         return student.eval()
-    if head == "all":
+    if isinstance(head, str):  # "all" or "mean": every head from one pass
         whole = student.optimize_for_inference() if optimize else copy.deepcopy(student).eval()
         whole.deep_supervision = True  # every head's output, whatever it was trained with
         return whole
@@ -242,7 +336,7 @@ def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
 
 def _logits_of(output: torch.Tensor | list[torch.Tensor] | tuple, head: Head) -> torch.Tensor:
     if isinstance(output, (list, tuple)):
-        return output[-1 if head is None or head == "all" else head - 1]
+        return output[head - 1 if isinstance(head, int) else -1]
     return output
 
 
@@ -282,7 +376,8 @@ def predict_volume(
             batch by batch), already preprocessed the way the model was trained; with
             ``preprocessing``, (D, H, W) Hounsfield units.
         head: 1..4, the UNet++ head to use; None = the deepest (or the prepared one);
-            ``"all"``: every head, from one pass of the whole network.
+            ``"all"``: every head, from one pass of the whole network; ``"mean"``: the
+            mean of every head's probabilities, from one pass.
         batch_size: slices per forward pass (the result does not depend on it).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...; None is
             ``"auto"``, or the device of a prepared model.
@@ -322,6 +417,8 @@ def predict_volume(
         (1, 3, 20, 20)
         >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), head="all").shape
         (1, 2, 3, 20, 20)
+        >>> predict_volume(net, np.zeros((3, 20, 20), np.float32), head="mean").shape
+        (2, 3, 20, 20)
     """
     check_ndim("volume", volume, (3, 4), "(D, H, W) or (D, C, H, W)")
     check_positive("batch_size", batch_size)
