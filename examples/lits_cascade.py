@@ -163,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="--dims 3 tumour patch")
     add("--patch-batch-size", type=int, help="--dims 3 tumour patches per step")
     add("--batch-size", type=int)
+    add("--tumour-batch-size", type=int, help="the 2D tumour stage's slices per step "
+        "(default: --batch-size)")  # fmt: skip
     add("--lr", type=float, help="peak learning rate (AdamW, warm-up then cosine)")
     add("--tumour-lr", type=float, help="the tumour stage's peak learning rate (default: --lr)")
     add("--mask-dilation", type=int, default=0, help="grow training liver masks (0: paper;"
@@ -317,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (args.tumour_members < 1, f"--tumour-members: expected >= 1, got {args.tumour_members}"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
+        (args.tumour_batch_size is not None and args.tumour_batch_size < 1,
+         f"--tumour-batch-size: expected >= 1, got {args.tumour_batch_size}"),
         (not (args.lr > 0 and (args.tumour_lr is None or args.tumour_lr > 0)),
          f"--lr, --tumour-lr: expected > 0, got {args.lr}, {args.tumour_lr}"),
         (val < 1, f"--val-cases: expected at least 1, got {val}"),
@@ -493,13 +497,16 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
 
 
 def stage_batch(stage: str, args: argparse.Namespace) -> int:
-    """A stage's training batch: 3D patches, or 2D slices; with ``--tumour-crop``, as many
-    pixels a step as whole slices."""
-    if stage == "tumour" and args.dims == 3:
+    """A stage's training batch: 3D patches, or 2D slices (the tumour stage's
+    ``--tumour-batch-size``); with ``--tumour-crop``, as many pixels a step as whole slices."""
+    if stage == "liver":
+        return int(args.batch_size)
+    if args.dims == 3:
         return int(args.patch_batch_size)
-    if stage == "tumour" and args.tumour_crop:
-        return round(args.batch_size * (args.tumour_size / args.tumour_crop) ** 2)
-    return int(args.batch_size)
+    slices = args.tumour_batch_size or args.batch_size
+    if args.tumour_crop:
+        return round(slices * (args.tumour_size / args.tumour_crop) ** 2)
+    return int(slices)
 
 
 def member_args(args: argparse.Namespace, member: int) -> argparse.Namespace:

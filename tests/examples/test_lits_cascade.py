@@ -224,6 +224,12 @@ def test_bad_flags_give_clear_messages(
     args = example.parse_args(["--steps", "7"])
     assert (args.steps, args.tumour_steps) == (7, 7)  # --steps sets both stages
     assert example.parse_args(["--tumour-steps", "9"]).tumour_steps == 9
+    four = example.parse_args(["--tumour-batch-size", "4"])
+    assert (example.stage_batch("liver", four), example.stage_batch("tumour", four)) == (8, 4)
+    assert example.stage_batch("tumour", example.parse_args([])) == 8  # --batch-size's
+    with pytest.raises(SystemExit):
+        example.parse_args(["--tumour-batch-size", "0"])
+    assert "--tumour-batch-size: expected >= 1, got 0" in capsys.readouterr().err
     assert example.fixed_heads(example.parse_args([])) is None  # both chosen on validation
     mean = example.parse_args(["--tumour-head", "mean"])
     assert example.fixed_heads(mean) == (None, "mean")
