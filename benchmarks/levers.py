@@ -193,6 +193,9 @@ LEVERS = (
     Lever("AH", "a darkness channel into the tumour stage", Paired(
         "tumour_darkness_rule_ah.json", ("d",), "tumour_darkness_rule_ah.json", ("b",)),
         "5310-5349", _NO),
+    Lever("AI", "the tumour heads averaged (no retraining)", Paired(
+        "tumour_heads_mean_rule_ai.json", ("mean",), "tumour_heads_mean_rule_ai.json", ("b",)),
+        "5350-5389", _NO),
 )  # fmt: skip
 
 
