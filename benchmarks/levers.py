@@ -196,6 +196,9 @@ LEVERS = (
     Lever("AI", "the tumour heads averaged (no retraining)", Paired(
         "tumour_heads_mean_rule_ai.json", ("mean",), "tumour_heads_mean_rule_ai.json", ("b",)),
         "5350-5389", _NO),
+    Lever("AJ", "4 slices a step, 2250 steps (the same time)", Paired(
+        "tumour_batch4_rule_aj.json", ("j",), "tumour_batch4_rule_aj.json", ("b",)),
+        "5350-5389", _NO),
 )  # fmt: skip
 
 
