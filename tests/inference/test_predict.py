@@ -249,3 +249,14 @@ def test_heads_are_checked_and_parsed_with_clear_messages() -> None:
             parse_head(bad)
     with pytest.raises(ValueError, match="none"):
         mean_head_logits([])
+
+
+def test_a_numpy_head_picks_that_head_of_a_plain_model_with_a_list_output() -> None:
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.cat([x, -x], 1), torch.cat([-x, x], 1)]
+
+    volume = np.random.default_rng(10).random((2, 8, 8)).astype(np.float32)
+    first = predict_volume(TwoHeads(), volume, head=np.int64(1), device="cpu")
+    np.testing.assert_allclose(first, predict_volume(TwoHeads(), volume, head=1, device="cpu"))
+    assert not np.allclose(first, predict_volume(TwoHeads(), volume, device="cpu"))  # the last

@@ -262,7 +262,7 @@ def prepare_model(
             "model: expected a model to prepare, got a PreparedModel; fix: use it as it is"
         )
     if head != "all":
-        check_head("head", head)
+        head = check_head("head", head)  # a NumPy integer becomes an int: _logits_of's index
     dev = resolve_device(device)
     network = select_head(model, head, optimize=dev.type == "cpu").to(dev)
     prep = model_preprocessing(model)
