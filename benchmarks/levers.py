@@ -60,11 +60,13 @@ class Paired:
     arm_prefixes: tuple[str, ...]
     baseline: str = BASELINES[0]
     baseline_prefixes: tuple[str, ...] = ("win",)
+    arm_choice: str = "base/grid"
+    """validation_size.py's choice the arm is read from (the baseline's is ``base/grid``)."""
 
     def split_d(self, results: Path) -> dict[int, float]:
         """{split seed: d}."""
         base = runs_by_split([_read(results, self.baseline)], list(self.baseline_prefixes))
-        arm = runs_by_split([_read(results, self.arm)], list(self.arm_prefixes))
+        arm = runs_by_split([_read(results, self.arm)], list(self.arm_prefixes), self.arm_choice)
         return {row["seed"]: row["d"] for row in paired_d(base, arm)}
 
 

@@ -18,7 +18,7 @@ the spread that training alone gives.
 
 Usage:
     python benchmarks/paired_d.py --baseline B.json [B2.json ...] --baseline-prefix win rep \\
-        --arm A.json --arm-prefix j [--choice base/grid] [--json out.json]
+        --arm A.json --arm-prefix j [--choice base/grid] [--arm-choice base/wide] [--json out.json]
 """
 
 from __future__ import annotations
@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--arm", type=Path, nargs="+", required=True, help="JSON files")
     p.add_argument("--arm-prefix", nargs="+", required=True, help="run-name prefixes")
     p.add_argument("--choice", default="base/grid", help="validation_size.py's choice key")
+    p.add_argument("--arm-choice", help="the arm's choice key, when it is not the "
+                   "baseline's (base/wide against base/grid of the same runs)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the rows and the summary here")
     args = p.parse_args(argv)
     baseline = runs_by_split(_load(args.baseline), args.baseline_prefix, args.choice)
-    arm = runs_by_split(_load(args.arm), args.arm_prefix, args.choice)
+    arm = runs_by_split(_load(args.arm), args.arm_prefix, args.arm_choice or args.choice)
     rows = paired_d(baseline, arm)
     if not rows:
         p.error(f"no split holds both baseline runs {args.baseline_prefix} (splits "
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     if summary["baseline_training_spread"] is not None:
         print(f"two baseline trainings of one split differ by d of root mean square "
               f"{summary['baseline_training_spread']:.3f}")  # fmt: skip
-    result = {"choice": args.choice, "rows": rows, "summary": summary}
+    result = {"choice": args.choice, "arm_choice": args.arm_choice or args.choice, "rows": rows,
+              "summary": summary}  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

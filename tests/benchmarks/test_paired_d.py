@@ -59,3 +59,15 @@ def test_a_rules_results_file_is_read_too(tmp_path: Path) -> None:
     files = ["--baseline", str(tmp_path / "rule.json"), "--arm", str(tmp_path / "rule.json")]
     result = paired_d.main([*files, "--arm-prefix", "m"])
     assert result["rows"][0]["d"] == pytest.approx(0.15)
+
+
+def test_the_arm_can_be_another_choice_of_the_same_runs(tmp_path: Path) -> None:
+    runs = {"out/b_s1": {"base/grid": {"tumour_per_case": 0.4, "tumour_global": 0.6},
+                         "base/wide": {"tumour_per_case": 0.5, "tumour_global": 0.6}}}  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps({"runs": runs}))
+    both = ["--baseline", str(tmp_path / "r.json"), "--arm", str(tmp_path / "r.json"),
+            "--baseline-prefix", "b", "--arm-prefix", "b"]  # fmt: skip
+    same = paired_d.main(both)
+    assert same["rows"][0]["d"] == 0 and same["arm_choice"] == "base/grid"
+    wide = paired_d.main([*both, "--arm-choice", "base/wide"])
+    assert wide["rows"][0]["d"] == pytest.approx(0.05) and wide["arm_choice"] == "base/wide"
