@@ -201,6 +201,9 @@ LEVERS = (
     Lever("AJ", "4 slices a step, 2250 steps (the same time)", Paired(
         "tumour_batch4_rule_aj.json", ("j",), "tumour_batch4_rule_aj.json", ("b",)),
         "5350-5389", _NO),
+    Lever("AK", "the example's grid widened (thresholds 0.1, 0.2)", Paired(
+        "tumour_wide_grid_rule_ak.json", ("b",), "tumour_wide_grid_rule_ak.json", ("b",),
+        arm_choice="base/wide"), "5390-5429", _NO),
 )  # fmt: skip
 
 
