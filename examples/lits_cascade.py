@@ -37,6 +37,7 @@ from featsup.inference import (
     TUMOUR_CRITERIA,
     Cascade,
     Tuning,
+    add_lesion_filter,
     evaluate_cases,
     parse_head,
     resolve_device,
@@ -232,6 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-min-inside", type=float, default=0.5, help="--tumour-scope roi: keep a "
         "tumour only if this share of it lies inside the liver mask (0: a touch; 0.5 chosen "
         "on validation: held-out Dice per case +0.066 over six runs; docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-cases", type=int, default=0, metavar="N", help="after the choices on "
+        "validation, train a tumour filter (a small CNN that scores each tumour component) on "
+        "the components the cascade leaves on the first N training cases, and choose its keep "
+        "threshold on validation (in place of the smallest tumour); 0: none "
+        "(docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-steps", type=int, default=400, help="the tumour filter's steps")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
@@ -317,6 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not args.tumour_blob_weight >= 0,
          f"--tumour-blob-weight: expected >= 0, got {args.tumour_blob_weight}"),
         (args.tumour_members < 1, f"--tumour-members: expected >= 1, got {args.tumour_members}"),
+        (args.tumour_filter_cases < 0,
+         f"--tumour-filter-cases: expected >= 0, got {args.tumour_filter_cases}"),
+        (args.tumour_filter_steps < 1,
+         f"--tumour-filter-steps: expected >= 1, got {args.tumour_filter_steps}"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
         (args.tumour_batch_size is not None and args.tumour_batch_size < 1,
@@ -618,6 +629,23 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
     return tuning
 
 
+def add_filter(tuning: Tuning, cases: dict, args: argparse.Namespace) -> tuple[Tuning, dict]:
+    """--tumour-filter-cases: a tumour filter on the tuned cascade, its keep chosen on val."""
+    train = [fd.load_case(case) for case in cases["train"][: args.tumour_filter_cases]]
+    val = [fd.load_case(case) for case in cases["val"] + cases.get("val_extra", [])]
+    try:
+        tuning, info = add_lesion_filter(tuning, train, val, steps=args.tumour_filter_steps,
+                                         seed=train_seed(args), progress=True)  # fmt: skip
+    except ValueError as error:  # all components true or all false: nothing to learn
+        print(f"tumour filter: none ({error})")
+        return tuning, {"error": str(error)}
+    by_keep = ", ".join(f"{k:g} {v:.4f}" for k, v in tuning.filter_keep_scores.items())
+    print(f"tumour filter: {info['candidates']} components on {info['cases']} training cases "
+          f"({info['true']} on a tumour), {info['steps']} steps; chosen on validation: keep "
+          f"scores >= {tuning.tumour_filter_keep:g} (validation Dice: {by_keep})")  # fmt: skip
+    return tuning, info
+
+
 def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     """Score the test cases once, with the choices made on validation."""
     done = evaluate_cases(cascade, cases, out=args.out, keep_loaded=True)
@@ -663,6 +691,10 @@ def main(argv: list[str] | None = None) -> dict:
     lap("tumour training")
     tuning = tune(liver, tumour, cases["val"] + cases.get("val_extra", []), args)
     lap("validation choices")
+    lesion_filter = None
+    if args.tumour_filter_cases:
+        tuning, lesion_filter = add_filter(tuning, cases, args)
+        lap("tumour filter")
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
     metrics = {} if args.validation_only else evaluate(tuning.cascade, cases["test"], args)
     tuning.cascade.save(args.out / "cascade.pt", training={
@@ -676,6 +708,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update(variant=args.variant, tumour_variant=args.tumour_variant, settings=settings,
                    seconds=seconds, split=split,
                    chosen_on_validation=tuning.to_dict())  # fmt: skip
+    if lesion_filter is not None:
+        metrics["tumour_filter"] = lesion_filter
     if args.data is None:  # which phantom: case N is make_phantom(phantom_seed + N)
         metrics["phantom_seed"] = phantom_seed(args.seed)
     (args.out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, default=str))

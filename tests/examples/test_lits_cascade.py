@@ -630,3 +630,27 @@ def test_tumour_darkness_reaches_training_and_the_saved_cascade(
     assert saved["settings"]["tumour_darkness"] is True
     cascade = Cascade.load(out / "cascade.pt", device="cpu")
     assert cascade.tumour_darkness == DARKNESS_SIGMAS
+
+
+def test_tumour_filter_is_trained_on_training_cases_and_saved(
+    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featsup.inference import Cascade
+
+    assert example.parse_args(TINY).tumour_filter_cases == 0  # off unless asked
+    with pytest.raises(SystemExit):
+        example.parse_args([*TINY, "--tumour-filter-cases", "-1"])
+    assert "--tumour-filter-cases: expected >= 0" in capsys.readouterr().err
+    out = tmp_path / "run"
+    flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5"]
+    metrics = example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none", *flags])
+    printed = capsys.readouterr().out
+    record, chosen = metrics["tumour_filter"], metrics["chosen_on_validation"]
+    assert (
+        record["cases"] == 5 and record["steps"] == 5 and 0 < record["true"] < record["candidates"]
+    )
+    assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
+    cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
+    assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0
+    assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"]
+    assert chosen["val_tumour_dice_by_filter_keep"] and not chosen["val_tumour_dice_by_min_voxels"]

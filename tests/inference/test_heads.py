@@ -291,8 +291,8 @@ def test_crf_trials_share_work_and_equal_each_cascade_run_whole(cases: list, sta
         for s in stages
     }  # fmt: skip
     for volume, _ in cases:
-        shared = _case_trials(trial, base, volume)
-        assert set(shared) == set(stages)
+        shared, image = _case_trials(trial, base, volume)
+        assert set(shared) == set(stages) and image.shape == volume.shape
         for s in stages:
             whole = trial[s](volume)
             np.testing.assert_array_equal(shared[s].labels, whole.labels)

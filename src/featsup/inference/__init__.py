@@ -5,7 +5,9 @@
 
 Also the cascade's saved form (:mod:`~featsup.inference.bundle`) and the choice of heads
 on validation cases (:mod:`~featsup.inference.heads`); :func:`evaluate_cases` runs a
-cascade once on test cases and scores it (:mod:`~featsup.inference.evaluate`).
+cascade once on test cases and scores it (:mod:`~featsup.inference.evaluate`);
+:func:`train_lesion_filter` trains a cascade's tumour filter on its own components
+(:mod:`~featsup.inference.lesion_training`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from featsup.inference.heads import (
     smallest_head_within,
     tumour_criterion,
     tune_on_validation,
+)
+from featsup.inference.lesion_training import (
+    add_lesion_filter,
+    lesion_candidates,
+    train_lesion_filter,
 )
 from featsup.inference.patches import predict_patches
 from featsup.inference.predict import (
@@ -61,10 +68,12 @@ __all__ = [
     "PreparedModel",
     "StageHead",
     "Tuning",
+    "add_lesion_filter",
     "choose_crf_stages",
     "choose_heads",
     "evaluate_cases",
     "heads_of",
+    "lesion_candidates",
     "liver_crf",
     "load_cascade",
     "parse_head",
@@ -78,6 +87,7 @@ __all__ = [
     "select_head",
     "smallest_head_within",
     "stack_context",
+    "train_lesion_filter",
     "tumour_crf",
     "tumour_criterion",
     "tune_on_validation",

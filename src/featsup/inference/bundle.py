@@ -13,6 +13,8 @@ lists, tuples and dicts, never pickled code. It holds
 - ``"preprocessing"`` / ``"tumour_preprocessing"``: what the liver / tumour student was
   trained with (files without the second: the first serves both);
 - ``"crf"``: ``{"liver": ..., "tumour": ...}`` dense-CRF keyword arguments or None;
+- ``"tumour_filter"``: the :class:`~featsup.postprocess.LesionFilter`'s ``"config"`` and
+  ``"state_dict"``, or None (files without the key: none);
 - ``"labels"``: the label map ``{0: "background", 1: "liver", 2: "tumour"}``;
 - ``"training"``: a short, JSON-like summary (data, split, validation Dice, heads).
 """
@@ -31,6 +33,7 @@ from featsup._io import atomic_torch_save
 from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import Preprocessing
 from featsup.inference.cascade import Cascade
+from featsup.postprocess.lesion_filter import LesionFilter
 
 __all__ = ["CASCADE_FORMAT", "LABELS", "load_cascade", "read_cascade_info", "save_cascade"]
 
@@ -44,7 +47,7 @@ _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context"
              "roi_margin", "tumour_scope", "liver_classes", "tumour_darkness")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_tta", "tumour_patch", "tumour_overlap",
                      "tumour_min_voxels", "tumour_threshold", "tumour_min_inside",
-                     "tumour_surface")  # fmt: skip
+                     "tumour_surface", "tumour_filter_keep")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 _PREPROCESSINGS = ("preprocessing", "tumour_preprocessing")
 
@@ -86,7 +89,31 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "tumour_threshold": cascade.tumour_threshold,
         "tumour_min_inside": cascade.tumour_min_inside,
         "tumour_surface": cascade.tumour_surface,
+        "tumour_filter": cascade.tumour_filter,
+        "tumour_filter_keep": cascade.tumour_filter_keep,
     }
+
+
+def _filter_record(lesion_filter: LesionFilter | None) -> dict[str, Any] | None:
+    if lesion_filter is None:
+        return None
+    weights = {k: v.detach().cpu().clone() for k, v in lesion_filter.state_dict().items()}
+    return {"config": dict(lesion_filter.config), "state_dict": weights}
+
+
+def _build_filter(record: dict[str, Any] | None, path: Path) -> LesionFilter | None:
+    if record is None:
+        return None
+    lesion_filter = LesionFilter.from_config(record["config"])
+    try:
+        lesion_filter.load_state_dict(record["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{path}: expected tumour filter weights that fit its config, got a mismatch "
+            f"({first}); fix: save the cascade again"
+        ) from err
+    return lesion_filter.eval()
 
 
 def _student_record(name: str, model: nn.Module) -> dict[str, Any]:
@@ -148,6 +175,7 @@ def save_cascade(
         },
         **preprocessing_records(cascade),
         "crf": {"liver": arguments["liver_crf"], "tumour": arguments["tumour_crf"]},
+        "tumour_filter": _filter_record(cascade.tumour_filter),
         "labels": dict(LABELS),
         "training": dict(training if training is not None else cascade.training_summary or {}),
     }
@@ -251,6 +279,8 @@ def load_cascade(
         tumour_threshold=settings.get("tumour_threshold", 0.5),
         tumour_min_inside=settings.get("tumour_min_inside", 0.0),  # older files: a touch
         tumour_surface=settings.get("tumour_surface"),  # older files: none
+        tumour_filter=_build_filter(state.get("tumour_filter"), path),  # older files: none
+        tumour_filter_keep=settings.get("tumour_filter_keep", 0.5),
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})
@@ -264,7 +294,10 @@ def read_cascade_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: as :func:`load_cascade` (the version is not checked).
     """
     state = _read(Path(path), check_version=False)
-    info = {key: value for key, value in state.items() if key not in ("liver", "tumour")}
+    info = {key: value for key, value in state.items()
+            if key not in ("liver", "tumour", "tumour_filter")}  # fmt: skip
+    record = state.get("tumour_filter")
+    info["tumour_filter"] = None if record is None else {"config": record["config"]}
     for stage in ("liver", "tumour"):
         info[stage] = {"class": state[stage]["class"], "config": state[stage]["config"]}
     return info

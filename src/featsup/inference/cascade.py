@@ -51,6 +51,7 @@ from featsup.postprocess.components import (
     label_tumours,
     surface_setting,
 )
+from featsup.postprocess.lesion_filter import LesionFilter, drop_unlikely_tumours, score_tumours
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -192,6 +193,15 @@ class Cascade:
             deep, becomes liver (:func:`~featsup.postprocess.drop_surface_tumours`);
             None (the default) keeps them. Cascade files saved before it existed load
             with None.
+        tumour_filter: a trained :class:`~featsup.postprocess.LesionFilter` that scores
+            each tumour component after the threshold, the smallest tumour and
+            ``tumour_surface``; components scored below ``tumour_filter_keep`` become liver
+            (:func:`~featsup.postprocess.drop_unlikely_tumours`). None (the default): no
+            filter. :func:`~featsup.inference.train_lesion_filter` trains one on the
+            cascade's own components on training cases.
+        tumour_filter_keep: the smallest score a component keeps, in [0, 1] (0 keeps
+            all); :func:`~featsup.inference.tune_on_validation` chooses it on validation
+            cases.
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -234,8 +244,16 @@ class Cascade:
         tumour_min_inside: float = 0.5,
         liver_classes: Sequence[int] = (1,),
         tumour_surface: tuple[int, float] | None = None,
+        tumour_filter: LesionFilter | None = None,
+        tumour_filter_keep: float = 0.5,
     ) -> None:
         check_positive("batch_size", batch_size)
+        if tumour_filter is not None:
+            check_type("tumour_filter", tumour_filter, LesionFilter)
+        self.tumour_filter = tumour_filter
+        self.tumour_filter_keep = float(
+            check_in_range("tumour_filter_keep", tumour_filter_keep, 0.0, 1.0)
+        )
         self.liver_classes = _liver_classes(liver_classes)
         check_tta("tta", tta)
         self.tumour_tta: TTA = check_tta("tumour_tta", tta if tumour_tta is None else tumour_tta)
@@ -504,6 +522,13 @@ class Cascade:
         )  # fmt: skip
         if self.tumour_surface is not None:
             labels = drop_surface_tumours(labels, *self.tumour_surface)
+        if self.tumour_filter is not None and self.tumour_filter_keep > 0 and (labels == 2).any():
+            begin = time.perf_counter()
+            components, scores = score_tumours(labels, liver.image, tumour_p, self.tumour_filter,
+                                               liver.mask)  # fmt: skip
+            labels = drop_unlikely_tumours(labels, components, scores, self.tumour_filter_keep,
+                                           liver.mask)  # fmt: skip
+            t["tumour_filter"] = time.perf_counter() - begin
         t["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)

@@ -23,8 +23,14 @@ from featsup.metrics import LITS_STAGES, dice_score
 from featsup.postprocess.components import (
     TUMOUR_MIN_VOXELS,
     TUMOUR_THRESHOLDS,
+    drop_small_tumours,
     label_tumours,
     tumour_counts_by_min_voxels,
+)
+from featsup.postprocess.lesion_filter import (
+    TUMOUR_FILTER_KEEPS,
+    drop_unlikely_tumours,
+    score_tumours,
 )
 
 __all__ = [
@@ -349,6 +355,7 @@ def _crf_trials(
     sizes: Sequence[int],
     stages: Sequence[str] = ("none", "liver", "both"),
     criterion: Criterion = "global",
+    keeps: Sequence[float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
 
@@ -358,32 +365,51 @@ def _crf_trials(
     each of ``sizes`` as the smallest component kept) and ``"by_threshold"`` (those
     pooled by ``criterion``), so that the threshold and the smallest tumour are chosen
     without running the models again.
+
+    With ``keeps`` (a cascade with a ``tumour_filter``), ``sizes`` holds one smallest
+    tumour, applied first, and the counts' second axis is each of ``keeps`` as the
+    filter's keep threshold instead; the filter scores each case's components once per
+    threshold.
     """
     from featsup.inference.bundle import cascade_arguments
 
     if not arrays:
         raise ValueError("cases: expected at least one case, got none")
+    lesion_filter = cascade.tumour_filter if keeps is not None else None
+    if keeps is not None and (lesion_filter is None or len(sizes) != 1):
+        raise ValueError("keeps: expected a cascade with a tumour_filter and one smallest tumour")
+    columns = list(keeps) if keeps is not None else list(sizes)
     crfs = {"none": (None, None), "liver": (liver_crf, None), "both": (liver_crf, tumour_crf)}
     trial = {}
     for choice in stages:
-        options = {**cascade_arguments(cascade), "tumour_min_voxels": 0}
+        options = {**cascade_arguments(cascade), "tumour_min_voxels": 0, "tumour_filter_keep": 0.0}
         options.update(liver_crf=crfs[choice][0], tumour_crf=crfs[choice][1])
         trial[choice] = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     plain = trial.get("none") or Cascade(
         cascade.liver_model, cascade.tumour_model,
         **{**cascade_arguments(cascade), "liver_crf": None, "tumour_crf": None,
-           "tumour_min_voxels": 0},
+           "tumour_min_voxels": 0, "tumour_filter_keep": 0.0},
     )  # fmt: skip
     labels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {choice: [] for choice in stages}
-    counts = {c: np.zeros((len(thresholds), len(sizes), len(arrays), 3), np.int64) for c in stages}
+    counts = {c: np.zeros((len(thresholds), len(columns), len(arrays), 3), np.int64)
+              for c in stages}  # fmt: skip
     for c, (volume, truth) in enumerate(arrays):  # each model and CRF runs once per case
-        for choice, result in _case_trials(trial, plain, volume).items():
+        results, image = _case_trials(trial, plain, volume)
+        for choice, result in results.items():
             labels[choice].append((result.labels, truth))
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
                                      threshold=threshold, scope=plain.tumour_scope,
                                      min_inside=plain.tumour_min_inside)  # fmt: skip
-                counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
+                if lesion_filter is None:
+                    counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
+                    continue
+                pred = drop_small_tumours(pred, sizes[0])
+                components, scores = score_tumours(pred, image, result.tumour_probability,
+                                                   lesion_filter, result.liver_mask)  # fmt: skip
+                for j, keep in enumerate(columns):
+                    kept = drop_unlikely_tumours(pred, components, scores, keep, result.liver_mask)
+                    counts[choice][i, j, c] = tumour_counts_by_min_voxels(kept, truth, (0,))[0]
     trials: dict[str, dict[str, Any]] = {}
     for choice in stages:
         grid = tumour_criterion(counts[choice], criterion)
@@ -394,19 +420,25 @@ def _crf_trials(
             },
             "counts": counts[choice],
             "by_threshold": {
-                float(t): {int(m): float(d) for m, d in zip(sizes, row, strict=True)}
+                float(t): {
+                    (float(m) if keeps is not None else int(m)): float(d)
+                    for m, d in zip(columns, row, strict=True)
+                }
                 for t, row in zip(thresholds, grid, strict=True)
             },
         }
     return trials
 
 
-def _case_trials(trial: dict[str, Cascade], plain: Cascade, volume: np.ndarray) -> dict[str, Any]:
+def _case_trials(
+    trial: dict[str, Cascade], plain: Cascade, volume: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray]:
     """One case through the cascade of each CRF choice, sharing what they have in common.
 
     The liver stage runs once without a CRF ("none"); "liver" and "both" refine it with
     the one liver CRF, and share the tumour model's run on that liver; "both" adds the
-    tumour CRF. Each result equals ``trial[choice](volume)``.
+    tumour CRF. Each result equals ``trial[choice](volume)``. Also returns the tumour
+    model's (D, H, W) input image, which every choice shares.
     """
     base = plain.liver_stage(volume)
     results: dict[str, Any] = {}
@@ -421,7 +453,7 @@ def _case_trials(trial: dict[str, Cascade], plain: Cascade, volume: np.ndarray) 
             results["liver"] = with_liver
         if "both" in trial:
             results["both"] = trial["both"]._refine_tumour(with_liver, refined)
-    return results
+    return results, base.image
 
 
 def _crf_choice(trials: dict[str, dict[str, Any]]) -> Literal["none", "liver", "both"]:
@@ -443,7 +475,7 @@ class Tuning:
     """Validation Dice per case of each CRF choice (empty when ``crf`` was given)."""
     tumour_threshold: float
     tumour_min_voxels: int
-    threshold_scores: dict[float, dict[int, float]]
+    threshold_scores: dict[float, dict[Any, float]]
     """Validation tumour Dice (pooled by ``criterion``) for each threshold, then smallest
     component, tried (empty when both were given)."""
     cascade: Cascade = field(repr=False)
@@ -455,11 +487,30 @@ class Tuning:
     """With ``tumour_tta="auto"``: the best validation tumour Dice (pooled by
     ``criterion``, over the threshold and smallest-tumour grid) of each tumour-stage
     TTA tried, keyed by its ``repr``; empty otherwise."""
+    tumour_filter_keep: float | None = None
+    """With a cascade's ``tumour_filter``: the keep threshold chosen (then
+    :attr:`threshold_scores` holds, per threshold, the Dice of each keep threshold, not
+    of each smallest tumour); None without a filter."""
 
     @property
     def min_voxels_scores(self) -> dict[int, float]:
-        """Validation tumour Dice per smallest component, at the chosen threshold."""
+        """Validation tumour Dice per smallest component, at the chosen threshold.
+
+        Empty with a tumour filter (see :attr:`filter_keep_scores`).
+        """
+        if self.tumour_filter_keep is not None:
+            return {}
         return self.threshold_scores.get(self.tumour_threshold, {})
+
+    @property
+    def filter_keep_scores(self) -> dict[float, float]:
+        """Validation tumour Dice per keep threshold of the filter, at the chosen threshold.
+
+        Empty without a tumour filter.
+        """
+        if self.tumour_filter_keep is None:
+            return {}
+        return dict(self.threshold_scores.get(self.tumour_threshold, {}))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the heads, the CRF stages and the validation Dice they were chosen by."""
@@ -478,6 +529,8 @@ class Tuning:
             "tumour_tta": self.cascade.tumour_tta,
             "val_tumour_dice_by_tta": self.tta_scores,
             "val_tumour_dice_by_min_voxels": self.min_voxels_scores,
+            "tumour_filter_keep": self.tumour_filter_keep,
+            "val_tumour_dice_by_filter_keep": self.filter_keep_scores,
             "val_tumour_dice_by_threshold": {
                 str(t): row for t, row in self.threshold_scores.items()
             },
@@ -503,12 +556,13 @@ def _candidates(name: str, value: Any, kind: type, low: float, high: float) -> l
 
 
 def _best_postprocessing(
-    grid: dict[float, dict[int, float]], tolerance: float
-) -> tuple[float, int]:
+    grid: dict[float, dict[Any, float]], tolerance: float
+) -> tuple[float, Any]:
     """The threshold and smallest tumour chosen from a grid of validation Dice.
 
     The threshold nearest 0.5 whose best Dice is within ``tolerance`` of the grid's best,
-    then its smallest tumour of best Dice (the smallest on a tie).
+    then its smallest tumour (or, with a tumour filter, keep threshold) of best Dice (the
+    smallest on a tie).
     """
     best = max(d for row in grid.values() for d in row.values())
     near = [t for t, row in grid.items() if max(row.values()) >= best - tolerance]
@@ -521,14 +575,15 @@ def _tta_choice(
     trial: Cascade,
     arrays: Sequence[tuple[np.ndarray, np.ndarray]],
     crf: str,
-    grid: dict[float, dict[int, float]],
+    grid: dict[float, dict[Any, float]],
     crfs: dict[str, dict[str, Any]],
     *,
     thresholds: Sequence[float],
     sizes: Sequence[int],
     criterion: Criterion,
     tolerance: float,
-) -> tuple[TTA, dict[float, dict[int, float]], dict[str, float]]:
+    keeps: Sequence[float] | None = None,
+) -> tuple[TTA, dict[float, dict[Any, float]], dict[str, float]]:
     """The tumour TTA (of :data:`TUMOUR_TTAS`), its threshold grid and each one's best Dice.
 
     ``grid`` is the first TTA's (``trial`` runs with it); each other runs the cascade
@@ -541,7 +596,8 @@ def _tta_choice(
         other = Cascade(trial.liver_model, trial.tumour_model,
                         **{**cascade_arguments(trial), "tumour_tta": tta})  # fmt: skip
         trials = _crf_trials(other, arrays, crfs["liver"], crfs["tumour"], thresholds=thresholds,
-                             sizes=sizes, stages=(crf,), criterion=criterion)  # fmt: skip
+                             sizes=sizes, stages=(crf,), criterion=criterion,
+                             keeps=keeps)  # fmt: skip
         grids[tta] = trials[crf]["by_threshold"]
     best = {tta: max(d for row in g.values() for d in row.values()) for tta, g in grids.items()}
     top = max(best.values())
@@ -562,6 +618,7 @@ def tune_on_validation(
     tumour_min_voxels: int | Sequence[int] = TUMOUR_MIN_VOXELS,
     criterion: Criterion = "global",
     tumour_tta: TTA | Literal["auto"] | None = None,
+    tumour_filter_keep: float | Sequence[float] = TUMOUR_FILTER_KEEPS,
 ) -> Tuning:
     """Choose a cascade's heads, CRF stages, tumour threshold and smallest tumour, on validation.
 
@@ -577,7 +634,9 @@ def tune_on_validation(
     (:data:`TUMOUR_TTAS`, cheapest first): the cascade runs again with the chosen CRF
     stages for each, and the cheapest whose best validation tumour Dice over the
     threshold and smallest-tumour grid is within ``tolerance`` of the best is kept,
-    with its own threshold and smallest tumour.
+    with its own threshold and smallest tumour. With a cascade's ``tumour_filter``, the
+    smallest tumour is the least of ``tumour_min_voxels`` (0 by default) and the keep
+    threshold of the filter is chosen in its place, by the same rule.
 
     Args:
         cascade: the trained cascade; it is not changed.
@@ -603,6 +662,9 @@ def tune_on_validation(
         tumour_tta: the tumour stage's test-time augmentation (:class:`Cascade`'s
             ``tumour_tta``): None keeps the cascade's, ``"auto"`` chooses it on
             validation, else the one to use.
+        tumour_filter_keep: with a cascade's ``tumour_filter``, candidate keep
+            thresholds (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEPS`), or one to use;
+            unused without a filter.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
@@ -633,6 +695,11 @@ def tune_on_validation(
                           **{**cascade_arguments(cascade), "tumour_tta": tumour_tta})  # fmt: skip
     thresholds = _candidates("tumour_threshold", tumour_threshold, float, 0.0, 1.0)
     sizes = _candidates("tumour_min_voxels", tumour_min_voxels, int, 0, float("inf"))
+    keeps: list[float] | None = None
+    if cascade.tumour_filter is not None:
+        keeps = _candidates("tumour_filter_keep", tumour_filter_keep, float, 0.0, 1.0)
+        sizes = [min(sizes)]
+    columns = keeps if keeps is not None else sizes
     arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
     fixed = _fixed_heads(heads)
     choice = choose_heads(cascade, arrays, tolerance=tolerance)
@@ -647,14 +714,14 @@ def tune_on_validation(
     if fixed != (None, None) or trial is None or auto_tta:
         trial = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     scores: dict[str, dict[str, float]] = {}
-    grid: dict[float, dict[int, float]] = {}
+    grid: dict[float, dict[Any, float]] = {}
     tta_scores: dict[str, float] = {}
-    threshold, min_voxels = thresholds[0], sizes[0]
-    if crf == "auto" or auto_tta or len(thresholds) * len(sizes) > 1:  # else nothing to choose
+    threshold, column = thresholds[0], columns[0]
+    if crf == "auto" or auto_tta or len(thresholds) * len(columns) > 1:  # else nothing to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
                              thresholds=thresholds, sizes=sizes, stages=stages,
-                             criterion=criterion)  # fmt: skip
+                             criterion=criterion, keeps=keeps)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
@@ -662,13 +729,18 @@ def tune_on_validation(
         if auto_tta:
             options["tumour_tta"], grid, tta_scores = _tta_choice(
                 trial, arrays, crf, grid, crfs, thresholds=thresholds, sizes=sizes,
-                criterion=criterion, tolerance=tolerance,
+                criterion=criterion, tolerance=tolerance, keeps=keeps,
             )  # fmt: skip
-        threshold, min_voxels = _best_postprocessing(grid, tolerance)
+        threshold, column = _best_postprocessing(grid, tolerance)
+    min_voxels = int(sizes[0] if keeps is not None else column)
+    keep = float(column) if keeps is not None else None
     options["liver_crf"] = crfs["liver"] if crf != "none" else None
     options["tumour_crf"] = crfs["tumour"] if crf == "both" else None
     options["tumour_threshold"], options["tumour_min_voxels"] = threshold, min_voxels
+    if keep is not None:
+        options["tumour_filter_keep"] = keep
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
-    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion, tta_scores)
+    tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion, tta_scores,
+                    keep)  # fmt: skip
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

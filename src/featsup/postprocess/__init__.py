@@ -1,4 +1,8 @@
-"""Post-processing: the dense CRF (paper section 4.1.4) and the tumour threshold and clean-up."""
+"""Post-processing: the dense CRF, the tumour threshold and clean-up, a tumour filter.
+
+The dense CRF is the paper's (section 4.1.4); the learned filter of tumour components
+(:mod:`~featsup.postprocess.lesion_filter`) is featsup's.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,33 @@ from featsup.postprocess.components import (
     tumour_dice_by_min_voxels,
 )
 from featsup.postprocess.crf import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
+from featsup.postprocess.lesion_filter import (
+    TUMOUR_FILTER_KEEPS,
+    LesionFilter,
+    component_inputs,
+    drop_unlikely_tumours,
+    fit_lesion_filter,
+    score_tumours,
+    tumour_components,
+)
 
 __all__ = [
     "CRF_PRESETS",
+    "TUMOUR_FILTER_KEEPS",
     "TUMOUR_MIN_VOXELS",
     "TUMOUR_THRESHOLDS",
     "DenseCRF",
+    "LesionFilter",
+    "component_inputs",
     "crf_labels",
     "dense_crf",
     "drop_small_tumours",
     "drop_surface_tumours",
+    "drop_unlikely_tumours",
+    "fit_lesion_filter",
     "label_tumours",
+    "score_tumours",
+    "tumour_components",
     "tumour_counts_by_min_voxels",
     "tumour_dice_by_min_voxels",
 ]

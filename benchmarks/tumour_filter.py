@@ -1,0 +1,210 @@
+"""The cascade's tumour filter on held-out phantom cases, with no retraining of the models.
+
+For each finished example run on the phantom (its ``--out``), the saved cascade (every
+choice it made on its validation cases) is the baseline. The arm adds a tumour filter
+(:func:`featsup.inference.add_lesion_filter`, what ``examples/lits_cascade.py
+--tumour-filter-cases N`` does): a small CNN trained on the components the saved cascade
+leaves on the run's first ``--cases`` training cases, its keep threshold chosen on the
+run's validation cases (the heads, CRF stages, threshold and TTA kept). Both are scored
+on the same held-out fresh cases (``validation_size.py``'s: the fresh cases after the
+first ``--extra``; never a test or validation case), each case through one liver stage;
+``--on extra`` scores the first ``--extra`` instead (validation-type cases, for a look
+before a rule).
+
+It writes ``validation_size.py``'s layout, so ``paired_d.py`` reads it: each run's
+``base/grid`` (the saved cascade) and ``filter/grid`` (with the filter)::
+
+    python benchmarks/tumour_filter.py outputs/s46/b_s42 --fresh 470 --extra 430 \\
+        --work outputs/s46/vsa --json filter_s42.json
+    python benchmarks/paired_d.py --baseline filter_s42.json --baseline-prefix b \\
+        --arm filter_s42.json --arm-prefix b --arm-choice filter/grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _example_run import write_json
+from validation_size import (
+    check_held_out_arguments,
+    extra_cases,
+    held_out_arguments,
+    held_out_cases,
+)
+
+from featsup import data as fd
+from featsup.inference import (
+    Cascade,
+    add_lesion_filter,
+    load_cascade,
+    tumour_criterion,
+    tune_on_validation,
+)
+from featsup.inference.bundle import cascade_arguments
+from featsup.metrics import dice_score
+from featsup.postprocess import TUMOUR_FILTER_KEEPS, drop_unlikely_tumours, score_tumours
+
+
+def run_cases(run: Path) -> dict[str, list[fd.LitsCase]]:
+    """The run's training and validation cases, by its metrics.json split."""
+    split = json.loads((run / "metrics.json").read_text())["split"]
+    found = {c.case_id: c for folder in ("phantom", "phantom_train", "phantom_val")
+             if (run / folder).is_dir() for c in fd.find_cases(run / folder)}  # fmt: skip
+    return {"train": [found[i] for i in split["train"]],
+            "val": [found[i] for i in split["val"] + split.get("val_extra", [])]}  # fmt: skip
+
+
+def crf_stages(cascade: Cascade) -> str:
+    """The CRF stages a tuned cascade runs: none, liver or both."""
+    if cascade.liver_crf is None:
+        return "none"
+    return "liver" if cascade.tumour_crf is None else "both"
+
+
+def score(
+    cascades: dict[str, Cascade], cases: list[fd.LitsCase], keeps: list[float]
+) -> dict[str, dict[str, Any]]:
+    """Each cascade's tumour Dice per case and global and liver Dice per case on ``cases``;
+    the liver stage runs once a case (every cascade shares the first one's). A cascade
+    with a tumour filter is also scored at each of ``keeps`` (``"by_keep"``: its
+    components scored once, then dropped at each keep), reported beside its own."""
+    base = next(iter(cascades.values()))
+    counts: dict[str, list] = {name: [] for name in cascades}
+    liver: dict[str, list] = {name: [] for name in cascades}
+    by_keep: dict[str, list] = {name: [] for name, c in cascades.items() if c.tumour_filter}
+    opened = {
+        name: Cascade(
+            c.liver_model, c.tumour_model, **{**cascade_arguments(c), "tumour_filter_keep": 0.0}
+        )
+        for name, c in cascades.items()
+        if name in by_keep
+    }  # every component kept
+    for case in cases:
+        loaded = fd.load_case(case)
+        truth = np.asarray(loaded.labels)
+        true = truth == 2
+        stage = base.liver_stage(np.asarray(loaded.volume))
+        for name, cascade in cascades.items():
+            labels = cascade.tumour_stage(stage).labels
+            pred = labels == 2
+            counts[name].append((int((pred & true).sum()), int(pred.sum()), int(true.sum())))
+            liver[name].append(dice_score(labels > 0, truth > 0))
+            if name in by_keep:
+                every = opened[name].tumour_stage(stage)
+                components, scores = score_tumours(
+                    every.labels,
+                    stage.image,
+                    every.tumour_probability,
+                    cascade.tumour_filter,
+                    every.liver_mask,
+                )
+                rows = []
+                for keep in keeps:
+                    kept = drop_unlikely_tumours(every.labels, components, scores, keep) == 2
+                    rows.append((int((kept & true).sum()), int(kept.sum()), int(true.sum())))
+                by_keep[name].append(rows)
+    out = {}
+    for name in cascades:
+        rows = np.asarray(counts[name], dtype=np.int64)
+        out[name] = {"tumour_per_case": float(tumour_criterion(rows, "per_case")),
+                     "tumour_global": float(tumour_criterion(rows, "global")),
+                     "liver_per_case": float(np.mean(liver[name])),
+                     "counts": rows.tolist()}  # fmt: skip
+        if name in by_keep:
+            grid = np.asarray(by_keep[name], dtype=np.int64)  # (cases, keeps, 3)
+            out[name]["by_keep"] = {
+                str(keep): {"tumour_per_case": float(tumour_criterion(grid[:, j], "per_case")),
+                            "tumour_global": float(tumour_criterion(grid[:, j], "global"))}
+                for j, keep in enumerate(keeps)
+            }  # fmt: skip
+    return out
+
+
+def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    metrics = json.loads((run / "metrics.json").read_text())
+    seed = metrics["settings"].get("train_seed")
+    seed = metrics["settings"]["seed"] if seed is None else seed
+    saved = load_cascade(run / "cascade.pt", device="cpu")
+    cases = run_cases(run)
+    val = [fd.load_case(c) for c in cases["val"]]
+    train = [fd.load_case(c) for c in cases["train"][: args.cases]]
+    # the saved choices, re-made on the same validation cases (no grid: one value each)
+    heads = (saved.liver_head, saved.tumour_head)
+    tuning = tune_on_validation(saved, val, heads=heads, crf=crf_stages(saved),
+                                liver_crf=saved.liver_crf, tumour_crf=saved.tumour_crf,
+                                tumour_threshold=saved.tumour_threshold,
+                                tumour_min_voxels=saved.tumour_min_voxels,
+                                criterion=metrics["settings"]["tumour_criterion"],
+                                tumour_tta=saved.tumour_tta)  # fmt: skip
+    try:
+        filtered, info = add_lesion_filter(tuning, train, val, steps=args.steps, seed=seed,
+                                           keeps=args.keeps, liver=args.liver)  # fmt: skip
+    except ValueError as error:  # nothing to learn: the example keeps no filter either
+        filtered, info = tuning, {"error": str(error)}
+    held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
+    scores = score({"base/grid": saved, "filter/grid": filtered.cascade}, held, args.keeps)
+    chosen = {"liver_head": saved.liver_head, "tumour_head": saved.tumour_head,
+              "crf": crf_stages(saved), "threshold": saved.tumour_threshold}  # fmt: skip
+    out: dict[str, Any] = {
+        "validation": {"base": [c.case_id for c in cases["val"]]},
+        "held_out": [c.case_id for c in held],
+        "base/grid": {**chosen, "min_voxels": saved.tumour_min_voxels, **scores["base/grid"]},
+        "filter/grid": {
+            **chosen,
+            "min_voxels": filtered.tumour_min_voxels,
+            "keep": filtered.tumour_filter_keep,
+            "val_dice_by_keep": filtered.filter_keep_scores,
+            "filter": info,
+            **scores["filter/grid"],
+        },
+        "seconds": time.perf_counter() - start,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="examples/lits_cascade.py --out folders")
+    held_out_arguments(p)
+    p.add_argument("--cases", type=int, default=40, help="training cases the filter learns from")
+    p.add_argument("--steps", type=int, default=400, help="the filter's optimizer steps")
+    p.add_argument("--keeps", type=float, nargs="+", default=list(TUMOUR_FILTER_KEEPS),
+                   help="keep thresholds to choose from on validation")  # fmt: skip
+    p.add_argument("--liver", choices=("reference", "model"), default="reference",
+                   help="the liver mask of the training cases' components")  # fmt: skip
+    p.add_argument("--on", choices=("held-out", "extra"), default="held-out",
+                   help="score the held-out fresh cases, or the first --extra (validation-"
+                   "type: a look before a rule)")  # fmt: skip
+    p.add_argument("--json", type=Path, help="write the records here")
+    args = p.parse_args(argv)
+    check_held_out_arguments(p, args)
+    if args.cases < 1:
+        p.error(f"--cases: expected >= 1, got {args.cases}")
+    report: dict[str, Any] = {"settings": {"cases": args.cases, "steps": args.steps,
+                                           "keeps": args.keeps, "fresh": args.fresh,
+                                           "extra": args.extra, "on": args.on,
+                                           "liver": args.liver},
+                              "runs": {}}  # fmt: skip
+    print("| run | tumour per case / global, saved | with the filter | keep | filter s |")
+    print("| --- | --- | --- | --- | --- |")
+    for run in args.runs:
+        r = evaluate_run(run, args)
+        report["runs"][str(run)] = r
+        b, f = r["base/grid"], r["filter/grid"]
+        info = f["filter"]
+        seconds = sum(info.get(k, 0.0) for k in ("collect_seconds", "seconds", "tune_seconds"))
+        print(f"| {run.name} | {b['tumour_per_case']:.3f} / {b['tumour_global']:.3f} | "
+              f"{f['tumour_per_case']:.3f} / {f['tumour_global']:.3f} | {f['keep']} | "
+              f"{seconds:.0f} |", flush=True)  # fmt: skip
+        write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

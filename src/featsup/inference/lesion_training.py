@@ -1,0 +1,213 @@
+"""Training a cascade's tumour filter on its own components (false-positive reduction).
+
+:func:`lesion_candidates` runs a cascade on labelled (training) cases and collects what a
+:class:`~featsup.postprocess.LesionFilter` sees of each tumour component it leaves, with
+whether the component touches a reference tumour; :func:`train_lesion_filter` then fits
+the filter (:func:`~featsup.postprocess.fit_lesion_filter`). Put it in a cascade with
+``Cascade(tumour_filter=)`` and choose its keep threshold with
+:func:`~featsup.inference.tune_on_validation` on validation cases.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featsup._checks import check_choice, check_positive
+from featsup.inference.cascade import Cascade
+from featsup.inference.heads import Tuning, _case_arrays
+from featsup.postprocess.lesion_filter import (
+    FEATURES,
+    PATCH,
+    TUMOUR_FILTER_KEEPS,
+    LesionFilter,
+    component_inputs,
+    fit_lesion_filter,
+    tumour_components,
+)
+
+__all__ = ["add_lesion_filter", "lesion_candidates", "train_lesion_filter"]
+
+
+def lesion_candidates(
+    cascade: Cascade,
+    cases: Sequence[Any],
+    *,
+    liver: Literal["reference", "model"] = "reference",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tumour components ``cascade`` leaves on labelled cases, as a filter sees them.
+
+    The cascade's tumour stage runs as it is (head, tumour CRF, threshold, scope),
+    without its tumour filter and smallest tumour, since a filter replaces that rule.
+
+    Args:
+        cascade: a trained cascade.
+        cases: labelled cases (``LoadedCase`` or ``(volume, labels)`` pairs); training
+            cases, never test cases.
+        liver: the liver mask the tumour stage works in: ``"reference"`` (``labels >
+            0``; the liver model and its CRF do not run: on the phantom a case then takes
+            about a third of the time) or ``"model"`` (the cascade's liver stage, as at
+            inference).
+        progress: show a progress bar.
+
+    Returns:
+        ``(patches, features, targets)``: float32 (N, 6, PATCH, PATCH), float32 (N, 6)
+        (:func:`~featsup.postprocess.component_inputs`) and bool (N,): whether each
+        component touches a reference tumour voxel (label 2).
+
+    Example:
+        >>> from featsup.models import UNetPlusPlus
+        >>> net = UNetPlusPlus(1, 2, widths=(4, 8))
+        >>> cascade = Cascade(net, net, liver_size=16, tumour_size=16, device="cpu")
+        >>> case = (np.zeros((2, 16, 16), np.int16), np.zeros((2, 16, 16), np.uint8))
+        >>> patches, features, targets = lesion_candidates(cascade, [case])
+        >>> patches.shape[1:], features.shape[1], targets.dtype
+        ((6, 32, 32), 6, dtype('bool'))
+    """
+    from featsup.inference.bundle import cascade_arguments
+
+    check_choice("liver", liver, ("reference", "model"))
+    options = {**cascade_arguments(cascade), "tumour_filter": None, "tumour_min_voxels": 0}
+    plain = Cascade(cascade.liver_model, cascade.tumour_model, **options)
+    patches, features, targets = [], [], []
+    for i, case in enumerate(tqdm(cases, desc="tumour components", disable=not progress)):
+        volume, truth = _case_arrays(case, i)
+        known = np.asarray(truth) > 0 if liver == "reference" else None
+        stage = plain.liver_stage(np.asarray(volume), mask=known)
+        result = plain.tumour_stage(stage)
+        components, count = tumour_components(result.labels)
+        p, f = component_inputs(
+            stage.image, result.tumour_probability, components, count, result.liver_mask
+        )
+        touched = np.bincount(components[np.asarray(truth) == 2], minlength=count + 1)[1:] > 0
+        patches.append(p)
+        features.append(f)
+        targets.append(touched)
+    if not patches:
+        raise ValueError("cases: expected at least one labelled case, got none")
+    return np.concatenate(patches), np.concatenate(features), np.concatenate(targets)
+
+
+def train_lesion_filter(
+    cascade: Cascade,
+    cases: Sequence[Any],
+    *,
+    steps: int = 400,
+    seed: int = 0,
+    width: int = 16,
+    device: str | torch.device = "cpu",
+    liver: Literal["reference", "model"] = "reference",
+    progress: bool = False,
+) -> tuple[LesionFilter, dict[str, Any]]:
+    """A :class:`~featsup.postprocess.LesionFilter` trained on ``cascade``'s own components.
+
+    :func:`lesion_candidates` on ``cases``, then
+    :func:`~featsup.postprocess.fit_lesion_filter`.
+
+    Args:
+        cascade: a trained cascade (its heads, CRFs and threshold as it will run; tune it
+            on validation first).
+        cases: labelled training cases.
+        steps: the filter's optimizer steps.
+        seed: its weights and sampling seed.
+        width: its width.
+        device: where it trains.
+        liver: the liver mask of the cases' tumour stage (:func:`lesion_candidates`).
+        progress: show a progress bar over the cases.
+
+    Returns:
+        ``(lesion_filter, info)``; ``info`` as ``fit_lesion_filter``'s, plus
+        ``"cases"`` and ``"collect_seconds"``.
+
+    Raises:
+        ValueError: if the components are all true or all false (nothing to learn).
+    """
+    check_positive("steps", steps)
+    start = time.perf_counter()
+    patches, features, targets = lesion_candidates(cascade, cases, liver=liver, progress=progress)
+    collected = time.perf_counter() - start
+    assert patches.shape[1:] == (6, PATCH, PATCH) and features.shape[1] == len(FEATURES)
+    lesion_filter, info = fit_lesion_filter(
+        patches, features, targets, steps=steps, seed=seed, width=width, device=device
+    )
+    return lesion_filter, {**info, "cases": len(cases), "collect_seconds": collected}
+
+
+def add_lesion_filter(
+    tuning: Tuning,
+    train_cases: Sequence[Any],
+    val_cases: Sequence[Any],
+    *,
+    steps: int = 400,
+    seed: int = 0,
+    keeps: float | Sequence[float] = TUMOUR_FILTER_KEEPS,
+    liver: Literal["reference", "model"] = "reference",
+    progress: bool = False,
+) -> tuple[Tuning, dict[str, Any]]:
+    """A tuned cascade with a tumour filter, its keep threshold chosen on validation.
+
+    :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
+    tuned, then, on ``val_cases``, the filter's keep threshold (of ``keeps``) as
+    :func:`~featsup.inference.tune_on_validation` chooses a smallest tumour (the same
+    criterion and tolerance), with the heads, CRF stages, tumour threshold and TTA kept as
+    they were chosen; the smallest tumour becomes 0 (the filter takes its place). The
+    cascade runs once more over the validation cases (the head table is not measured
+    again).
+
+    Args:
+        tuning: what :func:`~featsup.inference.tune_on_validation` returned, without a
+            filter.
+        train_cases: labelled training cases (never validation or test cases).
+        val_cases: the validation cases the tuning was made on.
+        steps: the filter's optimizer steps.
+        seed: its weights and sampling seed.
+        keeps: candidate keep thresholds, or one to use.
+        liver: the liver mask of the training cases' tumour stage (:func:`lesion_candidates`).
+        progress: show a progress bar over the training cases.
+
+    Returns:
+        ``(tuning, info)``: the new :class:`~featsup.inference.Tuning` (its ``cascade``
+        holds the filter; its ``heads`` and ``crf_scores`` are the first tuning's) and
+        :func:`train_lesion_filter`'s ``info`` with ``"tune_seconds"``.
+
+    Raises:
+        ValueError: if ``tuning.cascade`` already has a filter, or as
+            :func:`train_lesion_filter`.
+    """
+    from featsup.inference.bundle import cascade_arguments
+    from featsup.inference.heads import _best_postprocessing, _candidates, _crf_trials
+
+    tuned = tuning.cascade
+    if tuned.tumour_filter is not None:
+        raise ValueError("tuning: expected a cascade without a tumour filter, got one")
+    candidates = _candidates("keeps", keeps, float, 0.0, 1.0)
+    lesion_filter, info = train_lesion_filter(
+        tuned, train_cases, steps=steps, seed=seed, liver=liver, progress=progress
+    )
+    start = time.perf_counter()
+    options = {**cascade_arguments(tuned), "tumour_filter": lesion_filter, "tumour_min_voxels": 0}
+    arrays = [_case_arrays(case, i) for i, case in enumerate(val_cases)]
+    trials = _crf_trials(
+        Cascade(tuned.liver_model, tuned.tumour_model, **options), arrays,
+        tuned.liver_crf, tuned.tumour_crf, thresholds=(tuning.tumour_threshold,), sizes=(0,),
+        stages=(tuning.crf,), criterion=tuning.criterion, keeps=candidates,
+    )  # fmt: skip
+    grid = trials[tuning.crf]["by_threshold"]
+    _, keep = _best_postprocessing(grid, tuning.heads.tolerance)
+    options["tumour_filter_keep"] = keep
+    cascade = Cascade(tuned.liver_model, tuned.tumour_model, **options)
+    again = replace(tuning, tumour_min_voxels=0, threshold_scores=grid, cascade=cascade,
+                    tumour_filter_keep=float(keep))  # fmt: skip
+    cascade.training_summary = {
+        **(tuned.training_summary or {}),
+        "tuning": again.to_dict(),
+        "tumour_filter": {k: v for k, v in info.items() if k != "seconds"},
+    }
+    return again, {**info, "tune_seconds": time.perf_counter() - start}

@@ -1,0 +1,83 @@
+"""benchmarks/tumour_filter.py: a tiny finished 'run' end to end, both sides scored by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cascades import finished_phantom_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+pytest.importorskip("nibabel")
+pytest.importorskip("cv2")
+tumour_filter = pytest.importorskip("tumour_filter")
+
+SHAPE = [8, 48, 48]
+
+
+def test_a_finished_run_scored_with_and_without_its_filter(tmp_path: Path) -> None:
+    from featsup import data as fd
+    from featsup.inference import Cascade, tumour_criterion
+    from featsup.inference.bundle import cascade_arguments
+
+    folder = tmp_path / "run"
+    fd.write_phantom_dataset(folder / "phantom", 3, shape=SHAPE, seed=70_001)
+    saved = finished_phantom_run(folder, SHAPE, seed=70_001)  # case 0: true and false components
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["settings"].update(tumour_criterion="global", seed=0, train_seed=None)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "filter.json"
+    report = tumour_filter.main([str(folder), "--fresh", "3", "--extra", "1", "--work",
+                                 str(tmp_path / "work"), "--cases", "1", "--steps", "5",
+                                 "--keeps", "0", "0.5", "--json", str(out)])  # fmt: skip
+    run = report["runs"][str(folder)]
+    assert run["held_out"] == ["5001", "5002"]  # validation_size.py's held-out cases
+    assert run["validation"]["base"] == ["1", "2"]
+    assert json.loads(out.read_text())["runs"][str(folder)]["held_out"] == run["held_out"]
+    arm = run["filter/grid"]
+    assert arm["keep"] in (0.0, 0.5) and arm["min_voxels"] == 0 and arm["filter"]["cases"] == 1
+    fresh = fd.find_cases(tmp_path / "work" / "run" / "fresh")[1:]
+    assert len(fresh) == 2
+    # every keep reported; the chosen one's scores are the arm's own, run whole
+    assert set(arm["by_keep"]) == {"0.0", "0.5"}
+    for name in ("tumour_per_case", "tumour_global"):
+        assert arm["by_keep"][str(arm["keep"])][name] == pytest.approx(arm[name])
+    # the baseline is the saved cascade as it is, scored again by hand
+    rows = []
+    for case in fresh:
+        loaded = fd.load_case(case)
+        pred, truth = saved(loaded.volume).labels == 2, loaded.labels == 2
+        rows.append([(pred & truth).sum(), pred.sum(), truth.sum()])
+    assert run["base/grid"]["counts"] == np.asarray(rows).tolist()
+    for name in ("per_case", "global"):
+        expected = float(tumour_criterion(np.array(rows), name))
+        assert run["base/grid"][f"tumour_{name}"] == pytest.approx(expected)
+    # with keep 0 the filter keeps every component: the arm is the saved cascade's at size 0
+    if arm["keep"] == 0.0:
+        plain = Cascade(saved.liver_model, saved.tumour_model,
+                        **{**cascade_arguments(saved), "tumour_min_voxels": 0})  # fmt: skip
+        again = [int((plain(fd.load_case(c).volume).labels == 2).sum()) for c in fresh]
+        assert [r[1] for r in arm["counts"]] == again
+    with pytest.raises(SystemExit):
+        tumour_filter.main([str(folder), "--fresh", "3", "--extra", "3"])
+
+
+def test_a_run_whose_training_components_are_all_false_keeps_no_filter(tmp_path: Path) -> None:
+    from featsup import data as fd
+
+    folder = tmp_path / "run"
+    fd.write_phantom_dataset(folder / "phantom", 3, shape=SHAPE, seed=70_000)
+    finished_phantom_run(folder, SHAPE)  # case 0 of seed 70 000: no component on a tumour
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["settings"].update(tumour_criterion="global", seed=0)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    work = str(tmp_path / "work")
+    flags = ["--fresh", "2", "--extra", "1", "--work", work, "--cases", "1", "--steps", "5"]
+    report = tumour_filter.main([str(folder), *flags])
+    run = report["runs"][str(folder)]
+    assert "0 true" in run["filter/grid"]["filter"]["error"] and run["filter/grid"]["keep"] is None
+    assert run["filter/grid"]["counts"] == run["base/grid"]["counts"]  # the arm is the baseline

@@ -1,0 +1,136 @@
+"""A cascade's tumour filter: applied, saved, chosen on validation, trained on its components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+
+from _cascades import threshold_cascade
+from featsup.data import make_phantom
+from featsup.inference import (
+    Cascade,
+    add_lesion_filter,
+    lesion_candidates,
+    load_cascade,
+    train_lesion_filter,
+    tune_on_validation,
+)
+from featsup.inference.bundle import cascade_arguments
+from featsup.postprocess import LesionFilter, tumour_components
+
+
+class ByPeak(LesionFilter):
+    """Scores a component by its peak probability (feature 1), or a constant."""
+
+    def __init__(self, constant: float | None = None) -> None:
+        super().__init__(width=2)
+        self.constant = constant
+
+    def score(self, patches: np.ndarray, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        if self.constant is not None:
+            return np.full(len(features), self.constant, np.float32)
+        return features[:, 1].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    return [tuple(make_phantom(seed, (16, 64, 64))[:2]) for seed in (5, 6, 7)]  # type: ignore[misc]
+
+
+def _with(cascade: Cascade, **options: object) -> Cascade:
+    return Cascade(
+        cascade.liver_model, cascade.tumour_model, **{**cascade_arguments(cascade), **options}
+    )
+
+
+def test_the_filter_drops_what_it_scores_below_keep(cases: list) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    volume = cases[0][0]
+    plain = base(volume)
+    assert (plain.labels == 2).any()
+    low = _with(base, tumour_filter=ByPeak(0.2), tumour_filter_keep=0.5)(volume)
+    assert not (low.labels == 2).any() and (low.labels == 1).sum() >= (plain.labels == 1).sum()
+    assert "tumour_filter" in low.timings
+    kept = _with(base, tumour_filter=ByPeak(0.2), tumour_filter_keep=0.1)(volume)
+    np.testing.assert_array_equal(kept.labels, plain.labels)
+    off = _with(base, tumour_filter=ByPeak(0.2), tumour_filter_keep=0.0)(volume)
+    np.testing.assert_array_equal(off.labels, plain.labels)
+    with pytest.raises(TypeError, match="tumour_filter"):
+        _with(base, tumour_filter="not a filter")
+    with pytest.raises(ValueError, match="tumour_filter_keep"):
+        _with(base, tumour_filter_keep=2.0)
+
+
+def test_a_saved_filter_loads_and_scores_the_same(cases: list, tmp_path) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    lesion_filter, _ = train_lesion_filter(base, cases[:2], steps=20, width=4)
+    cascade = _with(base, tumour_filter=lesion_filter, tumour_filter_keep=0.3)
+    loaded = load_cascade(cascade.save(tmp_path / "c.pt"), device="cpu")
+    assert loaded.tumour_filter_keep == 0.3 and isinstance(loaded.tumour_filter, LesionFilter)
+    for name, value in lesion_filter.state_dict().items():
+        np.testing.assert_array_equal(loaded.tumour_filter.state_dict()[name], value)
+    np.testing.assert_array_equal(loaded(cases[2][0]).labels, cascade(cases[2][0]).labels)
+    plain = load_cascade(base.save(tmp_path / "plain.pt"), device="cpu")
+    assert plain.tumour_filter is None
+
+
+@pytest.mark.parametrize("liver", ["reference", "model"])
+def test_lesion_candidates_mark_the_components_that_touch_a_tumour(cases: list, liver) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    patches, features, targets = lesion_candidates(base, cases[:2], liver=liver)
+    count, true = 0, 0
+    for volume, labels in cases[:2]:
+        mask = labels > 0 if liver == "reference" else None
+        result = base.tumour_stage(base.liver_stage(volume, mask=mask))
+        components, n = tumour_components(result.labels)
+        count += n
+        true += len({int(k) for k in np.unique(components[labels == 2]) if k})
+    assert len(targets) == count == len(patches) == len(features)
+    assert int(targets.sum()) == true
+    assert 0 < targets.sum() < len(targets)  # the threshold cascade finds both kinds
+    with pytest.raises(ValueError, match="liver"):
+        lesion_candidates(base, cases[:1], liver="truth")
+
+
+def test_tuning_chooses_the_keep_as_a_whole_run_scores_it(cases: list) -> None:
+    from featsup.inference.heads import _crf_trials
+
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    filtered = _with(base, tumour_filter=ByPeak())
+    keeps = (0.0, 0.5, 0.9, 0.99)
+    tuning = tune_on_validation(filtered, cases, crf="none", tumour_threshold=(0.5, 0.7),
+                                tumour_filter_keep=keeps)  # fmt: skip
+    assert tuning.tumour_filter_keep in keeps and tuning.tumour_min_voxels == 0
+    assert tuning.cascade.tumour_filter_keep == tuning.tumour_filter_keep
+    assert set(tuning.filter_keep_scores) == set(keeps) and tuning.min_voxels_scores == {}
+    assert tuning.to_dict()["tumour_filter_keep"] == tuning.tumour_filter_keep
+    # each cell of the grid is what the cascade scores when run whole with that keep
+    trials = _crf_trials(filtered, cases, None, None, thresholds=(0.7,), sizes=(0,),
+                         stages=("none",), keeps=keeps)  # fmt: skip
+    for j, keep in enumerate(keeps):
+        whole = _with(filtered, tumour_threshold=0.7, tumour_filter_keep=keep, tumour_min_voxels=0)
+        for c, (volume, truth) in enumerate(cases):
+            pred, true = whole(volume).labels == 2, truth == 2
+            expected = [(pred & true).sum(), pred.sum(), true.sum()]
+            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+    with pytest.raises(ValueError, match="keeps"):
+        _crf_trials(base, cases, None, None, thresholds=(0.5,), sizes=(0,), keeps=keeps)
+
+
+def test_add_lesion_filter_keeps_the_choices_and_chooses_the_keep(cases: list) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6))
+    tuning, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5))
+    tuned = tuning.cascade
+    assert isinstance(tuned.tumour_filter, LesionFilter) and tuning.tumour_filter_keep in (0.0, 0.5)
+    assert tuned.tumour_threshold == first.tumour_threshold and tuned.tumour_min_voxels == 0
+    assert (tuned.liver_head, tuned.tumour_head) == (
+        first.cascade.liver_head,
+        first.cascade.tumour_head,
+    )
+    assert info["cases"] == 1 and info["steps"] == 10 and "tune_seconds" in info
+    assert tuned.training_summary["tumour_filter"]["cases"] == 1
+    with pytest.raises(ValueError, match="without a tumour filter"):
+        add_lesion_filter(tuning, cases[:1], cases[1:], steps=10)
