@@ -148,7 +148,7 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as error:  # nothing to learn: the example keeps no filter either
         filtered, info = tuning, {"error": str(error)}
     held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
-    scores = score({"base/grid": saved, "filter/grid": filtered.cascade}, held, args.keeps)
+    scores = score({"base/grid": saved, "filter/grid": filtered.cascade}, held, args.report_keeps)
     chosen = {"liver_head": saved.liver_head, "tumour_head": saved.tumour_head,
               "crf": crf_stages(saved), "threshold": saved.tumour_threshold}  # fmt: skip
     out: dict[str, Any] = {
@@ -174,10 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
     held_out_arguments(p)
     p.add_argument("--cases", type=int, default=40, help="training cases the filter learns from")
     p.add_argument("--steps", type=int, default=400, help="the filter's optimizer steps")
-    p.add_argument("--keeps", type=float, nargs="+", default=list(TUMOUR_FILTER_KEEPS),
-                   help="keep thresholds to choose from on validation")  # fmt: skip
-    p.add_argument("--liver", choices=("reference", "model"), default="reference",
+    p.add_argument("--keeps", type=float, nargs="+", default=[0.8],
+                   help="keep thresholds to choose from on validation (one: no choice; the "
+                   "example's --tumour-filter-keep, 0.8)")  # fmt: skip
+    p.add_argument("--liver", choices=("reference", "model"), default="model",
                    help="the liver mask of the training cases' components")  # fmt: skip
+    p.add_argument("--report-keeps", type=float, nargs="+", default=list(TUMOUR_FILTER_KEEPS),
+                   help="keeps the arm is also scored at (reported, not chosen)")  # fmt: skip
     p.add_argument("--on", choices=("held-out", "extra"), default="held-out",
                    help="score the held-out fresh cases, or the first --extra (validation-"
                    "type: a look before a rule)")  # fmt: skip
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict[str, Any] = {"settings": {"cases": args.cases, "steps": args.steps,
                                            "keeps": args.keeps, "fresh": args.fresh,
                                            "extra": args.extra, "on": args.on,
-                                           "liver": args.liver},
+                                           "liver": args.liver,
+                                           "report_keeps": args.report_keeps},
                               "runs": {}}  # fmt: skip
     print("| run | tumour per case / global, saved | with the filter | keep | filter s |")
     print("| --- | --- | --- | --- | --- |")

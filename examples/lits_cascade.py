@@ -47,7 +47,7 @@ from featsup.inference import (
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import head_table, json_safe, summary_table
 from featsup.models import Ensemble, UNetPlusPlus, pooling_for_spacing, transfer_weights
-from featsup.postprocess import CRF_PRESETS
+from featsup.postprocess import CRF_PRESETS, TUMOUR_FILTER_KEEPS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
@@ -126,6 +126,19 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
                    tversky_beta=args.tumour_tversky_beta,
                    batch_dice=args.tumour_batch_dice,
                    blob_weight=args.tumour_blob_weight)  # fmt: skip
+
+
+def filter_keep(text: str) -> float | str:
+    """--tumour-filter-keep: a share in [0, 1], or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -239,6 +252,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "threshold on validation (in place of the smallest tumour); 0: none "
         "(docs/cascade.md)")  # fmt: skip
     add("--tumour-filter-steps", type=int, default=400, help="the tumour filter's steps")
+    add("--tumour-filter-keep", type=filter_keep, default=0.8, metavar="P|auto", help="the "
+        "smallest filter score a tumour keeps; auto: chosen on validation from "
+        "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
+        "docs/cascade.md)")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
@@ -630,19 +647,24 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
 
 
 def add_filter(tuning: Tuning, cases: dict, args: argparse.Namespace) -> tuple[Tuning, dict]:
-    """--tumour-filter-cases: a tumour filter on the tuned cascade, its keep chosen on val."""
+    """--tumour-filter-cases: a tumour filter on the tuned cascade (its keep fixed or chosen
+    on validation)."""
     train = [fd.load_case(case) for case in cases["train"][: args.tumour_filter_cases]]
     val = [fd.load_case(case) for case in cases["val"] + cases.get("val_extra", [])]
+    keep = args.tumour_filter_keep
+    keeps = TUMOUR_FILTER_KEEPS if keep == "auto" else keep
     try:
-        tuning, info = add_lesion_filter(tuning, train, val, steps=args.tumour_filter_steps,
-                                         seed=train_seed(args), progress=True)  # fmt: skip
+        tuning, info = add_lesion_filter(
+            tuning, train, val, steps=args.tumour_filter_steps, seed=train_seed(args),
+            keeps=keeps, progress=True,
+        )  # fmt: skip
     except ValueError as error:  # all components true or all false: nothing to learn
         print(f"tumour filter: none ({error})")
         return tuning, {"error": str(error)}
     by_keep = ", ".join(f"{k:g} {v:.4f}" for k, v in tuning.filter_keep_scores.items())
     print(f"tumour filter: {info['candidates']} components on {info['cases']} training cases "
-          f"({info['true']} on a tumour), {info['steps']} steps; chosen on validation: keep "
-          f"scores >= {tuning.tumour_filter_keep:g} (validation Dice: {by_keep})")  # fmt: skip
+          f"({info['true']} on a tumour), {info['steps']} steps; keeps scores >= "
+          f"{tuning.tumour_filter_keep:g} (validation Dice: {by_keep})")  # fmt: skip
     return tuning, info
 
 

@@ -33,7 +33,8 @@ def test_a_finished_run_scored_with_and_without_its_filter(tmp_path: Path) -> No
     out = tmp_path / "filter.json"
     report = tumour_filter.main([str(folder), "--fresh", "3", "--extra", "1", "--work",
                                  str(tmp_path / "work"), "--cases", "1", "--steps", "5",
-                                 "--keeps", "0", "0.5", "--json", str(out)])  # fmt: skip
+                                 "--keeps", "0", "0.5", "--report-keeps", "0", "0.5",
+                                 "--json", str(out)])  # fmt: skip
     run = report["runs"][str(folder)]
     assert run["held_out"] == ["5001", "5002"]  # validation_size.py's held-out cases
     assert run["validation"]["base"] == ["1", "2"]

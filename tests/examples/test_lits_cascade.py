@@ -641,6 +641,11 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     with pytest.raises(SystemExit):
         example.parse_args([*TINY, "--tumour-filter-cases", "-1"])
     assert "--tumour-filter-cases: expected >= 0" in capsys.readouterr().err
+    assert example.parse_args([*TINY, "--tumour-filter-keep", "auto"]).tumour_filter_keep == "auto"
+    assert example.parse_args(TINY).tumour_filter_keep == 0.8
+    with pytest.raises(SystemExit):
+        example.parse_args([*TINY, "--tumour-filter-keep", "1.5"])
+    assert "expected a number in [0, 1] or auto" in capsys.readouterr().err
     out = tmp_path / "run"
     flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5"]
     metrics = example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none", *flags])
@@ -652,5 +657,5 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0
-    assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"]
+    assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"] == 0.8  # fixed, not chosen
     assert chosen["val_tumour_dice_by_filter_keep"] and not chosen["val_tumour_dice_by_min_voxels"]

@@ -105,6 +105,10 @@ def test_tuning_chooses_the_keep_as_a_whole_run_scores_it(cases: list) -> None:
     assert tuning.tumour_filter_keep in keeps and tuning.tumour_min_voxels == 0
     assert tuning.cascade.tumour_filter_keep == tuning.tumour_filter_keep
     assert set(tuning.filter_keep_scores) == set(keeps) and tuning.min_voxels_scores == {}
+    scores = tuning.filter_keep_scores  # the highest keep within the tolerance of the best
+    assert tuning.tumour_filter_keep == max(
+        k for k, d in scores.items() if d >= max(scores.values()) - 0.005
+    )
     assert tuning.to_dict()["tumour_filter_keep"] == tuning.tumour_filter_keep
     # each cell of the grid is what the cascade scores when run whole with that keep
     trials = _crf_trials(filtered, cases, None, None, thresholds=(0.7,), sizes=(0,),

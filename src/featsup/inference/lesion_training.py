@@ -39,7 +39,7 @@ def lesion_candidates(
     cascade: Cascade,
     cases: Sequence[Any],
     *,
-    liver: Literal["reference", "model"] = "reference",
+    liver: Literal["reference", "model"] = "model",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tumour components ``cascade`` leaves on labelled cases, as a filter sees them.
@@ -51,10 +51,10 @@ def lesion_candidates(
         cascade: a trained cascade.
         cases: labelled cases (``LoadedCase`` or ``(volume, labels)`` pairs); training
             cases, never test cases.
-        liver: the liver mask the tumour stage works in: ``"reference"`` (``labels >
-            0``; the liver model and its CRF do not run: on the phantom a case then takes
-            about a third of the time) or ``"model"`` (the cascade's liver stage, as at
-            inference).
+        liver: the liver mask the tumour stage works in: ``"model"`` (the cascade's
+            liver stage, as at inference) or ``"reference"`` (``labels > 0``: the liver
+            model and its CRF do not run, a fifth to a third of the time; on validation-
+            type phantom cases of two splits its filter held 0.05 lower Dice per case).
         progress: show a progress bar.
 
     Returns:
@@ -103,7 +103,7 @@ def train_lesion_filter(
     seed: int = 0,
     width: int = 16,
     device: str | torch.device = "cpu",
-    liver: Literal["reference", "model"] = "reference",
+    liver: Literal["reference", "model"] = "model",
     progress: bool = False,
 ) -> tuple[LesionFilter, dict[str, Any]]:
     """A :class:`~featsup.postprocess.LesionFilter` trained on ``cascade``'s own components.
@@ -148,16 +148,17 @@ def add_lesion_filter(
     steps: int = 400,
     seed: int = 0,
     keeps: float | Sequence[float] = TUMOUR_FILTER_KEEPS,
-    liver: Literal["reference", "model"] = "reference",
+    liver: Literal["reference", "model"] = "model",
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
     """A tuned cascade with a tumour filter, its keep threshold chosen on validation.
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
     tuned, then, on ``val_cases``, the filter's keep threshold (of ``keeps``) as
-    :func:`~featsup.inference.tune_on_validation` chooses a smallest tumour (the same
-    criterion and tolerance), with the heads, CRF stages, tumour threshold and TTA kept as
-    they were chosen; the smallest tumour becomes 0 (the filter takes its place). The
+    :func:`~featsup.inference.tune_on_validation` chooses it (the highest within the
+    tuning's tolerance of the best validation Dice, by its criterion), with the heads,
+    CRF stages, tumour threshold and TTA kept as they were chosen; the smallest tumour
+    becomes 0 (the filter takes its place). The
     cascade runs once more over the validation cases (the head table is not measured
     again).
 
@@ -182,7 +183,7 @@ def add_lesion_filter(
             :func:`train_lesion_filter`.
     """
     from featsup.inference.bundle import cascade_arguments
-    from featsup.inference.heads import _best_postprocessing, _candidates, _crf_trials
+    from featsup.inference.heads import _best_keep, _candidates, _crf_trials
 
     tuned = tuning.cascade
     if tuned.tumour_filter is not None:
@@ -200,7 +201,7 @@ def add_lesion_filter(
         stages=(tuning.crf,), criterion=tuning.criterion, keeps=candidates,
     )  # fmt: skip
     grid = trials[tuning.crf]["by_threshold"]
-    _, keep = _best_postprocessing(grid, tuning.heads.tolerance)
+    keep = _best_keep(grid[tuning.tumour_threshold], tuning.heads.tolerance)
     options["tumour_filter_keep"] = keep
     cascade = Cascade(tuned.liver_model, tuned.tumour_model, **options)
     again = replace(tuning, tumour_min_voxels=0, threshold_scores=grid, cascade=cascade,
