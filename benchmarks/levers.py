@@ -1,7 +1,7 @@
 """Every tumour-stage lever in one table and one picture, from the committed results.
 
 Each lever the cascade's tumour stage was tested with on fresh held-out phantom cases
-(rules B-AF of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
+(rules B-AL of docs/results/rules_2026-12-05.md, and the post-hoc held-out readings of the
 validation rules before them) left its scores in a file under ``docs/results/``. This
 script reads those files, computes each lever's d split by split in the way its rule read
 it (d: the mean of the paired differences in held-out tumour Dice per case and global, the
@@ -204,6 +204,9 @@ LEVERS = (
     Lever("AK", "the example's grid widened (thresholds 0.1, 0.2)", Paired(
         "tumour_wide_grid_rule_ak.json", ("b",), "tumour_wide_grid_rule_ak.json", ("b",),
         arm_choice="base/wide"), "5390-5429", _NO),
+    Lever("AL", "a tumour filter (false-positive reduction)", Paired(
+        "tumour_filter_rule_al.json", ("b",), "tumour_filter_rule_al.json", ("b",),
+        arm_choice="filter/grid"), "5430-5469", _NO),
 )  # fmt: skip
 
 
