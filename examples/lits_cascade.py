@@ -47,7 +47,7 @@ from featsup.inference import (
 from featsup.losses import DeepSupervisionLoss, SegLoss
 from featsup.metrics import head_table, json_safe, summary_table
 from featsup.models import Ensemble, UNetPlusPlus, pooling_for_spacing, transfer_weights
-from featsup.postprocess import CRF_PRESETS, TUMOUR_FILTER_KEEPS
+from featsup.postprocess import CRF_PRESETS, TUMOUR_FILTER_KEEP, TUMOUR_FILTER_KEEPS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
 from featsup.training import cpu_has_bf16_units, load_model
@@ -252,8 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "threshold on validation (in place of the smallest tumour); 0: none "
         "(docs/cascade.md)")  # fmt: skip
     add("--tumour-filter-steps", type=int, default=400, help="the tumour filter's steps")
-    add("--tumour-filter-keep", type=filter_keep, default=0.8, metavar="P|auto", help="the "
-        "smallest filter score a tumour keeps; auto: chosen on validation from "
+    add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",
+        help="the smallest filter score a tumour keeps; auto: chosen on validation from "
         "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
         "docs/cascade.md)")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

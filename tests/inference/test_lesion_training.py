@@ -18,7 +18,7 @@ from featsup.inference import (
     tune_on_validation,
 )
 from featsup.inference.bundle import cascade_arguments
-from featsup.postprocess import LesionFilter, tumour_components
+from featsup.postprocess import TUMOUR_FILTER_KEEP, LesionFilter, tumour_components
 
 
 class ByPeak(LesionFilter):
@@ -136,5 +136,8 @@ def test_add_lesion_filter_keeps_the_choices_and_chooses_the_keep(cases: list) -
     )
     assert info["cases"] == 1 and info["steps"] == 10 and "tune_seconds" in info
     assert tuned.training_summary["tumour_filter"]["cases"] == 1
+    fixed, _ = add_lesion_filter(first, cases[:1], cases[1:], steps=10)  # the default keep
+    assert fixed.tumour_filter_keep == fixed.cascade.tumour_filter_keep == TUMOUR_FILTER_KEEP
+    assert list(fixed.filter_keep_scores) == [TUMOUR_FILTER_KEEP]
     with pytest.raises(ValueError, match="without a tumour filter"):
         add_lesion_filter(tuning, cases[:1], cases[1:], steps=10)

@@ -33,7 +33,7 @@ from featsup._io import atomic_torch_save
 from featsup._wrappers import supervised_student, unwrap
 from featsup.data.preprocess import Preprocessing
 from featsup.inference.cascade import Cascade
-from featsup.postprocess.lesion_filter import LesionFilter
+from featsup.postprocess.lesion_filter import TUMOUR_FILTER_KEEP, LesionFilter
 
 __all__ = ["CASCADE_FORMAT", "LABELS", "load_cascade", "read_cascade_info", "save_cascade"]
 
@@ -280,7 +280,7 @@ def load_cascade(
         tumour_min_inside=settings.get("tumour_min_inside", 0.0),  # older files: a touch
         tumour_surface=settings.get("tumour_surface"),  # older files: none
         tumour_filter=_build_filter(state.get("tumour_filter"), path),  # older files: none
-        tumour_filter_keep=settings.get("tumour_filter_keep", 0.5),
+        tumour_filter_keep=settings.get("tumour_filter_keep", TUMOUR_FILTER_KEEP),
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

@@ -51,7 +51,12 @@ from featsup.postprocess.components import (
     label_tumours,
     surface_setting,
 )
-from featsup.postprocess.lesion_filter import LesionFilter, drop_unlikely_tumours, score_tumours
+from featsup.postprocess.lesion_filter import (
+    TUMOUR_FILTER_KEEP,
+    LesionFilter,
+    drop_unlikely_tumours,
+    score_tumours,
+)
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -200,7 +205,8 @@ class Cascade:
             filter. :func:`~featsup.inference.train_lesion_filter` trains one on the
             cascade's own components on training cases.
         tumour_filter_keep: the smallest score a component keeps, in [0, 1] (0 keeps
-            all); :func:`~featsup.inference.tune_on_validation` chooses it on validation
+            all); 0.8 by default (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`);
+            :func:`~featsup.inference.tune_on_validation` can choose it on validation
             cases.
 
     Raises:
@@ -245,7 +251,7 @@ class Cascade:
         liver_classes: Sequence[int] = (1,),
         tumour_surface: tuple[int, float] | None = None,
         tumour_filter: LesionFilter | None = None,
-        tumour_filter_keep: float = 0.5,
+        tumour_filter_keep: float = TUMOUR_FILTER_KEEP,
     ) -> None:
         check_positive("batch_size", batch_size)
         if tumour_filter is not None:

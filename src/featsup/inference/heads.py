@@ -561,8 +561,8 @@ def _best_postprocessing(
     """The threshold and smallest tumour chosen from a grid of validation Dice.
 
     The threshold nearest 0.5 whose best Dice is within ``tolerance`` of the grid's best,
-    then its smallest tumour (or, with a tumour filter, keep threshold) of best Dice (the
-    smallest on a tie).
+    then its smallest tumour of best Dice (the smallest on a tie). With a tumour filter
+    the grid's columns are keep thresholds, and :func:`_best_keep` then chooses the keep.
     """
     best = max(d for row in grid.values() for d in row.values())
     near = [t for t, row in grid.items() if max(row.values()) >= best - tolerance]

@@ -25,7 +25,7 @@ from featsup.inference.heads import Tuning, _case_arrays
 from featsup.postprocess.lesion_filter import (
     FEATURES,
     PATCH,
-    TUMOUR_FILTER_KEEPS,
+    TUMOUR_FILTER_KEEP,
     LesionFilter,
     component_inputs,
     fit_lesion_filter,
@@ -147,7 +147,7 @@ def add_lesion_filter(
     *,
     steps: int = 400,
     seed: int = 0,
-    keeps: float | Sequence[float] = TUMOUR_FILTER_KEEPS,
+    keeps: float | Sequence[float] = TUMOUR_FILTER_KEEP,
     liver: Literal["reference", "model"] = "model",
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
@@ -169,7 +169,9 @@ def add_lesion_filter(
         val_cases: the validation cases the tuning was made on.
         steps: the filter's optimizer steps.
         seed: its weights and sampling seed.
-        keeps: candidate keep thresholds, or one to use.
+        keeps: one keep threshold to use (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`
+            by default), or candidates to choose from (for example
+            :data:`~featsup.postprocess.TUMOUR_FILTER_KEEPS`).
         liver: the liver mask of the training cases' tumour stage (:func:`lesion_candidates`).
         progress: show a progress bar over the training cases.
 

@@ -17,6 +17,7 @@ from featsup.postprocess.components import (
 )
 from featsup.postprocess.crf import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
 from featsup.postprocess.lesion_filter import (
+    TUMOUR_FILTER_KEEP,
     TUMOUR_FILTER_KEEPS,
     LesionFilter,
     component_inputs,
@@ -28,6 +29,7 @@ from featsup.postprocess.lesion_filter import (
 
 __all__ = [
     "CRF_PRESETS",
+    "TUMOUR_FILTER_KEEP",
     "TUMOUR_FILTER_KEEPS",
     "TUMOUR_MIN_VOXELS",
     "TUMOUR_THRESHOLDS",

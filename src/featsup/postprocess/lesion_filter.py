@@ -46,6 +46,7 @@ from featsup._checks import check_in_range, check_positive
 __all__ = [
     "FEATURES",
     "PATCH",
+    "TUMOUR_FILTER_KEEP",
     "TUMOUR_FILTER_KEEPS",
     "LesionFilter",
     "component_inputs",
@@ -60,6 +61,10 @@ PATCH = 32
 
 FEATURES = ("log_voxels", "peak_probability", "mean_probability", "slices", "contrast", "spread")
 """The numbers each component is described by besides its patch, in this order."""
+
+TUMOUR_FILTER_KEEP = 0.8
+"""The smallest score a component keeps, by default: chosen on validation-type phantom cases,
+where five validation cases tie across keeps (docs/cascade.md, rule AL)."""
 
 TUMOUR_FILTER_KEEPS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
 """Candidate keep thresholds :func:`~featsup.inference.tune_on_validation` tries (0 keeps
