@@ -74,6 +74,13 @@ def test_a_saved_filter_loads_and_scores_the_same(cases: list, tmp_path) -> None
     np.testing.assert_array_equal(loaded(cases[2][0]).labels, cascade(cases[2][0]).labels)
     plain = load_cascade(base.save(tmp_path / "plain.pt"), device="cpu")
     assert plain.tumour_filter is None
+    import torch
+
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    state["tumour_filter"]["config"] = {"width": 8}  # weights of width 4
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="expected tumour filter weights that fit its config"):
+        load_cascade(tmp_path / "bad.pt", device="cpu")
 
 
 @pytest.mark.parametrize("liver", ["reference", "model"])

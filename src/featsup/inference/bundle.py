@@ -105,14 +105,7 @@ def _build_filter(record: dict[str, Any] | None, path: Path) -> LesionFilter | N
     if record is None:
         return None
     lesion_filter = LesionFilter.from_config(record["config"])
-    try:
-        lesion_filter.load_state_dict(record["state_dict"])
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(
-            f"{path}: expected tumour filter weights that fit its config, got a mismatch "
-            f"({first}); fix: save the cascade again"
-        ) from err
+    _load_weights(lesion_filter, record, "tumour filter", path)
     return lesion_filter.eval()
 
 
@@ -226,17 +219,22 @@ def _import_class(qualified: str, path: Path) -> Any:
     return obj
 
 
-def _build(record: dict[str, Any], stage: str, path: Path) -> nn.Module:
-    cls = _import_class(record["class"], path)
-    model = cls.from_config(record["config"])
+def _load_weights(model: nn.Module, record: dict[str, Any], what: str, path: Path) -> None:
+    """``record["state_dict"]`` into ``model``, or a one-line error naming ``what``."""
     try:
         model.load_state_dict(record["state_dict"])
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(
-            f"{path}: expected {stage} weights that fit its config, got a mismatch ({first}); "
+            f"{path}: expected {what} weights that fit its config, got a mismatch ({first}); "
             "fix: save the cascade again"
         ) from err
+
+
+def _build(record: dict[str, Any], stage: str, path: Path) -> nn.Module:
+    cls = _import_class(record["class"], path)
+    model = cls.from_config(record["config"])
+    _load_weights(model, record, stage, path)
     return model.eval()
 
 
