@@ -53,7 +53,7 @@ def lesion_candidates(
             cases, never test cases.
         liver: the liver mask the tumour stage works in: ``"model"`` (the cascade's
             liver stage, as at inference) or ``"reference"`` (``labels > 0``: the liver
-            model and its CRF do not run, a fifth to a third of the time; on validation-
+            model and its CRF do not run, a tenth to a third of the time; on validation-
             type phantom cases of two splits its filter held 0.05 lower Dice per case).
         progress: show a progress bar.
 
