@@ -151,16 +151,15 @@ def add_lesion_filter(
     liver: Literal["reference", "model"] = "model",
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
-    """A tuned cascade with a tumour filter, its keep threshold chosen on validation.
+    """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
-    tuned, then, on ``val_cases``, the filter's keep threshold (of ``keeps``) as
+    tuned; the heads, CRF stages, tumour threshold and TTA stay as they were chosen, and
+    the smallest tumour becomes 0 (the filter takes its place). The cascade then runs once
+    more over ``val_cases`` (the head table is not measured again) and scores each of
+    ``keeps``; with several, the keep is chosen as
     :func:`~featsup.inference.tune_on_validation` chooses it (the highest within the
-    tuning's tolerance of the best validation Dice, by its criterion), with the heads,
-    CRF stages, tumour threshold and TTA kept as they were chosen; the smallest tumour
-    becomes 0 (the filter takes its place). The
-    cascade runs once more over the validation cases (the head table is not measured
-    again).
+    tuning's tolerance of the best validation Dice, by its criterion).
 
     Args:
         tuning: what :func:`~featsup.inference.tune_on_validation` returned, without a
