@@ -627,9 +627,10 @@ def head_name(head: Any) -> str:
 
 
 def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuning:
-    """On validation: heads (within --head-tolerance), CRF stages, tumour threshold, smallest."""
+    """On validation (loaded cases): heads (within --head-tolerance), CRF stages, tumour
+    threshold, smallest tumour."""
     tuning = tune_on_validation(
-        make_cascade(liver, tumour, args), [fd.load_case(case) for case in cases],
+        make_cascade(liver, tumour, args), cases,
         tolerance=args.head_tolerance, heads=fixed_heads(args), crf=args.crf,
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
         tumour_tta=TUMOUR_TTA[args.tumour_tta],
@@ -646,11 +647,12 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
     return tuning
 
 
-def add_filter(tuning: Tuning, cases: dict, args: argparse.Namespace) -> tuple[Tuning, dict]:
+def add_filter(
+    tuning: Tuning, train_cases: list, val: list, args: argparse.Namespace
+) -> tuple[Tuning, dict]:
     """--tumour-filter-cases: a tumour filter on the tuned cascade (its keep fixed or chosen
-    on validation)."""
-    train = [fd.load_case(case) for case in cases["train"][: args.tumour_filter_cases]]
-    val = [fd.load_case(case) for case in cases["val"] + cases.get("val_extra", [])]
+    on the loaded validation cases ``val``)."""
+    train = [fd.load_case(case) for case in train_cases[: args.tumour_filter_cases]]
     keep = args.tumour_filter_keep
     keeps = TUMOUR_FILTER_KEEPS if keep == "auto" else keep
     try:
@@ -711,11 +713,12 @@ def main(argv: list[str] | None = None) -> dict:
     lap("liver training")
     tumour = train_tumour(cases, args, init=liver if args.tumour_init == "liver" else None)
     lap("tumour training")
-    tuning = tune(liver, tumour, cases["val"] + cases.get("val_extra", []), args)
+    val = [fd.load_case(case) for case in cases["val"] + cases.get("val_extra", [])]
+    tuning = tune(liver, tumour, val, args)  # loaded once: the tumour filter reuses them
     lap("validation choices")
     lesion_filter = None
     if args.tumour_filter_cases:
-        tuning, lesion_filter = add_filter(tuning, cases, args)
+        tuning, lesion_filter = add_filter(tuning, cases["train"], val, args)
         lap("tumour filter")
     split = {k: [c.case_id for c in v] for k, v in cases.items()}
     metrics = {} if args.validation_only else evaluate(tuning.cascade, cases["test"], args)

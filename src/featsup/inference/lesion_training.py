@@ -23,8 +23,6 @@ from featsup._checks import check_choice, check_positive
 from featsup.inference.cascade import Cascade
 from featsup.inference.heads import Tuning, _case_arrays
 from featsup.postprocess.lesion_filter import (
-    FEATURES,
-    PATCH,
     TUMOUR_FILTER_KEEP,
     LesionFilter,
     component_inputs,
@@ -133,7 +131,6 @@ def train_lesion_filter(
     start = time.perf_counter()
     patches, features, targets = lesion_candidates(cascade, cases, liver=liver, progress=progress)
     collected = time.perf_counter() - start
-    assert patches.shape[1:] == (6, PATCH, PATCH) and features.shape[1] == len(FEATURES)
     lesion_filter, info = fit_lesion_filter(
         patches, features, targets, steps=steps, seed=seed, width=width, device=device
     )
