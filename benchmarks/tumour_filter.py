@@ -39,6 +39,7 @@ from validation_size import (
 
 from featsup import data as fd
 from featsup.inference import (
+    LIVER_MASKS,
     Cascade,
     add_lesion_filter,
     load_cascade,
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--keeps", type=float, nargs="+", default=[0.8],
                    help="keep thresholds to choose from on validation (one: no choice; the "
                    "example's --tumour-filter-keep, 0.8)")  # fmt: skip
-    p.add_argument("--liver", choices=("reference", "model"), default="model",
+    p.add_argument("--liver", choices=LIVER_MASKS, default="model",
                    help="the liver mask of the training cases' components")  # fmt: skip
     p.add_argument("--report-keeps", type=float, nargs="+", default=list(TUMOUR_FILTER_KEEPS),
                    help="keeps the arm is also scored at (reported, not chosen)")  # fmt: skip

@@ -34,6 +34,7 @@ from torch.utils.data import Subset
 
 from featsup import data as fd
 from featsup.inference import (
+    LIVER_MASKS,
     TUMOUR_CRITERIA,
     Cascade,
     Tuning,
@@ -252,6 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "threshold on validation (in place of the smallest tumour); 0: none "
         "(docs/cascade.md)")  # fmt: skip
     add("--tumour-filter-steps", type=int, default=400, help="the tumour filter's steps")
+    add("--tumour-filter-liver", choices=LIVER_MASKS, default="model", help="the liver mask "
+        "of the training cases' components: the cascade's liver stage (model), the same "
+        "without its liver CRF (about half the time) or the reference liver")  # fmt: skip
     add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",
         help="the smallest filter score a tumour keeps; auto: chosen on validation from "
         "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
@@ -658,7 +662,7 @@ def add_filter(
     try:
         tuning, info = add_lesion_filter(
             tuning, train, val, steps=args.tumour_filter_steps, seed=train_seed(args),
-            keeps=keeps, progress=True,
+            keeps=keeps, liver=args.tumour_filter_liver, progress=True,
         )  # fmt: skip
     except ValueError as error:  # all components true or all false: nothing to learn
         print(f"tumour filter: none ({error})")

@@ -35,6 +35,7 @@ from featsup.inference.heads import (
     tune_on_validation,
 )
 from featsup.inference.lesion_training import (
+    LIVER_MASKS,
     add_lesion_filter,
     lesion_candidates,
     train_lesion_filter,
@@ -56,6 +57,7 @@ from featsup.inference.predict import (
 __all__ = [
     "CASCADE_FORMAT",
     "LABELS",
+    "LIVER_MASKS",
     "TTA",
     "TUMOUR_CRITERIA",
     "TUMOUR_TTAS",
