@@ -145,7 +145,8 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 tumour_tta=saved.tumour_tta)  # fmt: skip
     try:
         filtered, info = add_lesion_filter(tuning, train, val, steps=args.steps, seed=seed,
-                                           keeps=args.keeps, liver=args.liver)  # fmt: skip
+                                           keeps=args.keeps, liver=args.liver,
+                                           tumour_crf=not args.no_tumour_crf)  # fmt: skip
     except ValueError as error:  # nothing to learn: the example keeps no filter either
         filtered, info = tuning, {"error": str(error)}
     held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "example's --tumour-filter-keep, 0.8)")  # fmt: skip
     p.add_argument("--liver", choices=LIVER_MASKS, default="model",
                    help="the liver mask of the training cases' components")  # fmt: skip
+    p.add_argument("--no-tumour-crf", action="store_true",
+                   help="the training cases' components without the tumour CRF")  # fmt: skip
     p.add_argument("--report-keeps", type=float, nargs="+", default=list(TUMOUR_FILTER_KEEPS),
                    help="keeps the arm is also scored at (reported, not chosen)")  # fmt: skip
     p.add_argument("--on", choices=("held-out", "extra"), default="held-out",
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            "keeps": args.keeps, "fresh": args.fresh,
                                            "extra": args.extra, "on": args.on,
                                            "liver": args.liver,
+                                           "tumour_crf": not args.no_tumour_crf,
                                            "report_keeps": args.report_keeps},
                               "runs": {}}  # fmt: skip
     print("| run | tumour per case / global, saved | with the filter | keep | filter s |")

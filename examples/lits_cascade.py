@@ -256,6 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-filter-liver", choices=LIVER_MASKS, default="model", help="the liver mask "
         "of the training cases' components: the cascade's liver stage (model), the same "
         "without its liver CRF (about half the time) or the reference liver")  # fmt: skip
+    add("--tumour-filter-tumour-crf", choices=("on", "off"), default="on", help="the tumour "
+        "CRF on the training cases' components (off: faster; the cascade keeps its "
+        "own)")  # fmt: skip
     add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",
         help="the smallest filter score a tumour keeps; auto: chosen on validation from "
         "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
@@ -662,7 +665,8 @@ def add_filter(
     try:
         tuning, info = add_lesion_filter(
             tuning, train, val, steps=args.tumour_filter_steps, seed=train_seed(args),
-            keeps=keeps, liver=args.tumour_filter_liver, progress=True,
+            keeps=keeps, liver=args.tumour_filter_liver,
+            tumour_crf=args.tumour_filter_tumour_crf == "on", progress=True,
         )  # fmt: skip
     except ValueError as error:  # all components true or all false: nothing to learn
         print(f"tumour filter: none ({error})")

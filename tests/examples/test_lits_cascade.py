@@ -649,14 +649,15 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     out = tmp_path / "run"
     assert example.parse_args(TINY).tumour_filter_liver == "model"
     flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5",
-             "--tumour-filter-liver", "model-no-crf"]  # fmt: skip
+             "--tumour-filter-liver", "model-no-crf",
+             "--tumour-filter-tumour-crf", "off"]  # fmt: skip
     metrics = example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none", *flags])
     printed = capsys.readouterr().out
     record, chosen = metrics["tumour_filter"], metrics["chosen_on_validation"]
     assert (
         record["cases"] == 5 and record["steps"] == 5 and 0 < record["true"] < record["candidates"]
     )
-    assert record["liver"] == "model-no-crf"
+    assert record["liver"] == "model-no-crf" and record["tumour_crf"] is False
     assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0

@@ -83,13 +83,25 @@ def test_a_saved_filter_loads_and_scores_the_same(cases: list, tmp_path) -> None
         load_cascade(tmp_path / "bad.pt", device="cpu")
 
 
-@pytest.mark.parametrize("liver", ["reference", "model", "model-no-crf"])
-def test_lesion_candidates_mark_the_components_that_touch_a_tumour(cases: list, liver) -> None:
-    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45,
-                             liver_crf={"iterations": 2, "workers": 1})  # fmt: skip
-    patches, features, targets = lesion_candidates(base, cases[:2], liver=liver)
+@pytest.mark.parametrize(
+    ("liver", "tumour_crf"),
+    [("reference", True), ("model", True), ("model-no-crf", True), ("model-no-crf", False)],
+)
+def test_lesion_candidates_mark_the_components_that_touch_a_tumour(
+    cases: list, liver, tumour_crf: bool
+) -> None:
+    crf = {"iterations": 2, "workers": 1}  # a tumour CRF only where it is to be left out
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45, liver_crf=crf,
+                             tumour_crf=None if tumour_crf else crf)  # fmt: skip
+    patches, features, targets = lesion_candidates(
+        base, cases[:2], liver=liver, tumour_crf=tumour_crf
+    )
     count, true = 0, 0
-    hand = _with(base, liver_crf=None) if liver == "model-no-crf" else base
+    hand = base
+    if liver == "model-no-crf":
+        hand = _with(hand, liver_crf=None)
+    if not tumour_crf:
+        hand = _with(hand, tumour_crf=None)
     for volume, labels in cases[:2]:
         mask = labels > 0 if liver == "reference" else None
         result = hand.tumour_stage(hand.liver_stage(volume, mask=mask))
