@@ -247,18 +247,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tumour-min-inside", type=float, default=0.5, help="--tumour-scope roi: keep a "
         "tumour only if this share of it lies inside the liver mask (0: a touch; 0.5 chosen "
         "on validation: held-out Dice per case +0.066 over six runs; docs/cascade.md)")  # fmt: skip
-    add("--tumour-filter-cases", type=int, default=0, metavar="N", help="after the choices on "
+    add("--tumour-filter-cases", type=int, default=80, metavar="N", help="after the choices on "
         "validation, train a tumour filter (a small CNN that scores each tumour component) on "
-        "the components the cascade leaves on the first N training cases, and choose its keep "
-        "threshold on validation (in place of the smallest tumour); 0: none "
-        "(docs/cascade.md)")  # fmt: skip
-    add("--tumour-filter-steps", type=int, default=400, help="the tumour filter's steps")
-    add("--tumour-filter-liver", choices=LIVER_MASKS, default="model", help="the liver mask "
-        "of the training cases' components: the cascade's liver stage (model), the same "
-        "without its liver CRF (about half the time) or the reference liver")  # fmt: skip
-    add("--tumour-filter-tumour-crf", choices=("on", "off"), default="on", help="the tumour "
-        "CRF on the training cases' components (off: faster; the cascade keeps its "
-        "own)")  # fmt: skip
+        "the components the cascade leaves on the first N training cases; it drops those it "
+        "scores below --tumour-filter-keep, in place of the smallest tumour; 0: none (80 "
+        "adopted by rule AN on held-out cases, docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-steps", type=int, default=800, help="the tumour filter's steps")
+    add("--tumour-filter-liver", choices=LIVER_MASKS, default="model-no-crf", help="the liver "
+        "mask of the training cases' components: the cascade's liver stage (model), the same "
+        "without its liver CRF (model-no-crf, the default: a third to a fifth of the time) "
+        "or the reference liver")  # fmt: skip
+    add("--tumour-filter-tumour-crf", choices=("on", "off"), default="off", help="the tumour "
+        "CRF on the training cases' components (off, the default: faster; the cascade keeps "
+        "its own)")  # fmt: skip
     add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",
         help="the smallest filter score a tumour keeps; auto: chosen on validation from "
         "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "

@@ -20,6 +20,7 @@ TINY = [
     "--cases", "5", "--phantom-shape", "12", "64", "64", "--size", "32", "--tumour-size", "32",
     "--steps", "3", "--teacher-steps", "2", "--widths", "4", "8", "8", "16", "16",
     "--batch-size", "2", "--val-cases", "3", "--extra-train-cases", "1", "--device", "cpu",
+    "--tumour-filter-cases", "0",  # its own test below: 800 steps would cost 30 s a run
 ]  # fmt: skip
 
 
@@ -637,7 +638,11 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
 ) -> None:
     from featsup.inference import Cascade
 
-    assert example.parse_args(TINY).tumour_filter_cases == 0  # off unless asked
+    defaults = example.parse_args([])  # rule AN's filter
+    assert (defaults.tumour_filter_cases, defaults.tumour_filter_steps) == (80, 800)
+    assert defaults.tumour_filter_liver == "model-no-crf"
+    assert defaults.tumour_filter_tumour_crf == "off"
+    assert example.parse_args(TINY).tumour_filter_cases == 0
     with pytest.raises(SystemExit):
         example.parse_args([*TINY, "--tumour-filter-cases", "-1"])
     assert "--tumour-filter-cases: expected >= 0" in capsys.readouterr().err
@@ -647,17 +652,15 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
         example.parse_args([*TINY, "--tumour-filter-keep", "1.5"])
     assert "expected a number in [0, 1] or auto" in capsys.readouterr().err
     out = tmp_path / "run"
-    assert example.parse_args(TINY).tumour_filter_liver == "model"
     flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5",
-             "--tumour-filter-liver", "model-no-crf",
-             "--tumour-filter-tumour-crf", "off"]  # fmt: skip
+             "--tumour-filter-liver", "model", "--tumour-filter-tumour-crf", "on"]  # fmt: skip
     metrics = example.main([*TINY, "--out", str(out), "--validation-only", "--crf", "none", *flags])
     printed = capsys.readouterr().out
     record, chosen = metrics["tumour_filter"], metrics["chosen_on_validation"]
     assert (
         record["cases"] == 5 and record["steps"] == 5 and 0 < record["true"] < record["candidates"]
     )
-    assert record["liver"] == "model-no-crf" and record["tumour_crf"] is False
+    assert record["liver"] == "model" and record["tumour_crf"] is True  # not the defaults
     assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0
