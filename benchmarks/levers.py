@@ -207,6 +207,12 @@ LEVERS = (
     Lever("AL", "a tumour filter (false-positive reduction)", Paired(
         "tumour_filter_rule_al.json", ("b",), "tumour_filter_rule_al.json", ("b",),
         arm_choice="filter/grid"), "5430-5469", _NO),
+    Lever("AM", "the filter on 80 cases, no liver CRF (over its time)", Paired(
+        "tumour_filter_rule_am.json", ("b",), "tumour_filter_rule_am.json", ("b",),
+        arm_choice="filter/grid"), "5510-5549", _NO),
+    Lever("AN", "the filter on 80 cases, neither CRF (today's since AN)", Paired(
+        "tumour_filter_rule_an.json", ("b",), "tumour_filter_rule_an.json", ("b",),
+        arm_choice="filter/grid"), "5550-5589", "adopted"),
 )  # fmt: skip
 
 
