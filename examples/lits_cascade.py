@@ -36,6 +36,9 @@ from featsup import data as fd
 from featsup.inference import (
     LIVER_MASKS,
     TUMOUR_CRITERIA,
+    TUMOUR_FILTER_LIVER,
+    TUMOUR_FILTER_STEPS,
+    TUMOUR_FILTER_TUMOUR_CRF,
     Cascade,
     Tuning,
     add_lesion_filter,
@@ -252,12 +255,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the components the cascade leaves on the first N training cases; it drops those it "
         "scores below --tumour-filter-keep, in place of the smallest tumour; 0: none (80 "
         "adopted by rule AN on held-out cases, docs/cascade.md)")  # fmt: skip
-    add("--tumour-filter-steps", type=int, default=800, help="the tumour filter's steps")
-    add("--tumour-filter-liver", choices=LIVER_MASKS, default="model-no-crf", help="the liver "
+    add("--tumour-filter-steps", type=int, default=TUMOUR_FILTER_STEPS,
+        help="the tumour filter's steps")  # fmt: skip
+    add("--tumour-filter-liver", choices=LIVER_MASKS, default=TUMOUR_FILTER_LIVER, help="the liver "
         "mask of the training cases' components: the cascade's liver stage (model), the same "
         "without its liver CRF (model-no-crf, the default: a third to a fifth of the time) "
         "or the reference liver")  # fmt: skip
-    add("--tumour-filter-tumour-crf", choices=("on", "off"), default="off", help="the tumour "
+    add("--tumour-filter-tumour-crf", choices=("on", "off"),
+        default="on" if TUMOUR_FILTER_TUMOUR_CRF else "off", help="the tumour "
         "CRF on the training cases' components (off, the default: faster; the cascade keeps "
         "its own)")  # fmt: skip
     add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",

@@ -36,6 +36,9 @@ from featsup.inference.heads import (
 )
 from featsup.inference.lesion_training import (
     LIVER_MASKS,
+    TUMOUR_FILTER_LIVER,
+    TUMOUR_FILTER_STEPS,
+    TUMOUR_FILTER_TUMOUR_CRF,
     add_lesion_filter,
     lesion_candidates,
     train_lesion_filter,
@@ -60,6 +63,9 @@ __all__ = [
     "LIVER_MASKS",
     "TTA",
     "TUMOUR_CRITERIA",
+    "TUMOUR_FILTER_LIVER",
+    "TUMOUR_FILTER_STEPS",
+    "TUMOUR_FILTER_TUMOUR_CRF",
     "TUMOUR_TTAS",
     "Cascade",
     "CascadeResult",

@@ -30,39 +30,56 @@ from featsup.postprocess.lesion_filter import (
     tumour_components,
 )
 
-__all__ = ["LIVER_MASKS", "add_lesion_filter", "lesion_candidates", "train_lesion_filter"]
+__all__ = [
+    "LIVER_MASKS",
+    "TUMOUR_FILTER_LIVER",
+    "TUMOUR_FILTER_STEPS",
+    "TUMOUR_FILTER_TUMOUR_CRF",
+    "add_lesion_filter",
+    "lesion_candidates",
+    "train_lesion_filter",
+]
 
 #: Where the training cases' tumour components come from: the cascade's liver stage as at
 #: inference, the same without its liver CRF, or the reference liver (:func:`lesion_candidates`).
 LiverMask = Literal["model", "model-no-crf", "reference"]
 LIVER_MASKS: tuple[str, ...] = ("model", "model-no-crf", "reference")
 
+#: The filter's recipe that rule AN adopted on held-out phantom cases (docs/cascade.md):
+#: 800 steps, its training components through the liver stage without its liver CRF and
+#: the tumour stage without its tumour CRF (the cascade keeps both at inference).
+TUMOUR_FILTER_STEPS = 800
+TUMOUR_FILTER_LIVER: LiverMask = "model-no-crf"
+TUMOUR_FILTER_TUMOUR_CRF = False
+
 
 def lesion_candidates(
     cascade: Cascade,
     cases: Sequence[Any],
     *,
-    liver: LiverMask = "model",
-    tumour_crf: bool = True,
+    liver: LiverMask = TUMOUR_FILTER_LIVER,
+    tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tumour components ``cascade`` leaves on labelled cases, as a filter sees them.
 
-    The cascade's tumour stage runs as it is (head, tumour CRF, threshold, scope),
-    without its tumour filter and smallest tumour, since a filter replaces that rule.
+    The cascade's tumour stage runs as it is (head, threshold, scope, and its tumour CRF
+    only with ``tumour_crf=True``), without its tumour filter and smallest tumour, since a
+    filter replaces that rule.
 
     Args:
         cascade: a trained cascade.
         cases: labelled cases (``LoadedCase`` or ``(volume, labels)`` pairs); training
             cases, never test cases.
         liver: the liver mask the tumour stage works in: ``"model"`` (the cascade's
-            liver stage, as at inference), ``"model-no-crf"`` (the same without its
-            liver CRF: about half the time on the phantom, 1-1.5 s a case against 2-3 s
-            on a 2-core AMD EPYC) or ``"reference"`` (``labels > 0``: the liver model
+            liver stage, as at inference), ``"model-no-crf"`` (the default: the same
+            without its liver CRF, a third to a fifth of the time on the phantom of a
+            2-core AMD EPYC) or ``"reference"`` (``labels > 0``: the liver model
             and its CRF do not run, a tenth to a third of the time; on validation-type
             phantom cases its filter held lower Dice per case than the others').
         tumour_crf: run the cascade's tumour CRF (if it has one) as at inference; False
-            leaves it out (faster: on the phantom about 1.2 s a case of a 2-core AMD EPYC).
+            (the default) leaves it out, about 1.2 s a case faster on the phantom of a
+            2-core AMD EPYC.
         progress: show a progress bar.
 
     Returns:
@@ -111,12 +128,12 @@ def train_lesion_filter(
     cascade: Cascade,
     cases: Sequence[Any],
     *,
-    steps: int = 400,
+    steps: int = TUMOUR_FILTER_STEPS,
     seed: int = 0,
     width: int = 16,
     device: str | torch.device = "cpu",
-    liver: LiverMask = "model",
-    tumour_crf: bool = True,
+    liver: LiverMask = TUMOUR_FILTER_LIVER,
+    tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
     progress: bool = False,
 ) -> tuple[LesionFilter, dict[str, Any]]:
     """A :class:`~featsup.postprocess.LesionFilter` trained on ``cascade``'s own components.
@@ -162,11 +179,11 @@ def add_lesion_filter(
     train_cases: Sequence[Any],
     val_cases: Sequence[Any],
     *,
-    steps: int = 400,
+    steps: int = TUMOUR_FILTER_STEPS,
     seed: int = 0,
     keeps: float | Sequence[float] = TUMOUR_FILTER_KEEP,
-    liver: LiverMask = "model",
-    tumour_crf: bool = True,
+    liver: LiverMask = TUMOUR_FILTER_LIVER,
+    tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
     """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
