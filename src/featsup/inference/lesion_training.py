@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ __all__ = [
 #: Where the training cases' tumour components come from: the cascade's liver stage as at
 #: inference, the same without its liver CRF, or the reference liver (:func:`lesion_candidates`).
 LiverMask = Literal["model", "model-no-crf", "reference"]
-LIVER_MASKS: tuple[str, ...] = ("model", "model-no-crf", "reference")
+LIVER_MASKS: tuple[str, ...] = get_args(LiverMask)
 
 #: The filter's recipe that rule AN adopted on held-out phantom cases (docs/cascade.md):
 #: 800 steps, its training components through the liver stage without its liver CRF and
