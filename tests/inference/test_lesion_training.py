@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,37 @@ def test_add_lesion_filter_keeps_the_choices_and_chooses_the_keep(cases: list) -
     assert list(fixed.filter_keep_scores) == [TUMOUR_FILTER_KEEP]
     with pytest.raises(ValueError, match="without a tumour filter"):
         add_lesion_filter(tuning, cases[:1], cases[1:], steps=10)
+
+
+@pytest.mark.parametrize("tta", [None, "auto"])
+def test_the_tunings_validation_outputs_are_its_cascades(cases: list, tta: str | None) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    tuning = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
+                                tumour_tta=tta)  # fmt: skip
+    ran = tuning.validation_pass
+    if tta is None:
+        assert ran is not None
+    if ran is None:  # a TTA other than the first was chosen: nothing kept
+        assert tuning.cascade.tumour_tta is not False
+        return
+    assert ran.crf == tuning.crf and ran.matches(cases[1:]) and not ran.matches(cases[:2])
+    for (volume, _), output in zip(cases[1:], ran.outputs, strict=True):
+        whole = tuning.cascade(volume)
+        np.testing.assert_array_equal(output.tumour_probability, whole.tumour_probability)
+        np.testing.assert_array_equal(output.liver_mask, whole.liver_mask)
+    assert "validation_pass" not in tuning.to_dict()
+
+
+def test_add_lesion_filter_reuses_the_tunings_run_with_the_same_scores(cases: list) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6))
+    reused, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9))
+    assert info["validation_reused"] and reused.validation_pass is None
+    bare = replace(first, validation_pass=None)
+    again, info = add_lesion_filter(bare, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9))
+    assert not info["validation_reused"]
+    assert reused.threshold_scores == again.threshold_scores
+    assert reused.tumour_filter_keep == again.tumour_filter_keep
+    # other validation cases than the tuning's: the cascade runs on them
+    other, info = add_lesion_filter(first, cases[:1], cases[:2], steps=10)
+    assert not info["validation_reused"] and other.filter_keep_scores

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Real
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -38,7 +38,9 @@ __all__ = [
     "TUMOUR_TTAS",
     "HeadChoice",
     "HeadScore",
+    "StageOutput",
     "Tuning",
+    "ValidationPass",
     "choose_crf_stages",
     "choose_heads",
     "score_heads",
@@ -345,6 +347,44 @@ def tumour_criterion(counts: np.ndarray, criterion: Criterion = "per_case") -> n
     return {"per_case": per_case, "global": pooled, "mean": (per_case + pooled) / 2}[criterion]
 
 
+class StageOutput(NamedTuple):
+    """What scoring a tumour threshold needs of one case's cascade run, (D, H, W) each."""
+
+    labels: np.ndarray
+    """uint8 labels as the cascade ran (its threshold, every tumour kept)."""
+    liver_mask: np.ndarray
+    """bool liver mask of the liver stage."""
+    tumour_probability: np.ndarray
+    """float32 tumour probability."""
+    image: np.ndarray
+    """float32 tumour-model input (what a tumour filter reads)."""
+
+
+@dataclass(frozen=True)
+class ValidationPass:
+    """The tuned cascade's run over the validation cases, kept by :func:`tune_on_validation`.
+
+    :func:`~featsup.inference.add_lesion_filter` scores its filter on these outputs
+    instead of running the models on the same cases again. They equal what the tuned
+    cascade's stages give on ``arrays`` (its heads, CRF stages and TTA), before the
+    threshold, the smallest tumour and any filter.
+    """
+
+    arrays: list[tuple[np.ndarray, np.ndarray]]
+    """The validation cases' (volume, labels), as tuned on."""
+    crf: str
+    """The CRF stages the outputs ran with."""
+    outputs: list[StageOutput]
+    """One per case of ``arrays``."""
+
+    def matches(self, arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
+        """Whether ``arrays`` are the same cases, in the same order (equal arrays)."""
+        return len(arrays) == len(self.arrays) and all(
+            np.array_equal(v, v0) and np.array_equal(t, t0)
+            for (v, t), (v0, t0) in zip(arrays, self.arrays, strict=True)
+        )
+
+
 def _crf_trials(
     cascade: Cascade,
     arrays: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -356,6 +396,8 @@ def _crf_trials(
     stages: Sequence[str] = ("none", "liver", "both"),
     criterion: Criterion = "global",
     keeps: Sequence[float] | None = None,
+    cached: Sequence[StageOutput] | None = None,
+    keep_outputs: dict[str, list[StageOutput]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the cascade over ``arrays`` once per CRF choice in ``stages``.
 
@@ -370,6 +412,9 @@ def _crf_trials(
     tumour, applied first, and the counts' second axis is each of ``keeps`` as the
     filter's keep threshold instead; the filter scores each case's components once per
     threshold.
+
+    ``cached`` (one stage's outputs per case, that stage the one of ``stages``) skips
+    the models; ``keep_outputs`` (an empty dict) receives each choice's outputs per case.
     """
     from featsup.inference.bundle import cascade_arguments
 
@@ -390,12 +435,21 @@ def _crf_trials(
         **{**cascade_arguments(cascade), "liver_crf": None, "tumour_crf": None,
            "tumour_min_voxels": 0, "tumour_filter_keep": 0.0},
     )  # fmt: skip
+    if cached is not None and (len(stages) != 1 or len(cached) != len(arrays)):
+        raise ValueError("cached: expected one CRF choice and one output per case")
     labels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {choice: [] for choice in stages}
     counts = {c: np.zeros((len(thresholds), len(columns), len(arrays), 3), np.int64)
               for c in stages}  # fmt: skip
     for c, (volume, truth) in enumerate(arrays):  # each model and CRF runs once per case
-        results, image = _case_trials(trial, plain, volume)
+        if cached is not None:
+            results = {stages[0]: cached[c]}
+        else:
+            ran, image = _case_trials(trial, plain, volume)
+            results = {k: StageOutput(r.labels, r.liver_mask, r.tumour_probability, image)
+                       for k, r in ran.items()}  # fmt: skip
         for choice, result in results.items():
+            if keep_outputs is not None:
+                keep_outputs.setdefault(choice, []).append(result)
             labels[choice].append((result.labels, truth))
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
@@ -405,7 +459,7 @@ def _crf_trials(
                     counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
                     continue
                 pred = drop_small_tumours(pred, sizes[0])
-                components, scores = score_tumours(pred, image, result.tumour_probability,
+                components, scores = score_tumours(pred, result.image, result.tumour_probability,
                                                    lesion_filter, result.liver_mask)  # fmt: skip
                 for j, keep in enumerate(columns):
                     kept = drop_unlikely_tumours(pred, components, scores, keep, result.liver_mask)
@@ -491,6 +545,10 @@ class Tuning:
     """With a cascade's ``tumour_filter``: the keep threshold chosen (then
     :attr:`threshold_scores` holds, per threshold, the Dice of each keep threshold, not
     of each smallest tumour); None without a filter."""
+    validation_pass: ValidationPass | None = field(default=None, repr=False, compare=False)
+    """The tuned cascade's outputs on the validation cases, for
+    :func:`~featsup.inference.add_lesion_filter` (not in :meth:`to_dict`); None when the
+    tuning ran no cascade (every choice given) or chose a tumour TTA other than the first."""
 
     @property
     def min_voxels_scores(self) -> dict[int, float]:
@@ -733,20 +791,26 @@ def tune_on_validation(
     grid: dict[float, dict[Any, float]] = {}
     tta_scores: dict[str, float] = {}
     threshold, column = thresholds[0], columns[0]
+    kept: dict[str, list[StageOutput]] = {}
+    ran: ValidationPass | None = None
     if crf == "auto" or auto_tta or len(thresholds) * len(columns) > 1:  # else nothing to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
                              thresholds=thresholds, sizes=sizes, stages=stages,
-                             criterion=criterion, keeps=keeps)  # fmt: skip
+                             criterion=criterion, keeps=keeps, keep_outputs=kept)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
+        ran = ValidationPass(arrays, crf, kept.pop(crf))
+        kept.clear()  # the other choices' outputs are not needed again
         grid = trials[crf]["by_threshold"]
         if auto_tta:
             options["tumour_tta"], grid, tta_scores = _tta_choice(
                 trial, arrays, crf, grid, crfs, thresholds=thresholds, sizes=sizes,
                 criterion=criterion, tolerance=tolerance, keeps=keeps,
             )  # fmt: skip
+            if options["tumour_tta"] != TUMOUR_TTAS[0]:  # the kept outputs ran without it
+                ran = None
         threshold, column = _best_postprocessing(grid, tolerance)
         if keeps is not None:
             column = _best_keep(grid[threshold], tolerance)
@@ -759,6 +823,6 @@ def tune_on_validation(
         options["tumour_filter_keep"] = keep
     tuned = Cascade(cascade.liver_model, cascade.tumour_model, **options)
     tuning = Tuning(choice, crf, scores, threshold, min_voxels, grid, tuned, criterion, tta_scores,
-                    keep)  # fmt: skip
+                    keep, ran)  # fmt: skip
     tuned.training_summary = {**(cascade.training_summary or {}), "tuning": tuning.to_dict()}
     return tuning

@@ -190,9 +190,12 @@ def add_lesion_filter(
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
     tuned; the heads, CRF stages, tumour threshold and TTA stay as they were chosen, and
-    the smallest tumour becomes 0 (the filter takes its place). The cascade then runs once
-    more over ``val_cases`` (the head table is not measured again) and scores each of
-    ``keeps``; with several, the keep is chosen as
+    the smallest tumour becomes 0 (the filter takes its place). The filter then scores the
+    tuned cascade's components on ``val_cases`` for each of ``keeps``: from the tuning's
+    :attr:`~featsup.inference.Tuning.validation_pass` when ``val_cases`` are the cases it
+    was tuned on (the same outputs, without running the models again), else from one more
+    run of the cascade (the head table is not measured again). With several keeps, the
+    keep is chosen as
     :func:`~featsup.inference.tune_on_validation` chooses it (the highest within the
     tuning's tolerance of the best validation Dice, by its criterion).
 
@@ -214,7 +217,8 @@ def add_lesion_filter(
     Returns:
         ``(tuning, info)``: the new :class:`~featsup.inference.Tuning` (its ``cascade``
         holds the filter; its ``heads`` and ``crf_scores`` are the first tuning's) and
-        :func:`train_lesion_filter`'s ``info`` with ``"tune_seconds"``.
+        :func:`train_lesion_filter`'s ``info`` with ``"tune_seconds"`` and
+        ``"validation_reused"`` (whether the tuning's validation outputs were reused).
 
     Raises:
         ValueError: if ``tuning.cascade`` already has a filter, or as
@@ -234,20 +238,24 @@ def add_lesion_filter(
     start = time.perf_counter()
     options = {**cascade_arguments(tuned), "tumour_filter": lesion_filter, "tumour_min_voxels": 0}
     arrays = [_case_arrays(case, i) for i, case in enumerate(val_cases)]
+    ran = tuning.validation_pass
+    reused = ran is not None and ran.crf == tuning.crf and ran.matches(arrays)
     trials = _crf_trials(
         Cascade(tuned.liver_model, tuned.tumour_model, **options), arrays,
         tuned.liver_crf, tuned.tumour_crf, thresholds=(tuning.tumour_threshold,), sizes=(0,),
         stages=(tuning.crf,), criterion=tuning.criterion, keeps=candidates,
+        cached=ran.outputs if reused and ran is not None else None,
     )  # fmt: skip
     grid = trials[tuning.crf]["by_threshold"]
     keep = _best_keep(grid[tuning.tumour_threshold], tuning.heads.tolerance)
     options["tumour_filter_keep"] = keep
     cascade = Cascade(tuned.liver_model, tuned.tumour_model, **options)
     again = replace(tuning, tumour_min_voxels=0, threshold_scores=grid, cascade=cascade,
-                    tumour_filter_keep=float(keep))  # fmt: skip
+                    tumour_filter_keep=float(keep), validation_pass=None)  # fmt: skip
     cascade.training_summary = {
         **(tuned.training_summary or {}),
         "tuning": again.to_dict(),
         "tumour_filter": {k: v for k, v in info.items() if k != "seconds"},
     }
-    return again, {**info, "tune_seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return again, {**info, "tune_seconds": seconds, "validation_reused": reused}
