@@ -134,7 +134,7 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     saved = load_cascade(run / "cascade.pt", device="cpu")
     cases = run_cases(run)
     val = [fd.load_case(c) for c in cases["val"]]
-    train = [fd.load_case(c) for c in cases["train"][: args.cases]]
+    train = fd.LazyCases(cases["train"][: args.cases])  # one in memory at a time
     # the saved choices, re-made on the same validation cases (no grid: one value each)
     heads = (saved.liver_head, saved.tumour_head)
     tuning = tune_on_validation(saved, val, heads=heads, crf=crf_stages(saved),

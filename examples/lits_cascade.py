@@ -665,7 +665,7 @@ def add_filter(
 ) -> tuple[Tuning, dict]:
     """--tumour-filter-cases: a tumour filter on the tuned cascade (its keep fixed or chosen
     on the loaded validation cases ``val``)."""
-    train = [fd.load_case(case) for case in train_cases[: args.tumour_filter_cases]]
+    train = fd.LazyCases(train_cases[: args.tumour_filter_cases])  # one in memory at a time
     keep = args.tumour_filter_keep
     keeps = TUMOUR_FILTER_KEEPS if keep == "auto" else keep
     try:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from featsup.data import (
+    LazyCases,
     LitsCase,
     check_dataset,
     find_cases,
@@ -107,6 +108,24 @@ def test_load_case_in_processing_order(phantom_folder: Path) -> None:
     np.testing.assert_array_equal(loaded.labels, expected.labels)
     assert loaded.spacing == pytest.approx(expected.spacing, rel=1e-6)
     assert loaded.case_id == "1" and loaded.affine.shape == (4, 4)
+
+
+def test_lazy_cases_load_each_case_when_read(phantom_folder: Path, tmp_path: Path) -> None:
+    cases = find_cases(phantom_folder)
+    lazy = LazyCases(cases)
+    assert len(lazy) == len(cases) and len(lazy[1:]) == len(cases) - 1
+    for read, case in ((lazy[1], cases[1]), (lazy[-1], cases[-1]), (lazy[1:][0], cases[1])):
+        expected = load_case(case)
+        assert read.case_id == expected.case_id
+        np.testing.assert_array_equal(read.volume, expected.volume)
+        np.testing.assert_array_equal(read.labels, expected.labels)
+    assert [c.case_id for c in lazy] == [c.case_id for c in cases]
+    assert lazy[0] is not lazy[0]  # loaded on each read, never held
+    with pytest.raises(IndexError):
+        lazy[len(cases)]
+    gone = LazyCases([(tmp_path / "gone.nii", None)])  # nothing is read before access
+    with pytest.raises(ValueError, match=r"gone\.nii"):
+        gone[0]
 
 
 def test_loading_is_orientation_invariant(tmp_path: Path) -> None:

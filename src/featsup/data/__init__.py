@@ -14,6 +14,7 @@ from featsup.data._cache import PreparedVolume, prepare_volumes
 from featsup.data.augment import SliceAugment
 from featsup.data.lits import (
     CaseProblem,
+    LazyCases,
     LitsCase,
     LoadedCase,
     check_dataset,
@@ -54,6 +55,7 @@ __all__ = [
     "HU_WINDOW",
     "STAGE_EMPTY_FRACTION",
     "CaseProblem",
+    "LazyCases",
     "LitsCase",
     "LiverSliceDataset",
     "LoadedCase",

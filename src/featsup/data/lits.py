@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, overload
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from featsup.data._orient import from_processing, nibabel, processing_spacing, t
 
 __all__ = [
     "CaseProblem",
+    "LazyCases",
     "LitsCase",
     "LoadedCase",
     "check_dataset",
@@ -251,6 +252,47 @@ def load_case(case: LitsCase | Sequence[Any]) -> LoadedCase:
         check_pair(case, vol_image, open_nifti(case.segmentation_path))
         labels, _ = load_segmentation(case.segmentation_path)
     return LoadedCase(volume, labels, spacing, affine, case.case_id)
+
+
+class LazyCases(Sequence[LoadedCase]):
+    """Cases that are loaded when read (:func:`load_case` on each access), not before.
+
+    For a pass that reads each case once (``featsup.inference.lesion_candidates`` over a
+    filter's training cases, say): only the case being read sits in memory, not the whole
+    list (about 16 MB a case at the example phantom's 48 x 256 x 256). Each access loads
+    the case again, so keep what you read twice.
+
+    Args:
+        cases: :class:`LitsCase` objects or ``(volume, segmentation)`` pairs of paths.
+
+    Example:
+        >>> import tempfile
+        >>> from featsup.data import write_phantom_dataset
+        >>> pairs = write_phantom_dataset(tempfile.mkdtemp(), 3, shape=(8, 32, 32))
+        >>> lazy = LazyCases(pairs)
+        >>> len(lazy), lazy[1].volume.shape, len(lazy[1:])
+        (3, (8, 32, 32), 2)
+    """
+
+    def __init__(self, cases: Sequence[LitsCase | Sequence[Any]]) -> None:
+        self._cases = list(cases)
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    @overload
+    def __getitem__(self, index: int) -> LoadedCase: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LazyCases: ...
+
+    def __getitem__(self, index: int | slice) -> LoadedCase | LazyCases:
+        if isinstance(index, slice):
+            return LazyCases(self._cases[index])
+        return load_case(self._cases[index])
+
+    def __repr__(self) -> str:
+        return f"LazyCases({len(self._cases)} cases)"
 
 
 def validate_case(case: LitsCase, *, read_data: bool = True) -> None:
