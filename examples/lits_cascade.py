@@ -646,7 +646,7 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
         make_cascade(liver, tumour, args), cases,
         tolerance=args.head_tolerance, heads=fixed_heads(args), crf=args.crf,
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
-        tumour_tta=TUMOUR_TTA[args.tumour_tta],
+        tumour_tta=TUMOUR_TTA[args.tumour_tta], keep_outputs=args.tumour_filter_cases > 0,
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head

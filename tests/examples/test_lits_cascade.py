@@ -661,6 +661,7 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
         record["cases"] == 5 and record["steps"] == 5 and 0 < record["true"] < record["candidates"]
     )
     assert record["liver"] == "model" and record["tumour_crf"] is True  # not the defaults
+    assert record["validation_reused"] is True  # scored on the tuning's run, not a second one
     assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0

@@ -170,7 +170,7 @@ def test_add_lesion_filter_keeps_the_choices_and_chooses_the_keep(cases: list) -
 def test_the_tunings_validation_outputs_are_its_cascades(cases: list, tta: str | None) -> None:
     base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
     tuning = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
-                                tumour_tta=tta)  # fmt: skip
+                                tumour_tta=tta, keep_outputs=True)  # fmt: skip
     ran = tuning.validation_pass
     if tta is None:
         assert ran is not None
@@ -187,7 +187,9 @@ def test_the_tunings_validation_outputs_are_its_cascades(cases: list, tta: str |
 
 def test_add_lesion_filter_reuses_the_tunings_run_with_the_same_scores(cases: list) -> None:
     base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
-    first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6))
+    first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
+                               keep_outputs=True)  # fmt: skip
+    assert tune_on_validation(base, cases[1:], crf="none").validation_pass is None  # opt-in
     reused, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9))
     assert info["validation_reused"] and reused.validation_pass is None
     bare = replace(first, validation_pass=None)

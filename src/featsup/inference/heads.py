@@ -547,8 +547,9 @@ class Tuning:
     of each smallest tumour); None without a filter."""
     validation_pass: ValidationPass | None = field(default=None, repr=False, compare=False)
     """The tuned cascade's outputs on the validation cases, for
-    :func:`~featsup.inference.add_lesion_filter` (not in :meth:`to_dict`); None when the
-    tuning ran no cascade (every choice given) or chose a tumour TTA other than the first."""
+    :func:`~featsup.inference.add_lesion_filter` (not in :meth:`to_dict`), with
+    ``tune_on_validation(keep_outputs=True)``; None without it, when the tuning ran no
+    cascade (every choice given) or when it chose a tumour TTA other than the first."""
 
     @property
     def min_voxels_scores(self) -> dict[int, float]:
@@ -692,6 +693,7 @@ def tune_on_validation(
     criterion: Criterion = "global",
     tumour_tta: TTA | Literal["auto"] | None = None,
     tumour_filter_keep: float | Sequence[float] = TUMOUR_FILTER_KEEPS,
+    keep_outputs: bool = False,
 ) -> Tuning:
     """Choose a cascade's heads, CRF stages, tumour threshold and smallest tumour, on validation.
 
@@ -739,6 +741,12 @@ def tune_on_validation(
         tumour_filter_keep: with a cascade's ``tumour_filter``, candidate keep
             thresholds (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEPS`), or one to use;
             unused without a filter.
+        keep_outputs: keep the tuned cascade's outputs on ``cases``
+            (:attr:`Tuning.validation_pass`), so that
+            :func:`~featsup.inference.add_lesion_filter` scores its filter without
+            running the models on them again. They cost about 10 bytes a voxel of each
+            case (31 MB at 48 x 256 x 256, 0.5 GB at 200 x 512 x 512), held as long as
+            the returned tuning is.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
@@ -797,11 +805,13 @@ def tune_on_validation(
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
                              thresholds=thresholds, sizes=sizes, stages=stages,
-                             criterion=criterion, keeps=keeps, keep_outputs=kept)  # fmt: skip
+                             criterion=criterion, keeps=keeps,
+                             keep_outputs=kept if keep_outputs else None)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
-        ran = ValidationPass(arrays, crf, kept.pop(crf))
+        if keep_outputs:
+            ran = ValidationPass(arrays, crf, kept.pop(crf))
         kept.clear()  # the other choices' outputs are not needed again
         grid = trials[crf]["by_threshold"]
         if auto_tta:

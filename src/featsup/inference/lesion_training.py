@@ -192,9 +192,10 @@ def add_lesion_filter(
     tuned; the heads, CRF stages, tumour threshold and TTA stay as they were chosen, and
     the smallest tumour becomes 0 (the filter takes its place). The filter then scores the
     tuned cascade's components on ``val_cases`` for each of ``keeps``: from the tuning's
-    :attr:`~featsup.inference.Tuning.validation_pass` when ``val_cases`` are the cases it
-    was tuned on (the same outputs, without running the models again), else from one more
-    run of the cascade (the head table is not measured again). With several keeps, the
+    :attr:`~featsup.inference.Tuning.validation_pass` (``tune_on_validation(...,
+    keep_outputs=True)``) when ``val_cases`` are the cases it was tuned on (the same
+    outputs, without running the models again), else from one more run of the cascade
+    (the head table is not measured again). With several keeps, the
     keep is chosen as
     :func:`~featsup.inference.tune_on_validation` chooses it (the highest within the
     tuning's tolerance of the best validation Dice, by its criterion).
