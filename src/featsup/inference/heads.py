@@ -799,20 +799,18 @@ def tune_on_validation(
     grid: dict[float, dict[Any, float]] = {}
     tta_scores: dict[str, float] = {}
     threshold, column = thresholds[0], columns[0]
-    kept: dict[str, list[StageOutput]] = {}
+    kept: dict[str, list[StageOutput]] | None = {} if keep_outputs else None
     ran: ValidationPass | None = None
     if crf == "auto" or auto_tta or len(thresholds) * len(columns) > 1:  # else nothing to choose
         stages = ("none", "liver", "both") if crf == "auto" else (crf,)
         trials = _crf_trials(trial, arrays, crfs["liver"], crfs["tumour"],
                              thresholds=thresholds, sizes=sizes, stages=stages,
-                             criterion=criterion, keeps=keeps,
-                             keep_outputs=kept if keep_outputs else None)  # fmt: skip
+                             criterion=criterion, keeps=keeps, keep_outputs=kept)  # fmt: skip
         if crf == "auto":
             scores = {s: t["dice"] for s, t in trials.items()}
             crf = _crf_choice(trials)
-        if keep_outputs:
-            ran = ValidationPass(arrays, crf, kept.pop(crf))
-        kept.clear()  # the other choices' outputs are not needed again
+        if kept is not None:  # the chosen stages' outputs; the other choices' go
+            ran, kept = ValidationPass(arrays, crf, kept[crf]), None
         grid = trials[crf]["by_threshold"]
         if auto_tta:
             options["tumour_tta"], grid, tta_scores = _tta_choice(

@@ -195,8 +195,7 @@ def add_lesion_filter(
     :attr:`~featsup.inference.Tuning.validation_pass` (``tune_on_validation(...,
     keep_outputs=True)``) when ``val_cases`` are the cases it was tuned on (the same
     outputs, without running the models again), else from one more run of the cascade
-    (the head table is not measured again). With several keeps, the
-    keep is chosen as
+    (the head table is not measured again). With several keeps, the keep is chosen as
     :func:`~featsup.inference.tune_on_validation` chooses it (the highest within the
     tuning's tolerance of the best validation Dice, by its criterion).
 
@@ -239,13 +238,15 @@ def add_lesion_filter(
     start = time.perf_counter()
     options = {**cascade_arguments(tuned), "tumour_filter": lesion_filter, "tumour_min_voxels": 0}
     arrays = [_case_arrays(case, i) for i, case in enumerate(val_cases)]
-    ran = tuning.validation_pass
-    reused = ran is not None and ran.crf == tuning.crf and ran.matches(arrays)
+    ran = tuning.validation_pass  # the tuning's own run over these cases, if it kept it
+    cached = (
+        ran.outputs if ran is not None and ran.crf == tuning.crf and ran.matches(arrays) else None
+    )
     trials = _crf_trials(
         Cascade(tuned.liver_model, tuned.tumour_model, **options), arrays,
         tuned.liver_crf, tuned.tumour_crf, thresholds=(tuning.tumour_threshold,), sizes=(0,),
         stages=(tuning.crf,), criterion=tuning.criterion, keeps=candidates,
-        cached=ran.outputs if reused and ran is not None else None,
+        cached=cached,
     )  # fmt: skip
     grid = trials[tuning.crf]["by_threshold"]
     keep = _best_keep(grid[tuning.tumour_threshold], tuning.heads.tolerance)
@@ -259,4 +260,4 @@ def add_lesion_filter(
         "tumour_filter": {k: v for k, v in info.items() if k != "seconds"},
     }
     seconds = time.perf_counter() - start
-    return again, {**info, "tune_seconds": seconds, "validation_reused": reused}
+    return again, {**info, "tune_seconds": seconds, "validation_reused": cached is not None}
