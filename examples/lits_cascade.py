@@ -41,6 +41,7 @@ from featsup.inference import (
     TUMOUR_FILTER_TUMOUR_CRF,
     Cascade,
     Tuning,
+    ValidationPass,
     add_lesion_filter,
     evaluate_cases,
     parse_head,
@@ -95,6 +96,10 @@ CRF = {stage: {**CRF_PRESETS[stage], "workers": 2} for stage in ("liver", "tumou
 
 # --tumour-tta: the tumour stage's test-time augmentation (Cascade's tumour_tta)
 TUMOUR_TTA: dict[str, Any] = {"none": False, "mirror": True, "flips": "flips", "auto": "auto"}
+#: With the tumour filter on, the tuning keeps its validation outputs for it up to this size
+#: (ValidationPass.estimate_bytes: 150 MiB for the phantom's five cases); above it (LiTS
+#: volumes: gigabytes) the filter runs the cascade over the validation cases again instead.
+KEEP_OUTPUTS_BYTES = 2**30
 
 
 def cpu_bf16_is_safe(dims: int) -> bool:
@@ -646,7 +651,8 @@ def tune(liver: Any, tumour: Any, cases: list, args: argparse.Namespace) -> Tuni
         make_cascade(liver, tumour, args), cases,
         tolerance=args.head_tolerance, heads=fixed_heads(args), crf=args.crf,
         liver_crf=CRF["liver"], tumour_crf=CRF["tumour"], criterion=args.tumour_criterion,
-        tumour_tta=TUMOUR_TTA[args.tumour_tta], keep_outputs=args.tumour_filter_cases > 0,
+        tumour_tta=TUMOUR_TTA[args.tumour_tta], keep_outputs=args.tumour_filter_cases > 0
+        and ValidationPass.estimate_bytes(cases) <= KEEP_OUTPUTS_BYTES,
     )  # fmt: skip
     print(f"\nheads on validation cases {[c.case_id for c in cases]}:\n{tuning.heads.table()}")
     heads = tuning.cascade.liver_head, tuning.cascade.tumour_head

@@ -634,7 +634,10 @@ def test_tumour_darkness_reaches_training_and_the_saved_cascade(
 
 
 def test_tumour_filter_is_trained_on_training_cases_and_saved(
-    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    example: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from featsup.inference import Cascade
 
@@ -667,3 +670,10 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0
     assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"] == 0.8  # fixed, not chosen
     assert chosen["val_tumour_dice_by_filter_keep"] and not chosen["val_tumour_dice_by_min_voxels"]
+    # validation outputs over the size cap: the cascade runs on them again, to the same scores
+    monkeypatch.setattr(example, "KEEP_OUTPUTS_BYTES", 0)
+    again = example.main([*TINY, "--out", str(tmp_path / "again"), "--validation-only",
+                          "--crf", "none", *flags])  # fmt: skip
+    assert again["tumour_filter"]["validation_reused"] is False
+    by_keep = again["chosen_on_validation"]["val_tumour_dice_by_filter_keep"]
+    assert by_keep == chosen["val_tumour_dice_by_filter_keep"]

@@ -13,6 +13,7 @@ from _cascades import threshold_cascade
 from featsup.data import make_phantom
 from featsup.inference import (
     Cascade,
+    ValidationPass,
     add_lesion_filter,
     lesion_candidates,
     load_cascade,
@@ -178,6 +179,8 @@ def test_the_tunings_validation_outputs_are_its_cascades(cases: list, tta: str |
         assert tuning.cascade.tumour_tta is not False
         return
     assert ran.crf == tuning.crf and ran.matches(cases[1:]) and not ran.matches(cases[:2])
+    held = sum(sum(a.nbytes for a in output) for output in ran.outputs)
+    assert held == ValidationPass.estimate_bytes(cases[1:])  # what the estimate promises
     for (volume, _), output in zip(cases[1:], ran.outputs, strict=True):
         whole = tuning.cascade(volume)
         np.testing.assert_array_equal(output.tumour_probability, whole.tumour_probability)

@@ -377,6 +377,20 @@ class ValidationPass:
     outputs: list[StageOutput]
     """One per case of ``arrays``."""
 
+    @staticmethod
+    def estimate_bytes(cases: Sequence[Any]) -> int:
+        """Bytes that keeping the outputs of ``cases`` costs: 10 a voxel.
+
+        The labels and liver mask take 1 byte a voxel each, the tumour probability and the
+        tumour model's input 4 each.
+
+        Example:
+            >>> case = (np.zeros((48, 256, 256), np.int16), np.zeros((48, 256, 256), np.uint8))
+            >>> ValidationPass.estimate_bytes([case]) / 2**20
+            30.0
+        """
+        return 10 * sum(_case_arrays(case, i)[0].size for i, case in enumerate(cases))
+
     def matches(self, arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
         """Whether ``arrays`` are the same cases, in the same order (equal arrays)."""
         return len(arrays) == len(self.arrays) and all(
@@ -744,9 +758,9 @@ def tune_on_validation(
         keep_outputs: keep the tuned cascade's outputs on ``cases``
             (:attr:`Tuning.validation_pass`), so that
             :func:`~featsup.inference.add_lesion_filter` scores its filter without
-            running the models on them again. They cost about 10 bytes a voxel of each
-            case (31 MB at 48 x 256 x 256, 0.5 GB at 200 x 512 x 512), held as long as
-            the returned tuning is.
+            running the models on them again. They cost 10 bytes a voxel of each case
+            (:meth:`ValidationPass.estimate_bytes`: 30 MiB at 48 x 256 x 256, 0.5 GB at
+            200 x 512 x 512), held as long as the returned tuning is.
 
     Returns:
         A :class:`Tuning`; its ``cascade`` is the copy to evaluate on test cases.
