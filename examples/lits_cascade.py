@@ -692,11 +692,13 @@ def add_filter(
 
 def evaluate(cascade: Cascade, cases: list, args: argparse.Namespace) -> dict:
     """Score the test cases once, with the choices made on validation."""
-    done = evaluate_cases(cascade, cases, out=args.out, keep_loaded=True)
-    # Table 2 on the test cases: reported, never chosen on
+    done = evaluate_cases(cascade, cases, out=args.out)
+    # Table 2 on the test cases: reported, never chosen on; read again one at a time, not
+    # all held (a LiTS test split would be tens of GB)
     plain = make_cascade(cascade.liver_model, cascade.tumour_model, args)
     table = {
-        s: score_heads(plain, done.loaded, stage=s, timed=False)[0] for s in ("liver", "tumour")
+        s: score_heads(plain, fd.LazyCases(cases), stage=s, timed=False)[0]
+        for s in ("liver", "tumour")
     }
     return {
         "cases": done.records, **done.summary, "seconds_per_case": done.seconds_per_case,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -309,6 +312,37 @@ def test_score_heads_times_each_pruned_head_only_when_asked(cases: list) -> None
     assert len(dice) == 2 and all(np.isnan(seconds))
     dice_timed, seconds = score_heads(cascade, cases, stage="tumour")
     assert dice_timed == dice and all(s > 0 for s in seconds)
+
+
+class _Loads(Sequence):
+    """Hands out a fresh copy of each case's volume when read, as a lazy loader does, and
+    counts how many of those copies are alive at each read."""
+
+    def __init__(self, cases: list) -> None:
+        self.cases, self.copies, self.alive = cases, [], []
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        volume, labels = self.cases[index]  # IndexError ends the iteration
+        self.alive.append(sum(ref() is not None for ref in self.copies))
+        copy = volume.copy()
+        self.copies.append(weakref.ref(copy))
+        return copy, labels
+
+
+@pytest.mark.parametrize("stage", ["liver", "tumour"])
+def test_score_heads_holds_one_case_at_a_time(cases: list, stage: str) -> None:
+    from featsup.inference import score_heads
+
+    cascade = threshold_cascade(liver=(0.9, 0.35), tumour=(0.45, 0.45))
+    many = cases * 2
+    lazy = _Loads(many)
+    dice, _ = score_heads(cascade, lazy, stage=stage, timed=False)  # type: ignore[arg-type]
+    assert len(lazy.copies) == len(many)  # each case read once
+    assert max(lazy.alive) <= 1  # the last one only, as the next is read: never all of them
+    assert dice == score_heads(cascade, many, stage=stage, timed=False)[0]
 
 
 def test_tune_on_validation_chooses_the_cheapest_tumour_tta_within_tolerance(cases: list) -> None:

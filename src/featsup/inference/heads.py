@@ -164,7 +164,8 @@ def score_heads(
 
     Args:
         cascade: the trained cascade; it is not changed.
-        cases: :class:`featsup.data.LoadedCase` or ``(volume_hu, labels)`` pairs.
+        cases: :class:`featsup.data.LoadedCase` or ``(volume_hu, labels)`` pairs, read
+            once each in order (a :class:`featsup.data.LazyCases` loads one at a time).
         stage: which stage's heads to score.
         liver_head: the liver head under the tumour heads.
         timed: time each head; False gives NaN seconds.
@@ -185,13 +186,15 @@ def score_heads(
         2
     """
     check_choice("stage", stage, ("liver", "tumour"))
-    arrays = [_case_arrays(case, i) for i, case in enumerate(cases)]
-    if not arrays:
+    if len(cases) == 0:
         raise ValueError("cases: expected at least one case, got none")
     model = cascade.liver_model if stage == "liver" else cascade.tumour_model
     heads = list(range(1, heads_of(model) + 1))
     scores: list[list[float]] = [[] for _ in heads]
-    for volume, labels in arrays:
+    first = None
+    for i, case in enumerate(cases):  # one case at a time: a lazy sequence stays lazy
+        volume, labels = _case_arrays(case, i)
+        first = volume if first is None and timed else first
         if stage == "liver":
             for k, liver in zip(heads, cascade.liver_stages(volume, heads), strict=True):
                 scores[k - 1].append(dice_score(liver.mask, labels >= 1))
@@ -200,8 +203,8 @@ def score_heads(
         for k, result in zip(heads, cascade.tumour_stages(liver, heads), strict=True):
             scores[k - 1].append(dice_score(result.labels == 2, labels == 2))
     seconds = [float("nan")] * len(heads)
-    if timed:
-        seconds = _head_seconds(cascade, arrays[0][0], stage, heads, liver_head)
+    if timed and first is not None:
+        seconds = _head_seconds(cascade, first, stage, heads, liver_head)
     return [float(np.mean(v)) for v in scores], seconds
 
 
