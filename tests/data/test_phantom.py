@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -252,3 +254,26 @@ def test_reuse_keeps_a_dataset_only_when_its_settings_match(tmp_path) -> None:
     # without reuse the cases are always written
     write_phantom_dataset(tmp_path, 2, seed=4, shape=(16, 32, 32))
     assert other[0][0].stat().st_mtime_ns > stamps[0]
+
+
+def test_reuse_keeps_a_larger_dataset_and_extends_a_smaller_one(tmp_path) -> None:
+    shape = (16, 32, 32)
+    three = write_phantom_dataset(tmp_path, 3, seed=3, shape=shape, start_index=10)
+    stamps = {p: p.stat().st_mtime_ns for pair in three for p in pair}
+    # fewer cases than recorded: the first ones, nothing written, the record kept
+    two = write_phantom_dataset(tmp_path, 2, seed=3, shape=shape, start_index=10, reuse=True)
+    assert two == three[:2] and all(p.stat().st_mtime_ns == stamps[p] for pair in two for p in pair)
+    assert json.loads((tmp_path / "phantom.json").read_text())[0] == 3
+    # more: only the new ones are written, and they are the phantoms a fresh write holds
+    five = write_phantom_dataset(tmp_path, 5, seed=3, shape=shape, start_index=10, reuse=True,
+                                 num_workers=2)  # fmt: skip
+    assert five[:3] == three and all(p.stat().st_mtime_ns == stamps[p] for p in stamps)
+    assert [p.name for p in five[4]] == ["volume-14.nii.gz", "segmentation-14.nii.gz"]
+    np.testing.assert_array_equal(load_case(five[4]).labels, make_phantom(7, shape).labels)
+    assert json.loads((tmp_path / "phantom.json").read_text())[0] == 5
+    fresh = write_phantom_dataset(tmp_path / "fresh", 5, seed=3, shape=shape, start_index=10)
+    for a, b in zip(five, fresh, strict=True):
+        np.testing.assert_array_equal(load_case(a).volume, load_case(b).volume)
+    # another start or seed matches nothing: every case is written again
+    write_phantom_dataset(tmp_path, 2, seed=3, shape=shape, start_index=11, reuse=True)
+    assert json.loads((tmp_path / "phantom.json").read_text())[:2] == [2, 3]

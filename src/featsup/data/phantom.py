@@ -236,8 +236,11 @@ def write_phantom_dataset(
         compress: write ``.nii.gz`` (True) or ``.nii``.
         start_index: number ``N`` of the first case.
         num_workers: processes to use (0 = this process).
-        reuse: keep the cases already in ``folder`` when ``phantom.json`` there records
-            these very settings (it is written with every dataset); write otherwise.
+        reuse: keep the cases already in ``folder`` that its ``phantom.json`` (written
+            with every dataset) records with these very settings, whatever their number
+            (case N is the same phantom in a dataset of any size), and write only the
+            others: asking for fewer cases writes nothing, asking for more writes the
+            new ones. Without a matching record every case is written.
 
     Returns:
         The ``(volume_path, segmentation_path)`` pairs, in case order.
@@ -260,18 +263,35 @@ def write_phantom_dataset(
     shp = _check_shape(shape)
     ext = ".nii.gz" if compress else ".nii"
     jobs = [(out, start_index + i, seed + i, shp, spacing, codes, ext) for i in range(n_cases)]
-    settings = json.dumps([n_cases, seed, shp, spacing, codes, ext, start_index, PHANTOM_VERSION],
-                          default=list)  # fmt: skip
+    fields = [seed, shp, spacing, codes, ext, start_index, PHANTOM_VERSION]
+    settings = json.dumps([n_cases, *fields], default=list)
     record = out / "phantom.json"
     pairs = [(out / f"volume-{j[1]}{ext}", out / f"segmentation-{j[1]}{ext}") for j in jobs]
-    if reuse and record.is_file() and record.read_text() == settings:
-        if all(a.is_file() and b.is_file() for a, b in pairs):
-            return pairs
+    covered = _recorded_cases(record, settings) if reuse else 0
+    todo = [j for i, (j, (a, b)) in enumerate(zip(jobs, pairs, strict=True))
+            if i >= covered or not (a.is_file() and b.is_file())]  # fmt: skip
+    if not todo:
+        return pairs
     record.unlink(missing_ok=True)  # no record of a half-written dataset
-    if num_workers > 0:
+    if num_workers > 0 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            written = list(pool.map(_write_case, *zip(*jobs, strict=True)))
+            list(pool.map(_write_case, *zip(*todo, strict=True)))
     else:
-        written = [_write_case(*job) for job in jobs]
-    record.write_text(settings)
-    return written
+        for job in todo:
+            _write_case(*job)
+    record.write_text(json.dumps([max(covered, n_cases), *fields], default=list))
+    return pairs
+
+
+def _recorded_cases(record: Path, settings: str) -> int:
+    """The cases ``record`` (a ``phantom.json``) holds with ``settings``, their count aside.
+
+    0 when it is missing, unreadable or records other settings.
+    """
+    try:
+        old, new = json.loads(record.read_text()), json.loads(settings)
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(old, list) or len(old) != len(new) or old[1:] != new[1:]:
+        return 0
+    return int(old[0]) if isinstance(old[0], int) and old[0] > 0 else 0
