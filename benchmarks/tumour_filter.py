@@ -5,7 +5,10 @@ choice it made on its validation cases) is the baseline. The arm adds a tumour f
 (:func:`featsup.inference.add_lesion_filter`, what ``examples/lits_cascade.py
 --tumour-filter-cases N`` does): a small CNN trained on the components the saved cascade
 leaves on the run's first ``--cases`` training cases, its keep threshold chosen on the
-run's validation cases (the heads, CRF stages, threshold and TTA kept). Both are scored
+run's validation cases (the heads, CRF stages, threshold and TTA kept). With
+``--thresholds``, one arm per tumour probability threshold (``tuned``: the saved one,
+the arm ``filter/grid``; a number T: the arm ``filter@T/grid``, its filter trained on the
+components at T and the cascade labelling at T). All are scored
 on the same held-out fresh cases (``validation_size.py``'s: the fresh cases after the
 first ``--extra``; never a test or validation case), each case through one liver stage;
 ``--on extra`` scores the first ``--extra`` instead (validation-type cases, for a look
@@ -70,33 +73,42 @@ def crf_stages(cascade: Cascade) -> str:
 def score(
     cascades: dict[str, Cascade], cases: list[fd.LitsCase], keeps: list[float]
 ) -> dict[str, dict[str, Any]]:
-    """Each cascade's tumour Dice per case and global and liver Dice per case on ``cases``;
-    the liver stage runs once a case (every cascade shares the first one's). A cascade
-    with a tumour filter is also scored at each of ``keeps`` (``"by_keep"``: its
-    components scored once, then dropped at each keep), reported beside its own."""
+    """Each cascade's tumour Dice per case and global and liver Dice per case on ``cases``.
+
+    The liver stage runs once a case (the first cascade's), and the tumour model and CRF
+    once for each set of cascades that differ only in their tumour threshold, smallest
+    tumour and filter; each cascade labels that tumour probability as it would have (what
+    it returns run whole: the tests pin it). A cascade with a tumour filter is also scored
+    at each of ``keeps`` (``"by_keep"``: its components scored once, then dropped at each
+    keep), reported beside its own.
+    """
     base = next(iter(cascades.values()))
+    labellers = {name: _labeller(c) for name, c in cascades.items()}
+    kinds: list[tuple[Any, Cascade]] = []  # (models and stages, a cascade that runs them)
+    kind: dict[str, int] = {}
+    for name, c in cascades.items():
+        key = _models_and_stages(c)
+        found = [i for i, (k, _) in enumerate(kinds) if k == key]
+        if not found:
+            kinds.append((key, _labeller(c, tumour_filter=None, tumour_crf=c.tumour_crf)))
+        kind[name] = found[0] if found else len(kinds) - 1
     counts: dict[str, list] = {name: [] for name in cascades}
     liver: dict[str, list] = {name: [] for name in cascades}
     by_keep: dict[str, list] = {name: [] for name, c in cascades.items() if c.tumour_filter}
-    opened = {
-        name: Cascade(
-            c.liver_model, c.tumour_model, **{**cascade_arguments(c), "tumour_filter_keep": 0.0}
-        )
-        for name, c in cascades.items()
-        if name in by_keep
-    }  # every component kept
+    opened = {name: _labeller(cascades[name], tumour_filter_keep=0.0) for name in by_keep}
     for case in cases:
         loaded = fd.load_case(case)
         truth = np.asarray(loaded.labels)
         true = truth == 2
         stage = base.liver_stage(np.asarray(loaded.volume))
+        refined = [c.tumour_stage(stage) for _, c in kinds]  # models and tumour CRF, once
         for name, cascade in cascades.items():
-            labels = cascade.tumour_stage(stage).labels
+            labels = _label(labellers[name], stage, refined[kind[name]]).labels
             pred = labels == 2
             counts[name].append((int((pred & true).sum()), int(pred.sum()), int(true.sum())))
             liver[name].append(dice_score(labels > 0, truth > 0))
             if name in by_keep:
-                every = opened[name].tumour_stage(stage)
+                every = _label(opened[name], stage, refined[kind[name]])
                 components, scores = score_tumours(
                     every.labels,
                     stage.image,
@@ -126,6 +138,27 @@ def score(
     return out
 
 
+def _models_and_stages(cascade: Cascade) -> tuple[Any, ...]:
+    """All that sets a cascade's tumour probability: its models and every setting but the
+    tumour threshold, smallest tumour and filter."""
+    labelling = ("tumour_threshold", "tumour_min_voxels", "tumour_filter", "tumour_filter_keep")
+    rest = {k: v for k, v in cascade_arguments(cascade).items() if k not in labelling}
+    return id(cascade.liver_model), id(cascade.tumour_model), rest
+
+
+def _labeller(cascade: Cascade, **options: Any) -> Cascade:
+    """``cascade`` with ``options``, without its tumour CRF unless ``options`` name one."""
+    return Cascade(cascade.liver_model, cascade.tumour_model,
+                   **{**cascade_arguments(cascade), "tumour_crf": None, **options})  # fmt: skip
+
+
+def _label(labeller: Cascade, stage: Any, refined: Any) -> Any:
+    """``labeller``'s result from a tumour probability its tumour CRF (if any) has refined:
+    its threshold, smallest tumour and filter, without the models."""
+    return labeller._tumour_result(stage, refined.tumour_probability, refined.roi, None, {},
+                                   time.perf_counter())  # fmt: skip
+
+
 def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     metrics = json.loads((run / "metrics.json").read_text())
@@ -143,31 +176,49 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 tumour_min_voxels=saved.tumour_min_voxels,
                                 criterion=metrics["settings"]["tumour_criterion"],
                                 tumour_tta=saved.tumour_tta)  # fmt: skip
-    try:
-        filtered, info = add_lesion_filter(tuning, train, val, steps=args.steps, seed=seed,
-                                           keeps=args.keeps, liver=args.liver,
-                                           tumour_crf=not args.no_tumour_crf)  # fmt: skip
-    except ValueError as error:  # nothing to learn: the example keeps no filter either
-        filtered, info = tuning, {"error": str(error)}
+    arms: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for threshold in args.thresholds:
+        name = arm_name(threshold)
+        try:
+            arms[name] = add_lesion_filter(
+                tuning, train, val, steps=args.steps, seed=seed, keeps=args.keeps,
+                liver=args.liver, tumour_crf=not args.no_tumour_crf,
+                threshold=None if threshold == "tuned" else float(threshold),
+            )  # fmt: skip
+        except ValueError as error:  # nothing to learn: the example keeps no filter either
+            arms[name] = tuning, {"error": str(error)}
     held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
-    scores = score({"base/grid": saved, "filter/grid": filtered.cascade}, held, args.report_keeps)
+    scores = score({"base/grid": saved, **{n: f.cascade for n, (f, _) in arms.items()}},
+                   held, args.report_keeps)  # fmt: skip
     chosen = {"liver_head": saved.liver_head, "tumour_head": saved.tumour_head,
-              "crf": crf_stages(saved), "threshold": saved.tumour_threshold}  # fmt: skip
+              "crf": crf_stages(saved)}  # fmt: skip
     out: dict[str, Any] = {
         "validation": {"base": [c.case_id for c in cases["val"]]},
         "held_out": [c.case_id for c in held],
-        "base/grid": {**chosen, "min_voxels": saved.tumour_min_voxels, **scores["base/grid"]},
-        "filter/grid": {
+        "base/grid": {
             **chosen,
+            "threshold": saved.tumour_threshold,
+            "min_voxels": saved.tumour_min_voxels,
+            **scores["base/grid"],
+        },
+    }
+    for name, (filtered, info) in arms.items():
+        out[name] = {
+            **chosen,
+            "threshold": filtered.tumour_threshold,
             "min_voxels": filtered.tumour_min_voxels,
             "keep": filtered.tumour_filter_keep,
             "val_dice_by_keep": filtered.filter_keep_scores,
             "filter": info,
-            **scores["filter/grid"],
-        },
-        "seconds": time.perf_counter() - start,
-    }
+            **scores[name],
+        }
+    out["seconds"] = time.perf_counter() - start
     return out
+
+
+def arm_name(threshold: str) -> str:
+    """The arm of one ``--thresholds`` value: ``filter/grid`` (tuned) or ``filter@T/grid``."""
+    return "filter/grid" if threshold == "tuned" else f"filter@{float(threshold):g}/grid"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,8 +239,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--on", choices=("held-out", "extra"), default="held-out",
                    help="score the held-out fresh cases, or the first --extra (validation-"
                    "type: a look before a rule)")  # fmt: skip
+    p.add_argument("--thresholds", nargs="+", default=["tuned"],
+                   help="the filtered cascade's tumour threshold, one arm each: 'tuned' (the "
+                   "saved cascade's) or a number in (0, 1)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
+    for value in args.thresholds:
+        try:
+            ok = value == "tuned" or 0.0 < float(value) < 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            p.error(f"--thresholds: expected 'tuned' or numbers in (0, 1), got {value!r}")
     check_held_out_arguments(p, args)
     if args.cases < 1:
         p.error(f"--cases: expected >= 1, got {args.cases}")
@@ -198,19 +259,24 @@ def main(argv: list[str] | None = None) -> dict:
                                            "extra": args.extra, "on": args.on,
                                            "liver": args.liver,
                                            "tumour_crf": not args.no_tumour_crf,
-                                           "report_keeps": args.report_keeps},
+                                           "report_keeps": args.report_keeps,
+                                           "thresholds": args.thresholds},
                               "runs": {}}  # fmt: skip
-    print("| run | tumour per case / global, saved | with the filter | keep | filter s |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| run | arm | threshold | tumour per case / global, saved | with the filter | keep "
+          "| filter s |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         r = evaluate_run(run, args)
         report["runs"][str(run)] = r
-        b, f = r["base/grid"], r["filter/grid"]
-        info = f["filter"]
-        seconds = sum(info.get(k, 0.0) for k in ("collect_seconds", "seconds", "tune_seconds"))
-        print(f"| {run.name} | {b['tumour_per_case']:.3f} / {b['tumour_global']:.3f} | "
-              f"{f['tumour_per_case']:.3f} / {f['tumour_global']:.3f} | {f['keep']} | "
-              f"{seconds:.0f} |", flush=True)  # fmt: skip
+        b = r["base/grid"]
+        for name in map(arm_name, args.thresholds):
+            f = r[name]
+            info = f["filter"]
+            seconds = sum(info.get(k, 0.0) for k in ("collect_seconds", "seconds", "tune_seconds"))
+            print(f"| {run.name} | {name} | {f['threshold']} | {b['tumour_per_case']:.3f} / "
+                  f"{b['tumour_global']:.3f} | {f['tumour_per_case']:.3f} / "
+                  f"{f['tumour_global']:.3f} | {f['keep']} | {seconds:.0f} |",
+                  flush=True)  # fmt: skip
         write_json(args.json, report)
     return report
 

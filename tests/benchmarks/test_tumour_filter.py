@@ -82,3 +82,75 @@ def test_a_run_whose_training_components_are_all_false_keeps_no_filter(tmp_path:
     run = report["runs"][str(folder)]
     assert "0 true" in run["filter/grid"]["filter"]["error"] and run["filter/grid"]["keep"] is None
     assert run["filter/grid"]["counts"] == run["base/grid"]["counts"]  # the arm is the baseline
+
+
+def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None:
+    from featsup import data as fd
+    from featsup.inference import Cascade
+    from featsup.inference.bundle import cascade_arguments
+
+    folder = tmp_path / "run"
+    fd.write_phantom_dataset(folder / "phantom", 3, shape=SHAPE, seed=70_001)
+    saved = finished_phantom_run(folder, SHAPE, seed=70_001)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["settings"].update(tumour_criterion="global", seed=0, train_seed=None)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    flags = ["--fresh", "3", "--extra", "1", "--work", str(tmp_path / "work"), "--cases", "1",
+             "--steps", "5", "--keeps", "0", "--report-keeps", "0"]  # fmt: skip
+    report = tumour_filter.main([str(folder), *flags, "--thresholds", "tuned", "0.3"])
+    run = report["runs"][str(folder)]
+    assert run["filter/grid"]["threshold"] == saved.tumour_threshold != 0.3
+    low = run["filter@0.3/grid"]
+    assert low["threshold"] == 0.3 and low["keep"] == 0.0
+    # keep 0 keeps every component: the arm is the saved cascade at threshold 0.3, size 0
+    plain = Cascade(saved.liver_model, saved.tumour_model,
+                    **{**cascade_arguments(saved), "tumour_min_voxels": 0,
+                       "tumour_threshold": 0.3})  # fmt: skip
+    fresh = fd.find_cases(tmp_path / "work" / "run" / "fresh")[1:]
+    assert [r[1] for r in low["counts"]] == [
+        int((plain(fd.load_case(c).volume).labels == 2).sum()) for c in fresh
+    ]
+    for bad in ("1.0", "low"):
+        with pytest.raises(SystemExit):
+            tumour_filter.main([str(folder), *flags, "--thresholds", bad])
+
+
+def test_scores_equal_each_cascade_run_whole_with_a_tumour_crf(tmp_path: Path) -> None:
+    from _cascades import threshold_cascade
+
+    from featsup import data as fd
+    from featsup.inference import Cascade
+    from featsup.inference.bundle import cascade_arguments
+    from featsup.postprocess import LesionFilter
+
+    class ByPeak(LesionFilter):  # scores a component by its peak probability
+        def score(self, patches, features, batch_size=256):  # type: ignore[no-untyped-def]
+            return features[:, 1].astype(np.float32)
+
+    crf = {"iterations": 2, "workers": 1}
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45, tumour_crf=crf,
+                             tumour_min_voxels=5)  # fmt: skip
+
+    def variant(**options: object) -> Cascade:
+        return Cascade(base.liver_model, base.tumour_model,
+                       **{**cascade_arguments(base), **options})  # fmt: skip
+
+    cascades = {
+        "base/grid": base,
+        "filter@0.3/grid": variant(tumour_threshold=0.3, tumour_min_voxels=0,
+                                   tumour_filter=ByPeak(width=2), tumour_filter_keep=0.6),
+        "other head": variant(tumour_head=1, tumour_threshold=0.4),  # its own tumour pass
+    }  # fmt: skip
+    cases = fd.find_cases(tmp_path) if fd.write_phantom_dataset(
+        tmp_path, 2, shape=SHAPE, seed=70_001) else []  # fmt: skip
+    out = tumour_filter.score(cascades, cases, [0.0, 0.6])
+    for name, cascade in cascades.items():
+        whole = []
+        for case in cases:
+            loaded = fd.load_case(case)
+            pred, true = cascade(loaded.volume).labels == 2, loaded.labels == 2
+            whole.append([int((pred & true).sum()), int(pred.sum()), int(true.sum())])
+        assert out[name]["counts"] == whole, name
+    assert out["filter@0.3/grid"]["by_keep"]["0.6"]["tumour_global"] == pytest.approx(
+        out["filter@0.3/grid"]["tumour_global"]
+    )

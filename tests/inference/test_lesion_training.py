@@ -18,6 +18,7 @@ from featsup.inference import (
     lesion_candidates,
     load_cascade,
     train_lesion_filter,
+    tumour_criterion,
     tune_on_validation,
 )
 from featsup.inference.bundle import cascade_arguments
@@ -203,3 +204,30 @@ def test_add_lesion_filter_reuses_the_tunings_run_with_the_same_scores(cases: li
     # other validation cases than the tuning's: the cascade runs on them
     other, info = add_lesion_filter(first, cases[:1], cases[:2], steps=10)
     assert not info["validation_reused"] and other.filter_keep_scores
+
+
+def test_add_lesion_filter_at_a_threshold_of_its_own(cases: list) -> None:
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
+                               keep_outputs=True)  # fmt: skip
+    low, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5),
+                                  threshold=0.3)  # fmt: skip
+    assert low.tumour_threshold == low.cascade.tumour_threshold == 0.3 != first.tumour_threshold
+    assert list(low.threshold_scores) == [0.3] and info["validation_reused"]
+    assert low.to_dict()["tumour_threshold"] == 0.3
+    # the filter learnt from the components at 0.3: as many as the threshold leaves
+    at = lesion_candidates(_with(first.cascade, tumour_threshold=0.3), cases[:1])[2]
+    assert info["candidates"] == len(at) and info["true"] == int(at.sum())
+    # its validation Dice at keep 0 is the cascade's at 0.3 with every component kept
+    whole = _with(first.cascade, tumour_threshold=0.3, tumour_min_voxels=0)
+    rows = np.array([[(p & t).sum(), p.sum(), t.sum()] for p, t in (
+        (whole(v).labels == 2, truth == 2) for v, truth in cases[1:])])  # fmt: skip
+    assert low.filter_keep_scores[0.0] == pytest.approx(
+        float(tumour_criterion(rows, first.criterion))
+    )
+    same, _ = add_lesion_filter(first, cases[:1], cases[1:], steps=10,
+                                threshold=first.tumour_threshold)  # fmt: skip
+    assert same.tumour_threshold == first.tumour_threshold
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="threshold"):
+            add_lesion_filter(first, cases[:1], cases[1:], steps=10, threshold=bad)

@@ -184,13 +184,17 @@ def add_lesion_filter(
     keeps: float | Sequence[float] = TUMOUR_FILTER_KEEP,
     liver: LiverMask = TUMOUR_FILTER_LIVER,
     tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
+    threshold: float | None = None,
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
     """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
     tuned; the heads, CRF stages, tumour threshold and TTA stay as they were chosen, and
-    the smallest tumour becomes 0 (the filter takes its place). The filter then scores the
+    the smallest tumour becomes 0 (the filter takes its place). With ``threshold``, the
+    tumour probability threshold becomes that instead, for the filter's training
+    components and at inference: below the tuned one, the tumour stage offers the filter
+    more (and larger) candidates. The filter then scores the
     tuned cascade's components on ``val_cases`` for each of ``keeps``: from the tuning's
     :attr:`~featsup.inference.Tuning.validation_pass` (``tune_on_validation(...,
     keep_outputs=True)``) when ``val_cases`` are the cases it was tuned on (the same
@@ -212,6 +216,8 @@ def add_lesion_filter(
         liver: the liver mask of the training cases' tumour stage (:func:`lesion_candidates`).
         tumour_crf: run the tumour CRF on the training cases (:func:`lesion_candidates`);
             the cascade keeps its own at inference either way.
+        threshold: the filtered cascade's tumour probability threshold, in (0, 1); None
+            (the default) keeps the tuning's.
         progress: show a progress bar over the training cases.
 
     Returns:
@@ -221,8 +227,8 @@ def add_lesion_filter(
         ``"validation_reused"`` (whether the tuning's validation outputs were reused).
 
     Raises:
-        ValueError: if ``tuning.cascade`` already has a filter, or as
-            :func:`train_lesion_filter`.
+        ValueError: if ``tuning.cascade`` already has a filter, ``threshold`` is not in
+            (0, 1), or as :func:`train_lesion_filter`.
     """
     from featsup.inference.bundle import cascade_arguments
     from featsup.inference.heads import _best_keep, _candidates, _crf_trials
@@ -231,6 +237,12 @@ def add_lesion_filter(
     if tuned.tumour_filter is not None:
         raise ValueError("tuning: expected a cascade without a tumour filter, got one")
     candidates = _candidates("keeps", keeps, float, 0.0, 1.0)
+    t = tuning.tumour_threshold if threshold is None else float(threshold)
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"threshold: expected a number in (0, 1), got {threshold!r}")
+    if t != tuned.tumour_threshold:
+        tuned = Cascade(tuned.liver_model, tuned.tumour_model,
+                        **{**cascade_arguments(tuned), "tumour_threshold": t})  # fmt: skip
     lesion_filter, info = train_lesion_filter(
         tuned, train_cases, steps=steps, seed=seed, liver=liver, tumour_crf=tumour_crf,
         progress=progress,
@@ -244,18 +256,19 @@ def add_lesion_filter(
     )
     trials = _crf_trials(
         Cascade(tuned.liver_model, tuned.tumour_model, **options), arrays,
-        tuned.liver_crf, tuned.tumour_crf, thresholds=(tuning.tumour_threshold,), sizes=(0,),
+        tuned.liver_crf, tuned.tumour_crf, thresholds=(t,), sizes=(0,),
         stages=(tuning.crf,), criterion=tuning.criterion, keeps=candidates,
         cached=cached,
     )  # fmt: skip
     grid = trials[tuning.crf]["by_threshold"]
-    keep = _best_keep(grid[tuning.tumour_threshold], tuning.heads.tolerance)
+    keep = _best_keep(grid[t], tuning.heads.tolerance)
     options["tumour_filter_keep"] = keep
     cascade = Cascade(tuned.liver_model, tuned.tumour_model, **options)
-    again = replace(tuning, tumour_min_voxels=0, threshold_scores=grid, cascade=cascade,
-                    tumour_filter_keep=float(keep), validation_pass=None)  # fmt: skip
+    again = replace(tuning, tumour_threshold=t, tumour_min_voxels=0, threshold_scores=grid,
+                    cascade=cascade, tumour_filter_keep=float(keep),
+                    validation_pass=None)  # fmt: skip
     cascade.training_summary = {
-        **(tuned.training_summary or {}),
+        **(tuning.cascade.training_summary or {}),
         "tuning": again.to_dict(),
         "tumour_filter": {k: v for k, v in info.items() if k != "seconds"},
     }
