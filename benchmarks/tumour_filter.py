@@ -8,7 +8,8 @@ leaves on the run's first ``--cases`` training cases, its keep threshold chosen 
 run's validation cases (the heads, CRF stages, threshold and TTA kept). With
 ``--thresholds``, one arm per tumour probability threshold (``tuned``: the saved one,
 the arm ``filter/grid``; a number T: the arm ``filter@T/grid``, its filter trained on the
-components at T and the cascade labelling at T). All are scored
+components at T and the cascade labelling at T; ``T:K`` or ``tuned:K``: the arm
+``filter@T,K/grid``, the same with the keep K in place of ``--keeps``). All are scored
 on the same held-out fresh cases (``validation_size.py``'s: the fresh cases after the
 first ``--extra``; never a test or validation case), each case through one liver stage;
 ``--on extra`` scores the first ``--extra`` instead (validation-type cases, for a look
@@ -177,16 +178,16 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 criterion=metrics["settings"]["tumour_criterion"],
                                 tumour_tta=saved.tumour_tta)  # fmt: skip
     arms: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for threshold in args.thresholds:
-        name = arm_name(threshold)
+    for value in args.thresholds:
+        threshold, keep = parse_arm(value)
         try:
-            arms[name] = add_lesion_filter(
-                tuning, train, val, steps=args.steps, seed=seed, keeps=args.keeps,
-                liver=args.liver, tumour_crf=not args.no_tumour_crf,
-                threshold=None if threshold == "tuned" else float(threshold),
+            arms[arm_name(value)] = add_lesion_filter(
+                tuning, train, val, steps=args.steps, seed=seed,
+                keeps=args.keeps if keep is None else keep, liver=args.liver,
+                tumour_crf=not args.no_tumour_crf, threshold=threshold,
             )  # fmt: skip
         except ValueError as error:  # nothing to learn: the example keeps no filter either
-            arms[name] = tuning, {"error": str(error)}
+            arms[arm_name(value)] = tuning, {"error": str(error)}
     held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
     scores = score({"base/grid": saved, **{n: f.cascade for n, (f, _) in arms.items()}},
                    held, args.report_keeps)  # fmt: skip
@@ -216,9 +217,31 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def arm_name(threshold: str) -> str:
-    """The arm of one ``--thresholds`` value: ``filter/grid`` (tuned) or ``filter@T/grid``."""
-    return "filter/grid" if threshold == "tuned" else f"filter@{float(threshold):g}/grid"
+def parse_arm(value: str) -> tuple[float | None, float | None]:
+    """One ``--thresholds`` value as (threshold or None for the tuned one, keep or None).
+
+    Raises:
+        ValueError: for anything but ``tuned``, ``T``, ``tuned:K`` or ``T:K`` with T in
+            (0, 1) and K in [0, 1].
+    """
+    text, _, keep_text = value.partition(":")
+    threshold = None if text == "tuned" else float(text)
+    keep = float(keep_text) if keep_text else None
+    if (threshold is not None and not 0.0 < threshold < 1.0) or (
+        keep is not None and not 0.0 <= keep <= 1.0
+    ):
+        raise ValueError(f"out of range: {value!r}")
+    return threshold, keep
+
+
+def arm_name(value: str) -> str:
+    """The arm of one ``--thresholds`` value: ``filter/grid`` (tuned), ``filter@T/grid``,
+    ``filter@T,K/grid`` (with a keep of its own)."""
+    threshold, keep = parse_arm(value)
+    if threshold is None and keep is None:
+        return "filter/grid"
+    t = "tuned" if threshold is None else f"{threshold:g}"
+    return f"filter@{t}/grid" if keep is None else f"filter@{t},{keep:g}/grid"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -241,16 +264,16 @@ def main(argv: list[str] | None = None) -> dict:
                    "type: a look before a rule)")  # fmt: skip
     p.add_argument("--thresholds", nargs="+", default=["tuned"],
                    help="the filtered cascade's tumour threshold, one arm each: 'tuned' (the "
-                   "saved cascade's) or a number in (0, 1)")  # fmt: skip
+                   "saved cascade's) or a number in (0, 1); ':K' after it fixes that arm's "
+                   "keep at K instead of --keeps")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
     for value in args.thresholds:
         try:
-            ok = value == "tuned" or 0.0 < float(value) < 1.0
+            parse_arm(value)
         except ValueError:
-            ok = False
-        if not ok:
-            p.error(f"--thresholds: expected 'tuned' or numbers in (0, 1), got {value!r}")
+            p.error(f"--thresholds: expected tuned or T in (0, 1), each with an optional :K "
+                    f"(a keep in [0, 1]), got {value!r}")  # fmt: skip
     check_held_out_arguments(p, args)
     if args.cases < 1:
         p.error(f"--cases: expected >= 1, got {args.cases}")

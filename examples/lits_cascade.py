@@ -150,6 +150,19 @@ def filter_keep(text: str) -> float | str:
     return value
 
 
+def filter_threshold(text: str) -> float | str:
+    """--tumour-filter-threshold: a probability in (0, 1), or "tuned"."""
+    if text == "tuned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or tuned, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add = p.add_argument
@@ -274,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the smallest filter score a tumour keeps; auto: chosen on validation from "
         "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
         "docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-threshold", type=filter_threshold, default="tuned", metavar="P|tuned",
+        help="with a tumour filter, the tumour probability threshold (of its training "
+        "components and at inference); tuned: the one chosen on validation")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
@@ -363,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-filter-cases: expected >= 0, got {args.tumour_filter_cases}"),
         (args.tumour_filter_steps < 1,
          f"--tumour-filter-steps: expected >= 1, got {args.tumour_filter_steps}"),
+        (args.tumour_filter_threshold != "tuned" and args.tumour_filter_cases == 0,
+         "--tumour-filter-threshold: needs a tumour filter (--tumour-filter-cases > 0)"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
         (args.tumour_batch_size is not None and args.tumour_batch_size < 1,
@@ -679,14 +697,17 @@ def add_filter(
             tuning, train, val, steps=args.tumour_filter_steps, seed=train_seed(args),
             keeps=keeps, liver=args.tumour_filter_liver,
             tumour_crf=args.tumour_filter_tumour_crf == "on", progress=True,
+            threshold=None if args.tumour_filter_threshold == "tuned"
+            else args.tumour_filter_threshold,
         )  # fmt: skip
     except ValueError as error:  # all components true or all false: nothing to learn
         print(f"tumour filter: none ({error})")
         return tuning, {"error": str(error)}
     by_keep = ", ".join(f"{k:g} {v:.4f}" for k, v in tuning.filter_keep_scores.items())
     print(f"tumour filter: {info['candidates']} components on {info['cases']} training cases "
-          f"({info['true']} on a tumour), {info['steps']} steps; keeps scores >= "
-          f"{tuning.tumour_filter_keep:g} (validation Dice: {by_keep})")  # fmt: skip
+          f"({info['true']} on a tumour), {info['steps']} steps; tumour probability > "
+          f"{tuning.tumour_threshold:g}, keeps scores >= {tuning.tumour_filter_keep:g} "
+          f"(validation Dice: {by_keep})")  # fmt: skip
     return tuning, info
 
 

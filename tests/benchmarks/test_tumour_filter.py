@@ -97,11 +97,17 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
     (folder / "metrics.json").write_text(json.dumps(metrics))
     flags = ["--fresh", "3", "--extra", "1", "--work", str(tmp_path / "work"), "--cases", "1",
              "--steps", "5", "--keeps", "0", "--report-keeps", "0"]  # fmt: skip
-    report = tumour_filter.main([str(folder), *flags, "--thresholds", "tuned", "0.3"])
+    report = tumour_filter.main([str(folder), *flags, "--thresholds", "tuned", "0.3", "0.3:0.9",
+                                 "tuned:0.9"])  # fmt: skip
     run = report["runs"][str(folder)]
     assert run["filter/grid"]["threshold"] == saved.tumour_threshold != 0.3
     low = run["filter@0.3/grid"]
     assert low["threshold"] == 0.3 and low["keep"] == 0.0
+    # ':K' fixes the arm's keep; its scores are the same filter's at that keep
+    kept = run["filter@0.3,0.9/grid"]
+    assert kept["threshold"] == 0.3 and kept["keep"] == 0.9
+    assert run["filter@tuned,0.9/grid"]["threshold"] == saved.tumour_threshold
+    assert run["filter@tuned,0.9/grid"]["keep"] == 0.9
     # keep 0 keeps every component: the arm is the saved cascade at threshold 0.3, size 0
     plain = Cascade(saved.liver_model, saved.tumour_model,
                     **{**cascade_arguments(saved), "tumour_min_voxels": 0,
@@ -110,7 +116,7 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
     assert [r[1] for r in low["counts"]] == [
         int((plain(fd.load_case(c).volume).labels == 2).sum()) for c in fresh
     ]
-    for bad in ("1.0", "low"):
+    for bad in ("1.0", "low", "0.3:1.5", "tuned:x"):
         with pytest.raises(SystemExit):
             tumour_filter.main([str(folder), *flags, "--thresholds", bad])
 

@@ -654,6 +654,12 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     with pytest.raises(SystemExit):
         example.parse_args([*TINY, "--tumour-filter-keep", "1.5"])
     assert "expected a number in [0, 1] or auto" in capsys.readouterr().err
+    assert defaults.tumour_filter_threshold == "tuned"
+    assert example.parse_args(["--tumour-filter-threshold", "0.2"]).tumour_filter_threshold == 0.2
+    for bad in (["--tumour-filter-threshold", "1"], [*TINY, "--tumour-filter-threshold", "0.2"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+    assert "needs a tumour filter" in capsys.readouterr().err
     out = tmp_path / "run"
     flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5",
              "--tumour-filter-liver", "model", "--tumour-filter-tumour-crf", "on"]  # fmt: skip
@@ -677,3 +683,9 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     assert again["tumour_filter"]["validation_reused"] is False
     by_keep = again["chosen_on_validation"]["val_tumour_dice_by_filter_keep"]
     assert by_keep == chosen["val_tumour_dice_by_filter_keep"]
+    # a threshold of its own: the filter's components and the saved cascade label at it
+    low = example.main([*TINY, "--out", str(tmp_path / "low"), "--validation-only", "--crf",
+                        "none", *flags, "--tumour-filter-threshold", "0.35"])  # fmt: skip
+    assert low["chosen_on_validation"]["tumour_threshold"] == 0.35
+    assert Cascade.load(tmp_path / "low" / "cascade.pt", device="cpu").tumour_threshold == 0.35
+    assert "tumour probability > 0.35, keeps scores >= 0.8" in capsys.readouterr().out
