@@ -61,11 +61,14 @@ class Paired:
     baseline: str = BASELINES[0]
     baseline_prefixes: tuple[str, ...] = ("win",)
     arm_choice: str = "base/grid"
-    """validation_size.py's choice the arm is read from (the baseline's is ``base/grid``)."""
+    """validation_size.py's choice the arm is read from."""
+    baseline_choice: str = "base/grid"
+    """the choice the baseline is read from (``filter/grid``: today's filter, rule AO on)."""
 
     def split_d(self, results: Path) -> dict[int, float]:
         """{split seed: d}."""
-        base = runs_by_split([_read(results, self.baseline)], list(self.baseline_prefixes))
+        base = runs_by_split([_read(results, self.baseline)], list(self.baseline_prefixes),
+                             self.baseline_choice)  # fmt: skip
         arm = runs_by_split([_read(results, self.arm)], list(self.arm_prefixes), self.arm_choice)
         return {row["seed"]: row["d"] for row in paired_d(base, arm)}
 

@@ -38,6 +38,7 @@ from featsup.inference import (
     TUMOUR_CRITERIA,
     TUMOUR_FILTER_LIVER,
     TUMOUR_FILTER_STEPS,
+    TUMOUR_FILTER_THRESHOLD,
     TUMOUR_FILTER_TUMOUR_CRF,
     Cascade,
     Tuning,
@@ -285,11 +286,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its own)")  # fmt: skip
     add("--tumour-filter-keep", type=filter_keep, default=TUMOUR_FILTER_KEEP, metavar="P|auto",
         help="the smallest filter score a tumour keeps; auto: chosen on validation from "
-        "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.8: chosen on validation-type cases, "
+        "featsup.postprocess.TUMOUR_FILTER_KEEPS (0.9, with --tumour-filter-threshold 0.2: "
+        "rule AO on held-out cases, docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-threshold", type=filter_threshold, default=TUMOUR_FILTER_THRESHOLD,
+        metavar="P|tuned", help="with a tumour filter, the tumour probability threshold (of "
+        "its training components and at inference); tuned: the one chosen on validation "
+        "without the filter (0.2, with --tumour-filter-keep 0.9: rule AO, "
         "docs/cascade.md)")  # fmt: skip
-    add("--tumour-filter-threshold", type=filter_threshold, default="tuned", metavar="P|tuned",
-        help="with a tumour filter, the tumour probability threshold (of its training "
-        "components and at inference); tuned: the one chosen on validation")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
@@ -379,7 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          f"--tumour-filter-cases: expected >= 0, got {args.tumour_filter_cases}"),
         (args.tumour_filter_steps < 1,
          f"--tumour-filter-steps: expected >= 1, got {args.tumour_filter_steps}"),
-        (args.tumour_filter_threshold != "tuned" and args.tumour_filter_cases == 0,
+        (args.tumour_filter_threshold not in ("tuned", TUMOUR_FILTER_THRESHOLD)
+         and args.tumour_filter_cases == 0,
          "--tumour-filter-threshold: needs a tumour filter (--tumour-filter-cases > 0)"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),

@@ -123,7 +123,6 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
 
 def test_scores_equal_each_cascade_run_whole_with_a_tumour_crf(tmp_path: Path) -> None:
     from _cascades import threshold_cascade
-
     from featsup import data as fd
     from featsup.inference import Cascade
     from featsup.inference.bundle import cascade_arguments

@@ -650,13 +650,16 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
         example.parse_args([*TINY, "--tumour-filter-cases", "-1"])
     assert "--tumour-filter-cases: expected >= 0" in capsys.readouterr().err
     assert example.parse_args([*TINY, "--tumour-filter-keep", "auto"]).tumour_filter_keep == "auto"
-    assert example.parse_args(TINY).tumour_filter_keep == 0.8
+    assert example.parse_args(TINY).tumour_filter_keep == 0.9  # rule AO
     with pytest.raises(SystemExit):
         example.parse_args([*TINY, "--tumour-filter-keep", "1.5"])
     assert "expected a number in [0, 1] or auto" in capsys.readouterr().err
-    assert defaults.tumour_filter_threshold == "tuned"
-    assert example.parse_args(["--tumour-filter-threshold", "0.2"]).tumour_filter_threshold == 0.2
-    for bad in (["--tumour-filter-threshold", "1"], [*TINY, "--tumour-filter-threshold", "0.2"]):
+    assert defaults.tumour_filter_threshold == 0.2  # rule AO
+    assert (
+        example.parse_args(["--tumour-filter-threshold", "tuned"]).tumour_filter_threshold
+        == "tuned"
+    )
+    for bad in (["--tumour-filter-threshold", "1"], [*TINY, "--tumour-filter-threshold", "0.3"]):
         with pytest.raises(SystemExit):
             example.parse_args(bad)
     assert "needs a tumour filter" in capsys.readouterr().err
@@ -674,7 +677,8 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     assert "tumour filter: " in printed and "tumour filter" in metrics["seconds"]
     cascade = Cascade.load(out / "cascade.pt", device="cpu")  # saved with its filter and keep
     assert cascade.tumour_filter is not None and cascade.tumour_min_voxels == 0
-    assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"] == 0.8  # fixed, not chosen
+    assert cascade.tumour_filter_keep == chosen["tumour_filter_keep"] == 0.9  # fixed, not chosen
+    assert cascade.tumour_threshold == chosen["tumour_threshold"] == 0.2  # rule AO
     assert chosen["val_tumour_dice_by_filter_keep"] and not chosen["val_tumour_dice_by_min_voxels"]
     # validation outputs over the size cap: the cascade runs on them again, to the same scores
     monkeypatch.setattr(example, "KEEP_OUTPUTS_BYTES", 0)
@@ -688,4 +692,4 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
                         "none", *flags, "--tumour-filter-threshold", "0.35"])  # fmt: skip
     assert low["chosen_on_validation"]["tumour_threshold"] == 0.35
     assert Cascade.load(tmp_path / "low" / "cascade.pt", device="cpu").tumour_threshold == 0.35
-    assert "tumour probability > 0.35, keeps scores >= 0.8" in capsys.readouterr().out
+    assert "tumour probability > 0.35, keeps scores >= 0.9" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ pytest.importorskip("cv2")
 from _cascades import threshold_cascade
 from featsup.data import make_phantom
 from featsup.inference import (
+    TUMOUR_FILTER_THRESHOLD,
     Cascade,
     ValidationPass,
     add_lesion_filter,
@@ -151,18 +153,22 @@ def test_tuning_chooses_the_keep_as_a_whole_run_scores_it(cases: list) -> None:
 def test_add_lesion_filter_keeps_the_choices_and_chooses_the_keep(cases: list) -> None:
     base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
     first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6))
-    tuning, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5))
+    tuning, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5),
+                                     threshold=None)  # fmt: skip
     tuned = tuning.cascade
     assert isinstance(tuned.tumour_filter, LesionFilter) and tuning.tumour_filter_keep in (0.0, 0.5)
     assert tuned.tumour_threshold == first.tumour_threshold and tuned.tumour_min_voxels == 0
+    default = inspect.signature(add_lesion_filter).parameters["threshold"].default
+    assert default == TUMOUR_FILTER_THRESHOLD == 0.2  # rule AO's (the example's test runs it)
     assert (tuned.liver_head, tuned.tumour_head) == (
         first.cascade.liver_head,
         first.cascade.tumour_head,
     )
     assert info["cases"] == 1 and info["steps"] == 10 and "tune_seconds" in info
     assert tuned.training_summary["tumour_filter"]["cases"] == 1
-    fixed, _ = add_lesion_filter(first, cases[:1], cases[1:], steps=10)  # the default keep
+    fixed, _ = add_lesion_filter(first, cases[:1], cases[1:], steps=10, threshold=None)
     assert fixed.tumour_filter_keep == fixed.cascade.tumour_filter_keep == TUMOUR_FILTER_KEEP
+    assert TUMOUR_FILTER_KEEP == 0.9  # the default keep: rule AO's, with threshold 0.2
     assert list(fixed.filter_keep_scores) == [TUMOUR_FILTER_KEEP]
     with pytest.raises(ValueError, match="without a tumour filter"):
         add_lesion_filter(tuning, cases[:1], cases[1:], steps=10)
@@ -194,15 +200,17 @@ def test_add_lesion_filter_reuses_the_tunings_run_with_the_same_scores(cases: li
     first = tune_on_validation(base, cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
                                keep_outputs=True)  # fmt: skip
     assert tune_on_validation(base, cases[1:], crf="none").validation_pass is None  # opt-in
-    reused, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9))
+    reused, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9),
+                                     threshold=None)  # fmt: skip
     assert info["validation_reused"] and reused.validation_pass is None
     bare = replace(first, validation_pass=None)
-    again, info = add_lesion_filter(bare, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9))
+    again, info = add_lesion_filter(bare, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5, 0.9),
+                                    threshold=None)  # fmt: skip
     assert not info["validation_reused"]
     assert reused.threshold_scores == again.threshold_scores
     assert reused.tumour_filter_keep == again.tumour_filter_keep
     # other validation cases than the tuning's: the cascade runs on them
-    other, info = add_lesion_filter(first, cases[:1], cases[:2], steps=10)
+    other, info = add_lesion_filter(first, cases[:1], cases[:2], steps=10, threshold=None)
     assert not info["validation_reused"] and other.filter_keep_scores
 
 

@@ -205,7 +205,7 @@ class Cascade:
             filter. :func:`~featsup.inference.train_lesion_filter` trains one on the
             cascade's own components on training cases.
         tumour_filter_keep: the smallest score a component keeps, in [0, 1] (0 keeps
-            all); 0.8 by default (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`);
+            all); 0.9 by default (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`);
             :func:`~featsup.inference.tune_on_validation` can choose it on validation
             cases.
 

@@ -34,6 +34,7 @@ __all__ = [
     "LIVER_MASKS",
     "TUMOUR_FILTER_LIVER",
     "TUMOUR_FILTER_STEPS",
+    "TUMOUR_FILTER_THRESHOLD",
     "TUMOUR_FILTER_TUMOUR_CRF",
     "add_lesion_filter",
     "lesion_candidates",
@@ -45,12 +46,15 @@ __all__ = [
 LiverMask = Literal["model", "model-no-crf", "reference"]
 LIVER_MASKS: tuple[str, ...] = get_args(LiverMask)
 
-#: The filter's recipe that rule AN adopted on held-out phantom cases (docs/cascade.md):
-#: 800 steps, its training components through the liver stage without its liver CRF and
-#: the tumour stage without its tumour CRF (the cascade keeps both at inference).
+#: The filter's recipe that rules AN and AO adopted on held-out phantom cases
+#: (docs/cascade.md): 800 steps, its training components through the liver stage without
+#: its liver CRF and the tumour stage without its tumour CRF (the cascade keeps both at
+#: inference), at tumour threshold 0.2 (rule AO; with keep 0.9,
+#: :data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`).
 TUMOUR_FILTER_STEPS = 800
 TUMOUR_FILTER_LIVER: LiverMask = "model-no-crf"
 TUMOUR_FILTER_TUMOUR_CRF = False
+TUMOUR_FILTER_THRESHOLD = 0.2
 
 
 def lesion_candidates(
@@ -184,17 +188,17 @@ def add_lesion_filter(
     keeps: float | Sequence[float] = TUMOUR_FILTER_KEEP,
     liver: LiverMask = TUMOUR_FILTER_LIVER,
     tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
-    threshold: float | None = None,
+    threshold: float | None = TUMOUR_FILTER_THRESHOLD,
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
     """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
-    tuned; the heads, CRF stages, tumour threshold and TTA stay as they were chosen, and
-    the smallest tumour becomes 0 (the filter takes its place). With ``threshold``, the
-    tumour probability threshold becomes that instead, for the filter's training
-    components and at inference: below the tuned one, the tumour stage offers the filter
-    more (and larger) candidates. The filter then scores the
+    tuned; the heads, CRF stages and TTA stay as they were chosen, and
+    the smallest tumour becomes 0 (the filter takes its place), and the tumour probability
+    threshold becomes ``threshold`` (0.2 by default), for the filter's training components
+    and at inference: below the tuned one, the tumour stage offers the filter more (and
+    larger) candidates. The filter then scores the
     tuned cascade's components on ``val_cases`` for each of ``keeps``: from the tuning's
     :attr:`~featsup.inference.Tuning.validation_pass` (``tune_on_validation(...,
     keep_outputs=True)``) when ``val_cases`` are the cases it was tuned on (the same
@@ -216,8 +220,9 @@ def add_lesion_filter(
         liver: the liver mask of the training cases' tumour stage (:func:`lesion_candidates`).
         tumour_crf: run the tumour CRF on the training cases (:func:`lesion_candidates`);
             the cascade keeps its own at inference either way.
-        threshold: the filtered cascade's tumour probability threshold, in (0, 1); None
-            (the default) keeps the tuning's.
+        threshold: the filtered cascade's tumour probability threshold, in (0, 1)
+            (:data:`TUMOUR_FILTER_THRESHOLD`, 0.2, by default: rule AO on held-out phantom
+            cases, with keep 0.9); None keeps the tuning's.
         progress: show a progress bar over the training cases.
 
     Returns:
