@@ -213,9 +213,13 @@ LEVERS = (
     Lever("AM", "the filter on 80 cases, no liver CRF (over its time)", Paired(
         "tumour_filter_rule_am.json", ("b",), "tumour_filter_rule_am.json", ("b",),
         arm_choice="filter/grid"), "5510-5549", _NO),
-    Lever("AN", "the filter on 80 cases, neither CRF (today's since AN)", Paired(
+    Lever("AN", "the filter on 80 cases, neither CRF (adopted by AN)", Paired(
         "tumour_filter_rule_an.json", ("b",), "tumour_filter_rule_an.json", ("b",),
         arm_choice="filter/grid"), "5550-5589", "adopted"),
+    Lever("AO", "AN's filter at threshold 0.2, keep 0.9 (today's since AO)", Paired(
+        "tumour_filter_rule_ao.json", ("b",), "tumour_filter_rule_ao.json", ("b",),
+        arm_choice="filter@0.2,0.9/grid", baseline_choice="filter/grid"), "5590-5629",
+        "adopted"),
 )  # fmt: skip
 
 
