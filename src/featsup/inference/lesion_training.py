@@ -194,11 +194,11 @@ def add_lesion_filter(
     """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
 
     :func:`train_lesion_filter` on ``train_cases`` with ``tuning.cascade`` as it was
-    tuned; the heads, CRF stages and TTA stay as they were chosen, and
-    the smallest tumour becomes 0 (the filter takes its place), and the tumour probability
-    threshold becomes ``threshold`` (0.2 by default), for the filter's training components
-    and at inference: below the tuned one, the tumour stage offers the filter more (and
-    larger) candidates. The filter then scores the
+    tuned, but for two settings: the smallest tumour becomes 0 (the filter takes its
+    place) and the tumour probability threshold ``threshold`` (0.2 by default), for the
+    filter's training components and at inference (below the tuned one, the tumour stage
+    offers the filter more, and larger, candidates); the heads, CRF stages and TTA stay
+    as they were chosen. The filter then scores the
     tuned cascade's components on ``val_cases`` for each of ``keeps``: from the tuning's
     :attr:`~featsup.inference.Tuning.validation_pass` (``tune_on_validation(...,
     keep_outputs=True)``) when ``val_cases`` are the cases it was tuned on (the same
