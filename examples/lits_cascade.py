@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,27 +141,24 @@ def stage_loss(stage: str, args: argparse.Namespace) -> SegLoss:
 
 def filter_keep(text: str) -> float | str:
     """--tumour-filter-keep: a share in [0, 1], or "auto"."""
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}")
-    return value
+    return _number_or(text, "auto", lambda v: 0.0 <= v <= 1.0, "[0, 1]")
 
 
 def filter_threshold(text: str) -> float | str:
     """--tumour-filter-threshold: a probability in (0, 1), or "tuned"."""
-    if text == "tuned":
+    return _number_or(text, "tuned", lambda v: 0.0 < v < 1.0, "(0, 1)")
+
+
+def _number_or(text: str, word: str, within: Callable[[float], bool], bounds: str) -> float | str:
+    """``text`` as ``word`` or as a number ``within`` ``bounds`` (an argparse type)."""
+    if text == word:
         return text
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or tuned, got {text!r}")
+        value = float("nan")  # within nothing
+    if not within(value):
+        raise argparse.ArgumentTypeError(f"expected a number in {bounds} or {word}, got {text!r}")
     return value
 
 
