@@ -9,7 +9,9 @@ run's validation cases (the heads, CRF stages, threshold and TTA kept). With
 ``--thresholds``, one arm per tumour probability threshold (``tuned``: the saved one,
 the arm ``filter/grid``; a number T: the arm ``filter@T/grid``, its filter trained on the
 components at T and the cascade labelling at T; ``T:K`` or ``tuned:K``: the arm
-``filter@T,K/grid``, the same with the keep K in place of ``--keeps``). All are scored
+``filter@T,K/grid``, the same with the keep K in place of ``--keeps``; ``T:K:S`` or
+``T::S``: the arm ``filter@T,K,spotsS/grid`` or ``filter@T,spotsS/grid``, the liver's dark
+spots of S HU added as candidates, ``Cascade(tumour_spots=S)``). All are scored
 on the same held-out fresh cases (``validation_size.py``'s: the fresh cases after the
 first ``--extra``; never a test or validation case), each case through one liver stage;
 ``--on extra`` scores the first ``--extra`` instead (validation-type cases, for a look
@@ -78,10 +80,10 @@ def score(
 
     The liver stage runs once a case (the first cascade's), and the tumour model and CRF
     once for each set of cascades that differ only in their tumour threshold, smallest
-    tumour and filter; each cascade labels that tumour probability as it would have (what
-    it returns run whole: the tests pin it). A cascade with a tumour filter is also scored
-    at each of ``keeps`` (``"by_keep"``: its components scored once, then dropped at each
-    keep), reported beside its own.
+    tumour, filter and dark spots; each cascade labels that tumour probability as it
+    would have (what it returns run whole: the tests pin it). A cascade with a tumour
+    filter is also scored at each of ``keeps`` (``"by_keep"``: its components scored once,
+    then dropped at each keep), reported beside its own.
     """
     base = next(iter(cascades.values()))
     labellers = {name: _labeller(c) for name, c in cascades.items()}
@@ -141,8 +143,9 @@ def score(
 
 def _models_and_stages(cascade: Cascade) -> tuple[Any, ...]:
     """All that sets a cascade's tumour probability: its models and every setting but the
-    tumour threshold, smallest tumour and filter."""
-    labelling = ("tumour_threshold", "tumour_min_voxels", "tumour_filter", "tumour_filter_keep")
+    tumour threshold, smallest tumour, filter and dark spots."""
+    labelling = ("tumour_threshold", "tumour_min_voxels", "tumour_filter", "tumour_filter_keep",
+                 "tumour_spots")  # fmt: skip
     rest = {k: v for k, v in cascade_arguments(cascade).items() if k not in labelling}
     return id(cascade.liver_model), id(cascade.tumour_model), rest
 
@@ -179,14 +182,16 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 tumour_tta=saved.tumour_tta)  # fmt: skip
     arms: dict[str, tuple[Any, dict[str, Any]]] = {}
     for value in args.thresholds:
-        threshold, keep = parse_arm(value)
+        threshold, keep, spots = parse_arm(value)
         try:
             arms[arm_name(value)] = add_lesion_filter(
                 tuning, train, val, steps=args.steps, seed=seed,
                 keeps=args.keeps if keep is None else keep, liver=args.liver,
-                tumour_crf=not args.no_tumour_crf, threshold=threshold,
+                tumour_crf=not args.no_tumour_crf, threshold=threshold, spots=spots,
             )  # fmt: skip
         except ValueError as error:  # nothing to learn: the example keeps no filter either
+            if "targets" not in str(error):  # a setting the cascade refuses: not an arm
+                raise
             arms[arm_name(value)] = tuning, {"error": str(error)}
     held = extra_cases(run, args) if args.on == "extra" else held_out_cases(run, args)
     scores = score({"base/grid": saved, **{n: f.cascade for n, (f, _) in arms.items()}},
@@ -217,31 +222,40 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def parse_arm(value: str) -> tuple[float | None, float | None]:
-    """One ``--thresholds`` value as (threshold or None for the tuned one, keep or None).
+def parse_arm(value: str) -> tuple[float | None, float | None, float | None]:
+    """One ``--thresholds`` value as (threshold or None for the tuned one, keep or None,
+    dark spots' HU or None).
 
     Raises:
-        ValueError: for anything but ``tuned``, ``T``, ``tuned:K`` or ``T:K`` with T in
-            (0, 1) and K in [0, 1].
+        ValueError: for anything but ``T``, ``T:K`` or ``T:K:S`` (``T::S``: no keep of
+            its own), T ``tuned`` or in (0, 1), K in [0, 1] and S (HU) above 0.
     """
-    text, _, keep_text = value.partition(":")
+    parts = value.split(":")
+    if len(parts) > 3:
+        raise ValueError(f"too many parts: {value!r}")
+    text, keep_text, spots_text = (*parts, "", "")[:3]
     threshold = None if text == "tuned" else float(text)
     keep = float(keep_text) if keep_text else None
-    if (threshold is not None and not 0.0 < threshold < 1.0) or (
-        keep is not None and not 0.0 <= keep <= 1.0
+    spots = float(spots_text) if spots_text else None
+    if (
+        (threshold is not None and not 0.0 < threshold < 1.0)
+        or (keep is not None and not 0.0 <= keep <= 1.0)
+        or (spots is not None and not 0.0 < spots < float("inf"))
     ):
         raise ValueError(f"out of range: {value!r}")
-    return threshold, keep
+    return threshold, keep, spots
 
 
 def arm_name(value: str) -> str:
     """The arm of one ``--thresholds`` value: ``filter/grid`` (tuned), ``filter@T/grid``,
-    ``filter@T,K/grid`` (with a keep of its own)."""
-    threshold, keep = parse_arm(value)
-    if threshold is None and keep is None:
+    ``filter@T,K/grid`` (with a keep of its own); with dark spots of S HU, ``,spotsS``
+    before the ``/``."""
+    threshold, keep, spots = parse_arm(value)
+    if threshold is None and keep is None and spots is None:
         return "filter/grid"
     t = "tuned" if threshold is None else f"{threshold:g}"
-    return f"filter@{t}/grid" if keep is None else f"filter@{t},{keep:g}/grid"
+    name = f"filter@{t}" if keep is None else f"filter@{t},{keep:g}"
+    return f"{name},spots{spots:g}/grid" if spots is not None else f"{name}/grid"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -265,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--thresholds", nargs="+", default=["tuned"],
                    help="the filtered cascade's tumour threshold, one arm each: 'tuned' (the "
                    "saved cascade's) or a number in (0, 1); ':K' after it fixes that arm's "
-                   "keep at K instead of --keeps")  # fmt: skip
+                   "keep at K instead of --keeps; ':K:S' (or '::S') adds the liver's dark "
+                   "spots of S HU as candidates (Cascade tumour_spots)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
     for value in args.thresholds:
@@ -273,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             parse_arm(value)
         except ValueError:
             p.error(f"--thresholds: expected tuned or T in (0, 1), each with an optional :K "
-                    f"(a keep in [0, 1]), got {value!r}")  # fmt: skip
+                    f"(a keep in [0, 1]) and :S (spots' HU > 0), got {value!r}")  # fmt: skip
     check_held_out_arguments(p, args)
     if args.cases < 1:
         p.error(f"--cases: expected >= 1, got {args.cases}")

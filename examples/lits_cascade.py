@@ -149,6 +149,11 @@ def filter_threshold(text: str) -> float | str:
     return _number_or(text, "tuned", lambda v: 0.0 < v < 1.0, "(0, 1)")
 
 
+def filter_spots(text: str) -> float | str:
+    """--tumour-filter-spots: a darkness threshold in HU above 0, or "none"."""
+    return _number_or(text, "none", lambda v: 0.0 < v < float("inf"), "(0, inf) HU")
+
+
 def _number_or(text: str, word: str, within: Callable[[float], bool], bounds: str) -> float | str:
     """``text`` as ``word`` or as a number ``within`` ``bounds`` (an argparse type)."""
     if text == word:
@@ -291,6 +296,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its training components and at inference); tuned: the one chosen on validation "
         "without the filter (0.2, with --tumour-filter-keep 0.9: rule AO, "
         "docs/cascade.md)")  # fmt: skip
+    add("--tumour-filter-spots", type=filter_spots, default="none", metavar="HU|none",
+        help="with a tumour filter, the liver's dark spots of at least HU (a local mean "
+        "below the liver around it; featsup.postprocess.dark_spots) join the tumour "
+        "components as candidates, in the filter's training and at inference; none (the "
+        "default): the tumour model's components only")  # fmt: skip
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
@@ -383,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (args.tumour_filter_threshold not in ("tuned", TUMOUR_FILTER_THRESHOLD)
          and args.tumour_filter_cases == 0,
          "--tumour-filter-threshold: needs a tumour filter (--tumour-filter-cases > 0)"),
+        (args.tumour_filter_spots != "none" and args.tumour_filter_cases == 0,
+         "--tumour-filter-spots: needs a tumour filter (--tumour-filter-cases > 0)"),
         (args.tumour_ema_decay is not None and not 0 < args.tumour_ema_decay < 1,
          f"--tumour-ema-decay: expected in (0, 1), got {args.tumour_ema_decay}"),
         (args.tumour_batch_size is not None and args.tumour_batch_size < 1,
@@ -701,14 +713,17 @@ def add_filter(
             tumour_crf=args.tumour_filter_tumour_crf == "on", progress=True,
             threshold=None if args.tumour_filter_threshold == "tuned"
             else args.tumour_filter_threshold,
+            spots=None if args.tumour_filter_spots == "none" else args.tumour_filter_spots,
         )  # fmt: skip
     except ValueError as error:  # all components true or all false: nothing to learn
         print(f"tumour filter: none ({error})")
         return tuning, {"error": str(error)}
     by_keep = ", ".join(f"{k:g} {v:.4f}" for k, v in tuning.filter_keep_scores.items())
+    hu = tuning.cascade.tumour_spots
+    spots = "" if hu is None else f" and dark spots of >= {hu:g} HU"
     print(f"tumour filter: {info['candidates']} components on {info['cases']} training cases "
           f"({info['true']} on a tumour), {info['steps']} steps; tumour probability > "
-          f"{tuning.tumour_threshold:g}, keeps scores >= {tuning.tumour_filter_keep:g} "
+          f"{tuning.tumour_threshold:g}{spots}, keeps scores >= {tuning.tumour_filter_keep:g} "
           f"(validation Dice: {by_keep})")  # fmt: skip
     return tuning, info
 

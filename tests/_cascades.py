@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from featsup.inference import Cascade
@@ -76,3 +77,22 @@ def finished_phantom_run(folder: Path, shape: Sequence[int], seed: int = 70_000)
                "phantom_seed": seed, "split": {"train": ["0"], "val": ["1", "2"]}}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return cascade
+
+
+def spot_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(volume, labels), (8, 64, 64): a box liver (115 HU) with two faint discs (95 HU:
+    liver to :func:`threshold_cascade`'s tumour model, dark spots at a 10 HU threshold) and
+    a darker one (80 HU: its tumour), all three lesions, placed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    volume = np.full((8, 64, 64), -1000.0)
+    volume[:, 2:62, 2:62], volume[:, 60:62, 2:8] = -100.0, 600.0  # fat, a bone
+    volume[:, 8:56, 8:56] = 115.0
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[:, 8:56, 8:56] = 1
+    for hu in (95.0, 95.0, 80.0):
+        y, x = rng.integers(20, 44, 2)
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= 16
+        volume[3:6][:, disc], labels[3:6][:, disc] = hu, 2
+    volume += rng.normal(0, 3, volume.shape)
+    return volume.astype(np.int16), labels

@@ -19,6 +19,24 @@ tumour_filter = pytest.importorskip("tumour_filter")
 SHAPE = [8, 48, 48]
 
 
+def _spot_cases(folder: Path) -> list:
+    """``_cascades.spot_case`` 0 and 1 written as LiTS NIfTI files in ``folder``."""
+    from _cascades import spot_case
+    from featsup import data as fd
+    from featsup.data._orient import nibabel, processing_affine
+
+    nib = nibabel()
+    folder.mkdir(parents=True)
+    for seed in (0, 1):
+        arrays = spot_case(seed)
+        affine, ornt = processing_affine((5.0, 1.4, 1.4), arrays[0].shape, "LPS")
+        for name, array in zip(("volume", "segmentation"), arrays, strict=True):
+            disk = nib.orientations.apply_orientation(np.transpose(array, (2, 1, 0)), ornt)
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(disk), affine),
+                     str(folder / f"{name}-{seed}.nii"))  # fmt: skip
+    return fd.find_cases(folder)
+
+
 def test_a_finished_run_scored_with_and_without_its_filter(tmp_path: Path) -> None:
     from featsup import data as fd
     from featsup.inference import Cascade, tumour_criterion
@@ -108,6 +126,10 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
     assert kept["threshold"] == 0.3 and kept["keep"] == 0.9
     assert run["filter@tuned,0.9/grid"]["threshold"] == saved.tumour_threshold
     assert run["filter@tuned,0.9/grid"]["keep"] == 0.9
+    assert tumour_filter.parse_arm("0.3::20") == (0.3, None, 20.0)
+    assert tumour_filter.arm_name("0.3:0.9:20") == "filter@0.3,0.9,spots20/grid"
+    with pytest.raises(ValueError, match="tumour_spots"):  # a CLAHE tumour input: refused,
+        tumour_filter.main([str(folder), *flags, "--thresholds", "0.3::20"])  # not an arm
     # keep 0 keeps every component: the arm is the saved cascade at threshold 0.3, size 0
     plain = Cascade(saved.liver_model, saved.tumour_model,
                     **{**cascade_arguments(saved), "tumour_min_voxels": 0,
@@ -116,7 +138,7 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
     assert [r[1] for r in low["counts"]] == [
         int((plain(fd.load_case(c).volume).labels == 2).sum()) for c in fresh
     ]
-    for bad in ("1.0", "low", "0.3:1.5", "tuned:x"):
+    for bad in ("1.0", "low", "0.3:1.5", "tuned:x", "0.3:0.9:0", "0.3:0.9:20:1"):
         with pytest.raises(SystemExit):
             tumour_filter.main([str(folder), *flags, "--thresholds", bad])
 
@@ -124,6 +146,7 @@ def test_one_arm_per_threshold_each_labelling_at_its_own(tmp_path: Path) -> None
 def test_scores_equal_each_cascade_run_whole_with_a_tumour_crf(tmp_path: Path) -> None:
     from _cascades import threshold_cascade
     from featsup import data as fd
+    from featsup.data import Preprocessing
     from featsup.inference import Cascade
     from featsup.inference.bundle import cascade_arguments
     from featsup.postprocess import LesionFilter
@@ -133,8 +156,9 @@ def test_scores_equal_each_cascade_run_whole_with_a_tumour_crf(tmp_path: Path) -
             return features[:, 1].astype(np.float32)
 
     crf = {"iterations": 2, "workers": 1}
+    plain = Preprocessing(clahe=False, hu_window=(-50.0, 250.0))  # what spots read HU from
     base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45, tumour_crf=crf,
-                             tumour_min_voxels=5)  # fmt: skip
+                             tumour_min_voxels=5, tumour_preprocessing=plain)  # fmt: skip
 
     def variant(**options: object) -> Cascade:
         return Cascade(base.liver_model, base.tumour_model,
@@ -144,11 +168,19 @@ def test_scores_equal_each_cascade_run_whole_with_a_tumour_crf(tmp_path: Path) -
         "base/grid": base,
         "filter@0.3/grid": variant(tumour_threshold=0.3, tumour_min_voxels=0,
                                    tumour_filter=ByPeak(width=2), tumour_filter_keep=0.6),
+        "filter@0.3,0/grid": variant(tumour_threshold=0.3, tumour_min_voxels=0,
+                                     tumour_filter=ByPeak(width=2), tumour_filter_keep=0.0),
+        "filter@0.3,0,spots10/grid": variant(
+            tumour_threshold=0.3, tumour_min_voxels=0, tumour_filter=ByPeak(width=2),
+            tumour_filter_keep=0.0, tumour_spots=10.0),  # shares the tumour pass above
         "other head": variant(tumour_head=1, tumour_threshold=0.4),  # its own tumour pass
     }  # fmt: skip
     cases = fd.find_cases(tmp_path) if fd.write_phantom_dataset(
         tmp_path, 2, shape=SHAPE, seed=70_001) else []  # fmt: skip
+    cases += _spot_cases(tmp_path / "spots")  # where the spots change what the filter keeps
     out = tumour_filter.score(cascades, cases, [0.0, 0.6])
+    spotted = out["filter@0.3,0,spots10/grid"]["counts"]
+    assert spotted != out["filter@0.3,0/grid"]["counts"]  # the spots, kept at keep 0, count
     for name, cascade in cascades.items():
         whole = []
         for case in cases:

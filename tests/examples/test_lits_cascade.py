@@ -663,6 +663,12 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
         with pytest.raises(SystemExit):
             example.parse_args(bad)
     assert "needs a tumour filter" in capsys.readouterr().err
+    assert defaults.tumour_filter_spots == "none"
+    assert example.parse_args(["--tumour-filter-spots", "25"]).tumour_filter_spots == 25.0
+    for bad in (["--tumour-filter-spots", "0"], [*TINY, "--tumour-filter-spots", "25"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+    assert "needs a tumour filter" in capsys.readouterr().err
     out = tmp_path / "run"
     flags = ["--extra-train-cases", "4", "--tumour-filter-cases", "5", "--tumour-filter-steps", "5",
              "--tumour-filter-liver", "model", "--tumour-filter-tumour-crf", "on"]  # fmt: skip
@@ -687,9 +693,13 @@ def test_tumour_filter_is_trained_on_training_cases_and_saved(
     assert again["tumour_filter"]["validation_reused"] is False
     by_keep = again["chosen_on_validation"]["val_tumour_dice_by_filter_keep"]
     assert by_keep == chosen["val_tumour_dice_by_filter_keep"]
-    # a threshold of its own: the filter's components and the saved cascade label at it
+    # a threshold of its own: the filter's components and the saved cascade label at it;
+    # dark spots join them as candidates
     low = example.main([*TINY, "--out", str(tmp_path / "low"), "--validation-only", "--crf",
-                        "none", *flags, "--tumour-filter-threshold", "0.35"])  # fmt: skip
+                        "none", *flags, "--tumour-filter-threshold", "0.35",
+                        "--tumour-filter-spots", "20"])  # fmt: skip
     assert low["chosen_on_validation"]["tumour_threshold"] == 0.35
-    assert Cascade.load(tmp_path / "low" / "cascade.pt", device="cpu").tumour_threshold == 0.35
-    assert "tumour probability > 0.35, keeps scores >= 0.9" in capsys.readouterr().out
+    saved = Cascade.load(tmp_path / "low" / "cascade.pt", device="cpu")
+    assert saved.tumour_threshold == 0.35 and saved.tumour_spots == 20.0
+    printed = capsys.readouterr().out
+    assert "tumour probability > 0.35 and dark spots of >= 20 HU, keeps scores >= 0.9" in printed

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("cv2")
 
-from _cascades import threshold_cascade
+from _cascades import spot_case, threshold_cascade
 from featsup.data import make_phantom
 from featsup.inference import (
     TUMOUR_FILTER_THRESHOLD,
@@ -239,3 +239,92 @@ def test_add_lesion_filter_at_a_threshold_of_its_own(cases: list) -> None:
     for bad in (0.0, 1.0, -0.2):
         with pytest.raises(ValueError, match="threshold"):
             add_lesion_filter(first, cases[:1], cases[1:], steps=10, threshold=bad)
+
+
+@pytest.fixture(scope="module")
+def spot_cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    return [spot_case(seed) for seed in (0, 1, 2)]
+
+
+def _spotted(**options: object) -> Cascade:
+    """The threshold cascade with a plain tumour window (what dark spots read HU from)."""
+    from featsup.data import Preprocessing
+
+    plain = Preprocessing(clahe=False, hu_window=(-50.0, 250.0))
+    return threshold_cascade(liver=(0.9, 0.35), tumour=0.45, tumour_preprocessing=plain,
+                             **options)  # fmt: skip
+
+
+def test_dark_spots_join_the_components_before_the_filter(spot_cases: list, tmp_path) -> None:
+    from featsup.postprocess import add_dark_spots, dark_spots
+
+    base = _spotted()
+    spotted = _with(base, tumour_spots=10.0, tumour_filter=ByPeak(1.0), tumour_filter_keep=0.5)
+    volume = spot_cases[0][0]
+    stage = base.liver_stage(volume)
+    spots = dark_spots(stage.image, stage.mask, 10.0, window=(-50.0, 250.0))
+    plain = base.tumour_stage(stage).labels
+    assert (spots & (plain == 1)).any()  # the case has spots where the model sees liver
+    result = spotted(volume)
+    np.testing.assert_array_equal(result.labels, add_dark_spots(plain, spots))
+    assert "tumour_spots" in result.timings
+    # the filter keeps or drops them with the model's components
+    dropped = _with(spotted, tumour_filter=ByPeak(0.0))(volume).labels
+    assert not (dropped == 2).any()
+    spotted.save(tmp_path / "c.pt")
+    assert load_cascade(tmp_path / "c.pt", device="cpu").tumour_spots == 10.0
+    assert base.tumour_spots is None
+    with pytest.raises(ValueError, match="tumour_spots"):
+        threshold_cascade(tumour_spots=5.0)  # a CLAHE tumour input: no HU to read
+    with pytest.raises(ValueError, match="tumour_spots"):
+        _spotted(tumour_spots=0.0)
+
+
+def test_tuning_with_spots_scores_as_a_whole_run(spot_cases: list) -> None:
+    from featsup.inference.heads import _crf_trials
+
+    cases = spot_cases
+    spotted = _with(_spotted(), tumour_filter=ByPeak(), tumour_spots=10.0)
+    keeps = (0.0, 0.5)
+    trials = _crf_trials(spotted, cases, None, None, thresholds=(0.7,), sizes=(0,),
+                         stages=("none",), keeps=keeps)  # fmt: skip
+    for j, keep in enumerate(keeps):
+        whole = _with(spotted, tumour_threshold=0.7, tumour_filter_keep=keep, tumour_min_voxels=0)
+        for c, (volume, truth) in enumerate(cases):
+            pred, true = whole(volume).labels == 2, truth == 2
+            expected = [(pred & true).sum(), pred.sum(), true.sum()]
+            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+    # without a filter, the smallest tumour applies before the spots join, as in the cascade
+    bare = _with(spotted, tumour_filter=None)
+    sizes = (0, 30)
+    trials = _crf_trials(bare, cases, None, None, thresholds=(0.7,), sizes=sizes,
+                         stages=("none",))  # fmt: skip
+    for j, size in enumerate(sizes):
+        whole = _with(bare, tumour_threshold=0.7, tumour_min_voxels=size)
+        for c, (volume, truth) in enumerate(cases):
+            pred, true = whole(volume).labels == 2, truth == 2
+            expected = [(pred & true).sum(), pred.sum(), true.sum()]
+            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+
+
+def test_add_lesion_filter_with_spots_learns_and_keeps_them(spot_cases: list) -> None:
+    cases = spot_cases
+    first = tune_on_validation(_spotted(), cases[1:], crf="none", tumour_threshold=(0.5, 0.6),
+                               keep_outputs=True)  # fmt: skip
+    spotted, info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5),
+                                      spots=10.0)  # fmt: skip
+    assert spotted.cascade.tumour_spots == 10.0 and info["validation_reused"]
+    plain, plain_info = add_lesion_filter(first, cases[:1], cases[1:], steps=10, keeps=(0.0, 0.5))
+    assert plain.cascade.tumour_spots is None
+    # the filter learnt from the spots too: the candidates of the cascade with them, which
+    # grow a component the model found in part
+    at = {
+        spots: lesion_candidates(
+            _with(first.cascade, tumour_threshold=TUMOUR_FILTER_THRESHOLD, tumour_spots=spots),
+            cases[:1],
+        )
+        for spots in (None, 10.0)
+    }
+    assert (info["candidates"], info["true"]) == (len(at[10.0][2]), int(at[10.0][2].sum()))
+    assert plain_info["candidates"] == len(at[None][2])
+    assert not np.array_equal(at[10.0][1], at[None][1])

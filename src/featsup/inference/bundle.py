@@ -47,7 +47,7 @@ _SETTINGS = ("liver_size", "tumour_size", "liver_head", "tumour_head", "context"
              "roi_margin", "tumour_scope", "liver_classes", "tumour_darkness")  # fmt: skip
 _PREDICT_SETTINGS = ("batch_size", "tta", "tumour_tta", "tumour_patch", "tumour_overlap",
                      "tumour_min_voxels", "tumour_threshold", "tumour_min_inside",
-                     "tumour_surface", "tumour_filter_keep")  # fmt: skip
+                     "tumour_surface", "tumour_filter_keep", "tumour_spots")  # fmt: skip
 _KEYS = ("format", "featsup_version", "liver", "tumour", "settings", "preprocessing", "crf")
 _PREPROCESSINGS = ("preprocessing", "tumour_preprocessing")
 
@@ -91,6 +91,7 @@ def cascade_arguments(cascade: Cascade) -> dict[str, Any]:
         "tumour_surface": cascade.tumour_surface,
         "tumour_filter": cascade.tumour_filter,
         "tumour_filter_keep": cascade.tumour_filter_keep,
+        "tumour_spots": cascade.tumour_spots,
     }
 
 
@@ -279,6 +280,7 @@ def load_cascade(
         tumour_surface=settings.get("tumour_surface"),  # older files: none
         tumour_filter=_build_filter(state.get("tumour_filter"), path),  # older files: none
         tumour_filter_keep=settings.get("tumour_filter_keep", TUMOUR_FILTER_KEEP),
+        tumour_spots=settings.get("tumour_spots"),  # older files: none
         device=device,
     )
     cascade.training_summary = dict(state.get("training") or {})

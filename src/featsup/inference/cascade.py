@@ -57,6 +57,7 @@ from featsup.postprocess.lesion_filter import (
     drop_unlikely_tumours,
     score_tumours,
 )
+from featsup.postprocess.spots import add_dark_spots, dark_spots
 
 if TYPE_CHECKING:
     from featsup.inference.heads import HeadChoice
@@ -208,6 +209,13 @@ class Cascade:
             all); 0.9 by default (:data:`~featsup.postprocess.TUMOUR_FILTER_KEEP`);
             :func:`~featsup.inference.tune_on_validation` can choose it on validation
             cases.
+        tumour_spots: a darkness threshold in HU: the liver's dark spots
+            (:func:`~featsup.postprocess.dark_spots` on the tumour model's input, whose
+            preprocessing must be a min-max HU window without CLAHE) join the tumour
+            components as candidates after the threshold, the smallest tumour and
+            ``tumour_surface``, before the filter, which keeps or drops them with the
+            rest; None (the default): none. Meant for a cascade with a ``tumour_filter``
+            trained with them (:func:`~featsup.inference.add_lesion_filter` ``spots``).
 
     Raises:
         ValueError: if the two stages' preprocessings have different HU windows, or if
@@ -252,8 +260,12 @@ class Cascade:
         tumour_surface: tuple[int, float] | None = None,
         tumour_filter: LesionFilter | None = None,
         tumour_filter_keep: float = TUMOUR_FILTER_KEEP,
+        tumour_spots: float | None = None,
     ) -> None:
         check_positive("batch_size", batch_size)
+        if tumour_spots is not None:
+            check_positive("tumour_spots", tumour_spots)
+        self.tumour_spots = None if tumour_spots is None else float(tumour_spots)
         if tumour_filter is not None:
             check_type("tumour_filter", tumour_filter, LesionFilter)
         self.tumour_filter = tumour_filter
@@ -298,6 +310,15 @@ class Cascade:
         self.preprocessing, self.tumour_preprocessing = _stage_preprocessings(
             liver_model, tumour_model, preprocessing, tumour_preprocessing
         )
+        plain = not self.tumour_preprocessing.clahe
+        if self.tumour_spots is not None and not (
+            plain and self.tumour_preprocessing.normalization == "minmax"
+        ):
+            raise ValueError(
+                f"tumour_spots: expected a tumour preprocessing without CLAHE and with "
+                f"min-max normalisation (spots read HU from it), got "
+                f"{self.tumour_preprocessing}; fix: tumour_spots=None"
+            )
         self.liver_crf, self.tumour_crf = liver_crf, tumour_crf
         self.predict_options: dict[str, Any] = {
             "batch_size": batch_size,
@@ -528,6 +549,10 @@ class Cascade:
         )  # fmt: skip
         if self.tumour_surface is not None:
             labels = drop_surface_tumours(labels, *self.tumour_surface)
+        if self.tumour_spots is not None:
+            begin = time.perf_counter()
+            labels = add_dark_spots(labels, self._spots(liver.image, liver.mask))
+            t["tumour_spots"] = time.perf_counter() - begin
         if self.tumour_filter is not None and self.tumour_filter_keep > 0 and (labels == 2).any():
             begin = time.perf_counter()
             components, scores = score_tumours(labels, liver.image, tumour_p, self.tumour_filter,
@@ -538,6 +563,13 @@ class Cascade:
         t["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)
+
+    def _spots(self, image: np.ndarray, liver_mask: np.ndarray) -> np.ndarray:
+        """(D, H, W) bool dark spots of ``tumour_spots`` HU in the tumour model's input."""
+        if self.tumour_spots is None:
+            return np.zeros(np.shape(liver_mask), bool)
+        return dark_spots(image, liver_mask, self.tumour_spots,
+                          window=self.tumour_preprocessing.hu_window)  # fmt: skip
 
     def tumour_stage(self, liver: LiverStage, *, head: StageHead = None) -> CascadeResult:
         """Run the tumour stage on the output of :meth:`liver_stage` and label the volume.

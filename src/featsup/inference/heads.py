@@ -32,6 +32,7 @@ from featsup.postprocess.lesion_filter import (
     drop_unlikely_tumours,
     score_tumours,
 )
+from featsup.postprocess.spots import add_dark_spots
 
 __all__ = [
     "TUMOUR_CRITERIA",
@@ -468,14 +469,26 @@ def _crf_trials(
             if keep_outputs is not None:
                 keep_outputs.setdefault(choice, []).append(result)
             labels[choice].append((result.labels, truth))
+            spots = plain._spots(result.image, result.liver_mask) if plain.tumour_spots else None
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
                                      threshold=threshold, scope=plain.tumour_scope,
                                      min_inside=plain.tumour_min_inside)  # fmt: skip
                 if lesion_filter is None:
-                    counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
+                    if spots is None:
+                        counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
+                    else:  # the spots join after the smallest tumour, as in the cascade
+                        counts[choice][i, :, c] = [
+                            tumour_counts_by_min_voxels(
+                                add_dark_spots(drop_small_tumours(pred.copy(), m), spots),
+                                truth, (0,),
+                            )[0]
+                            for m in sizes
+                        ]  # fmt: skip
                     continue
                 pred = drop_small_tumours(pred, sizes[0])
+                if spots is not None:
+                    pred = add_dark_spots(pred, spots)
                 components, scores = score_tumours(pred, result.image, result.tumour_probability,
                                                    lesion_filter, result.liver_mask)  # fmt: skip
                 for j, keep in enumerate(columns):

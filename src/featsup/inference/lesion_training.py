@@ -189,6 +189,7 @@ def add_lesion_filter(
     liver: LiverMask = TUMOUR_FILTER_LIVER,
     tumour_crf: bool = TUMOUR_FILTER_TUMOUR_CRF,
     threshold: float | None = TUMOUR_FILTER_THRESHOLD,
+    spots: float | None = None,
     progress: bool = False,
 ) -> tuple[Tuning, dict[str, Any]]:
     """A tuned cascade with a tumour filter (its keep threshold fixed, or chosen on validation).
@@ -223,6 +224,9 @@ def add_lesion_filter(
         threshold: the filtered cascade's tumour probability threshold, in (0, 1)
             (:data:`TUMOUR_FILTER_THRESHOLD`, 0.2, by default: rule AO on held-out phantom
             cases, with keep 0.9); None keeps the tuning's.
+        spots: a darkness threshold in HU: the liver's dark spots join the tumour
+            components as candidates, for the filter's training and at inference
+            (``Cascade(tumour_spots=)``); None (the default): the model's components only.
         progress: show a progress bar over the training cases.
 
     Returns:
@@ -245,9 +249,10 @@ def add_lesion_filter(
     t = tuning.tumour_threshold if threshold is None else float(threshold)
     if not 0.0 < t < 1.0:
         raise ValueError(f"threshold: expected a number in (0, 1), got {threshold!r}")
-    if t != tuned.tumour_threshold:
+    if t != tuned.tumour_threshold or spots != tuned.tumour_spots:
         tuned = Cascade(tuned.liver_model, tuned.tumour_model,
-                        **{**cascade_arguments(tuned), "tumour_threshold": t})  # fmt: skip
+                        **{**cascade_arguments(tuned), "tumour_threshold": t,
+                           "tumour_spots": spots})  # fmt: skip
     lesion_filter, info = train_lesion_filter(
         tuned, train_cases, steps=steps, seed=seed, liver=liver, tumour_crf=tumour_crf,
         progress=progress,

@@ -1,7 +1,8 @@
 """Post-processing: the dense CRF, the tumour threshold and clean-up, a tumour filter.
 
 The dense CRF is the paper's (section 4.1.4); the learned filter of tumour components
-(:mod:`~featsup.postprocess.lesion_filter`) is featsup's.
+(:mod:`~featsup.postprocess.lesion_filter`) is featsup's, and can also score the liver's
+dark spots beside the model's components (:mod:`~featsup.postprocess.spots`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from featsup.postprocess.lesion_filter import (
     score_tumours,
     tumour_components,
 )
+from featsup.postprocess.spots import add_dark_spots, dark_spots
 
 __all__ = [
     "CRF_PRESETS",
@@ -35,8 +37,10 @@ __all__ = [
     "TUMOUR_THRESHOLDS",
     "DenseCRF",
     "LesionFilter",
+    "add_dark_spots",
     "component_inputs",
     "crf_labels",
+    "dark_spots",
     "dense_crf",
     "drop_small_tumours",
     "drop_surface_tumours",
