@@ -18,7 +18,8 @@ every choice it made on validation (heads, CRF stages, threshold, smallest tumou
 still misses is the tumour model's misses (lesions not found, found lesions' voxels).
 Per run it also gives the share of reference tumour voxels inside the liver stage's mask
 and the lesions found, by size (a lesion counts as found when a predicted tumour voxel
-touches it).
+touches it), and by kind (:func:`lesion_kind`: mostly outside the liver stage's mask,
+bright, near-isodense, small and dark, dark), which says what a lever would have to find.
 
     python benchmarks/tumour_gap.py outputs/run55 outputs/s27/x100_s40 --json F
     python benchmarks/tumour_gap.py outputs/run57_seed30 --figure 5010 docs/images/F.png
@@ -79,6 +80,51 @@ def lesions_found(pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, bool]]
     return [(int(voxels[i]), bool(touched[i] > 0)) for i in range(1, n + 1)]
 
 
+KINDS = ("outside the liver mask", "bright", "near-isodense", "small dark", "dark")
+"""Lesion kinds of :func:`lesion_kind`, in the order it tests them."""
+
+
+def lesion_kind(voxels: int, contrast: float, inside: float) -> str:
+    """What kind of lesion a reference lesion is, for the cascade.
+
+    ``inside``: the share of its voxels in the liver stage's mask (under 0.5: "outside the
+    liver mask", whatever its contrast); ``contrast``: its mean HU minus that of the
+    reference liver around it (above +20: "bright", -20 to +20: "near-isodense"); a dark
+    one under 100 voxels is "small dark", else "dark".
+
+    Example:
+        >>> [lesion_kind(50, -40.0, 0.2), lesion_kind(50, 30.0, 1.0), lesion_kind(50, -40.0, 1.0)]
+        ['outside the liver mask', 'bright', 'small dark']
+    """
+    if inside < 0.5:
+        return KINDS[0]
+    if contrast > 20:
+        return KINDS[1]
+    if contrast >= -20:
+        return KINDS[2]
+    return KINDS[3] if voxels < 100 else KINDS[4]
+
+
+def lesion_records(
+    volume: np.ndarray, labels: np.ndarray, liver_mask: np.ndarray, pred: np.ndarray
+) -> list[list[Any]]:
+    """[voxels, contrast HU, share inside ``liver_mask``, found by ``pred``] of every
+    reference lesion (26-connected), the contrast against the reference liver (label 1)
+    within 3 voxels of it (NaN when none is)."""
+    cube = np.ones((3, 3, 3), bool)
+    components, _ = ndimage.label(labels == 2, structure=cube)
+    out: list[list[Any]] = []
+    for i, box in enumerate(ndimage.find_objects(components), start=1):
+        grown = tuple(slice(max(b.start - 3, 0), b.stop + 3) for b in box)
+        lesion = components[grown] == i
+        ring = ndimage.binary_dilation(lesion, cube, iterations=3) & (labels[grown] == 1)
+        hu = np.asarray(volume[grown], np.float64)
+        contrast = float(hu[lesion].mean() - hu[ring].mean()) if ring.any() else float("nan")
+        out.append([int(lesion.sum()), contrast, float(liver_mask[grown][lesion].mean()),
+                    bool(pred[grown][lesion].any())])  # fmt: skip
+    return out
+
+
 def counts(pred: np.ndarray, truth: np.ndarray) -> list[int]:
     """[both, predicted, reference] tumour voxels."""
     return [int((pred & truth).sum()), int(pred.sum()), int(truth.sum())]
@@ -100,6 +146,7 @@ def case_gap(cascade: Cascade, volume: np.ndarray, labels: np.ndarray) -> dict[s
         "counts": {arm: counts(p, truth) for arm, p in preds.items()},
         "inside_liver_mask": int((truth & liver.mask).sum()),
         "lesions": {arm: lesions_found(preds[arm], truth) for arm in ("chosen", "true_liver")},
+        "lesion_records": lesion_records(volume, labels, liver.mask, chosen),
     }
 
 
@@ -121,6 +168,15 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
             name = f"{low}-{high}" if high else f">={low}"
             bins[name] = {"lesions": len(inside), "found": int(sum(inside))}
         out[f"lesions_{arm}"] = bins
+    records = [r for c in cases for r in c.get("lesion_records", [])]
+    kinds = {kind: {"lesions": 0, "found": 0, "voxels": 0, "voxels_missed": 0} for kind in KINDS}
+    for voxels, contrast, inside, found in records:
+        row = kinds[lesion_kind(voxels, contrast, inside)]
+        row["lesions"] += 1
+        row["found"] += int(found)
+        row["voxels"] += voxels
+        row["voxels_missed"] += 0 if found else voxels
+    out["lesion_kinds"] = kinds
     return out
 
 
@@ -227,6 +283,16 @@ def main(argv: list[str] | None = None) -> dict:
         means[key] = bins
         found = ", ".join(f"{b} vx {f}/{n}" for b, (f, n) in bins.items())
         print(f"lesions found, {arm}: {found}")
+    kinds = {kind: {k: sum(r["summary"]["lesion_kinds"][kind][k] for r in runs.values())
+                    for k in ("lesions", "found", "voxels", "voxels_missed")}
+             for kind in KINDS}  # fmt: skip
+    means["lesion_kinds"] = kinds
+    print("\n| lesion kind (the cascade's) | lesions | found | missed | tumour voxels "
+          "| in missed lesions |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind, k in kinds.items():
+        print(f"| {kind} | {k['lesions']} | {k['found']} | {k['lesions'] - k['found']} | "
+              f"{k['voxels']} | {k['voxels_missed']} |")  # fmt: skip
     report = {"fresh": args.fresh, "extra": args.extra, "runs": runs, "means": means}
     write_json(args.json, report)
     return report

@@ -41,6 +41,19 @@ def test_removing_false_positives_keeps_every_true_positive_and_no_stray_compone
 
 @settings(max_examples=60, deadline=None)
 @given(masks, masks)
+def test_lesion_records_agree_with_lesions_found(pred: np.ndarray, truth: np.ndarray) -> None:
+    labels = np.where(truth, 2, 1).astype(np.uint8)
+    volume = np.where(truth, 60.0, 110.0)
+    mask = np.ones(truth.shape, bool)
+    records = tumour_gap.lesion_records(volume, labels, mask, pred)
+    assert [(r[0], r[3]) for r in records] == tumour_gap.lesions_found(pred, truth)
+    for voxels, contrast, inside, _ in records:
+        assert inside == 1.0 and (np.isnan(contrast) or contrast == pytest.approx(-50.0))
+        assert tumour_gap.lesion_kind(voxels, contrast, inside) in tumour_gap.KINDS
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks, masks)
 def test_lesions_found_counts_every_reference_voxel_once(
     pred: np.ndarray, truth: np.ndarray
 ) -> None:
@@ -49,7 +62,7 @@ def test_lesions_found_counts_every_reference_voxel_once(
     assert any(f for _, f in lesions) == (pred & truth).any()
 
 
-def test_the_oracles_on_a_finished_run(tmp_path: Path) -> None:
+def test_the_oracles_on_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from featsup import data as fd
     from featsup.inference import tumour_criterion
 
@@ -83,6 +96,14 @@ def test_the_oracles_on_a_finished_run(tmp_path: Path) -> None:
         fp = case["counts"]["no_fp"]
         assert fp[0] == case["counts"]["chosen"][0]
     assert all(0.0 <= summary[k] <= 1.0 for k in ("coverage", "recall", "precision"))
+    # every lesion has one kind; the kinds' lesions and found ones are the size bins'
+    kinds = summary["lesion_kinds"]
+    assert set(kinds) == set(tumour_gap.KINDS)
+    bins = summary["lesions_chosen"].values()
+    assert sum(k["lesions"] for k in kinds.values()) == sum(b["lesions"] for b in bins) > 0
+    assert sum(k["found"] for k in kinds.values()) == sum(b["found"] for b in bins)
+    assert sum(k["voxels"] for k in kinds.values()) == sum(r[2] for r in rows)
+    assert "lesion kind" in capsys.readouterr().out
 
 
 def test_extra_must_leave_held_out_cases(
