@@ -168,6 +168,7 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     seed = metrics["settings"].get("train_seed")
     seed = metrics["settings"]["seed"] if seed is None else seed
+    seed = seed if args.filter_seed is None else args.filter_seed
     saved = load_cascade(run / "cascade.pt", device="cpu")
     cases = run_cases(run)
     val = [fd.load_case(c) for c in cases["val"]]
@@ -281,6 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "saved cascade's) or a number in (0, 1); ':K' after it fixes that arm's "
                    "keep at K instead of --keeps; ':K:S' (or '::S') adds the liver's dark "
                    "spots of S HU as candidates (Cascade tumour_spots)")  # fmt: skip
+    p.add_argument("--filter-seed", type=int, help="the filters' weights and sampling seed "
+                   "(default: the run's training seed, as the example's); another seed "
+                   "measures how much one filter training moves the scores")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the records here")
     args = p.parse_args(argv)
     for value in args.thresholds:
@@ -298,7 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            "liver": args.liver,
                                            "tumour_crf": not args.no_tumour_crf,
                                            "report_keeps": args.report_keeps,
-                                           "thresholds": args.thresholds},
+                                           "thresholds": args.thresholds,
+                                           "filter_seed": args.filter_seed},
                               "runs": {}}  # fmt: skip
     print("| run | arm | threshold | tumour per case / global, saved | with the filter | keep "
           "| filter s |")  # fmt: skip

@@ -83,6 +83,13 @@ def test_a_finished_run_scored_with_and_without_its_filter(tmp_path: Path) -> No
         assert [r[1] for r in arm["counts"]] == again
     with pytest.raises(SystemExit):
         tumour_filter.main([str(folder), "--fresh", "3", "--extra", "3"])
+    # another filter seed: another filter, the same baseline
+    other = tumour_filter.main([str(folder), "--fresh", "3", "--extra", "1", "--work",
+                                str(tmp_path / "work"), "--cases", "1", "--steps", "5",
+                                "--keeps", "0", "0.5", "--report-keeps", "0", "0.5",
+                                "--filter-seed", "7"])["runs"][str(folder)]  # fmt: skip
+    assert other["base/grid"] == run["base/grid"]
+    assert other["filter/grid"]["filter"]["final_loss"] != arm["filter"]["final_loss"]
 
 
 def test_a_run_whose_training_components_are_all_false_keeps_no_filter(tmp_path: Path) -> None:
