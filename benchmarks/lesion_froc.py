@@ -55,6 +55,7 @@ from validation_size import check_held_out_arguments, extra_cases, held_out_argu
 
 from featsup.data import load_case
 from featsup.inference import Cascade, tumour_criterion
+from featsup.postprocess.spots import seeded_regions
 from featsup.viz import save_figure
 
 SIZES = {"< 100": (0, 100), "100-499": (100, 500), ">= 500": (500, np.inf)}
@@ -132,14 +133,10 @@ def dark_spots(
     seeds = (darkness >= threshold) & (depth >= min_depth_mm)
     if not seeds.any():
         return np.zeros(liver.shape, bool)
-    regions, count = ndimage.label((darkness >= threshold / 2) & liver, structure=_CUBE)
-    keep = np.zeros(count + 1, bool)
-    keep[np.unique(regions[seeds])] = True
-    keep &= np.bincount(regions.ravel(), minlength=count + 1) <= max_voxels
+    regions, keep = seeded_regions((darkness >= threshold / 2) & liver, seeds, max_voxels)
     if floor is not None and probability is not None:
-        peak = ndimage.maximum(probability, regions, index=np.arange(count + 1))
+        peak = ndimage.maximum(probability, regions, index=np.arange(len(keep)))
         keep &= np.asarray(peak) >= floor
-    keep[0] = False
     return keep[regions]
 
 

@@ -51,6 +51,15 @@ def _with(cascade: Cascade, **options: object) -> Cascade:
     )
 
 
+def _whole_counts(cascade: Cascade, cases: list) -> list[list[int]]:
+    """[both, predicted, reference] tumour voxels of each case, the cascade run whole."""
+    out = []
+    for volume, truth in cases:
+        pred, true = cascade(volume).labels == 2, truth == 2
+        out.append([int((pred & true).sum()), int(pred.sum()), int(true.sum())])
+    return out
+
+
 def test_the_filter_drops_what_it_scores_below_keep(cases: list) -> None:
     base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
     volume = cases[0][0]
@@ -142,10 +151,7 @@ def test_tuning_chooses_the_keep_as_a_whole_run_scores_it(cases: list) -> None:
                          stages=("none",), keeps=keeps)  # fmt: skip
     for j, keep in enumerate(keeps):
         whole = _with(filtered, tumour_threshold=0.7, tumour_filter_keep=keep, tumour_min_voxels=0)
-        for c, (volume, truth) in enumerate(cases):
-            pred, true = whole(volume).labels == 2, truth == 2
-            expected = [(pred & true).sum(), pred.sum(), true.sum()]
-            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+        np.testing.assert_array_equal(trials["none"]["counts"][0, j], _whole_counts(whole, cases))
     with pytest.raises(ValueError, match="keeps"):
         _crf_trials(base, cases, None, None, thresholds=(0.5,), sizes=(0,), keeps=keeps)
 
@@ -290,10 +296,7 @@ def test_tuning_with_spots_scores_as_a_whole_run(spot_cases: list) -> None:
                          stages=("none",), keeps=keeps)  # fmt: skip
     for j, keep in enumerate(keeps):
         whole = _with(spotted, tumour_threshold=0.7, tumour_filter_keep=keep, tumour_min_voxels=0)
-        for c, (volume, truth) in enumerate(cases):
-            pred, true = whole(volume).labels == 2, truth == 2
-            expected = [(pred & true).sum(), pred.sum(), true.sum()]
-            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+        np.testing.assert_array_equal(trials["none"]["counts"][0, j], _whole_counts(whole, cases))
     # without a filter, the smallest tumour applies before the spots join, as in the cascade
     bare = _with(spotted, tumour_filter=None)
     sizes = (0, 30)
@@ -301,10 +304,7 @@ def test_tuning_with_spots_scores_as_a_whole_run(spot_cases: list) -> None:
                          stages=("none",))  # fmt: skip
     for j, size in enumerate(sizes):
         whole = _with(bare, tumour_threshold=0.7, tumour_min_voxels=size)
-        for c, (volume, truth) in enumerate(cases):
-            pred, true = whole(volume).labels == 2, truth == 2
-            expected = [(pred & true).sum(), pred.sum(), true.sum()]
-            np.testing.assert_array_equal(trials["none"]["counts"][0, j, c], expected)
+        np.testing.assert_array_equal(trials["none"]["counts"][0, j], _whole_counts(whole, cases))
 
 
 def test_add_lesion_filter_with_spots_learns_and_keeps_them(spot_cases: list) -> None:

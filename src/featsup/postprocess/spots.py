@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from featsup._checks import check_positive
 
-__all__ = ["SPOT_DEPTH", "SPOT_MAX_VOXELS", "add_dark_spots", "dark_spots"]
+__all__ = ["SPOT_DEPTH", "SPOT_MAX_VOXELS", "add_dark_spots", "dark_spots", "seeded_regions"]
 
 SPOT_DEPTH = 6
 """Pixels in-plane a spot's seed lies inside the liver mask, at least (8.4 mm at the
@@ -105,12 +105,32 @@ def dark_spots(
     seeds = (darkness >= threshold) & _deep(liver_mask, int(depth))
     if not seeds.any():
         return np.zeros(liver_mask.shape, bool)
-    regions, count = ndimage.label((darkness >= threshold / 2) & liver_mask, structure=_CUBE)
+    regions, keep = seeded_regions((darkness >= threshold / 2) & liver_mask, seeds, max_voxels)
+    return keep[regions]
+
+
+def seeded_regions(
+    candidates: np.ndarray, seeds: np.ndarray, max_voxels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected regions of bool ``candidates``, and which hold a seed and are small.
+
+    A region is kept when it holds a ``seeds`` voxel and has at most ``max_voxels`` voxels.
+    Returns ``(regions, keep)``: (D, H, W) int labels (0: none) and bool (count + 1,)
+    (``keep[0]`` False), so that ``keep[regions]`` is the mask of the kept regions.
+
+    Example:
+        >>> candidates = np.array([[[1, 1, 0, 1, 0, 1, 1, 1]]], bool)
+        >>> seeds = np.array([[[1, 0, 0, 0, 0, 0, 1, 0]]], bool)
+        >>> regions, keep = seeded_regions(candidates, seeds, max_voxels=2)
+        >>> keep[regions].astype(int).tolist()
+        [[[1, 1, 0, 0, 0, 0, 0, 0]]]
+    """
+    regions, count = ndimage.label(candidates, structure=_CUBE)
     keep = np.zeros(count + 1, bool)
-    keep[np.unique(regions[seeds])] = True
+    keep[np.unique(regions[seeds & candidates])] = True
     keep &= np.bincount(regions.ravel(), minlength=count + 1) <= max_voxels
     keep[0] = False
-    return keep[regions]
+    return regions, keep
 
 
 def add_dark_spots(labels: np.ndarray, spots: np.ndarray) -> np.ndarray:
