@@ -90,7 +90,8 @@ def lesion_kind(voxels: int, contrast: float, inside: float) -> str:
     ``inside``: the share of its voxels in the liver stage's mask (under 0.5: "outside the
     liver mask", whatever its contrast); ``contrast``: its mean HU minus that of the
     reference liver around it (above +20: "bright", -20 to +20: "near-isodense"); a dark
-    one under 100 voxels is "small dark", else "dark".
+    one under 100 voxels is "small dark", else "dark". A lesion with no liver around it
+    (NaN contrast) counts as dark.
 
     Example:
         >>> [lesion_kind(50, -40.0, 0.2), lesion_kind(50, 30.0, 1.0), lesion_kind(50, -40.0, 1.0)]
