@@ -549,9 +549,10 @@ class Cascade:
         )  # fmt: skip
         if self.tumour_surface is not None:
             labels = drop_surface_tumours(labels, *self.tumour_surface)
-        if self.tumour_spots is not None:
-            begin = time.perf_counter()
-            labels = add_dark_spots(labels, self._spots(liver.image, liver.mask))
+        begin = time.perf_counter()
+        spots = self._spots(liver.image, liver.mask)
+        if spots is not None:
+            labels = add_dark_spots(labels, spots)
             t["tumour_spots"] = time.perf_counter() - begin
         if self.tumour_filter is not None and self.tumour_filter_keep > 0 and (labels == 2).any():
             begin = time.perf_counter()
@@ -564,10 +565,10 @@ class Cascade:
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)
 
-    def _spots(self, image: np.ndarray, liver_mask: np.ndarray) -> np.ndarray:
-        """(D, H, W) bool dark spots of ``tumour_spots`` HU in the tumour model's input."""
+    def _spots(self, image: np.ndarray, liver_mask: np.ndarray) -> np.ndarray | None:
+        """(D, H, W) bool dark spots of ``tumour_spots`` HU in the tumour input, or None."""
         if self.tumour_spots is None:
-            return np.zeros(np.shape(liver_mask), bool)
+            return None
         return dark_spots(image, liver_mask, self.tumour_spots,
                           window=self.tumour_preprocessing.hu_window)  # fmt: skip
 

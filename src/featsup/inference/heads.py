@@ -469,7 +469,7 @@ def _crf_trials(
             if keep_outputs is not None:
                 keep_outputs.setdefault(choice, []).append(result)
             labels[choice].append((result.labels, truth))
-            spots = plain._spots(result.image, result.liver_mask) if plain.tumour_spots else None
+            spots = plain._spots(result.image, result.liver_mask)  # None without spots
             for i, threshold in enumerate(thresholds):
                 pred = label_tumours(result.liver_mask, result.tumour_probability,
                                      threshold=threshold, scope=plain.tumour_scope,
