@@ -57,7 +57,12 @@ from featsup.models import Ensemble, UNetPlusPlus, pooling_for_spacing, transfer
 from featsup.postprocess import CRF_PRESETS, TUMOUR_FILTER_KEEP, TUMOUR_FILTER_KEEPS
 from featsup.supervision import matching_teacher
 from featsup.supervision.variants import VARIANTS, build_variant, parse_variant, variant_trainer
-from featsup.training import cpu_has_bf16_units, load_model
+from featsup.training import (
+    channels_last_pays,
+    cpu_has_bf16_units,
+    keep_freed_memory,
+    load_model,
+)
 from featsup.viz import plot_training_curves
 
 # A 2-core CPU default (2046 s on an Intel Xeon with AMX, run 15 of docs/cascade.md), and
@@ -571,7 +576,9 @@ def make_student(stage: str, train: Any, args: argparse.Namespace, init: Any) ->
             # background and liver heads
             groups = [(0, 1), (2,)] if init.num_classes == 3 else None
             transfer_weights(init, student, classes=groups, extra_inputs=extra)
-    return student.use_channels_last()  # weights and inputs: faster convolutions
+    if channels_last_pays(args.device, spatial_dims=student.spatial_dims):
+        student.use_channels_last()  # weights and inputs: faster convolutions there
+    return student
 
 
 def stage_batch(stage: str, args: argparse.Namespace) -> int:
@@ -760,6 +767,7 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.kept_freed_memory = keep_freed_memory()  # no page faults on every step's tensors
     torch.manual_seed(train_seed(args))
     args.out.mkdir(parents=True, exist_ok=True)
     start, seconds = time.perf_counter(), {}

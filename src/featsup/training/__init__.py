@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from featsup.training.averaging import WeightAverage
 from featsup.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from featsup.training.device import cpu_has_bf16_units, move_to_device
+from featsup.training.device import (
+    channels_last_pays,
+    cpu_has_bf16_units,
+    keep_freed_memory,
+    move_to_device,
+)
 from featsup.training.distributed import unwrap_model
 from featsup.training.trainer import Trainer
 from featsup.training.validation import dice_per_head
@@ -23,8 +28,10 @@ from featsup.training.validation import dice_per_head
 __all__ = [
     "Trainer",
     "WeightAverage",
+    "channels_last_pays",
     "cpu_has_bf16_units",
     "dice_per_head",
+    "keep_freed_memory",
     "load_checkpoint",
     "load_model",
     "move_to_device",
