@@ -328,3 +328,24 @@ def test_add_lesion_filter_with_spots_learns_and_keeps_them(spot_cases: list) ->
     assert (info["candidates"], info["true"]) == (len(at[10.0][2]), int(at[10.0][2].sum()))
     assert plain_info["candidates"] == len(at[None][2])
     assert not np.array_equal(at[10.0][1], at[None][1])
+
+
+@pytest.mark.parametrize("keeps", [None, (0.0, 0.5)])
+def test_tuning_with_the_surface_rule_scores_as_a_whole_run(cases: list, keeps) -> None:
+    from featsup.inference.heads import _crf_trials
+
+    base = threshold_cascade(liver=(0.9, 0.35), tumour=0.45)
+    if keeps is not None:
+        base = _with(base, tumour_filter=ByPeak())
+    surfaced = _with(base, tumour_surface=(2, 0.3))
+    sizes = (0,) if keeps else (0, 30)
+    trials = _crf_trials(surfaced, cases, None, None, thresholds=(0.5,), sizes=sizes,
+                         stages=("none",), keeps=keeps)  # fmt: skip
+    plain = _crf_trials(base, cases, None, None, thresholds=(0.5,), sizes=sizes,
+                        stages=("none",), keeps=keeps)  # fmt: skip
+    assert not np.array_equal(trials["none"]["counts"], plain["none"]["counts"])  # it drops some
+    for j, column in enumerate(keeps or sizes):
+        setting = {"tumour_filter_keep": column, "tumour_min_voxels": 0} if keeps else {
+            "tumour_min_voxels": column}  # fmt: skip
+        whole = _with(surfaced, tumour_threshold=0.5, **setting)
+        np.testing.assert_array_equal(trials["none"]["counts"][0, j], _whole_counts(whole, cases))

@@ -547,13 +547,11 @@ class Cascade:
             min_voxels=self.tumour_min_voxels, scope=self.tumour_scope,
             min_inside=self.tumour_min_inside,
         )  # fmt: skip
-        if self.tumour_surface is not None:
-            labels = drop_surface_tumours(labels, *self.tumour_surface)
         begin = time.perf_counter()
         spots = self._spots(liver.image, liver.mask)
         if spots is not None:
-            labels = add_dark_spots(labels, spots)
             t["tumour_spots"] = time.perf_counter() - begin
+        labels = self._candidates(labels, spots)
         if self.tumour_filter is not None and self.tumour_filter_keep > 0 and (labels == 2).any():
             begin = time.perf_counter()
             components, scores = score_tumours(labels, liver.image, tumour_p, self.tumour_filter,
@@ -564,6 +562,22 @@ class Cascade:
         t["total"] = liver.seconds + time.perf_counter() - start
         tumour_p = tumour_p.astype(np.float32, copy=False)
         return CascadeResult(labels, liver.probability, tumour_p, liver.mask, roi, t)
+
+    def _candidates(self, labels: np.ndarray, spots: np.ndarray | None) -> np.ndarray:
+        """The tumour filter's candidates: ``tumour_surface``, then ``spots``, on ``labels``.
+
+        ``labels`` are thresholded, their smallest tumours dropped. The one place for the
+        steps after the threshold, so that the choices on validation
+        (``featsup.inference.heads._crf_trials``) label as whole runs do.
+        """
+        if self.tumour_surface is not None:
+            labels = drop_surface_tumours(labels, *self.tumour_surface)
+        return labels if spots is None else add_dark_spots(labels, spots)
+
+    @property
+    def _candidates_are_thresholded(self) -> bool:
+        """Whether :meth:`_candidates` returns its labels unchanged (no surface, no spots)."""
+        return self.tumour_surface is None and self.tumour_spots is None
 
     def _spots(self, image: np.ndarray, liver_mask: np.ndarray) -> np.ndarray | None:
         """(D, H, W) bool dark spots of ``tumour_spots`` HU in the tumour input, or None."""

@@ -32,7 +32,6 @@ from featsup.postprocess.lesion_filter import (
     drop_unlikely_tumours,
     score_tumours,
 )
-from featsup.postprocess.spots import add_dark_spots
 
 __all__ = [
     "TUMOUR_CRITERIA",
@@ -475,20 +474,18 @@ def _crf_trials(
                                      threshold=threshold, scope=plain.tumour_scope,
                                      min_inside=plain.tumour_min_inside)  # fmt: skip
                 if lesion_filter is None:
-                    if spots is None:
+                    if plain._candidates_are_thresholded:  # every size from one labelling
                         counts[choice][i, :, c] = tumour_counts_by_min_voxels(pred, truth, sizes)
-                    else:  # the spots join after the smallest tumour, as in the cascade
+                    else:  # the surface rule and spots act after the smallest tumour
                         counts[choice][i, :, c] = [
                             tumour_counts_by_min_voxels(
-                                add_dark_spots(drop_small_tumours(pred.copy(), m), spots),
+                                plain._candidates(drop_small_tumours(pred.copy(), m), spots),
                                 truth, (0,),
                             )[0]
                             for m in sizes
                         ]  # fmt: skip
                     continue
-                pred = drop_small_tumours(pred, sizes[0])
-                if spots is not None:
-                    pred = add_dark_spots(pred, spots)
+                pred = plain._candidates(drop_small_tumours(pred, sizes[0]), spots)
                 components, scores = score_tumours(pred, result.image, result.tumour_probability,
                                                    lesion_filter, result.liver_mask)  # fmt: skip
                 for j, keep in enumerate(columns):
