@@ -6,12 +6,12 @@ activations are faulted in again, page by page, on the next step.
 :func:`featsup.training.keep_freed_memory` raises the trim and mmap thresholds so that the
 process keeps what it freed. The setting is process-wide and cannot be undone, so each
 setting runs in its own child process; the children alternate (default, kept, default,
-...), each times ``--steps`` optimizer steps of the cascade example's CPU student (UN-DS,
-widths 8..128, 8 slices of 128 x 128, AdamW, the layout :func:`~featsup.training.
-channels_last_pays` picks) after two warm-up steps, and reports its median step, minor
-page faults and system CPU seconds per step. The table gives the medians over children
-and the median of the per-pair ratios (this machine is shared and noisy: compare ratios,
-not absolute times).
+...), each times ``--steps`` optimizer steps of the cascade example's CPU student
+(``teacher_layout.py``'s ``UN-DS student`` job: widths 8..128, 8 slices of 128 x 128,
+Adam, in the layout :func:`~featsup.training.channels_last_pays` picks) after two warm-up
+steps, and reports its median step, minor page faults and system CPU seconds per step.
+The table gives the medians over children and the median of the per-pair ratios (this
+machine is shared and noisy: compare ratios, not absolute times).
 
     python benchmarks/allocator.py --pairs 5 --steps 15 --json allocator.json
 """
@@ -28,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import timed_step
+from teacher_layout import make_step
 
-from featsup.models import UNetPlusPlus
-from featsup.supervision.variants import segmentation_step
 from featsup.training import channels_last_pays, keep_freed_memory
 
 SETTINGS = ("default", "kept")
@@ -40,17 +38,7 @@ SETTINGS = ("default", "kept")
 def child(setting: str, steps: int, widths: list[int]) -> dict:
     """Time ``steps`` optimizer steps in this process under ``setting``."""
     applied = keep_freed_memory() if setting == "kept" else False
-    torch.manual_seed(0)
-    student = UNetPlusPlus(1, 2, widths=widths)
-    if channels_last_pays(torch.device("cpu")):
-        student.use_channels_last()
-    gen = torch.Generator().manual_seed(0)
-    data = {
-        "image": torch.randn(8, 1, 128, 128, generator=gen),
-        "target": (torch.rand(8, 128, 128, generator=gen) > 0.7).long(),
-    }
-    seg = segmentation_step()
-    step = timed_step(lambda: seg(student, data)[0], torch.optim.AdamW(student.parameters()))
+    step = make_step("UN-DS student", widths, channels_last_pays(torch.device("cpu")))
     for _ in range(2):  # warm-up
         step(False)
     before = resource.getrusage(resource.RUSAGE_SELF)
