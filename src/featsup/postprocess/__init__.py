@@ -2,7 +2,8 @@
 
 The dense CRF is the paper's (section 4.1.4); the learned filter of tumour components
 (:mod:`~featsup.postprocess.lesion_filter`) is featsup's, and can also score the liver's
-dark spots beside the model's components (:mod:`~featsup.postprocess.spots`).
+dark spots beside the model's components (:mod:`~featsup.postprocess.spots`); the dark
+tumours it keeps can be grown by HU (:mod:`~featsup.postprocess.growth`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from featsup.postprocess.components import (
     tumour_dice_by_min_voxels,
 )
 from featsup.postprocess.crf import CRF_PRESETS, DenseCRF, crf_labels, dense_crf
+from featsup.postprocess.growth import (
+    GROW_CONTRAST_HU,
+    GROW_ITERATIONS,
+    GROW_MIN_VOXELS,
+    grow_dark_tumours,
+)
 from featsup.postprocess.lesion_filter import (
     TUMOUR_FILTER_KEEP,
     TUMOUR_FILTER_KEEPS,
@@ -31,6 +38,9 @@ from featsup.postprocess.spots import add_dark_spots, dark_spots
 
 __all__ = [
     "CRF_PRESETS",
+    "GROW_CONTRAST_HU",
+    "GROW_ITERATIONS",
+    "GROW_MIN_VOXELS",
     "TUMOUR_FILTER_KEEP",
     "TUMOUR_FILTER_KEEPS",
     "TUMOUR_MIN_VOXELS",
@@ -46,6 +56,7 @@ __all__ = [
     "drop_surface_tumours",
     "drop_unlikely_tumours",
     "fit_lesion_filter",
+    "grow_dark_tumours",
     "label_tumours",
     "score_tumours",
     "tumour_components",
