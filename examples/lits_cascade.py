@@ -310,6 +310,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--preset", choices=("auto", *PRESETS), default="auto", help="sizes and steps: auto "
         "takes the device's (cuda: paper scale); cpu runs the CPU recipe on a GPU")  # fmt: skip
     add("--amp", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 where fast")
+    add("--no-keep-freed-memory", action="store_true", help="leave glibc's allocator as it is "
+        "(by default the example keeps the memory it frees for reuse, "
+        "featsup.training.keep_freed_memory: no page faults on every step's tensors, its "
+        "resident size stays near its peak)")  # fmt: skip
     add("--crf", choices=("auto", "liver", "both", "none"), default="auto", help="auto: on val")
     add("--tumour-tta", choices=tuple(TUMOUR_TTA), default="none", help="the tumour stage's "
         "test-time flips: none, mirror (left-right), flips (every in-plane flip) or auto "
@@ -767,7 +771,8 @@ def report(metrics: dict, seconds: dict[str, float], args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.kept_freed_memory = keep_freed_memory()  # no page faults on every step's tensors
+    # no page faults on every step's tensors (docs/benchmarks.md, glibc's allocator)
+    args.kept_freed_memory = not args.no_keep_freed_memory and keep_freed_memory()
     torch.manual_seed(train_seed(args))
     args.out.mkdir(parents=True, exist_ok=True)
     start, seconds = time.perf_counter(), {}

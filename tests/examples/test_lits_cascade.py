@@ -98,6 +98,7 @@ def test_tiny_cascade_runs_end_to_end(
     best = max(choice["val_dice_per_head"]["liver"])
     assert choice["val_dice_per_head"]["liver"][choice["liver_head"] - 1] >= best - 0.005
     assert metrics["seconds"]["total"] > 0
+    assert isinstance(saved["settings"]["kept_freed_memory"], bool)
     for case_id in split["test"]:
         pred = nib.load(out / "predictions" / f"segmentation-{case_id}.nii.gz")
         source = nib.load(out / "phantom" / f"volume-{case_id}.nii.gz")
@@ -137,8 +138,10 @@ def test_tiny_cascade_runs_end_to_end(
     # --variant ES-DS (the paper's liver stage) trains the liver teacher; the next run with
     # the same data and recipe reuses it, and an ES-DS tumour stage (here 2.5D) trains its own
     capsys.readouterr()
-    example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--variant", "es-ds"])
+    example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--variant", "es-ds",
+                  "--no-keep-freed-memory"])  # fmt: skip
     printed = capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["settings"]["kept_freed_memory"] is False
     assert "liver stage: ES-DS" in printed and (out / "teachers" / "liver.pt").exists()
     assert "reusing the liver teacher" not in printed
     example.main([*TINY, "--out", str(out), "--crf", "none", "--head", "2", "--tumour-context",
