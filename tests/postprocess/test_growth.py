@@ -90,3 +90,43 @@ def test_bad_arguments_are_refused() -> None:
         grow_dark_tumours(labels, image[:, :-1])
     with pytest.raises(ValueError, match="shape"):
         grow_dark_tumours(labels[0], image[0])
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8), st.integers(1, 300))
+def test_growing_within_each_box_equals_growing_over_the_whole_volume(
+    seed: int, iterations: int, min_voxels: int
+) -> None:
+    """Several lesions, some at the border: the box-wise growth is the volume-wide one."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((4, 40, 40), np.uint8)
+    labels[:, 2:38, 2:38] = 1
+    ct = np.where(labels > 0, 115.0, -100.0) + rng.normal(0, 6, labels.shape)
+    yy, xx = np.mgrid[:40, :40]
+    for _ in range(3):
+        y, x, r = rng.integers(0, 40), rng.integers(0, 40), rng.integers(2, 9)
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        ct[1:3][:, disc] = rng.uniform(30, 100)
+        labels[1:3][
+            :, disc & ((yy - y) ** 2 + (xx - x) ** 2 <= (r // 2) ** 2) & (labels[1] > 0)
+        ] = 2
+    image = ((np.clip(ct, *WINDOW) - WINDOW[0]) / (WINDOW[1] - WINDOW[0])).astype(np.float32)
+    got = grow_dark_tumours(labels, image, iterations=iterations, min_voxels=min_voxels)
+    # the same rule, written over the whole volume
+    hu = ndimage.uniform_filter(WINDOW[0] + image * (WINDOW[1] - WINDOW[0]), size=(1, 3, 3),
+                                mode="nearest")  # fmt: skip
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    expected = labels.copy()
+    if (labels == 1).any():
+        liver_hu = float(np.median(hu[labels == 1]))
+        organ = ndimage.binary_dilation(labels > 0, plane)
+        components, count = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
+        for index in range(1, count + 1):
+            one = components == index
+            median = float(np.median(hu[one]))
+            if one.sum() < min_voxels or median > liver_hu - 20.0:
+                continue
+            allowed = (organ & (hu < (median + liver_hu) / 2)) | one
+            expected[ndimage.binary_dilation(one, plane, iterations=iterations, mask=allowed)] = 2
+    assert np.array_equal(got, expected)

@@ -110,17 +110,19 @@ def grow_dark_tumours(
     liver_hu = float(np.median(hu[liver]))
     organ = ndimage.binary_dilation(labels > 0, _PLANE)
     components, _ = ndimage.label(tumour, structure=_CUBE)
+    reach = int(iterations)
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None:
             continue
-        component = components == index
-        if int(component[box].sum()) < min_voxels:
+        # the component's box, widened in-plane by as far as it can grow
+        box = (box[0], *(slice(max(b.start - reach, 0), b.stop + reach) for b in box[1:]))
+        component = components[box] == index
+        if int(component.sum()) < min_voxels:
             continue
-        median = float(np.median(hu[component]))
+        median = float(np.median(hu[box][component]))
         if median > liver_hu - contrast_hu:
             continue
-        allowed = (organ & (hu < (median + liver_hu) / 2)) | component
-        grown = ndimage.binary_dilation(component, _PLANE, iterations=int(iterations),
-                                        mask=allowed)  # fmt: skip
-        out[grown] = 2
+        allowed = (organ[box] & (hu[box] < (median + liver_hu) / 2)) | component
+        grown = ndimage.binary_dilation(component, _PLANE, iterations=reach, mask=allowed)
+        out[box][grown] = 2
     return out
