@@ -47,6 +47,7 @@ from featsup import data as fd
 from featsup.inference import (
     LIVER_MASKS,
     Cascade,
+    Tuning,
     add_lesion_filter,
     load_cascade,
     tumour_criterion,
@@ -163,24 +164,33 @@ def _label(labeller: Cascade, stage: Any, refined: Any) -> Any:
                                    time.perf_counter())  # fmt: skip
 
 
+def training_seed(run: Path) -> int:
+    """The run's training seed (its ``--train-seed``, else its ``--seed``), as the example's."""
+    settings = json.loads((run / "metrics.json").read_text())["settings"]
+    seed = settings.get("train_seed")
+    return int(settings["seed"] if seed is None else seed)
+
+
+def retune(run: Path, saved: Cascade, val: list[Any]) -> Tuning:
+    """The saved cascade's choices, re-made on the run's validation cases ``val`` (no grid:
+    one value each), as :func:`add_lesion_filter` takes them."""
+    criterion = json.loads((run / "metrics.json").read_text())["settings"]["tumour_criterion"]
+    return tune_on_validation(saved, val, heads=(saved.liver_head, saved.tumour_head),
+                              crf=crf_stages(saved), liver_crf=saved.liver_crf,
+                              tumour_crf=saved.tumour_crf,
+                              tumour_threshold=saved.tumour_threshold,
+                              tumour_min_voxels=saved.tumour_min_voxels, criterion=criterion,
+                              tumour_tta=saved.tumour_tta)  # fmt: skip
+
+
 def evaluate_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
-    metrics = json.loads((run / "metrics.json").read_text())
-    seed = metrics["settings"].get("train_seed")
-    seed = metrics["settings"]["seed"] if seed is None else seed
-    seed = seed if args.filter_seed is None else args.filter_seed
+    seed = training_seed(run) if args.filter_seed is None else args.filter_seed
     saved = load_cascade(run / "cascade.pt", device="cpu")
     cases = run_cases(run)
     val = [fd.load_case(c) for c in cases["val"]]
     train = fd.LazyCases(cases["train"][: args.cases])  # one in memory at a time
-    # the saved choices, re-made on the same validation cases (no grid: one value each)
-    heads = (saved.liver_head, saved.tumour_head)
-    tuning = tune_on_validation(saved, val, heads=heads, crf=crf_stages(saved),
-                                liver_crf=saved.liver_crf, tumour_crf=saved.tumour_crf,
-                                tumour_threshold=saved.tumour_threshold,
-                                tumour_min_voxels=saved.tumour_min_voxels,
-                                criterion=metrics["settings"]["tumour_criterion"],
-                                tumour_tta=saved.tumour_tta)  # fmt: skip
+    tuning = retune(run, saved, val)
     arms: dict[str, tuple[Any, dict[str, Any]]] = {}
     for value in args.thresholds:
         threshold, keep, spots = parse_arm(value)

@@ -21,14 +21,13 @@ read it::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _example_run import write_json
-from tumour_filter import crf_stages, run_cases
+from tumour_filter import retune, run_cases, training_seed
 from validation_size import check_held_out_arguments, held_out_arguments, held_out_cases
 
 from featsup import data as fd
@@ -38,7 +37,6 @@ from featsup.inference import (
     add_lesion_filter,
     load_cascade,
     tumour_criterion,
-    tune_on_validation,
 )
 from featsup.postprocess import (
     GROW_CONTRAST_HU,
@@ -57,21 +55,12 @@ def default_cascade(
     saved = load_cascade(run / "cascade.pt", device="cpu")
     if saved.tumour_filter is not None:
         return saved, {"filter": "saved"}
-    metrics = json.loads((run / "metrics.json").read_text())
-    seed = metrics["settings"].get("train_seed")
-    seed = metrics["settings"]["seed"] if seed is None else seed
     split = run_cases(run)
     val = [fd.load_case(c) for c in split["val"]]
-    tuning = tune_on_validation(saved, val, heads=(saved.liver_head, saved.tumour_head),
-                                crf=crf_stages(saved), liver_crf=saved.liver_crf,
-                                tumour_crf=saved.tumour_crf,
-                                tumour_threshold=saved.tumour_threshold,
-                                tumour_min_voxels=saved.tumour_min_voxels,
-                                criterion=metrics["settings"]["tumour_criterion"],
-                                tumour_tta=saved.tumour_tta)  # fmt: skip
+    tuning = retune(run, saved, val)
     try:
         filtered, info = add_lesion_filter(tuning, fd.LazyCases(split["train"][:cases]), val,
-                                           steps=steps, seed=seed)  # fmt: skip
+                                           steps=steps, seed=training_seed(run))  # fmt: skip
     except ValueError as error:  # nothing to learn: the example keeps no filter either
         if "targets" not in str(error):
             raise
